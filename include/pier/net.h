@@ -1,0 +1,192 @@
+/* pier TCP: connections, their ids, servers (listeners) and reconnecting clients.
+ *
+ * Lifetime contract of a connection (pier_conn_t):
+ *  - It is owned by its loop, which holds one reference while it is open. User code may
+ *    take more with pier_conn_ref() (for instance to reply later on the loop thread).
+ *  - Every callback runs with a reference held, so no close or unref inside a callback
+ *    can free the connection under the running code.
+ *  - Close is idempotent and two-phase: pier_conn_close() marks it CLOSING and stops
+ *    reading; on_close runs exactly once, from the loop, after the current callback
+ *    returns; the memory goes when the last reference drops (never inside a callback).
+ *  - Events already fetched for a connection that closed earlier in the same epoll batch
+ *    are dropped.
+ *  - Only the loop thread touches a pier_conn_t. Other threads use its pier_id_t.
+ *
+ * Ids: 64 bits, slot index (low 32) plus generation (high 32, never 0). An id stays
+ * unique for the generation's range (2^32 reuses of one slot); a stale id answers
+ * -ENOTCONN even when the fd number has since been reused.
+ */
+#ifndef PIER_NET_H
+#define PIER_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pier_conn_s pier_conn_t;
+typedef struct pier_server_s pier_server_t;
+typedef struct pier_client_s pier_client_t;
+typedef uint64_t pier_id_t;
+
+#define PIER_ID_NONE ((pier_id_t)0)
+
+/* Called when a buffer handed over with pier_conn_write_ref() is no longer needed. */
+typedef void (*pier_free_cb)(void *base, void *ud);
+
+/* Callbacks of a connection. All run on the connection's loop with a reference held.
+ * A NULL member means the default. The struct must outlive the connection (use static). */
+typedef struct pier_conn_cbs_s {
+    /* Bytes arrived. data is valid only during the call; return how many bytes were
+     * consumed. Unconsumed bytes stay and are passed again, before new bytes, next time.
+     * If the unconsumed part reaches the read limit the connection is aborted with
+     * -EMSGSIZE (a peer cannot grow memory without bound). */
+    size_t (*on_read)(pier_conn_t *c, const char *data, size_t len);
+    /* The output queue fell below the low water mark after having been above the high
+     * mark. Reading, paused at the high mark, has resumed. */
+    void (*on_drain)(pier_conn_t *c);
+    /* The peer half-closed (read returned 0). Default (NULL): close gracefully, that is
+     * flush what is queued and then close. */
+    void (*on_eof)(pier_conn_t *c);
+    /* Exactly once per connection. err is 0 for a local close, or a negative errno:
+     * -ECONNRESET, -EPIPE, -ETIMEDOUT (idle timeout), -EMSGSIZE (read limit), ... */
+    void (*on_close)(pier_conn_t *c, int err);
+} pier_conn_cbs_t;
+
+/* Limits of a connection, with defaults used when a field is 0. */
+typedef struct pier_conn_limits_s {
+    size_t out_high;        /* pause reading above this many queued bytes (256 KiB) */
+    size_t out_low;         /* on_drain and resume below this (64 KiB) */
+    size_t read_max;        /* largest unconsumed input kept (1 MiB) */
+    uint64_t idle_ms;       /* close with -ETIMEDOUT after this long without I/O (0: none) */
+    uint64_t close_ms;      /* a graceful close that cannot flush in this time aborts (10 s) */
+} pier_conn_limits_t;
+
+/* ---- connections (loop thread only) ---- */
+
+PIER_EXTERN void pier_conn_set_cbs(pier_conn_t *c, const pier_conn_cbs_t *cbs, void *data);
+PIER_EXTERN void *pier_conn_data(const pier_conn_t *c);
+PIER_EXTERN void pier_conn_set_data(pier_conn_t *c, void *data);
+PIER_EXTERN pier_id_t pier_conn_id(const pier_conn_t *c);
+PIER_EXTERN pier_loop_t *pier_conn_loop(const pier_conn_t *c);
+PIER_EXTERN int pier_conn_fd(const pier_conn_t *c);
+/* Peer address as "1.2.3.4:80" or "[::1]:80"; buf of at least 64 bytes. */
+PIER_EXTERN const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size);
+PIER_EXTERN int pier_conn_is_open(const pier_conn_t *c);   /* not closing or closed */
+
+PIER_EXTERN void pier_conn_ref(pier_conn_t *c);
+PIER_EXTERN void pier_conn_unref(pier_conn_t *c);
+
+/* Queues a copy of data. Small writes are coalesced; everything queued during one loop
+ * iteration goes out in one writev at its end. -ENOTCONN if closing/closed, -ENOMEM. */
+PIER_EXTERN int pier_conn_write(pier_conn_t *c, const void *data, size_t len);
+/* Queues data without copying; free_cb(base, ud) runs once pier no longer needs it,
+ * also when the write fails or the connection closes (free_cb may be NULL). On error
+ * free_cb has already run. */
+PIER_EXTERN int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len,
+                                    pier_free_cb free_cb, void *ud);
+/* Queues len bytes of file fd from offset, sent with sendfile(). Takes ownership of fd
+ * (closed when sent, or on error/close). */
+PIER_EXTERN int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len);
+/* Bytes queued and not yet written. */
+PIER_EXTERN size_t pier_conn_queued(const pier_conn_t *c);
+
+/* Pauses/resumes reading (also used by protocols that must apply back-pressure). */
+PIER_EXTERN void pier_conn_pause(pier_conn_t *c);
+PIER_EXTERN void pier_conn_resume(pier_conn_t *c);
+
+/* Changes the limits; fields left 0 keep their current value. */
+PIER_EXTERN void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim);
+/* Restarts the idle clock (I/O restarts it too). */
+PIER_EXTERN void pier_conn_touch(pier_conn_t *c);
+
+/* Graceful close: stop reading, flush the queue, then shut down and close. Idempotent. */
+PIER_EXTERN void pier_conn_close(pier_conn_t *c);
+/* Abort: drop the queue and reset the connection (RST). Idempotent; also upgrades a
+ * graceful close in progress. */
+PIER_EXTERN void pier_conn_abort(pier_conn_t *c);
+
+/* ---- the id-based calls: any thread, any time ---- */
+
+/* Copies data and has the owning loop queue it. -ENOTCONN if the id is stale (the
+ * connection has gone or is closing); -ENOMEM. A connection that closes after the check
+ * but before its loop runs the task drops the data. */
+PIER_EXTERN int pier_send(pier_id_t id, const void *data, size_t len);
+/* Graceful close through the id. -ENOTCONN if stale. */
+PIER_EXTERN int pier_close(pier_id_t id);
+/* As pier_send, but calls fn(conn, arg) on the owning loop with the live connection;
+ * if it is gone by then, fn(NULL, arg) runs instead so arg can be released. */
+PIER_EXTERN int pier_with_conn(pier_id_t id, void (*fn)(pier_conn_t *c, void *arg), void *arg);
+/* 1 if the id names a live connection at the time of the call. */
+PIER_EXTERN int pier_id_alive(pier_id_t id);
+
+/* ---- servers ---- */
+
+typedef struct pier_server_opts_s {
+    const char *host;             /* "127.0.0.1", "::1", "0.0.0.0", "::"; default 127.0.0.1 */
+    uint16_t port;                /* 0: an ephemeral port, see pier_server_port() */
+    int backlog;                  /* default 1024 */
+    unsigned max_conns;           /* across all loops; default 100000. Over it: accept, close */
+    pier_conn_limits_t limits;    /* for every accepted connection */
+    /* Called on the connection's loop for each accepted connection, before any read;
+     * set callbacks and data here (pier_conn_set_cbs). A connection left without
+     * callbacks is closed. */
+    void (*on_accept)(pier_server_t *srv, pier_conn_t *c);
+    void *data;                   /* pier_server_data() */
+} pier_server_opts_t;
+
+/* Creates a server that will listen on every loop of group (one SO_REUSEPORT socket per
+ * loop; the kernel spreads connections). The group stays the caller's. Binds and
+ * listens at once, so a port in use fails here: -EADDRINUSE, -EINVAL for a bad host. */
+PIER_EXTERN int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_opts_t *opts);
+/* Starts accepting (thread-safe: posts to each loop). */
+PIER_EXTERN int pier_server_start(pier_server_t *srv);
+/* Stops accepting and closes the listeners (thread-safe); open connections stay. */
+PIER_EXTERN void pier_server_stop(pier_server_t *srv);
+/* Closes every open connection of this server gracefully (thread-safe). */
+PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
+/* Frees a stopped server once its listeners are closed; -EBUSY otherwise. Its
+ * connections do not need the server (they are the loops'). */
+PIER_EXTERN int pier_server_free(pier_server_t *srv);
+PIER_EXTERN uint16_t pier_server_port(const pier_server_t *srv);
+PIER_EXTERN void *pier_server_data(const pier_server_t *srv);
+PIER_EXTERN unsigned pier_server_conns(const pier_server_t *srv);  /* open now */
+PIER_EXTERN pier_server_t *pier_conn_server(const pier_conn_t *c);  /* NULL for clients */
+
+/* ---- clients: connect with timeout, reconnect with exponential backoff and jitter ---- */
+
+typedef struct pier_client_opts_s {
+    const char *host;             /* numeric IPv4/IPv6 or a name; default 127.0.0.1 */
+    uint16_t port;
+    uint64_t connect_timeout_ms;  /* default 5000 */
+    int reconnect;                /* 0: no; 1: reconnect after failure or close */
+    uint64_t backoff_min_ms;      /* default 100 */
+    uint64_t backoff_max_ms;      /* default 10000 */
+    int max_retries;              /* consecutive failures before giving up; 0: forever */
+    pier_conn_limits_t limits;
+    /* The connection is up; set its callbacks here (pier_conn_set_cbs). */
+    void (*on_connect)(pier_client_t *cl, pier_conn_t *c);
+    /* A connect attempt failed (err < 0); will_retry says whether another comes. */
+    void (*on_connect_error)(pier_client_t *cl, int err, int will_retry);
+    void *data;
+} pier_client_opts_t;
+
+/* Creates a client on loop and starts connecting. The loop stays the caller's. */
+PIER_EXTERN int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_opts_t *opts);
+/* Stops reconnecting and closes the current connection gracefully. */
+PIER_EXTERN void pier_client_stop(pier_client_t *cl);
+/* Frees a stopped client once its connection has closed; -EBUSY before. */
+PIER_EXTERN int pier_client_free(pier_client_t *cl);
+PIER_EXTERN pier_conn_t *pier_client_conn(const pier_client_t *cl);  /* NULL if not connected */
+PIER_EXTERN void *pier_client_data(const pier_client_t *cl);
+PIER_EXTERN unsigned pier_client_connects(const pier_client_t *cl); /* successful connects so far */
+PIER_EXTERN pier_client_t *pier_conn_client(const pier_conn_t *c);  /* NULL for accepted ones */
+
+#ifdef __cplusplus
+}
+#endif
+#endif
