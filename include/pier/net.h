@@ -149,8 +149,8 @@ PIER_EXTERN int pier_server_start(pier_server_t *srv);
 PIER_EXTERN void pier_server_stop(pier_server_t *srv);
 /* Closes every open connection of this server gracefully (thread-safe). */
 PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
-/* Frees a stopped server once its listeners are closed; -EBUSY otherwise. Its
- * connections do not need the server (they are the loops'). */
+/* Frees a stopped server once its listeners are closed and its connections have all
+ * finished closing (their on_close has run); -EBUSY otherwise, and nothing is freed. */
 PIER_EXTERN int pier_server_free(pier_server_t *srv);
 PIER_EXTERN uint16_t pier_server_port(const pier_server_t *srv);
 PIER_EXTERN void *pier_server_data(const pier_server_t *srv);

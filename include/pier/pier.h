@@ -1,0 +1,14 @@
+/* pier: asynchronous network servers on Linux. The umbrella header. */
+#ifndef PIER_H
+#define PIER_H
+
+#include "loop.h"
+#include "net.h"
+#if __has_include("msg.h")
+#include "msg.h"
+#endif
+#if __has_include("http.h")
+#include "http.h"
+#endif
+
+#endif

@@ -1,0 +1,273 @@
+/* Listening servers: one SO_REUSEPORT socket per loop of the group.
+ *
+ * Why per-loop listeners rather than one acceptor handing out round-robin: the kernel
+ * spreads connections across the sockets by hash with no cross-thread hand-off, no
+ * queue, no wake-up of a second thread per accept, and an idle loop never has to
+ * accept for a busy one. bench/README.md has the measurement.
+ *
+ * The server is the application's; it never owns the group or its loops. Listener
+ * changes happen on each loop's own thread through posted tasks. */
+#include "conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef struct listener_s {
+    pier__io_t io;
+    pier_server_t *srv;
+    pier_loop_t *loop;
+    int active;                 /* registered in the loop */
+    int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
+} listener_t;
+
+struct pier_server_s {
+    pier_server_opts_t opts;
+    char host[64];
+    pier_group_t *group;
+    unsigned n;
+    listener_t *ls;
+    uint16_t port;
+    atomic_uint conns;
+    atomic_int live;            /* listeners registered in a loop */
+    atomic_int state;           /* 0 new, 1 started, 2 stopped */
+    atomic_uint_fast64_t log_emfile, log_limit;
+};
+
+static int listen_socket(const struct sockaddr_storage *ss, socklen_t len, int backlog) {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (ss->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, backlog) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
+    unsigned open = atomic_fetch_add(&srv->conns, 1);
+    if (open >= srv->opts.max_conns) {
+        atomic_fetch_sub(&srv->conns, 1);
+        pier__log_every(&srv->log_limit, l->loop->now, PIER_LOG_WARN,
+                        "connection limit %u reached, refusing new connections", srv->opts.max_conns);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    pier_conn_t *c;
+    int err = pier__conn_new(l->loop, fd, &srv->opts.limits, &c);
+    if (err < 0) {
+        atomic_fetch_sub(&srv->conns, 1);
+        pier_log(PIER_LOG_WARN, "cannot set up accepted connection: %s", pier_strerror(err));
+        close(fd);
+        return;
+    }
+    c->server = srv;
+    pier_conn_ref(c);
+    if (srv->opts.on_accept)
+        srv->opts.on_accept(srv, c);
+    if (!c->cbs)
+        pier_conn_close(c);
+    pier_conn_unref(c);
+}
+
+/* Out of descriptors: the pending connection would make the listener readable forever
+ * and spin the loop. Give back the reserve fd, accept and close at once, take it back. */
+static void shed_on_emfile(pier_server_t *srv, listener_t *l) {
+    pier__log_every(&srv->log_emfile, l->loop->now, PIER_LOG_WARN,
+                    "out of file descriptors: closing new connections at once");
+    if (l->reserve_fd >= 0) {
+        close(l->reserve_fd);
+        l->reserve_fd = -1;
+    }
+    int fd = accept4(l->io.fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0)
+        close(fd);
+    l->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void listener_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
+    listener_t *l = pier__container_of(io, listener_t, io);
+    for (int i = 0; i < 64; i++) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            accept_one(l->srv, l, fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE)
+            shed_on_emfile(l->srv, l);
+        else if (errno != EAGAIN)
+            pier_log(PIER_LOG_WARN, "accept: %s", pier_strerror(-errno));
+        return;
+    }
+}
+
+int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_opts_t *opts) {
+    if (!group || !opts)
+        return -EINVAL;
+    pier_server_t *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return -ENOMEM;
+    srv->opts = *opts;
+    snprintf(srv->host, sizeof srv->host, "%s", opts->host && *opts->host ? opts->host : "127.0.0.1");
+    srv->opts.host = srv->host;
+    if (!srv->opts.backlog)
+        srv->opts.backlog = 1024;
+    if (!srv->opts.max_conns)
+        srv->opts.max_conns = 100000;
+    pier__limits_default(&srv->opts.limits);
+    srv->group = group;
+    srv->n = pier_group_size(group);
+    srv->ls = calloc(srv->n, sizeof *srv->ls);
+    int err = -ENOMEM;
+    if (!srv->ls)
+        goto fail;
+    struct sockaddr_storage ss;
+    int len = pier__addr_parse(srv->host, opts->port, &ss);
+    if (len < 0) {
+        err = len;
+        goto fail;
+    }
+    for (unsigned i = 0; i < srv->n; i++)
+        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+    for (unsigned i = 0; i < srv->n; i++) {
+        /* every socket binds the port the first one got, so port 0 works with N loops */
+        int fd = listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
+        if (fd < 0) {
+            err = fd;
+            goto fail;
+        }
+        listener_t *l = &srv->ls[i];
+        l->io.fd = fd;
+        l->io.cb = listener_cb;
+        l->srv = srv;
+        l->loop = pier_group_loop(group, i);
+        if (i == 0) {
+            struct sockaddr_storage bound;
+            socklen_t blen = sizeof bound;
+            getsockname(fd, (struct sockaddr *)&bound, &blen);
+            srv->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                          : ((struct sockaddr_in *)&bound)->sin_port);
+            if (ss.ss_family == AF_INET6)
+                ((struct sockaddr_in6 *)&ss)->sin6_port = htons(srv->port);
+            else
+                ((struct sockaddr_in *)&ss)->sin_port = htons(srv->port);
+        }
+    }
+    for (unsigned i = 0; i < srv->n; i++)
+        srv->ls[i].reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    *out = srv;
+    return 0;
+fail:
+    if (srv->ls)
+        for (unsigned i = 0; i < srv->n; i++)
+            if (srv->ls[i].io.fd >= 0)
+                close(srv->ls[i].io.fd);
+    free(srv->ls);
+    free(srv);
+    return err;
+}
+
+static void start_task(void *arg) {
+    listener_t *l = arg;
+    if (l->active || l->io.fd < 0 || atomic_load(&l->srv->state) != 1)
+        return;
+    int err = pier__io_add(l->loop, &l->io, EPOLLIN);
+    if (err < 0) {
+        pier_log(PIER_LOG_ERROR, "cannot watch listener: %s", pier_strerror(err));
+        return;
+    }
+    l->active = 1;
+    l->loop->handles++;
+    atomic_fetch_add(&l->srv->live, 1);
+}
+
+int pier_server_start(pier_server_t *srv) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&srv->state, &expected, 1))
+        return -EBUSY;
+    for (unsigned i = 0; i < srv->n; i++)
+        pier_loop_post(srv->ls[i].loop, start_task, &srv->ls[i]);
+    return 0;
+}
+
+static void stop_task(void *arg) {
+    listener_t *l = arg;
+    if (l->io.fd < 0)
+        return;
+    if (l->active) {
+        pier__io_del(l->loop, &l->io);
+        l->loop->handles--;
+        l->active = 0;
+        atomic_fetch_sub(&l->srv->live, 1);
+    }
+    close(l->io.fd);
+    l->io.fd = -1;
+}
+
+void pier_server_stop(pier_server_t *srv) {
+    int prev = atomic_exchange(&srv->state, 2);
+    if (prev == 2)
+        return;
+    for (unsigned i = 0; i < srv->n; i++) {
+        if (prev == 0)
+            stop_task(&srv->ls[i]); /* never started: nothing is registered anywhere */
+        else
+            pier_loop_post(srv->ls[i].loop, stop_task, &srv->ls[i]);
+    }
+}
+
+static void close_all_task(void *arg) {
+    listener_t *l = arg;
+    pier__queue_t *q = l->loop->conns.next;
+    while (q != &l->loop->conns) {
+        pier_conn_t *c = pier__container_of(q, pier_conn_t, all_q);
+        q = q->next;
+        if (c->server == l->srv)
+            pier_conn_close(c);
+    }
+}
+
+void pier_server_close_all(pier_server_t *srv) {
+    for (unsigned i = 0; i < srv->n; i++)
+        pier_loop_post(srv->ls[i].loop, close_all_task, &srv->ls[i]);
+}
+
+int pier_server_free(pier_server_t *srv) {
+    if (!srv)
+        return 0;
+    if (atomic_load(&srv->state) == 1 || atomic_load(&srv->live) > 0 || atomic_load(&srv->conns) > 0)
+        return -EBUSY;
+    for (unsigned i = 0; i < srv->n; i++)
+        if (srv->ls[i].io.fd >= 0)
+            return -EBUSY; /* a stop task has not run yet */
+    for (unsigned i = 0; i < srv->n; i++)
+        if (srv->ls[i].reserve_fd >= 0)
+            close(srv->ls[i].reserve_fd);
+    free(srv->ls);
+    free(srv);
+    return 0;
+}
+
+void pier__server_conn_closed(pier_server_t *srv, pier_conn_t *c) { atomic_fetch_sub(&srv->conns, 1); }
+
+uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
+void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
+unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
