@@ -1,0 +1,91 @@
+# Shared helpers for bench/echo and bench/http (sourced, not run).
+# Servers are started pinned to CPU 0 and loads to CPU 1; every process started through
+# start_server is stopped when the script exits, however it exits.
+
+HZ=$(getconf CLK_TCK)
+PIDS=()
+
+die() { echo "$BENCH_NAME: $*" >&2; exit 1; }
+note() { echo "$BENCH_NAME: $*" >&2; }
+
+bench_checks() {
+    [ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (server on CPU 0, load on CPU 1)"
+    command -v taskset >/dev/null || die "taskset missing (util-linux); run scripts/deps.sh bench"
+    command -v ss >/dev/null || die "ss missing (iproute2)"
+    # Many connections need many descriptors on each side; raise the soft limit.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    [ "$(ulimit -n)" -ge 2100 ] || note "warning: ulimit -n is $(ulimit -n); 1000 connections may fail"
+}
+
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    sleep 0.3
+    for p in "${PIDS[@]}"; do
+        pkill -KILL -P "$p" 2>/dev/null # children (nginx workers) by parent id
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    PIDS=()
+    [ -n "${TMPD:-}" ] && rm -rf "$TMPD"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop() { # stop PID: TERM, up to 2 s for a clean exit, then KILL (with its children)
+    kill -TERM "$1" 2>/dev/null
+    for _ in $(seq 20); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    pkill -KILL -P "$1" 2>/dev/null
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    local keep=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# CPU ticks (utime+stime, all threads) of a process and its child processes.
+cpu_ticks() {
+    local total=0 p rest
+    for p in "$1" $(pgrep -P "$1"); do
+        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        rest=${rest##*) } # fields after the ")" that ends the command name
+        set -- $rest
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+
+# start_server NAME PORT LOG CMD...: runs CMD pinned to CPU 0 and waits up to 5 s for
+# the port to listen. Sets SPID. Returns 1 (after saying why) if it did not come up.
+start_server() {
+    local name=$1 port=$2 log=$3
+    shift 3
+    if listening "$port"; then
+        note "port $port already in use, skipping $name"
+        return 1
+    fi
+    taskset -c 0 "$@" >"$log" 2>&1 &
+    SPID=$!
+    PIDS+=("$SPID")
+    for _ in $(seq 50); do
+        listening "$port" && return 0
+        kill -0 "$SPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    note "$name did not start listening on $port (log: $log)"
+    sed 's/^/    /' "$log" >&2
+    stop "$SPID"
+    return 1
+}
+
+# field NAME LINE: the value of NAME=value in a line of output.
+field() {
+    local re="(^| )$1=([^ ]+)"
+    [[ $2 =~ $re ]] && echo "${BASH_REMATCH[2]}"
+}
+
+machine_line() {
+    echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+}
