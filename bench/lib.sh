@@ -15,6 +15,22 @@ bench_checks() {
     # Many connections need many descriptors on each side; raise the soft limit.
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     [ "$(ulimit -n)" -ge 2100 ] || note "warning: ulimit -n is $(ulimit -n); 1000 connections may fail"
+    local busy
+    busy=$(busy_percent)
+    if [ "$busy" -gt 10 ]; then
+        note "warning: CPUs already ${busy}% busy before the benchmark (other work running);"
+        note "         the server and the load share their CPUs with it, so numbers will be low and noisy"
+    fi
+    BUSY_BEFORE=$busy
+}
+
+# Percent of all CPUs busy over one second, from /proc/stat (user+nice+system+irq+softirq+steal).
+busy_percent() {
+    local a b
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)
+    echo "$a $b" | awk '{ d = $4 - $2; print (d > 0 ? int(100 * ($3 - $1) / d + 0.5) : 0) }'
 }
 
 cleanup() {
@@ -44,6 +60,16 @@ stop() { # stop PID: TERM, up to 2 s for a clean exit, then KILL (with its child
 }
 
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# CPU ticks used by this shell's finished, waited-for children (cutime+cstime): the
+# difference around a load run is the load generator's CPU time.
+load_ticks() {
+    local rest
+    rest=$(cat /proc/$$/stat)
+    rest=${rest##*) }
+    set -- $rest
+    echo $((${14} + ${15}))
+}
 
 # CPU ticks (utime+stime, all threads) of a process and its child processes.
 cpu_ticks() {
@@ -87,5 +113,5 @@ field() {
 }
 
 machine_line() {
-    echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+    echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r); ${BUSY_BEFORE:-?}% busy before the run"
 }
