@@ -17,7 +17,8 @@
  *  414  a request-target longer than max_target.
  *  417  an expectation other than 100-continue.
  *  431  a head longer than max_head, or more than max_fields field lines.
- *  501  a transfer coding other than chunked; CONNECT (not implemented here).
+ *  501  a transfer coding other than chunked; CONNECT (not implemented here); a method
+ *       longer than 32 characters.
  *  505  an HTTP major version other than 1.
  */
 #include "http/parser.h"
@@ -32,6 +33,8 @@
 #define DEFAULT_MAX_HEAD 8192
 #define DEFAULT_MAX_TARGET 4096
 #define DEFAULT_MAX_FIELDS 64
+#define MAX_EMPTY_LINES 4 /* before the request line */
+#define MAX_METHOD 32     /* longer is answered 501 */
 
 static const uint8_t tchar[256] = {
     0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
@@ -405,7 +408,7 @@ static int parse_request_line(const char **pp, const char *end, pass_t *ps) {
     const char *p = *pp, *start;
     /* at most a few empty lines before the request line (RFC 9112 2.2 SHOULD) */
     for (int n = 0; p < end && (*p == '\r' || *p == '\n'); n++) {
-        if (n == 4 || *p != '\r')
+        if (n == MAX_EMPTY_LINES || *p != '\r')
             FAIL(400);
         if (p + 1 == end)
             return -2;
@@ -414,7 +417,8 @@ static int parse_request_line(const char **pp, const char *end, pass_t *ps) {
         p += 2;
     }
     for (start = p; p < end && tchar[(unsigned char)*p]; p++)
-        ;
+        if (p - start == MAX_METHOD)
+            FAIL(501);
     if (p == end)
         return -2;
     if (*p != ' ' || p == start)
@@ -516,9 +520,10 @@ static int parse_head(const char *buf, size_t len, const pier__http_limits_t *li
 
 /* ---- the incremental pre-scan ---- */
 
-/* Looks for the empty line ending the head in bytes not scanned before. Returns 1 when
- * found, 0 if not yet, or a status for an early rejection. Only offsets are kept, so the
- * buffer may move between calls. */
+/* Looks for the empty line ending the head in bytes not scanned before. Returns 0 if not
+ * found yet, 1 when found, or a status when the head is surely bad: a bare LF, too many
+ * empty lines before it, or a limit passed. Only offsets are kept, so the buffer may move
+ * between calls. */
 static int prescan(pier__http_parser_t *p, const pier__http_limits_t *lim, const char *buf, size_t len) {
     size_t i = p->scanned;
     for (;;) {
@@ -534,12 +539,14 @@ static int prescan(pier__http_parser_t *p, const pier__http_limits_t *lim, const
             return 1;
         if (!empty)
             p->first_line_end = 1;
+        else if (++p->empty_lines > MAX_EMPTY_LINES)
+            return 400;
         i = at + 1;
     }
     /* an LF is judged by the bytes before it, which stay in the buffer, so the next call
      * can start exactly here even when CRLFCRLF straddles two calls */
     p->scanned = len;
-    if (!p->first_line_end && len > lim->max_target + 64)
+    if (!p->first_line_end && len > lim->max_target + MAX_METHOD + 12)
         return 414;
     if (len > lim->max_head)
         return 431;
@@ -549,9 +556,22 @@ static int prescan(pier__http_parser_t *p, const pier__http_limits_t *lim, const
 void pier__http_parser_init(pier__http_parser_t *p) {
     p->scanned = 0;
     p->first_line_end = 0;
+    p->empty_lines = 0;
 }
 
 static const pier__http_limits_t default_limits = {DEFAULT_MAX_HEAD, DEFAULT_MAX_TARGET, DEFAULT_MAX_FIELDS};
+
+/* The full pass never looks past max_head, so that where a head is judged does not depend
+ * on how much more arrived after it. */
+static int parse_bounded(const char *buf, size_t len, const pier__http_limits_t *lim, pier__http_request_t *req) {
+    int rc = parse_head(buf, len > lim->max_head ? lim->max_head : len, lim, req);
+    if (rc == -2 && len > lim->max_head) {
+        reset_request(req);
+        req->status = 431;
+        return -1;
+    }
+    return rc;
+}
 
 int pier__http_parse_request(pier__http_parser_t *p, const pier__http_limits_t *lim_in, const char *buf,
                              size_t len, pier__http_request_t *req) {
@@ -564,19 +584,22 @@ int pier__http_parse_request(pier__http_parser_t *p, const pier__http_limits_t *
         lim.max_fields = lim.max_fields ? PIER__HTTP_MAX_FIELDS : DEFAULT_MAX_FIELDS;
 
     if (p->scanned == 0) {
-        int rc = parse_head(buf, len, &lim, req);
+        int rc = parse_bounded(buf, len, &lim, req);
         if (rc != -2)
             return rc;
     }
     int st = prescan(p, &lim, buf, len);
     if (st == 0)
         return -2;
-    if (st > 1) {
+    /* Found the end, or the head is bad: either way the full pass gives the verdict, and
+     * gives the same one as when the head arrives whole (the first error wins). */
+    int rc = parse_bounded(buf, len, &lim, req);
+    if (rc == -2) {
         reset_request(req);
-        req->status = st;
+        req->status = st > 1 ? st : 400;
         return -1;
     }
-    return parse_head(buf, len, &lim, req);
+    return rc;
 }
 
 const pier__http_field_t *pier__http_find_field(const pier__http_request_t *req, const char *name,

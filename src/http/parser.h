@@ -78,6 +78,7 @@ typedef struct pier__http_request_s {
 typedef struct pier__http_parser_s {
     size_t scanned;     /* bytes known to hold no end of head */
     int first_line_end; /* the request line's LF has been seen */
+    int empty_lines;    /* empty lines seen before it */
 } pier__http_parser_t;
 
 /* Prepares a parser for a new request. */

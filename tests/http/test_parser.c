@@ -148,6 +148,8 @@ static void test_versions(void **state) {
     expect_status("GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400);
     expect_status("GET / HTTP/x.1\r\nHost: a\r\n\r\n", 400);
     expect_status("GET /\r\n\r\n", 400); /* HTTP/0.9 style */
+    /* the first error wins, however the bytes arrive (the bare LF comes later) */
+    expect_status("GET / HTTP/2.0\r\nX: a\n\r\n", 505);
 }
 
 static void test_request_line(void **state) {
@@ -162,6 +164,8 @@ static void test_request_line(void **state) {
     expect_ok("get / HTTP/1.1\r\nHost: a\r\n\r\n"); /* case-sensitive: not GET */
     assert_int_equal(req.method, PIER__HTTP_OTHER);
     expect_status("GE(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400);
+    expect_ok("ABCDEFGHIJKLMNOPQRSTUVWXYZ012345 / HTTP/1.1\r\nHost: a\r\n\r\n"); /* 32 */
+    expect_status("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456 / HTTP/1.1\r\nHost: a\r\n\r\n", 501);
     expect_status(" GET / HTTP/1.1\r\nHost: a\r\n\r\n", 400);
     expect_status("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400);
     expect_status("GET /  HTTP/1.1\r\nHost: a\r\n\r\n", 400);
