@@ -106,6 +106,18 @@ start_server() {
     return 1
 }
 
+# build OUT SRC COMPILER FLAGS...: compiles bench/peers/SRC into bench/build/OUT when
+# the binary is missing or older than its source.
+build() {
+    local out=$1 src=$2 cc=$3
+    shift 3
+    mkdir -p "$ROOT/bench/build"
+    if [ ! -x "$ROOT/bench/build/$out" ] || [ "$ROOT/bench/peers/$src" -nt "$ROOT/bench/build/$out" ]; then
+        note "building $out"
+        $cc -O2 -Wall -Wextra -o "$ROOT/bench/build/$out" "$ROOT/bench/peers/$src" "$@" || die "building $out failed"
+    fi
+}
+
 # field NAME LINE: the value of NAME=value in a line of output.
 field() {
     local re="(^| )$1=([^ ]+)"
