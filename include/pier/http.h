@@ -1,0 +1,171 @@
+/* pier HTTP/1.1 server: a strict parser, a router, responses with a length or streamed
+ * in chunks, deferred responses finished from any thread, and static files.
+ *
+ *   pier_http_server_t *srv = NULL;
+ *   pier_http_opts_t o = {.port = 8888};
+ *   pier_http_server_new(&srv, group, &o);
+ *   pier_http_route(srv, PIER_HTTP_GET, "/hello/:name", hello, NULL);
+ *   pier_http_server_start(srv);
+ *   pier_group_run(group);
+ *
+ * Ownership: the application creates and frees the group and the server; the server never
+ * frees the group it was given. Requests and responses belong to the server and are only
+ * valid during the handler call, except a response turned into a pier_http_later_t, which
+ * is the application's until it finishes it.
+ *
+ * Threads: handlers run on the loop that owns the connection. Routes are added before
+ * pier_http_server_start(). The pier_http_later_* calls may be made from any thread.
+ *
+ * Errors: functions return 0 or a negative errno (pier_strerror() names them).
+ */
+#ifndef PIER_HTTP_H
+#define PIER_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "loop.h"
+#include "net.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pier_http_server_s pier_http_server_t;
+typedef struct pier_http_req_s pier_http_req_t;
+typedef struct pier_http_res_s pier_http_res_t;
+typedef struct pier_http_later_s pier_http_later_t;
+
+/* Methods, as bits: a route may take several (PIER_HTTP_GET | PIER_HTTP_POST). A route
+ * for GET also answers HEAD, without the body. */
+enum {
+    PIER_HTTP_GET = 1u << 0,
+    PIER_HTTP_HEAD = 1u << 1,
+    PIER_HTTP_POST = 1u << 2,
+    PIER_HTTP_PUT = 1u << 3,
+    PIER_HTTP_DELETE = 1u << 4,
+    PIER_HTTP_PATCH = 1u << 5,
+    PIER_HTTP_OPTIONS = 1u << 6,
+    PIER_HTTP_ANY = 0x7fu,
+};
+
+/* Runs on the connection's loop for each complete request (head and body). Before it
+ * returns it must either answer (pier_http_res_send, or begin/write/end) or take the
+ * response with pier_http_res_later(). A handler that does neither gets a 500 sent. */
+typedef void (*pier_http_handler_cb)(pier_http_req_t *req, pier_http_res_t *res, void *ud);
+
+typedef struct pier_http_opts_s {
+    const char *host;             /* default 127.0.0.1 */
+    uint16_t port;                /* 0: ephemeral, see pier_http_server_port() */
+    unsigned max_conns;           /* default 10000; over it new connections are closed */
+    size_t max_head;              /* request line and fields (8 KiB); over it: 431 */
+    size_t max_target;            /* request-target (4 KiB); over it: 414 */
+    size_t max_body;              /* request body (1 MiB); over it: 413 */
+    uint64_t keepalive_ms;        /* idle keep-alive connection closed after (60 s) */
+    uint64_t header_timeout_ms;   /* a request head must arrive within (10 s), else 408 */
+    const char *server_name;      /* Server header value (default "pier") */
+    const char *access_log;       /* path to append common-log-format lines to; NULL: none */
+} pier_http_opts_t;
+
+/* ---- server ---- */
+
+/* Creates a server on every loop of group (SO_REUSEPORT), bound and listening at once.
+ * *out is the caller's to free with pier_http_server_free(). -EADDRINUSE, -EINVAL for a
+ * bad host or option, -ENOMEM, or -errno opening the access log. */
+PIER_EXTERN int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pier_http_opts_t *opts);
+
+/* Adds a route; call before pier_http_server_start(). pattern is an absolute path with
+ * optional ":name" segments (one segment each) and an optional final "*" that matches
+ * the rest of the path. An exact path wins over one with parameters, which wins over a
+ * wildcard; among wildcards the longest prefix wins. The path is matched after
+ * percent-decoding. -EINVAL for a bad pattern or method set, -EEXIST if the same
+ * pattern already has one of these methods, -EBUSY once started, -ENOMEM. */
+PIER_EXTERN int pier_http_route(pier_http_server_t *srv, unsigned methods, const char *pattern,
+                                pier_http_handler_cb handler, void *ud);
+
+/* Serves the files under root_dir for GET and HEAD on prefix "/x/" (the pattern "/x/" followed by a star).
+ * Nothing outside root_dir can be reached: dot segments and dotfiles are refused, and
+ * symbolic links are not followed. Directories serve their index.html. The directory is
+ * opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be. */
+PIER_EXTERN int pier_http_static(pier_http_server_t *srv, const char *prefix, const char *root_dir);
+
+/* Starts accepting (thread-safe). */
+PIER_EXTERN int pier_http_server_start(pier_http_server_t *srv);
+/* Stops accepting and closes every connection gracefully (thread-safe). */
+PIER_EXTERN void pier_http_server_stop(pier_http_server_t *srv);
+/* Resets every open connection, dropping queued output (thread-safe): for the end of a
+ * shutdown's grace period. */
+PIER_EXTERN void pier_http_server_abort_all(pier_http_server_t *srv);
+/* Connections open now. */
+PIER_EXTERN unsigned pier_http_server_conns(const pier_http_server_t *srv);
+/* Frees a stopped server whose connections have all closed; -EBUSY before (run the loops
+ * a little longer and retry). Never frees the group. */
+PIER_EXTERN int pier_http_server_free(pier_http_server_t *srv);
+PIER_EXTERN uint16_t pier_http_server_port(const pier_http_server_t *srv);
+/* Requests answered so far, all loops (approximate while running). */
+PIER_EXTERN uint64_t pier_http_server_requests(const pier_http_server_t *srv);
+
+/* ---- requests (handler only) ---- */
+
+PIER_EXTERN unsigned pier_http_req_method(const pier_http_req_t *req);      /* PIER_HTTP_* */
+PIER_EXTERN const char *pier_http_req_method_name(const pier_http_req_t *req);
+/* The percent-decoded path ("/a b" for "/a%20b"), NUL-terminated. */
+PIER_EXTERN const char *pier_http_req_path(const pier_http_req_t *req);
+/* The raw query string after '?', or NULL; *len its length. */
+PIER_EXTERN const char *pier_http_req_query_string(const pier_http_req_t *req, size_t *len);
+/* The first field named name (case-insensitive) or NULL; *len gets its length. Values are
+ * not NUL-terminated. */
+PIER_EXTERN const char *pier_http_req_header(const pier_http_req_t *req, const char *name, size_t *len);
+/* The ":name" segment of the matched route, or the "*" part for name "*"; NULL if none. */
+PIER_EXTERN const char *pier_http_req_param(const pier_http_req_t *req, const char *name, size_t *len);
+/* Decodes query parameter key into buf (NUL-terminated). Returns its length, -ENOENT if
+ * absent, -ENOSPC if buf is too small, -EINVAL for a bad escape. */
+PIER_EXTERN int pier_http_req_query(const pier_http_req_t *req, const char *key, char *buf, size_t size);
+PIER_EXTERN const void *pier_http_req_body(const pier_http_req_t *req, size_t *len);
+/* 0 for HTTP/1.0, 1 for HTTP/1.1. */
+PIER_EXTERN int pier_http_req_minor(const pier_http_req_t *req);
+/* The connection's id, usable from any thread (net.h). */
+PIER_EXTERN pier_id_t pier_http_req_conn_id(const pier_http_req_t *req);
+
+/* ---- responses (handler only) ---- */
+
+/* Adds a response field (copied). -EINVAL for a name or value that would break the head
+ * (CR, LF, NUL, a name that is not a token), -ENOSPC past 4 KiB of fields, -EALREADY
+ * once the head is sent. */
+PIER_EXTERN int pier_http_res_header(pier_http_res_t *res, const char *name, const char *value);
+/* Sends a whole response with Content-Length; body is copied. content_type may be NULL.
+ * -EALREADY if a response was already sent. */
+PIER_EXTERN int pier_http_res_send(pier_http_res_t *res, int status, const char *content_type,
+                                   const void *body, size_t len);
+/* Streams a response: begin sends the head (chunked for HTTP/1.1; for HTTP/1.0 the end
+ * of the body is the end of the connection), write sends a chunk (copied; empty writes
+ * are ignored), end finishes it. */
+PIER_EXTERN int pier_http_res_begin(pier_http_res_t *res, int status, const char *content_type);
+PIER_EXTERN int pier_http_res_write(pier_http_res_t *res, const void *data, size_t len);
+PIER_EXTERN int pier_http_res_end(pier_http_res_t *res);
+
+/* Takes the response out of the handler, to be finished later from any thread. Further
+ * requests on the connection wait (responses stay in order). Fields added with
+ * pier_http_res_header() are kept. NULL on -ENOMEM (then the server answers 500). */
+PIER_EXTERN pier_http_later_t *pier_http_res_later(pier_http_res_t *res);
+
+/* ---- deferred responses: any thread ----
+ *
+ * Each call posts to the connection's loop. If the client has gone, the calls return
+ * -ENOTCONN and nothing is sent; that is not an error the application must handle. send
+ * and end free the handle (also on error): do not use it afterwards. Every handle must
+ * end with one of send, end or cancel. */
+PIER_EXTERN int pier_http_later_send(pier_http_later_t *later, int status, const char *content_type,
+                                     const void *body, size_t len);
+PIER_EXTERN int pier_http_later_begin(pier_http_later_t *later, int status, const char *content_type);
+PIER_EXTERN int pier_http_later_write(pier_http_later_t *later, const void *data, size_t len);
+PIER_EXTERN int pier_http_later_end(pier_http_later_t *later);
+/* Gives up: the connection is closed without a response, and the handle freed. */
+PIER_EXTERN void pier_http_later_cancel(pier_http_later_t *later);
+
+/* The reason phrase of a status ("Not Found"), "Unknown" if pier does not know it. */
+PIER_EXTERN const char *pier_http_reason(int status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,228 @@
+/* pier http: the HTTP/1.1 server with its demo routes, and the service `pier serve` runs.
+ *
+ *   GET, HEAD /plaintext   "Hello, World!" as text/plain
+ *   GET /json              {"message":"Hello, World!"}
+ *   POST /echo             the request body, with its Content-Type
+ *   GET, HEAD /static/...  files under --root (default: the www/ folder shipped with pier)
+ *   GET /                  a page about the server and its routes
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <pier/http.h>
+
+#ifndef PIER_SOURCE_DIR
+#define PIER_SOURCE_DIR "."
+#endif
+
+/* Not in cli.h (owned by the core); declared here so that main.c and cmd_serve.c can
+ * declare them the same way. */
+typedef struct pier_http_cfg_s {
+    const char *host;
+    uint16_t port;
+    const char *root;        /* NULL: the shipped www/ folder if present */
+    size_t max_body;
+    const char *access_log;
+} pier_http_cfg_t;
+
+int pier_cmd_http(int argc, char **argv);
+extern const pier_service_t pier_http_service;
+
+typedef struct http_state_s {
+    pier_group_t *group;
+    pier_http_server_t *srv;
+} http_state_t;
+
+static const char hello[] = "Hello, World!";
+static const char json[] = "{\"message\":\"Hello, World!\"}";
+
+static void plaintext(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    pier_http_res_send(res, 200, "text/plain", hello, sizeof hello - 1);
+}
+
+static void json_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    pier_http_res_send(res, 200, "application/json", json, sizeof json - 1);
+}
+
+static void echo_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    size_t len, tl;
+    const void *body = pier_http_req_body(req, &len);
+    const char *t = pier_http_req_header(req, "Content-Type", &tl);
+    char ctype[256] = "application/octet-stream";
+    if (t && tl < sizeof ctype) {
+        memcpy(ctype, t, tl);
+        ctype[tl] = '\0';
+    }
+    pier_http_res_send(res, 200, ctype, body, len);
+}
+
+static const char home[] =
+    "<!doctype html>\n"
+    "<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pier http</title></head>\n"
+    "<body style=\"font-family: system-ui, sans-serif; max-width: 40em; margin: 2em auto\">\n"
+    "<h1>pier http</h1>\n"
+    "<p>An HTTP/1.1 server built on pier's event loop: a strict parser, a router,\n"
+    "keep-alive and pipelining, chunked bodies, and static files with validators and ranges.</p>\n"
+    "<h2>Routes</h2>\n<ul>\n"
+    "<li><a href=\"/plaintext\">GET /plaintext</a>: Hello, World! as text/plain</li>\n"
+    "<li><a href=\"/json\">GET /json</a>: a JSON message</li>\n"
+    "<li>POST /echo: the request body, echoed with its content type</li>\n"
+    "<li><a href=\"/static/\">GET /static/...</a>: files under the --root folder</li>\n"
+    "</ul>\n</body></html>\n";
+
+static void home_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    pier_http_res_send(res, 200, "text/html; charset=utf-8", home, sizeof home - 1);
+}
+
+static const char *default_root(void) {
+    static const char root[] = PIER_SOURCE_DIR "/www";
+    struct stat sb;
+    return stat(root, &sb) == 0 && S_ISDIR(sb.st_mode) ? root : NULL;
+}
+
+static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg) {
+    int err = 0;
+    err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/plaintext", plaintext, NULL);
+    err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/json", json_route, NULL);
+    err = err ? err : pier_http_route(srv, PIER_HTTP_POST, "/echo", echo_route, NULL);
+    err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/", home_route, NULL);
+    if (err)
+        return err;
+    const char *root = cfg->root ? cfg->root : default_root();
+    if (!root) {
+        pier_log(PIER_LOG_WARN, "http: no www/ folder found and no --root given: /static/ is off");
+        return 0;
+    }
+    err = pier_http_static(srv, "/static/", root);
+    if (err < 0)
+        fprintf(stderr, "pier http: cannot serve --root %s: %s\n", root, pier_strerror(err));
+    return err;
+}
+
+static int http_start(pier_group_t *g, void *cfgp, void **state) {
+    const pier_http_cfg_t defaults = {.host = "127.0.0.1", .port = 8888};
+    const pier_http_cfg_t *cfg = cfgp ? cfgp : &defaults;
+    http_state_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return -1;
+    pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
+                          .access_log = cfg->access_log};
+    int err = pier_http_server_new(&st->srv, g, &o);
+    if (err < 0) {
+        if (cfg->access_log && err != -EADDRINUSE)
+            fprintf(stderr, "pier http: cannot start (access log %s): %s\n", cfg->access_log, pier_strerror(err));
+        else
+            fprintf(stderr, "pier http: cannot listen on %s:%u: %s\n", cfg->host, cfg->port, pier_strerror(err));
+        free(st);
+        return err;
+    }
+    err = add_routes(st->srv, cfg);
+    if (err < 0) {
+        pier_http_server_stop(st->srv);
+        pier_http_server_free(st->srv);
+        free(st);
+        return err;
+    }
+    st->group = g;
+    pier_http_server_start(st->srv);
+    pier_log(PIER_LOG_INFO, "http: listening on %s:%u (%u loops)", cfg->host, pier_http_server_port(st->srv),
+             pier_group_size(g));
+    *state = st;
+    return 0;
+}
+
+static void http_drain(void *state) { pier_http_server_stop(((http_state_t *)state)->srv); }
+
+static unsigned http_active(void *state) { return pier_http_server_conns(((http_state_t *)state)->srv); }
+
+static int http_freed(void *state) { return pier_http_server_free(((http_state_t *)state)->srv) == 0; }
+
+static void http_finish(void *state) {
+    http_state_t *st = state;
+    pier_http_server_stop(st->srv);
+    pier_http_server_abort_all(st->srv);
+    if (!pier_cli_settle(st->group, http_freed, st, 5000))
+        pier_log(PIER_LOG_ERROR, "http: server could not be freed");
+    free(st);
+}
+
+const pier_service_t pier_http_service = {
+    .name = "http", .start = http_start, .drain = http_drain, .active = http_active, .finish = http_finish,
+};
+
+static const char http_help[] =
+    "usage: pier http [--host 127.0.0.1] [--port 8888] [--threads N] [--root DIR]\n"
+    "                 [--max-body BYTES] [--access-log FILE] [--quiet]\n"
+    "\n"
+    "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
+    "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
+    "  GET /json              {\"message\":\"Hello, World!\"}\n"
+    "  POST /echo             the request body, with its Content-Type\n"
+    "  GET, HEAD /static/...  files under --root\n"
+    "  GET /                  a page about the server\n"
+    "SIGINT or SIGTERM stops accepting, finishes what is in flight, exits 0.\n"
+    "\n"
+    "  --host H            address to listen on (IPv4 or IPv6), default 127.0.0.1\n"
+    "  --port P            port, default 8888 (0: any free port, logged)\n"
+    "  --threads N         event loops, one thread each (default 1; 0: one per CPU)\n"
+    "  --root DIR          folder served under /static/ (default: pier's www/ folder)\n"
+    "  --max-body BYTES    largest request body (default 1048576); larger gets 413\n"
+    "  --access-log FILE   append a common-log-format line per request to FILE\n"
+    "  --quiet             log warnings and errors only\n";
+
+int pier_cmd_http(int argc, char **argv) {
+    pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
+    uint64_t threads = 1, v;
+    static const struct option longopts[] = {
+        {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
+        {"threads", required_argument, 0, 't'},  {"root", required_argument, 0, 'r'},
+        {"max-body", required_argument, 0, 'b'}, {"access-log", required_argument, 0, 'l'},
+        {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
+        {0, 0, 0, 0},
+    };
+    int opt;
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'h': cfg.host = optarg; break;
+        case 'p':
+            if (pier_cli_port("http", optarg, &cfg.port) < 0)
+                return 2;
+            break;
+        case 't':
+            if (pier_cli_u64("http", "--threads", optarg, 0, 256, &threads) < 0)
+                return 2;
+            break;
+        case 'r': {
+            struct stat sb;
+            if (stat(optarg, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+                fprintf(stderr, "pier http: --root %s is not a directory\n", optarg);
+                return 2;
+            }
+            cfg.root = optarg;
+            break;
+        }
+        case 'b':
+            if (pier_cli_u64("http", "--max-body", optarg, 1, (uint64_t)1 << 32, &v) < 0)
+                return 2;
+            cfg.max_body = (size_t)v;
+            break;
+        case 'l': cfg.access_log = optarg; break;
+        case 'q': pier_log_set_level(PIER_LOG_WARN); break;
+        case 'H': fputs(http_help, stdout); return 0;
+        default:
+            return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
+    pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};
+    return pier_cli_run((unsigned)threads, &run, 1, 10000);
+}
