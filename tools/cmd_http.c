@@ -29,6 +29,8 @@ typedef struct pier_http_cfg_s {
     const char *root;        /* NULL: the shipped www/ folder if present */
     size_t max_body;
     const char *access_log;
+    uint64_t keepalive_ms;   /* 0: the library's default */
+    uint64_t header_timeout_ms;
 } pier_http_cfg_t;
 
 int pier_cmd_http(int argc, char **argv);
@@ -112,7 +114,8 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
     if (!st)
         return -1;
     pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
-                          .access_log = cfg->access_log};
+                          .access_log = cfg->access_log, .keepalive_ms = cfg->keepalive_ms,
+                          .header_timeout_ms = cfg->header_timeout_ms};
     int err = pier_http_server_new(&st->srv, g, &o);
     if (err < 0) {
         if (cfg->access_log && err != -EADDRINUSE)
@@ -141,7 +144,13 @@ static void http_drain(void *state) { pier_http_server_stop(((http_state_t *)sta
 
 static unsigned http_active(void *state) { return pier_http_server_conns(((http_state_t *)state)->srv); }
 
-static int http_freed(void *state) { return pier_http_server_free(((http_state_t *)state)->srv) == 0; }
+/* Idempotent: settle may ask again after it said yes. */
+static int http_freed(void *state) {
+    http_state_t *st = state;
+    if (st->srv && pier_http_server_free(st->srv) == 0)
+        st->srv = NULL;
+    return st->srv == NULL;
+}
 
 static void http_finish(void *state) {
     http_state_t *st = state;
@@ -158,7 +167,8 @@ const pier_service_t pier_http_service = {
 
 static const char http_help[] =
     "usage: pier http [--host 127.0.0.1] [--port 8888] [--threads N] [--root DIR]\n"
-    "                 [--max-body BYTES] [--access-log FILE] [--quiet]\n"
+    "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
+    "                 [--header-timeout S] [--quiet]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
     "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
@@ -174,6 +184,8 @@ static const char http_help[] =
     "  --root DIR          folder served under /static/ (default: pier's www/ folder)\n"
     "  --max-body BYTES    largest request body (default 1048576); larger gets 413\n"
     "  --access-log FILE   append a common-log-format line per request to FILE\n"
+    "  --keepalive-timeout S  close idle connections after S seconds (default 60)\n"
+    "  --header-timeout S  a request head must arrive within S seconds, else 408 (default 10)\n"
     "  --quiet             log warnings and errors only\n";
 
 int pier_cmd_http(int argc, char **argv) {
@@ -183,6 +195,7 @@ int pier_cmd_http(int argc, char **argv) {
         {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},  {"root", required_argument, 0, 'r'},
         {"max-body", required_argument, 0, 'b'}, {"access-log", required_argument, 0, 'l'},
+        {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
         {0, 0, 0, 0},
     };
@@ -215,6 +228,16 @@ int pier_cmd_http(int argc, char **argv) {
             cfg.max_body = (size_t)v;
             break;
         case 'l': cfg.access_log = optarg; break;
+        case 'k':
+            if (pier_cli_u64("http", "--keepalive-timeout", optarg, 1, 86400, &v) < 0)
+                return 2;
+            cfg.keepalive_ms = v * 1000;
+            break;
+        case 'T':
+            if (pier_cli_u64("http", "--header-timeout", optarg, 1, 3600, &v) < 0)
+                return 2;
+            cfg.header_timeout_ms = v * 1000;
+            break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
