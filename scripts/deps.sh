@@ -5,7 +5,7 @@
 set -eu
 want=(gcc clang cmake ninja-build make pkg-config libjansson-dev libcmocka-dev curl wrk python3 libclang-rt-14-dev)
 if [ "${1:-build}" = bench ]; then
-    want+=(libuv1-dev libevent-dev libboost-dev libboost-system-dev nginx-light h2o util-linux linux-perf)
+    want+=(g++ libuv1-dev libevent-dev libboost-dev libboost-system-dev nginx-light h2o util-linux iproute2 procps linux-perf)
 fi
 missing=()
 for p in "${want[@]}"; do
