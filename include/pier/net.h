@@ -149,6 +149,9 @@ PIER_EXTERN int pier_server_start(pier_server_t *srv);
 PIER_EXTERN void pier_server_stop(pier_server_t *srv);
 /* Closes every open connection of this server gracefully (thread-safe). */
 PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
+/* Aborts (resets, dropping queued output) every open connection of this server
+ * (thread-safe): what a shutdown does once its grace period is over. */
+PIER_EXTERN void pier_server_abort_all(pier_server_t *srv);
 /* Frees a stopped server once its listeners are closed and its connections have all
  * finished closing (their on_close has run); -EBUSY otherwise, and nothing is freed. */
 PIER_EXTERN int pier_server_free(pier_server_t *srv);

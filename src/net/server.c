@@ -234,20 +234,27 @@ void pier_server_stop(pier_server_t *srv) {
     }
 }
 
-static void close_all_task(void *arg) {
-    listener_t *l = arg;
+static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
     pier__queue_t *q = l->loop->conns.next;
     while (q != &l->loop->conns) {
         pier_conn_t *c = pier__container_of(q, pier_conn_t, all_q);
         q = q->next;
         if (c->server == l->srv)
-            pier_conn_close(c);
+            fn(c);
     }
 }
+
+static void close_all_task(void *arg) { each_conn(arg, pier_conn_close); }
+static void abort_all_task(void *arg) { each_conn(arg, pier_conn_abort); }
 
 void pier_server_close_all(pier_server_t *srv) {
     for (unsigned i = 0; i < srv->n; i++)
         pier_loop_post(srv->ls[i].loop, close_all_task, &srv->ls[i]);
+}
+
+void pier_server_abort_all(pier_server_t *srv) {
+    for (unsigned i = 0; i < srv->n; i++)
+        pier_loop_post(srv->ls[i].loop, abort_all_task, &srv->ls[i]);
 }
 
 int pier_server_free(pier_server_t *srv) {

@@ -1,0 +1,141 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int pier_cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "pier %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see 'pier %s --help')\n", cmd);
+    return 2;
+}
+
+int pier_cli_u64(const char *cmd, const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = s && *s != '-' ? strtoull(s, &end, 10) : 0;
+    if (!s || !*s || *s == '-' || errno || *end || v < min || v > max) {
+        pier_cli_usage_error(cmd, "%s wants a whole number from %llu to %llu, not '%s'", flag,
+                             (unsigned long long)min, (unsigned long long)max, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
+    uint64_t v;
+    if (pier_cli_u64(cmd, "--port", s, 0, 65535, &v) < 0)
+        return -1;
+    *out = (uint16_t)v;
+    return 0;
+}
+
+int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms) {
+    for (int waited = 0; !done(arg) && waited < max_ms; waited += 5)
+        for (unsigned i = 0; i < pier_group_size(g); i++)
+            pier_loop_run_once(pier_group_loop(g, i), i == 0 ? 5 : 0);
+    return done(arg);
+}
+
+/* ---- the service runner ---- */
+
+typedef struct runner_s {
+    pier_group_t *group;
+    pier_service_run_t *runs;
+    int n;
+    uint64_t drain_ms, drain_start;
+    int draining;
+    pier_timer_t poll;
+} runner_t;
+
+static unsigned still_active(runner_t *r) {
+    unsigned open = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->runs[i].state && r->runs[i].svc->active)
+            open += r->runs[i].svc->active(r->runs[i].state);
+    return open;
+}
+
+static void poll_cb(pier_timer_t *t) {
+    runner_t *r = t->data;
+    pier_loop_t *loop = pier_group_loop(r->group, 0);
+    unsigned open = still_active(r);
+    if (open == 0 || pier_loop_now(loop) - r->drain_start >= r->drain_ms) {
+        if (open)
+            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", open,
+                     (unsigned long long)r->drain_ms);
+        pier_timer_stop(t);
+        pier_group_stop(r->group);
+    }
+}
+
+static void on_signal(pier_loop_t *loop, int signo, void *arg) {
+    runner_t *r = arg;
+    if (r->draining) {
+        pier_log(PIER_LOG_WARN, "second %s: stopping now", signo == SIGINT ? "SIGINT" : "SIGTERM");
+        pier_group_stop(r->group);
+        return;
+    }
+    r->draining = 1;
+    r->drain_start = pier_loop_now(loop);
+    pier_log(PIER_LOG_INFO, "%s: no longer accepting; flushing open connections",
+             signo == SIGINT ? "SIGINT" : "SIGTERM");
+    for (int i = 0; i < r->n; i++)
+        if (r->runs[i].state)
+            r->runs[i].svc->drain(r->runs[i].state);
+    pier_timer_start(&r->poll, 20, 20);
+}
+
+int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t drain_ms) {
+    runner_t r = {.runs = runs, .n = n, .drain_ms = drain_ms};
+    int err = pier_group_new(&r.group, threads);
+    if (err < 0) {
+        fprintf(stderr, "pier: cannot create %u loops: %s\n", threads, pier_strerror(err));
+        return 1;
+    }
+    pier_loop_t *loop0 = pier_group_loop(r.group, 0);
+    /* signals are blocked here, before the loop threads start, so they inherit the mask
+     * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
+    pier_loop_signal(loop0, SIGINT, on_signal, &r);
+    pier_loop_signal(loop0, SIGTERM, on_signal, &r);
+    pier_timer_init(loop0, &r.poll, poll_cb, &r);
+    int code = 0;
+    int started = 0;
+    for (; started < n; started++) {
+        err = runs[started].svc->start(r.group, runs[started].cfg, &runs[started].state);
+        if (err < 0) {
+            code = 1;
+            break;
+        }
+    }
+    if (code == 0)
+        pier_group_run(r.group);
+    else
+        for (int i = 0; i < started; i++)
+            runs[i].svc->drain(runs[i].state);
+    pier_timer_stop(&r.poll);
+    pier_loop_signal_stop(loop0, SIGINT);
+    pier_loop_signal_stop(loop0, SIGTERM);
+    /* connections still open after the drain deadline are reset, so every loop can be
+     * freed; their on_close runs in pier_group_free's last iterations */
+    for (int i = 0; i < started; i++) {
+        runs[i].svc->finish(runs[i].state);
+        runs[i].state = NULL;
+    }
+    err = pier_group_free(r.group);
+    if (err < 0) {
+        pier_log(PIER_LOG_ERROR, "loops still have live handles at exit: %s", pier_strerror(err));
+        return 1;
+    }
+    if (code == 0)
+        pier_log(PIER_LOG_INFO, "stopped cleanly");
+    return code;
+}

@@ -1,0 +1,58 @@
+/* The pier tool's shared pieces: flag parsing and the service runner that every
+ * server command (echo, msg, http, serve) uses for start-up and graceful stop. */
+#ifndef PIER_TOOLS_CLI_H
+#define PIER_TOOLS_CLI_H
+
+#include <stdint.h>
+#include <pier/loop.h>
+#include <pier/net.h>
+
+/* A server a command can run. start() creates and starts it on the group; drain() is
+ * called on loop 0's thread at SIGINT/SIGTERM: stop accepting, close connections
+ * gracefully; active() reports what is still open; finish() frees it after the group
+ * has stopped. */
+typedef struct pier_service_s {
+    const char *name;
+    int (*start)(pier_group_t *g, void *cfg, void **state);
+    void (*drain)(void *state);
+    unsigned (*active)(void *state);
+    void (*finish)(void *state);
+} pier_service_t;
+
+typedef struct pier_service_run_s {
+    const pier_service_t *svc;
+    void *cfg;
+    void *state;
+} pier_service_run_t;
+
+/* Starts every service on a group of `threads` loops, runs until SIGINT/SIGTERM, drains
+ * for at most drain_ms, frees. Returns the process exit code. */
+int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t drain_ms);
+
+/* After the group has stopped: runs its loops on the calling thread until done(arg)
+ * says yes or max_ms passes. Services use it in finish() to let resets and on_close
+ * callbacks happen before they free their servers. Returns done(arg). */
+int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms);
+
+/* Parses an unsigned number in [min, max]; on error prints one line naming the command
+ * and flag and returns -1. */
+int pier_cli_u64(const char *cmd, const char *flag, const char *s, uint64_t min, uint64_t max, uint64_t *out);
+int pier_cli_port(const char *cmd, const char *s, uint16_t *out);
+/* "unknown flag", "missing value" and the like: one line and a hint. Returns 2. */
+int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Commands. Each takes argc/argv with argv[0] being the command name. */
+int pier_cmd_echo(int argc, char **argv);
+int pier_cmd_echo_client(int argc, char **argv);
+int pier_cmd_serve(int argc, char **argv);
+
+/* The echo service (for serve). cfg is a pier_echo_cfg_t, or NULL for the defaults. */
+typedef struct pier_echo_cfg_s {
+    const char *host;
+    uint16_t port;
+    unsigned max_conns;
+    uint64_t idle_ms;
+} pier_echo_cfg_t;
+extern const pier_service_t pier_echo_service;
+
+#endif
