@@ -79,15 +79,16 @@ static const char *scan_target_scalar(const char *p, const char *end) {
 }
 
 #ifdef PIER_HAVE_SSE42_PATH
-/* PCMPESTRI in range mode finds the first byte inside any of up to eight ranges. The
- * ranges list the forbidden bytes; loads never go past end (the guard-page tests check). */
+/* PCMPESTRI in range mode with negative polarity finds the first byte outside all of up
+ * to eight allowed ranges. (Valgrind implements this form, 0x14, but not every other.)
+ * Loads never go past end: the guard-page tests check. */
 __attribute__((target("sse4.2")))
 static const char *scan_ranges_sse42(const char *p, const char *end, const char *ranges, int nranges) {
     __m128i r = _mm_loadu_si128((const __m128i *)ranges);
     while (end - p >= 16) {
         __m128i v = _mm_loadu_si128((const __m128i *)p);
         int i = _mm_cmpestri(r, nranges, v, 16,
-                             _SIDD_UBYTE_OPS | _SIDD_CMP_RANGES | _SIDD_LEAST_SIGNIFICANT);
+                             _SIDD_UBYTE_OPS | _SIDD_CMP_RANGES | _SIDD_NEGATIVE_POLARITY | _SIDD_LEAST_SIGNIFICANT);
         if (i != 16)
             return p + i;
         p += 16;
@@ -95,17 +96,17 @@ static const char *scan_ranges_sse42(const char *p, const char *end, const char 
     return p;
 }
 
-static const char value_forbidden[16] = "\x00\x08\x0a\x1f\x7f\x7f";
-static const char target_forbidden[16] = "\x00\x20\x7f\xff";
+static const char value_allowed[16] = "\x09\x09\x20\x7e\x80\xff";
+static const char target_allowed[16] = "\x21\x7e";
 
 __attribute__((target("sse4.2")))
 static const char *scan_value_sse42(const char *p, const char *end) {
-    return scan_value_scalar(scan_ranges_sse42(p, end, value_forbidden, 6), end);
+    return scan_value_scalar(scan_ranges_sse42(p, end, value_allowed, 6), end);
 }
 
 __attribute__((target("sse4.2")))
 static const char *scan_target_sse42(const char *p, const char *end) {
-    return scan_target_scalar(scan_ranges_sse42(p, end, target_forbidden, 4), end);
+    return scan_target_scalar(scan_ranges_sse42(p, end, target_allowed, 2), end);
 }
 #endif
 
