@@ -11,10 +11,12 @@ typedef struct command_s {
     const char *what;
 } command_t;
 
+int pier_cmd_http(int argc, char **argv); /* tools/cmd_http.c */
 static const command_t commands[] = {
     {"serve", pier_cmd_serve, "the demo: every pier server on its default port"},
     {"echo", pier_cmd_echo, "echo server (port 10088)"},
     {"echo-client", pier_cmd_echo_client, "echo client and ping-pong load generator"},
+    {"http", pier_cmd_http, "HTTP/1.1 server with static files (port 8888)"},
 };
 
 static void usage(FILE *out) {
