@@ -58,7 +58,7 @@ time_t pier__http_parse_date(const char *s, size_t n) {
     buf[29] = '\0';
     char wd[4], mon[4], gmt[4];
     int d, y, h, mi, sec, used = 0;
-    if (sscanf(buf, "%3s %2d %3s %4d %2d:%2d:%2d %3s%n", wd, &d, mon, &y, &h, &mi, &sec, gmt, &used) != 8 ||
+    if (sscanf(buf, "%3[A-Za-z], %2d %3s %4d %2d:%2d:%2d %3s%n", wd, &d, mon, &y, &h, &mi, &sec, gmt, &used) != 8 ||
         used != 29 || buf[3] != ',' || strcmp(gmt, "GMT") != 0)
         return -1;
     int m = -1;

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""pier http static files: types, validators and 304, single ranges (206/416), index.html,
+and traversal attempts (../ and its encodings, %00, symlinks, dotfiles) that must never
+reach a file outside --root."""
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
+from e2e_helper import Server, check, exchange, finish, request  # noqa: E402
+
+base = tempfile.mkdtemp(prefix="pier-http-static-")
+root = os.path.join(base, "root")
+os.makedirs(os.path.join(root, "dir", "deeper"))
+os.makedirs(os.path.join(root, "noindex"))
+SECRET = b"TOP SECRET outside the root\n"
+with open(os.path.join(base, "secret.txt"), "wb") as f:
+    f.write(SECRET)
+files = {
+    "index.html": b"<p>root index</p>\n",
+    "a.txt": b"0123456789abcdefghij",
+    "style.css": b"body{}",
+    "app.js": b"let x = 1;",
+    "data.json": b"{}",
+    "pic.png": b"\x89PNG....",
+    "blob.unknownext": b"??",
+    "dir/index.html": b"<p>dir index</p>\n",
+    "dir/deeper/file with space.txt": b"spaced",
+    ".hidden": b"dotfile",
+    "empty.txt": b"",
+}
+for name, data in files.items():
+    with open(os.path.join(root, name), "wb") as f:
+        f.write(data)
+os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "link-out.txt"))
+os.symlink(base, os.path.join(root, "linkdir"))
+os.symlink("a.txt", os.path.join(root, "link-in.txt"))
+os.mkfifo(os.path.join(root, "fifo"))
+
+srv = Server("--root", root)
+
+
+def get(path, headers=None, method="GET"):
+    return request(srv, method, path, headers)
+
+
+# ---- types and bodies ----
+for name, ctype in [("a.txt", "text/plain; charset=utf-8"), ("style.css", "text/css; charset=utf-8"),
+                    ("app.js", "text/javascript; charset=utf-8"), ("data.json", "application/json"),
+                    ("pic.png", "image/png"), ("blob.unknownext", "application/octet-stream"),
+                    ("index.html", "text/html; charset=utf-8")]:
+    r = get("/static/" + name)
+    check(r.status == 200 and r.body == files[name], "%s served whole" % name)
+    check(r.header("content-type") == ctype, "%s is %s (got %s)" % (name, ctype, r.header("content-type")))
+r = get("/static/empty.txt")
+check(r.status == 200 and r.body == b"" and r.header("content-length") == "0", "empty file")
+r = get("/static/dir/deeper/file%20with%20space.txt")
+check(r.status == 200 and r.body == b"spaced", "percent-encoded name")
+r = get("/static/a.txt", method="HEAD")
+check(r.status == 200 and r.body == b"" and r.header("content-length") == "20", "HEAD on a file")
+
+# ---- directories ----
+r = get("/static/")
+check(r.status == 200 and r.body == files["index.html"], "root index.html")
+r = get("/static/dir/")
+check(r.status == 200 and r.body == files["dir/index.html"], "dir/index.html")
+r = get("/static/dir")
+check(r.status == 301 and r.header("location") == "/static/dir/", "directory without slash redirects")
+r = get("/static/noindex/")
+check(r.status == 404, "directory without index.html is 404")
+r = get("/static/nope.txt")
+check(r.status == 404, "missing file is 404")
+
+# ---- validators ----
+r = get("/static/a.txt")
+etag, lastmod = r.header("etag"), r.header("last-modified")
+check(etag is not None and etag.startswith('"'), "ETag present")
+check(lastmod is not None and lastmod.endswith("GMT"), "Last-Modified present")
+check(r.header("accept-ranges") == "bytes", "Accept-Ranges: bytes")
+r = get("/static/a.txt", {"If-None-Match": etag})
+check(r.status == 304 and r.body == b"" and r.header("etag") == etag, "If-None-Match match: 304")
+r = get("/static/a.txt", {"If-None-Match": '"other", W/' + etag})
+check(r.status == 304, "If-None-Match list with a weak match: 304")
+r = get("/static/a.txt", {"If-None-Match": "*"})
+check(r.status == 304, "If-None-Match *: 304")
+r = get("/static/a.txt", {"If-None-Match": '"nope"'})
+check(r.status == 200 and r.body == files["a.txt"], "If-None-Match mismatch: 200")
+r = get("/static/a.txt", {"If-Modified-Since": lastmod})
+check(r.status == 304, "If-Modified-Since equal: 304")
+r = get("/static/a.txt", {"If-Modified-Since": "Mon, 01 Jan 1990 00:00:00 GMT"})
+check(r.status == 200, "If-Modified-Since old: 200")
+r = get("/static/a.txt", {"If-Modified-Since": "garbage"})
+check(r.status == 200, "If-Modified-Since invalid: ignored")
+r = get("/static/a.txt", {"If-None-Match": '"nope"', "If-Modified-Since": lastmod})
+check(r.status == 200, "If-None-Match wins over If-Modified-Since")
+# a change of the file changes the ETag
+time.sleep(0.01)
+with open(os.path.join(root, "a.txt"), "ab") as f:
+    f.write(b"!")
+files["a.txt"] += b"!"
+r = get("/static/a.txt", {"If-None-Match": etag})
+check(r.status == 200 and r.header("etag") != etag and r.body == files["a.txt"], "modified file: new ETag, 200")
+etag = r.header("etag")
+
+# ---- ranges ----
+size = len(files["a.txt"])
+for spec, lo, hi in [("bytes=0-4", 0, 4), ("bytes=5-", 5, size - 1), ("bytes=-3", size - 3, size - 1),
+                     ("bytes=10-1000", 10, size - 1), ("bytes=-1000", 0, size - 1)]:
+    r = get("/static/a.txt", {"Range": spec})
+    check(r.status == 206 and r.body == files["a.txt"][lo:hi + 1], "%s: 206 with the right bytes (%r)" % (spec, r))
+    check(r.header("content-range") == "bytes %d-%d/%d" % (lo, hi, size), "%s: Content-Range" % spec)
+for spec in ["bytes=%d-" % size, "bytes=1000-2000", "bytes=-0"]:
+    r = get("/static/a.txt", {"Range": spec})
+    check(r.status == 416 and r.header("content-range") == "bytes */%d" % size, "%s: 416" % spec)
+for spec in ["bytes=0-1,3-4", "items=0-1", "bytes=5-2", "bytes=x-y"]:
+    r = get("/static/a.txt", {"Range": spec})
+    check(r.status == 200 and r.body == files["a.txt"], "%s: ignored, whole file" % spec)
+r = get("/static/a.txt", {"Range": "bytes=0-1", "If-Range": etag})
+check(r.status == 206 and r.body == files["a.txt"][:2], "If-Range with the current ETag: 206")
+r = get("/static/a.txt", {"Range": "bytes=0-1", "If-Range": '"stale"'})
+check(r.status == 200 and r.body == files["a.txt"], "If-Range with an old ETag: whole file")
+
+# ---- traversal: nothing outside the root, ever ----
+attempts = [
+    "/static/../secret.txt", "/static/..%2fsecret.txt", "/static/%2e%2e/secret.txt",
+    "/static/%2e%2e%2fsecret.txt", "/static/%2E%2E%2Fsecret.txt", "/static/dir/../../secret.txt",
+    "/static/dir/%2e%2e/%2e%2e/secret.txt", "/static/./a.txt", "/static/%2e/a.txt",
+    "/static/..%5csecret.txt", "/static/a.txt%00.png", "/static/%00", "/static/link-out.txt",
+    "/static/linkdir/secret.txt", "/static/link-in.txt", "/static/.hidden", "/static/%2ehidden",
+    "/static//etc/passwd", "/static/dir//index.html", "/static/fifo",
+    "http://127.0.0.1/static/../secret.txt",
+]
+for path in attempts:
+    resp, rd = exchange(srv, ("GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % path).encode())
+    rd.sock.close()
+    check(resp is not None and resp.status in (400, 403, 404), "%s refused (got %s)" % (path, resp and resp.status))
+    check(resp is None or SECRET not in resp.body, "%s does not leak the secret" % path)
+# the server is still answering (the FIFO open did not block the loop)
+check(get("/static/a.txt").status == 200, "still serving after traversal attempts")
+
+# ---- real clients ----
+conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+for _ in range(3):  # keep-alive with a real client
+    conn.request("GET", "/static/dir/deeper/file%20with%20space.txt")
+    resp = conn.getresponse()
+    check(resp.status == 200 and resp.read() == b"spaced", "http.client keep-alive GET")
+conn.close()
+if shutil.which("curl"):
+    out = subprocess.run(["curl", "-s", "-r", "2-4", "http://127.0.0.1:%d/static/a.txt" % srv.port],
+                         capture_output=True, timeout=10).stdout
+    check(out == files["a.txt"][2:5], "curl range request (%r)" % out)
+    out = subprocess.run(["curl", "-s", "--path-as-is", "http://127.0.0.1:%d/static/../secret.txt" % srv.port],
+                         capture_output=True, timeout=10).stdout
+    check(SECRET not in out, "curl --path-as-is traversal refused")
+
+check(srv.alive(), "server still running")
+srv.stop()
+shutil.rmtree(base, ignore_errors=True)
+finish("test_http_static")
