@@ -667,6 +667,9 @@ static void finalize(pier_conn_t *c) {
         pier__queue_remove(&c->flush_q);
     if (pier__queue_linked(&c->again_q))
         pier__queue_remove(&c->again_q);
+    /* close_step's own linger read may have queued it again on its way here */
+    if (pier__queue_linked(&c->close_q))
+        pier__queue_remove(&c->close_q);
     pier__queue_remove(&c->all_q);
     pier_timer_stop(&c->timer);
     if (c->flags & PIER__C_ABORT) {
