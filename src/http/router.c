@@ -114,6 +114,8 @@ static int match_route(const pier__http_route_t *rt, const char *path, pier__htt
     for (unsigned i = 0; i < rt->nseg; i++) {
         const seg_t *s = &rt->seg[i];
         if (s->kind == SEG_STAR) {
+            if (!p)
+                return 0; /* "/files" is not under "/files/" */
             if (m) {
                 m->params[np].name = "*";
                 m->params[np].value = p;
