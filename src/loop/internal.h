@@ -43,6 +43,7 @@ struct pier_loop_s {
     pthread_mutex_t task_mu;
     pier__task_t *task_head, *task_tail;
     atomic_int wake_pending;       /* an eventfd write is in flight */
+    atomic_int tasks_queued;       /* task_head != NULL, readable without the lock */
 
     pier_timer_t **heap;
     uint32_t heap_len, heap_cap;

@@ -130,6 +130,7 @@ void pier__loop_post_task(pier_loop_t *loop, pier__task_t *t) {
     else
         loop->task_head = t;
     loop->task_tail = t;
+    atomic_store_explicit(&loop->tasks_queued, 1, memory_order_release);
     pthread_mutex_unlock(&loop->task_mu);
     /* one eventfd write per wake-up is enough; the loop clears the flag when it drains */
     if (!pier_loop_is_current(loop) && !atomic_exchange(&loop->wake_pending, 1)) {
@@ -152,19 +153,19 @@ int pier_loop_post(pier_loop_t *loop, pier_task_cb fn, void *arg) {
     return 0;
 }
 
-static int tasks_pending(pier_loop_t *loop) {
-    pthread_mutex_lock(&loop->task_mu);
-    int pending = loop->task_head != NULL;
-    pthread_mutex_unlock(&loop->task_mu);
-    return pending;
-}
+/* Without taking the lock: the flag is set under it by posters and cleared under it
+ * by run_tasks, and a post that races with this read also writes the eventfd. */
+static int tasks_pending(pier_loop_t *loop) { return atomic_load_explicit(&loop->tasks_queued, memory_order_acquire); }
 
 static void run_tasks(pier_loop_t *loop) {
+    if (!tasks_pending(loop))
+        return;
     /* take the whole list at once: tasks posted by tasks run next iteration, so a task
      * that re-posts itself cannot starve I/O */
     pthread_mutex_lock(&loop->task_mu);
     pier__task_t *t = loop->task_head;
     loop->task_head = loop->task_tail = NULL;
+    atomic_store_explicit(&loop->tasks_queued, 0, memory_order_relaxed);
     pthread_mutex_unlock(&loop->task_mu);
     while (t) {
         pier__task_t *next = t->next;
