@@ -63,14 +63,15 @@ PIER_EXTERN size_t pier_msg_hdr_size(const pier_msg_codec_t *codec);
 PIER_EXTERN ssize_t pier_msg_decode(const pier_msg_codec_t *codec, const void *data, size_t len,
                                     pier_msg_frame_t *f);
 
-/* Called for each frame by pier_msg_decode_all(). Return 0 to go on, non-zero to stop
- * after this frame (for instance to apply back-pressure); the frame counts as consumed. */
+/* Called for each frame by pier_msg_decode_all(). Return 0 to go on; > 0 to stop after
+ * this frame (it counts as consumed); < 0 to stop before it (not consumed: it will be
+ * decoded again from the same bytes next time). */
 typedef int (*pier_msg_frame_cb)(const pier_msg_frame_t *f, void *ud);
 
 /* Decodes every complete frame in data[0..len) and calls cb for each, in order. This is the
- * shape of a connection's on_read: *consumed is set to the bytes of the frames handled
+ * shape of a connection's on_read: *consumed is set to the bytes of the frames consumed
  * (whole frames only; a partial frame at the end stays unconsumed). Returns the number of
- * frames handled, or a negative error from pier_msg_decode() for the frame after them
+ * frames consumed, or a negative error from pier_msg_decode() for the frame after them
  * (*consumed still counts the good frames before it, which were delivered). */
 PIER_EXTERN ssize_t pier_msg_decode_all(const pier_msg_codec_t *codec, const void *data, size_t len,
                                         size_t *consumed, pier_msg_frame_cb cb, void *ud);
@@ -161,11 +162,13 @@ PIER_EXTERN int pier_msg_on(pier_msg_server_t *srv, uint16_t id, pier_msg_handle
 /* Starts accepting. Any thread. */
 PIER_EXTERN int pier_msg_server_start(pier_msg_server_t *srv);
 
-/* Replies to m's connection with a frame (id, body). From the handler's thread, during or
- * after the handler (the id in m stays usable; m itself does not). Replies made during a
- * handler call keep the message order. The body is copied. -ENOTCONN if the connection
- * has gone, -EMSGSIZE/-EBADMSG for a frame the codec refuses, -ENOMEM. A reply over the
- * output limit follows out_policy and still returns 0 (it is counted). */
+/* Replies to m's connection with a frame (id, body). Only inside the handler call, on its
+ * thread (m is gone afterwards: reply later with pier_msg_send(m->srv, m->conn, ...)).
+ * Replies keep the message order: all replies to message k go out before those to k+1.
+ * With workers they are gathered and handed to the loop when the handler returns. The
+ * body is copied. -ENOTCONN if the connection is closing or gone, -EMSGSIZE/-EBADMSG for a
+ * frame the codec refuses, -ENOMEM. A reply over the output limit follows out_policy and
+ * still returns 0 (it is counted). */
 PIER_EXTERN int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *body, size_t len);
 
 /* Sends a frame to a connection by id. Any thread, any time. Ordered after earlier
@@ -174,14 +177,25 @@ PIER_EXTERN int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *bod
 PIER_EXTERN int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const void *body,
                               size_t len);
 
-/* Graceful shutdown. Any thread (also a signal callback). Stops accepting, lets messages
- * already read finish in the handlers, flushes their replies, closes every connection,
- * and then calls pier_group_stop() on the group so pier_group_run() returns. Connections
- * that cannot flush within the group's close timeout are aborted. Idempotent. */
+/* Graceful drain. Any thread (also a signal callback). Stops accepting, stops reading,
+ * lets messages already read finish in the handlers, flushes their replies and closes
+ * every connection gracefully (connections that cannot flush within the close timeout are
+ * aborted by the core). The loops must keep running; pier_msg_server_active() reaches 0
+ * when it is done. Idempotent. */
+PIER_EXTERN void pier_msg_server_drain(pier_msg_server_t *srv);
+
+/* Open connections plus messages still being handled. Any thread. */
+PIER_EXTERN unsigned pier_msg_server_active(const pier_msg_server_t *srv);
+
+/* As pier_msg_server_drain(), then pier_group_stop() on the group once the drain is done
+ * (or after 15 s), so pier_group_run() returns. For programs that run only this server
+ * on their group. Idempotent. */
 PIER_EXTERN void pier_msg_server_shutdown(pier_msg_server_t *srv);
 
 /* Frees a server once pier_group_run() has returned (or it never ran): joins the workers
- * and frees the listener. -EBUSY if connections or listeners are still open. */
+ * and frees the listener. -EBUSY (nothing freed) while connections or listeners are
+ * still open: abort them (pier_server_abort_all(pier_msg_server_net(srv))), run the loops
+ * until their on_close has run, and call again. */
 PIER_EXTERN int pier_msg_server_free(pier_msg_server_t *srv);
 
 PIER_EXTERN uint16_t pier_msg_server_port(const pier_msg_server_t *srv);

@@ -75,9 +75,12 @@ ssize_t pier_msg_decode_all(const pier_msg_codec_t *codec, const void *data, siz
             *consumed = off;
             return r < 0 ? r : n;
         }
+        int stop = cb(&f, ud);
+        if (stop < 0)
+            break;
         off += (size_t)r;
         n++;
-        if (cb(&f, ud) != 0)
+        if (stop > 0)
             break;
     }
     *consumed = off;

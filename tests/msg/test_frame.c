@@ -170,6 +170,32 @@ static void test_stop_from_callback(void **state) {
     free(rx);
 }
 
+/* A callback that refuses a frame (< 0) leaves it unconsumed; it comes again next call. */
+static int refuse_third(const pier_msg_frame_t *f, void *ud) {
+    rx_t *rx = ud;
+    if (rx->n == 2 && !rx->stop_after) {
+        rx->stop_after = -1; /* refuse once */
+        return -1;
+    }
+    return on_frame(f, ud);
+}
+
+static void test_refuse_keeps_frame(void **state) {
+    char buf[8192];
+    size_t len = make_stream(NULL, buf, sizeof buf, 300);
+    rx_t *rx = rx_new(NULL);
+    size_t used = 0;
+    assert_int_equal(pier_msg_decode_all(NULL, buf, len, &used, refuse_third, rx), 2);
+    assert_int_equal(used, 2 * PIER_MSG_HDR + stream_frames[0].len + stream_frames[1].len);
+    size_t used2 = 0;
+    assert_int_equal(pier_msg_decode_all(NULL, buf + used, len - used, &used2, refuse_third, rx),
+                     (ssize_t)stream_n - 2);
+    assert_int_equal(used + used2, len);
+    rx->stop_after = 0;
+    check_all(rx);
+    free(rx);
+}
+
 /* A body one byte over the limit is refused on the header alone; at the limit it passes. */
 static void test_oversize(void **state) {
     unsigned char hdr[4] = {0x03, 0xE9, 0x08, 0x01}; /* id 1001, len 2049 */
@@ -324,6 +350,7 @@ int main(void) {
         cmocka_unit_test(test_every_split),
         cmocka_unit_test(test_byte_at_a_time),
         cmocka_unit_test(test_stop_from_callback),
+        cmocka_unit_test(test_refuse_keeps_frame),
         cmocka_unit_test(test_oversize),
         cmocka_unit_test(test_bad_ids),
         cmocka_unit_test(test_good_then_bad),
