@@ -16,7 +16,6 @@
 #include "http/http_int.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -68,6 +67,9 @@ struct http_loop_s {
     pier_http_server_t *srv;
     uint64_t date_sec;
     char date[30];
+    /* "Server: ...\r\nDate: ...\r\n", rebuilt once a second */
+    char common[300];
+    size_t common_len;
     uint64_t requests;
     char *out;
     size_t out_len, out_cap;
@@ -127,45 +129,63 @@ static void out_add(http_loop_t *hl, const void *p, size_t n) {
     }
 }
 
-__attribute__((format(printf, 2, 3))) static void out_fmt(http_loop_t *hl, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        out_add(hl, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* The Date value, formatted again only when the loop's second changes. */
-static const char *cached_date(http_loop_t *hl) {
+/* The Server and Date fields, formatted again only when the loop's second changes. */
+static void refresh_common(http_loop_t *hl) {
     uint64_t sec = pier_loop_now(hl->loop) / 1000;
-    if (sec != hl->date_sec || !hl->date[0]) {
-        hl->date_sec = sec;
-        pier__http_date(time(NULL), hl->date);
-    }
-    return hl->date;
+    if (sec == hl->date_sec && hl->common_len)
+        return;
+    hl->date_sec = sec;
+    pier__http_date(time(NULL), hl->date);
+    int n = snprintf(hl->common, sizeof hl->common, "Server: %s\r\nDate: %s\r\n", hl->srv->server_name, hl->date);
+    hl->common_len = n > 0 && (size_t)n < sizeof hl->common ? (size_t)n : 0;
 }
 
 static int status_has_body(int status) { return status >= 200 && status != 204 && status != 304; }
 
+static void out_str(http_loop_t *hl, const char *s) { out_add(hl, s, strlen(s)); }
+
+static void out_u64(http_loop_t *hl, uint64_t v) {
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do
+        tmp[--i] = (char)('0' + v % 10);
+    while (v /= 10);
+    out_add(hl, tmp + i, sizeof tmp - i);
+}
+
 /* Writes the status line and fields into hl->out. content_length < 0: the body is
- * streamed (chunked in HTTP/1.1, until close in HTTP/1.0). */
+ * streamed (chunked in HTTP/1.1, until close in HTTP/1.0). Plain copies, no printf: this
+ * runs once per response. */
 static void build_head(http_conn_t *hc, int status, const char *ctype, const char *fields, size_t flen,
                        int64_t content_length) {
     http_loop_t *hl = hc->hl;
     hl->out_len = 0;
-    out_fmt(hl, "HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n", status, pier_http_reason(status),
-            hc->srv->server_name, cached_date(hl));
-    if (ctype && status_has_body(status))
-        out_fmt(hl, "Content-Type: %s\r\n", ctype);
+    if (status == 200) {
+        out_add(hl, "HTTP/1.1 200 OK\r\n", 17);
+    } else {
+        out_add(hl, "HTTP/1.1 ", 9);
+        out_u64(hl, (uint64_t)status);
+        out_add(hl, " ", 1);
+        out_str(hl, pier_http_reason(status));
+        out_add(hl, "\r\n", 2);
+    }
+    refresh_common(hl);
+    out_add(hl, hl->common, hl->common_len);
     if (status_has_body(status)) {
-        if (content_length >= 0)
-            out_fmt(hl, "Content-Length: %lld\r\n", (long long)content_length);
-        else if (hc->minor == 1)
+        if (ctype) {
+            out_add(hl, "Content-Type: ", 14);
+            out_str(hl, ctype);
+            out_add(hl, "\r\n", 2);
+        }
+        if (content_length >= 0) {
+            out_add(hl, "Content-Length: ", 16);
+            out_u64(hl, (uint64_t)content_length);
+            out_add(hl, "\r\n", 2);
+        } else if (hc->minor == 1) {
             out_add(hl, "Transfer-Encoding: chunked\r\n", 28);
-        else
+        } else {
             hc->keep_alive = 0;
+        }
     }
     if (!hc->keep_alive)
         out_add(hl, "Connection: close\r\n", 19);
