@@ -12,11 +12,15 @@ typedef struct command_s {
 } command_t;
 
 int pier_cmd_http(int argc, char **argv); /* tools/cmd_http.c */
+int pier_cmd_msg(int argc, char **argv); /* tools/cmd_msg.c */
+int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg.c */
 static const command_t commands[] = {
     {"serve", pier_cmd_serve, "the demo: every pier server on its default port"},
     {"echo", pier_cmd_echo, "echo server (port 10088)"},
     {"echo-client", pier_cmd_echo_client, "echo client and ping-pong load generator"},
     {"http", pier_cmd_http, "HTTP/1.1 server with static files (port 8888)"},
+    {"msg", pier_cmd_msg, "message server: frames, dispatch by id, heartbeat (port 10089)"},
+    {"msg-client", pier_cmd_msg_client, "message client and checked load generator"},
 };
 
 static void usage(FILE *out) {

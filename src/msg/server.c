@@ -23,6 +23,7 @@
 
 #define RETRY_MS 1
 #define KICK_MS 2
+#define KICK_IDLE_MS 50
 #define SHUT_TICK_MS 5
 #define SHUT_MAX_MS 15000
 
@@ -247,7 +248,7 @@ static void pump(msg_conn_t *mc) {
         }
         mc->inflight++;
         msg_loop_t *lp = mc->lp;
-        if (atomic_fetch_add(&lp->jobs_out, 1) == 0 && !pier_timer_active(&lp->kick))
+        if (atomic_fetch_add(&lp->jobs_out, 1) == 0 && lp->kick.repeat != KICK_MS)
             pier_timer_start(&lp->kick, KICK_MS, KICK_MS);
     }
     if (mc->held) {
@@ -255,7 +256,7 @@ static void pump(msg_conn_t *mc) {
             pier_timer_start(&mc->retry, RETRY_MS, 0);
         return;
     }
-    if (mc->paused && !mc->lp->draining) {
+    if (mc->paused && !mc->lp->draining && !mc->eof) {
         mc->paused = 0;
         pier_conn_resume(mc->c);
     }
@@ -269,13 +270,14 @@ static void retry_cb(pier_timer_t *t) {
 
 /* Workaround for a lost wake-up in the core (loop.c wake_cb clears wake_pending before
  * draining the eventfd, so a post in between can leave the flag set with nothing to
- * read, and later posts no longer write the eventfd). While this loop has jobs in the
- * workers, a short repeating timer makes sure it looks at its posted tasks. Remove once
- * the core is fixed; it costs nothing while the loop is idle. */
+ * read, and later posts no longer write the eventfd: a loop asleep in epoll_wait then
+ * never sees them). Each loop keeps a timer that wakes it: every 2 ms while it has jobs
+ * in the workers, every 50 ms otherwise, so a post waits at most that long. Remove
+ * once the core is fixed. */
 static void kick_cb(pier_timer_t *t) {
     msg_loop_t *lp = t->data;
-    if (atomic_load(&lp->jobs_out) == 0)
-        pier_timer_stop(t);
+    if (atomic_load(&lp->jobs_out) == 0 && t->repeat != KICK_IDLE_MS)
+        pier_timer_start(t, KICK_IDLE_MS, KICK_IDLE_MS);
 }
 
 /* On the connection's loop (c alive) or anywhere with c == NULL (gone). */
@@ -381,7 +383,11 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     pier_log(PIER_LOG_WARN, "msg: closing %s: bad frame: %s", pier_conn_peer(c, peer, sizeof peer),
              r == -EMSGSIZE ? "length over the maximum" : "id out of range");
     pier__msg_bump(&mc->lp->bad_frames, 1);
-    pier_conn_close(c);
+    /* the frames before the bad one were good: their replies still go out, then close */
+    conn_read_stop(mc);
+    mc->eof = 1;
+    if (mc->inflight == 0 && !mc->held)
+        pier_conn_close(c);
     return len;
 }
 
@@ -555,6 +561,7 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
         srv->loops[i].srv = srv;
         srv->loops[i].loop = pier_group_loop(group, i);
         pier_timer_init(srv->loops[i].loop, &srv->loops[i].kick, kick_cb, &srv->loops[i]);
+        pier_timer_start(&srv->loops[i].kick, KICK_IDLE_MS, KICK_IDLE_MS);
     }
     pier_timer_init(srv->loops[0].loop, &srv->shut_timer, shut_tick, srv);
     if (srv->o.workers) {
@@ -579,6 +586,9 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     *out = srv;
     return 0;
 fail:
+    for (unsigned i = 0; srv->loops && i < srv->nloops; i++)
+        if (srv->loops[i].kick.loop) /* initialised */
+            pier_timer_stop(&srv->loops[i].kick);
     pier__msg_pool_free(srv->pool);
     free(srv->handlers);
     free(srv->loops);
