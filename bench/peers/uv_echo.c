@@ -8,6 +8,7 @@
  *
  * Usage: uv_echo PORT   (listens on 127.0.0.1)
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s PORT\n", argv[0]);
         return 2;
     }
+    signal(SIGPIPE, SIG_IGN); /* libuv writes with write(2): a reset peer would raise it */
     loop = uv_default_loop();
     uv_tcp_t server;
     uv_tcp_init(loop, &server);
