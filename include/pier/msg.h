@@ -171,9 +171,12 @@ PIER_EXTERN int pier_msg_server_start(pier_msg_server_t *srv);
  * still returns 0 (it is counted). */
 PIER_EXTERN int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *body, size_t len);
 
-/* Sends a frame to a connection by id. Any thread, any time. Ordered after earlier
- * pier_msg_send calls from the same thread to the same id, not against handler replies
- * still being made on another thread. Errors as pier_msg_reply(). */
+/* Sends a frame to a connection by id. Any thread, any time; the frame is queued by the
+ * connection's loop in a later iteration. Ordered after earlier pier_msg_send calls from
+ * the same thread to the same id, and after the replies of a handler that calls it for
+ * its own connection; not against handlers still running on other threads. Errors as
+ * pier_msg_reply(), where -ENOTCONN means the id was already stale (a connection that
+ * goes after the call drops the frame, counted in stats.replies_lost). */
 PIER_EXTERN int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const void *body,
                               size_t len);
 

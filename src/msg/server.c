@@ -193,7 +193,14 @@ static void send_done(pier_conn_t *c, void *arg) {
     free(s);
 }
 
+/* The job whose handler this worker thread is running, if any. */
+static _Thread_local pier__msg_job_t *current_job;
+
 int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const void *body, size_t len) {
+    /* inside a worker handler for this very connection: join its replies, so the frame
+     * cannot overtake the ones pier_msg_reply gathered before it */
+    if (current_job && current_job->conn == conn && current_job->srv == srv)
+        return job_add_reply(current_job, id, body, len);
     size_t need = pier_msg_hdr_size(&srv->codec) + len;
     send_t *s = malloc(sizeof *s + need);
     if (!s)
@@ -307,7 +314,9 @@ static void job_run(pier__msg_job_t *job, void *ud) {
     reply_ctx_t ctx = {.job = job};
     pier_msg_t m = {.srv = srv, .conn = job->conn, .id = job->id, .len = job->len, .body = job->body,
                     .priv_ = &ctx};
+    current_job = job;
     h->cb(&m, h->ud);
+    current_job = NULL;
     if (pier_with_conn(job->conn, job_done, job) < 0)
         job_done(NULL, job);
 }

@@ -1,0 +1,374 @@
+/* The message server and client through the public API, with the group running on its
+ * own thread and blocking sockets as peers.
+ * pier-test: threads */
+#include "support.h"
+
+#include <pier/msg.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ID_ECHO 100
+#define ID_SLOW 101
+#define ID_BIG 102
+#define ID_LATER 103
+
+typedef struct {
+    pier_group_t *g;
+    pier_msg_server_t *srv;
+    pthread_t th;
+} env_t;
+
+static void *run_group(void *arg) {
+    pier_group_run(arg);
+    return NULL;
+}
+
+/* Replies with the same body, on ID_ECHO. */
+static void on_echo(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    assert_int_equal(pier_msg_reply(m, ID_ECHO, m->body, m->len), 0);
+}
+
+static void on_slow(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    usleep(100 * 1000);
+    pier_msg_reply(m, ID_SLOW, "late", 4); /* the connection may be gone: no assert */
+}
+
+/* Replies with 2000 bytes, to fill a connection that does not read. */
+static void on_big(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    static const char big[2000];
+    assert_int_equal(pier_msg_reply(m, ID_BIG, big, sizeof big), 0);
+}
+
+/* Answers twice: once now, once through the id after the handler (pier_msg_send). */
+static void on_later(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    assert_int_equal(pier_msg_reply(m, ID_LATER, "now", 3), 0);
+    pier_id_t id = m->conn;
+    pier_msg_server_t *srv = m->srv;
+    assert_int_equal(pier_msg_send(srv, id, ID_LATER, "later", 5), 0);
+}
+
+static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o) {
+    assert_int_equal(pier_group_new(&e->g, loops), 0);
+    assert_int_equal(pier_msg_server_new(&e->srv, e->g, o), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_ECHO, on_echo, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_SLOW, on_slow, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_BIG, on_big, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_LATER, on_later, NULL), 0);
+    assert_int_equal(pier_msg_server_start(e->srv), 0);
+    assert_int_equal(pthread_create(&e->th, NULL, run_group, e->g), 0);
+}
+
+/* Drains through the public call and checks that everything can be freed. */
+static void env_stop(env_t *e) {
+    pier_msg_server_shutdown(e->srv);
+    pthread_join(e->th, NULL);
+    assert_int_equal(pier_msg_server_free(e->srv), 0);
+    assert_int_equal(pier_group_free(e->g), 0);
+}
+
+static void send_frame(int fd, uint16_t id, const void *body, size_t len) {
+    char buf[4 + 4096];
+    ssize_t n = pier_msg_encode(NULL, id, body, len, buf, sizeof buf);
+    assert_true(n > 0);
+    assert_int_equal(write(fd, buf, (size_t)n), n);
+}
+
+/* Reads one frame; returns its body length, or -1 on EOF/reset. */
+static int read_frame(int fd, uint16_t *id, char *body, size_t cap) {
+    unsigned char h[4];
+    if (pier_test_read_full(fd, h, 4) != 4)
+        return -1;
+    *id = (uint16_t)(h[0] << 8 | h[1]);
+    size_t len = (size_t)(h[2] << 8 | h[3]);
+    assert_true(len <= cap);
+    if (pier_test_read_full(fd, body, len) != len)
+        return -1;
+    return (int)len;
+}
+
+/* True if the server closes fd within ~5 s (EOF or reset), after any frames. */
+static int closed_by_server(int fd) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return 1;
+        if (n < 0)
+            return 0; /* timeout (SO_RCVTIMEO) */
+    }
+}
+
+/* ---- tests ---- */
+
+typedef struct {
+    uint16_t port;
+    int idx;
+    int bad;
+} order_arg_t;
+
+/* 4 connections in parallel, each pipelining 2,000 messages to 3 workers: every reply in
+ * order on its own connection. */
+static void *order_client(void *arg) {
+    order_arg_t *a = arg;
+    int fd = pier_test_connect(a->port);
+    if (fd < 0) {
+        a->bad = 1;
+        return NULL;
+    }
+    char *out = malloc(2000 * 32);
+    size_t off = 0;
+    for (int i = 0; i < 2000; i++) {
+        char body[24];
+        int n = snprintf(body, sizeof body, "%d:%d", a->idx, i);
+        off += (size_t)pier_msg_encode(NULL, ID_ECHO, body, (size_t)n, out + off, 32);
+    }
+    if (write(fd, out, off) != (ssize_t)off)
+        a->bad = 1;
+    for (int i = 0; i < 2000 && !a->bad; i++) {
+        char want[24], got[64];
+        uint16_t id;
+        int n = snprintf(want, sizeof want, "%d:%d", a->idx, i);
+        int len = read_frame(fd, &id, got, sizeof got);
+        if (len != n || id != ID_ECHO || memcmp(got, want, (size_t)n) != 0)
+            a->bad = 1;
+    }
+    free(out);
+    close(fd);
+    return NULL;
+}
+
+static void test_workers_keep_per_connection_order(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 3};
+    env_start(&e, 2, &o);
+    uint16_t port = pier_msg_server_port(e.srv);
+    pthread_t th[4];
+    order_arg_t args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (order_arg_t){.port = port, .idx = i};
+        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].bad, 0);
+    }
+    pier_msg_stats_t st;
+    pier_msg_server_stats(e.srv, &st);
+    assert_int_equal(st.handled, 8000);
+    env_stop(&e);
+}
+
+/* A handler still running on a worker when its connection goes: the reply is dropped
+ * through the id, counted, and nothing else happens. */
+static void test_reply_to_gone_connection(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 1};
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    assert_true(fd >= 0);
+    send_frame(fd, ID_SLOW, "x", 1);
+    usleep(20 * 1000);
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd); /* reset while the handler sleeps */
+    pier_msg_stats_t st = {0};
+    for (int i = 0; i < 100 && st.replies_lost == 0; i++) {
+        usleep(10 * 1000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    assert_int_equal(st.replies_lost, 1);
+    env_stop(&e);
+}
+
+/* Replies made during the handler and one sent later by id arrive, in that order. */
+static void test_send_by_id_after_handler(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 2};
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    send_frame(fd, ID_LATER, NULL, 0);
+    char body[16];
+    uint16_t id;
+    assert_int_equal(read_frame(fd, &id, body, sizeof body), 3);
+    assert_memory_equal(body, "now", 3);
+    assert_int_equal(read_frame(fd, &id, body, sizeof body), 5);
+    assert_memory_equal(body, "later", 5);
+    close(fd);
+    env_stop(&e);
+}
+
+/* A peer that sends but never reads: with DROP its replies are dropped and counted and it
+ * stays connected; with CLOSE it is closed. Memory stays bounded either way. */
+static void out_limit(int policy, int workers) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = (unsigned)workers, .out_max = 64 * 1024, .out_policy = policy};
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    /* 8 MB of replies: far over any socket buffer. With CLOSE the server may reset us
+     * while we are still sending, which is the point. */
+    static const unsigned char big_req[4] = {0, ID_BIG, 0, 0};
+    for (int i = 0; i < 4000; i++)
+        if (write(fd, big_req, 4) != 4) {
+            assert_int_equal(policy, PIER_MSG_OUT_CLOSE);
+            break;
+        }
+    pier_msg_stats_t st = {0};
+    for (int i = 0; i < 300 && st.out_dropped + st.out_closed == 0; i++) {
+        usleep(10 * 1000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    if (policy == PIER_MSG_OUT_DROP) {
+        assert_true(st.out_dropped > 0);
+        assert_int_equal(st.out_closed, 0);
+        /* still served: read what was kept, then a fresh echo comes back */
+        char *body = malloc(4096);
+        uint16_t id = 0;
+        send_frame(fd, ID_ECHO, "alive", 5);
+        int len;
+        while ((len = read_frame(fd, &id, body, 4096)) >= 0 && id != ID_ECHO) {
+        }
+        assert_int_equal(len, 5);
+        free(body);
+    } else {
+        assert_int_equal(st.out_closed, 1);
+        assert_true(closed_by_server(fd));
+    }
+    close(fd);
+    env_stop(&e);
+}
+
+static void test_out_limit_drop_on_loop(void **state) {
+    out_limit(PIER_MSG_OUT_DROP, 0);
+}
+static void test_out_limit_close_on_loop(void **state) {
+    out_limit(PIER_MSG_OUT_CLOSE, 0);
+}
+static void test_out_limit_drop_on_workers(void **state) {
+    out_limit(PIER_MSG_OUT_DROP, 2);
+}
+static void test_out_limit_close_on_workers(void **state) {
+    out_limit(PIER_MSG_OUT_CLOSE, 2);
+}
+
+static void test_handler_table_rules(void **state) {
+    pier_group_t *g;
+    pier_msg_server_t *srv;
+    assert_int_equal(pier_group_new(&g, 1), 0);
+    assert_int_equal(pier_msg_server_new(&srv, g, NULL), 0);
+    assert_int_equal(pier_msg_on(srv, 0, on_echo, NULL), -EINVAL);
+    assert_int_equal(pier_msg_on(srv, PIER_MSG_PING, on_echo, NULL), -EINVAL);
+    assert_int_equal(pier_msg_on(srv, PIER_MSG_PONG, on_echo, NULL), -EINVAL);
+    assert_int_equal(pier_msg_on(srv, 7, on_echo, NULL), 0);
+    assert_int_equal(pier_msg_server_start(srv), 0);
+    assert_int_equal(pier_msg_on(srv, 8, on_echo, NULL), -EBUSY);
+    pier_msg_server_shutdown(srv);
+    assert_int_equal(pier_group_run(g), 0);
+    assert_int_equal(pier_msg_server_free(srv), 0);
+    assert_int_equal(pier_group_free(g), 0);
+
+    pier_msg_server_opts_t bad = {.codec = {.max_body = 70000}};
+    assert_int_equal(pier_group_new(&g, 1), 0);
+    assert_int_equal(pier_msg_server_new(&srv, g, &bad), -EINVAL);
+    assert_int_equal(pier_group_free(g), 0);
+}
+
+/* ---- the client library against the server ---- */
+
+typedef struct {
+    pier_msg_client_t *mc;
+    int ups, downs, got;
+    int done;
+} cl_state_t;
+
+static void cl_up(pier_msg_client_t *mc) {
+    cl_state_t *s = pier_msg_client_data(mc);
+    s->ups++;
+    for (int i = 0; i < 100; i++) {
+        char b[16];
+        int n = snprintf(b, sizeof b, "%d", i);
+        assert_int_equal(pier_msg_client_send(mc, ID_ECHO, b, (size_t)n), 0);
+    }
+}
+
+static void cl_msg(pier_msg_client_t *mc, uint16_t id, const char *body, size_t len) {
+    cl_state_t *s = pier_msg_client_data(mc);
+    char want[16];
+    int n = snprintf(want, sizeof want, "%d", s->got);
+    assert_int_equal(id, ID_ECHO);
+    assert_int_equal(len, (size_t)n);
+    assert_memory_equal(body, want, len);
+    if (++s->got == 100)
+        s->done = 1;
+}
+
+static void cl_down(pier_msg_client_t *mc, int err) {
+    cl_state_t *s = pier_msg_client_data(mc);
+    s->downs++;
+}
+
+static void test_client_sends_and_heartbeats(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 1, .heartbeat_ms = 100};
+    env_start(&e, 1, &o);
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    cl_state_t s = {0};
+    pier_msg_client_opts_t co = {
+        .port = pier_msg_server_port(e.srv),
+        .heartbeat_ms = 100,
+        .on_up = cl_up,
+        .on_msg = cl_msg,
+        .on_down = cl_down,
+        .data = &s,
+    };
+    assert_int_equal(pier_msg_client_new(&s.mc, loop, &co), 0);
+    assert_true(pier_test_run_until(loop, &s.done, 5000));
+    /* idle for 6 heartbeats: the client's pings keep the server from closing it */
+    volatile int never = 0;
+    pier_test_run_until(loop, &never, 600);
+    assert_int_equal(s.ups, 1);
+    assert_int_equal(s.downs, 0);
+    assert_true(pier_msg_client_up(s.mc));
+    pier_msg_stats_t st;
+    pier_msg_server_stats(e.srv, &st);
+    assert_int_equal(st.timeouts, 0);
+    assert_true(st.msgs > 100); /* pings were counted */
+    pier_msg_client_stop(s.mc);
+    int freed = 0;
+    for (int i = 0; i < 200 && !freed; i++) {
+        pier_loop_run_once(loop, 10);
+        freed = pier_msg_client_free(s.mc) == 0;
+    }
+    assert_true(freed);
+    assert_int_equal(s.downs, 1);
+    pier_test_free_loop(loop);
+    env_stop(&e);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_workers_keep_per_connection_order),
+        cmocka_unit_test(test_reply_to_gone_connection),
+        cmocka_unit_test(test_send_by_id_after_handler),
+        cmocka_unit_test(test_out_limit_drop_on_loop),
+        cmocka_unit_test(test_out_limit_close_on_loop),
+        cmocka_unit_test(test_out_limit_drop_on_workers),
+        cmocka_unit_test(test_out_limit_close_on_workers),
+        cmocka_unit_test(test_handler_table_rules),
+        cmocka_unit_test(test_client_sends_and_heartbeats),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
