@@ -52,6 +52,7 @@ typedef struct pier_echo_cfg_s {
     uint16_t port;
     unsigned max_conns;
     uint64_t idle_ms;
+    int single_acceptor;
 } pier_echo_cfg_t;
 extern const pier_service_t pier_echo_service;
 

@@ -35,6 +35,7 @@ static int echo_start(pier_group_t *g, void *cfgp, void **state) {
         .port = cfg->port,
         .max_conns = cfg->max_conns,
         .limits = {.idle_ms = cfg->idle_ms},
+        .single_acceptor = cfg->single_acceptor,
         .on_accept = echo_accept,
     };
     int err = pier_server_new(&st->srv, g, &opts);
@@ -81,7 +82,7 @@ const pier_service_t pier_echo_service = {
 
 static const char echo_help[] =
     "usage: pier echo [--host 127.0.0.1] [--port 10088] [--threads N] [--max-conns N]\n"
-    "                 [--idle-timeout SECONDS] [--quiet]\n"
+    "                 [--idle-timeout SECONDS] [--single-acceptor] [--quiet]\n"
     "\n"
     "Echoes every byte it receives back to its sender, full-duplex, on any number of\n"
     "connections. SIGINT or SIGTERM stops accepting, flushes what is pending, exits 0.\n"
@@ -91,6 +92,8 @@ static const char echo_help[] =
     "  --threads N         event loops, one thread each (default 0: one per CPU)\n"
     "  --max-conns N       open connections at most (default 100000)\n"
     "  --idle-timeout S    close connections idle for S seconds (default 0: never)\n"
+    "  --single-acceptor   one listener hands connections to the loops in turn, instead\n"
+    "                      of one SO_REUSEPORT listener per loop (the default)\n"
     "  --quiet             log warnings and errors only\n";
 
 int pier_cmd_echo(int argc, char **argv) {
@@ -100,6 +103,7 @@ int pier_cmd_echo(int argc, char **argv) {
         {"host", required_argument, 0, 'h'},      {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},   {"max-conns", required_argument, 0, 'm'},
         {"idle-timeout", required_argument, 0, 'i'}, {"quiet", no_argument, 0, 'q'},
+        {"single-acceptor", no_argument, 0, 'a'},
         {"help", no_argument, 0, 'H'},            {0, 0, 0, 0},
     };
     int opt;
@@ -126,6 +130,7 @@ int pier_cmd_echo(int argc, char **argv) {
             cfg.idle_ms = v * 1000;
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
+        case 'a': cfg.single_acceptor = 1; break;
         case 'H': fputs(echo_help, stdout); return 0;
         default:
             return pier_cli_usage_error("echo", "unknown or incomplete flag '%s'", argv[optind - 1]);

@@ -131,6 +131,10 @@ typedef struct pier_server_opts_s {
     uint16_t port;                /* 0: an ephemeral port, see pier_server_port() */
     int backlog;                  /* default 1024 */
     unsigned max_conns;           /* across all loops; default 100000. Over it: accept, close */
+    /* 0 (default): one SO_REUSEPORT listener per loop, the kernel spreads connections.
+     * 1: one listener on loop 0 that hands connections to the loops round-robin (even
+     * spread, at the cost of a cross-thread hand-off per connection). */
+    int single_acceptor;
     pier_conn_limits_t limits;    /* for every accepted connection */
     /* Called on the connection's loop for each accepted connection, before any read;
      * set callbacks and data here (pier_conn_set_cbs). A connection left without

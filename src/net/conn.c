@@ -136,7 +136,7 @@ static pier__out_t *out_push(pier_conn_t *c) {
             memmove(c->out, c->out + c->ohead, c->ocount * sizeof *c->out);
             c->ohead = 0;
         } else {
-            uint32_t cap = c->ocap ? c->ocap * 2 : 8;
+            uint32_t cap = c->ocap ? c->ocap * 2 : 2; /* most connections queue one or two items */
             pier__out_t *out = realloc(c->out, cap * sizeof *out);
             if (!out)
                 return NULL;
@@ -522,7 +522,9 @@ static void do_read(pier_conn_t *c) {
             pier_conn_close(c);
         return;
     }
-    if ((size_t)n < room)
+    /* A short read drains the socket, and the next edge brings more, except for a FIN
+     * that came with this data: that edge is already spent, so read again for it. */
+    if ((size_t)n < room && !(c->flags & PIER__C_RDHUP))
         c->flags &= ~PIER__C_READABLE;
     else
         want_read(c);
@@ -550,6 +552,8 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
             flush_now(c);
         if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) {
             c->flags |= PIER__C_READABLE;
+            if (events & (EPOLLHUP | EPOLLRDHUP))
+                c->flags |= PIER__C_RDHUP;
             if (c->flags & PIER__C_SHUT)
                 linger_read(c);
             else

@@ -15,6 +15,7 @@ enum {
     PIER__C_EOF = 1 << 6,       /* peer half-closed */
     PIER__C_SHUT = 1 << 7,      /* our FIN is out; lingering until the peer's */
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
+    PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
 };
 
 enum { PIER__OUT_COPY, PIER__OUT_REF, PIER__OUT_FILE };

@@ -39,7 +39,13 @@ struct pier_server_s {
     atomic_int live;            /* listeners registered in a loop */
     atomic_int state;           /* 0 new, 1 started, 2 stopped */
     atomic_uint_fast64_t log_emfile, log_limit;
+    unsigned next;              /* single acceptor: the loop that gets the next one */
 };
+
+typedef struct handoff_s {
+    listener_t *to;
+    int fd;
+} handoff_t;
 
 static int listen_socket(const struct sockaddr_storage *ss, socklen_t len, int backlog) {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -86,6 +92,29 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
     pier_conn_unref(c);
 }
 
+static void handoff_task(void *arg) {
+    handoff_t *h = arg;
+    if (atomic_load(&h->to->srv->state) == 1)
+        accept_one(h->to->srv, h->to, h->fd);
+    else
+        close(h->fd);
+    free(h);
+}
+
+/* Single-acceptor mode: loop 0 accepts and deals connections out in turn. */
+static void hand_out(pier_server_t *srv, listener_t *l, int fd) {
+    listener_t *to = &srv->ls[srv->next++ % srv->n];
+    handoff_t *h = to == l ? NULL : malloc(sizeof *h);
+    if (h) {
+        h->to = to;
+        h->fd = fd;
+        if (pier_loop_post(to->loop, handoff_task, h) == 0)
+            return;
+        free(h);
+    }
+    accept_one(srv, l, fd);
+}
+
 /* Out of descriptors: the pending connection would make the listener readable forever
  * and spin the loop. Give back the reserve fd, accept and close at once, take it back. */
 static void shed_on_emfile(pier_server_t *srv, listener_t *l) {
@@ -106,7 +135,10 @@ static void listener_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     for (int i = 0; i < 64; i++) {
         int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            accept_one(l->srv, l, fd);
+            if (l->srv->opts.single_acceptor && l->srv->n > 1)
+                hand_out(l->srv, l, fd);
+            else
+                accept_one(l->srv, l, fd);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED)
@@ -148,6 +180,11 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     for (unsigned i = 0; i < srv->n; i++)
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
     for (unsigned i = 0; i < srv->n; i++) {
+        if (i > 0 && srv->opts.single_acceptor) {
+            srv->ls[i].srv = srv; /* no socket: only a target for hand-offs */
+            srv->ls[i].loop = pier_group_loop(group, i);
+            continue;
+        }
         /* every socket binds the port the first one got, so port 0 works with N loops */
         int fd = listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
         if (fd < 0) {
