@@ -27,10 +27,13 @@ uint64_t pier__clock_ms(void) {
 
 static void wake_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     uint64_t v;
-    /* clear the flag before draining, so a post racing with us writes again */
-    atomic_store(&loop->wake_pending, 0);
+    /* Drain first, then clear. A post between the two sees the flag still set and does
+     * not write, but its task is already queued and runs in this iteration's task pass.
+     * Clearing first would let a racing write be drained here and leave the flag set
+     * with no wake-up pending: the next post would then sleep in the queue. */
     while (read(io->fd, &v, sizeof v) < 0 && errno == EINTR) {
     }
+    atomic_store(&loop->wake_pending, 0);
 }
 
 int pier_loop_new(pier_loop_t **out) {
