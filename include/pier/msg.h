@@ -96,7 +96,9 @@ enum {
     PIER_MSG_OUT_DROP = 1,  /* drop the reply (counted in stats.out_dropped) */
 };
 
-#define PIER_MSG_PING 1 /* default ping id; the server answers each ping with a pong */
+/* Default ping id. The server answers each ping with a pong (empty bodies) at once, on
+ * the loop: with workers, a pong may overtake replies to earlier messages. */
+#define PIER_MSG_PING 1
 #define PIER_MSG_PONG 2 /* default pong id */
 
 /* A message as a handler sees it. Valid only during the handler call: copy what you keep.
