@@ -118,6 +118,42 @@ build() {
     fi
 }
 
+# record_result KEY ROW: keep a printed row (columns after the first two) for the summary.
+declare -A RESULTS
+RESULT_KEYS=()
+record_result() {
+    [ -n "${RESULTS[$1]:-}" ] || RESULT_KEYS+=("$1")
+    RESULTS[$1]+="$2"$'\n'
+}
+
+# print_summary ROUNDS OUT FORMAT...: with more than one round, the median of each
+# numeric column per server and case (in the order first seen), one printf FORMAT per
+# column after the first two, appended to OUT.
+print_summary() {
+    [ "$1" -gt 1 ] || return 0
+    local rounds=$1 out=$2 k
+    shift 2
+    echo "# median of $rounds rounds" | tee -a "$out"
+    for k in "${RESULT_KEYS[@]}"; do
+        printf '%s' "${RESULTS[$k]}" | awk -v fmts="$*" '
+            { n++; name = $1; c = $2; ncol = NF
+              for (i = 3; i <= NF; i++) { v = $i; sub("%", "", v); col[i, n] = v + 0 } }
+            END {
+                split(fmts, f, " ")
+                line = sprintf("%-7s %-11s", name, c)
+                for (i = 3; i <= ncol; i++) {
+                    for (a = 1; a <= n; a++) tmp[a] = col[i, a]
+                    for (a = 1; a <= n; a++)
+                        for (b = a + 1; b <= n; b++)
+                            if (tmp[b] < tmp[a]) { t = tmp[a]; tmp[a] = tmp[b]; tmp[b] = t }
+                    m = n % 2 ? tmp[(n + 1) / 2] : (tmp[n / 2] + tmp[n / 2 + 1]) / 2
+                    line = line " " sprintf(f[i - 2], m)
+                }
+                print line "   (" n " runs)"
+            }' | tee -a "$out"
+    done
+}
+
 # field NAME LINE: the value of NAME=value in a line of output.
 field() {
     local re="(^| )$1=([^ ]+)"
