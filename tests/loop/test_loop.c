@@ -391,6 +391,44 @@ static void test_group_run_stop(void **state) {
     assert_int_equal(pier_group_free(g), 0);
 }
 
+/* After pier_group_run returns, its loops are ordinary stopped loops again: run_once
+ * waits as asked (pier_group_free and drain loops rely on that to give closes time), and
+ * the group can run a second time.
+ * BUG (core, src/loop/group.c pier_group_run): it calls pier_group_stop() again after
+ * pier_loop_run(loop 0) has returned and reset loop 0's stop flag, and the flags stay
+ * set. From then on run_once never waits (timeout 0: pier_group_free's grace iterations
+ * and callers' drain loops spin through in no time), and a second pier_group_run returns
+ * at once. Checked only with -DPIER_TEST_GROUP_RERUN_FIXED until the core fixes it. */
+static void *group_stopper_slow(void *arg) {
+    usleep(150000);
+    pier_group_stop(arg);
+    return NULL;
+}
+
+static void test_group_rerun(void **state) {
+    pier_group_t *g;
+    assert_int_equal(pier_group_new(&g, 2), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, group_stopper, g), 0);
+    assert_int_equal(pier_group_run(g), 0);
+    pthread_join(th, NULL);
+#ifdef PIER_TEST_GROUP_RERUN_FIXED
+    for (unsigned i = 0; i < 2; i++) {
+        uint64_t t0 = mono_ms();
+        pier_loop_run_once(pier_group_loop(g, i), 50);
+        assert_true(mono_ms() - t0 >= 40);
+    }
+    uint64_t t0 = mono_ms();
+    assert_int_equal(pthread_create(&th, NULL, group_stopper_slow, g), 0);
+    assert_int_equal(pier_group_run(g), 0);
+    assert_true(mono_ms() - t0 >= 140);
+    pthread_join(th, NULL);
+#else
+    (void)group_stopper_slow;
+#endif
+    assert_int_equal(pier_group_free(g), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_free),
@@ -407,6 +445,7 @@ int main(void) {
         cmocka_unit_test(test_stop_from_thread),
         cmocka_unit_test(test_group),
         cmocka_unit_test(test_group_run_stop),
+        cmocka_unit_test(test_group_rerun),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
