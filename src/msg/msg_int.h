@@ -24,21 +24,27 @@ typedef struct pier__msg_job_s {
 } pier__msg_job_t;
 
 typedef struct pier__msg_pool_s pier__msg_pool_t;
-typedef void (*pier__msg_run_cb)(pier__msg_job_t *job, void *ud);
+/* run(job, worker, ud) handles one job on worker thread `worker` and owns it from then on;
+ * flush(worker, ud) runs on that thread after every batch (and every PIER__MSG_FLUSH_EVERY
+ * jobs), so results can be handed back in bulk. */
+typedef void (*pier__msg_run_cb)(pier__msg_job_t *job, unsigned worker, void *ud);
+typedef void (*pier__msg_flush_cb)(unsigned worker, void *ud);
+#define PIER__MSG_FLUSH_EVERY 64
 
-/* Starts n threads, each with its own FIFO of at most queue_max jobs. run(job, ud) runs
- * on the worker and owns job from then on. Threads block every signal so signalfd-based
- * loop signals keep working. */
+/* Starts n threads, each with its own FIFO of at most queue_max jobs. Threads block every
+ * signal so signalfd-based loop signals keep working. */
 int pier__msg_pool_new(pier__msg_pool_t **out, unsigned n, unsigned queue_max, pier__msg_run_cb run,
-                       void *ud);
-/* Appends job to worker `w` (mod n). Any thread. -EAGAIN if that queue is full (the job
- * stays the caller's), -ESHUTDOWN once the pool is stopping. */
+                       pier__msg_flush_cb flush, void *ud);
+/* Appends job to worker `w` (< n) without waking it: call pier__msg_pool_wake(p, w) once
+ * after a run of pushes (one wake-up per read instead of one per message). Any thread.
+ * -EAGAIN if that queue is full (the job stays the caller's), -ESHUTDOWN once stopping. */
 int pier__msg_pool_push(pier__msg_pool_t *p, unsigned w, pier__msg_job_t *job);
+/* Wakes worker w if it sleeps with jobs queued. */
+void pier__msg_pool_wake(pier__msg_pool_t *p, unsigned w);
 unsigned pier__msg_pool_size(const pier__msg_pool_t *p);
 /* Jobs handled so far, summed over workers (relaxed reads). */
 uint64_t pier__msg_pool_handled(const pier__msg_pool_t *p);
-/* Lets the workers finish their queues, joins them and frees the pool. Jobs still queued
- * when a worker exits are run first, so nothing is leaked. */
+/* Lets the workers finish their queues, joins them and frees the pool. */
 void pier__msg_pool_free(pier__msg_pool_t *p);
 
 /* Relaxed counter increment for a counter with one writer. */

@@ -2,8 +2,10 @@
  *
  * Threads. Everything about a connection (msg_conn_t) lives on its loop. Handlers run on
  * that loop, or on the worker pool; a worker never touches a connection: it gathers the
- * replies into its job and hands the job back through the connection id
- * (pier_with_conn), so a connection that closed in the meantime only costs a free.
+ * replies into its job and hands its finished jobs back to the loop, one post per batch,
+ * where each finds its connection by id in the loop's table. A connection that closed
+ * in the meantime is simply not found, and its job costs only a free. Loop and workers
+ * wake each other once per read or batch, not once per message.
  *
  * Bounds. A connection may have inflight_max messages in the workers; frames read beyond
  * that (at most one read's worth) wait in its `held` list while reading is paused. Output
@@ -36,6 +38,7 @@ typedef struct msg_loop_s msg_loop_t;
 
 typedef struct msg_conn_s {
     struct msg_conn_s *prev, *next;
+    struct msg_conn_s *hnext; /* in its loop's id table */
     msg_loop_t *lp;
     pier_conn_t *c;
     pier_id_t id;
@@ -58,6 +61,10 @@ struct msg_loop_s {
     int draining;
     _Atomic unsigned jobs_out; /* this loop's jobs in the workers */
     pier_timer_t kick;
+    msg_conn_t **tab;          /* id -> connection, so finished jobs find theirs by id */
+    unsigned tab_bits, tab_count;
+    unsigned char *wake;       /* workers given jobs since the last wake-up (one flag each) */
+    int any_wake;
     _Atomic uint64_t n_conns, msgs, handled, unknown, bad_frames, timeouts, out_dropped, out_closed;
 };
 
@@ -76,6 +83,11 @@ struct pier_msg_server_s {
     _Atomic long jobs;        /* worker jobs created and not yet finished */
     _Atomic uint64_t replies_lost, w_out_dropped;
     pier_timer_t shut_timer;  /* loop 0 */
+    /* finished jobs per (worker, loop), handed to the loop once per worker batch; each
+     * list is touched only by its worker thread */
+    struct job_list_s {
+        pier__msg_job_t *head, *tail;
+    } *done_lists;
     int shut_phase;
     int stop_group;
     uint64_t shut_deadline;
@@ -89,6 +101,58 @@ typedef struct {
 
 static void conn_read_stop(msg_conn_t *mc);
 static void shut_tick(pier_timer_t *t);
+
+/* ---- the per-loop id table: loop thread only ---- */
+
+static unsigned tab_hash(const msg_loop_t *lp, pier_id_t id) {
+    return (unsigned)((id * 0x9E3779B97F4A7C15ull) >> (64 - lp->tab_bits));
+}
+
+static msg_conn_t *tab_find(const msg_loop_t *lp, pier_id_t id) {
+    msg_conn_t *mc = lp->tab[tab_hash(lp, id)];
+    while (mc && mc->id != id)
+        mc = mc->hnext;
+    return mc;
+}
+
+static void tab_grow(msg_loop_t *lp) {
+    unsigned bits = lp->tab_bits + 1;
+    msg_conn_t **nt = calloc((size_t)1 << bits, sizeof *nt);
+    if (!nt)
+        return; /* longer chains, still correct */
+    msg_conn_t **old = lp->tab;
+    size_t n = (size_t)1 << lp->tab_bits;
+    lp->tab = nt;
+    lp->tab_bits = bits;
+    for (size_t i = 0; i < n; i++) {
+        for (msg_conn_t *mc = old[i], *next; mc; mc = next) {
+            next = mc->hnext;
+            unsigned h = tab_hash(lp, mc->id);
+            mc->hnext = nt[h];
+            nt[h] = mc;
+        }
+    }
+    free(old);
+}
+
+static void tab_add(msg_loop_t *lp, msg_conn_t *mc) {
+    if (lp->tab_count >= (1u << lp->tab_bits))
+        tab_grow(lp);
+    unsigned h = tab_hash(lp, mc->id);
+    mc->hnext = lp->tab[h];
+    lp->tab[h] = mc;
+    lp->tab_count++;
+}
+
+static void tab_del(msg_loop_t *lp, msg_conn_t *mc) {
+    msg_conn_t **pp = &lp->tab[tab_hash(lp, mc->id)];
+    while (*pp && *pp != mc)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = mc->hnext;
+        lp->tab_count--;
+    }
+}
 
 /* ---- output ---- */
 
@@ -255,6 +319,8 @@ static void pump(msg_conn_t *mc) {
         }
         mc->inflight++;
         msg_loop_t *lp = mc->lp;
+        lp->wake[mc->worker] = 1;
+        lp->any_wake = 1;
         if (atomic_fetch_add(&lp->jobs_out, 1) == 0 && lp->kick.repeat != KICK_MS)
             pier_timer_start(&lp->kick, KICK_MS, KICK_MS);
     }
@@ -271,8 +337,25 @@ static void pump(msg_conn_t *mc) {
         pier_conn_close(mc->c);
 }
 
+/* Wakes the workers given jobs since the last call: once per read or batch, not per
+ * message, which saves a context switch per message when loop and workers share CPUs. */
+static void wake_workers(msg_loop_t *lp) {
+    if (!lp->any_wake)
+        return;
+    lp->any_wake = 0;
+    unsigned n = pier__msg_pool_size(lp->srv->pool);
+    for (unsigned w = 0; w < n; w++) {
+        if (lp->wake[w]) {
+            lp->wake[w] = 0;
+            pier__msg_pool_wake(lp->srv->pool, w);
+        }
+    }
+}
+
 static void retry_cb(pier_timer_t *t) {
-    pump(t->data);
+    msg_conn_t *mc = t->data;
+    pump(mc);
+    wake_workers(mc->lp);
 }
 
 /* Workaround for a lost wake-up in the core (loop.c wake_cb clears wake_pending before
@@ -287,28 +370,41 @@ static void kick_cb(pier_timer_t *t) {
         pier_timer_start(t, KICK_IDLE_MS, KICK_IDLE_MS);
 }
 
-/* On the connection's loop (c alive) or anywhere with c == NULL (gone). */
-static void job_done(pier_conn_t *c, void *arg) {
-    pier__msg_job_t *job = arg;
+/* A finished job back on its connection's loop; mc is NULL if the connection has gone. */
+static void job_finish(msg_conn_t *mc, pier__msg_job_t *job) {
     atomic_fetch_sub(&((msg_loop_t *)job->lp)->jobs_out, 1);
-    msg_conn_t *mc = c ? pier_conn_data(c) : NULL;
-    if (!mc) {
+    if (!mc || !pier_conn_is_open(mc->c)) {
         if (job->out_len)
             atomic_fetch_add_explicit(&job->srv->replies_lost, 1, memory_order_relaxed);
+        if (mc)
+            mc->inflight--;
         job_free(job);
         return;
     }
     mc->inflight--;
-    if (job->out_len && pier_conn_is_open(c) && out_admit(mc, job->out_len)) {
-        pier_conn_write_ref(c, job->out, job->out_len, free_base, NULL);
+    if (job->out_len && out_admit(mc, job->out_len)) {
+        pier_conn_write_ref(mc->c, job->out, job->out_len, free_base, NULL);
         job->out = NULL;
     }
     job_free(job);
-    if (pier_conn_is_open(c))
+    if (pier_conn_is_open(mc->c))
         pump(mc);
 }
 
-static void job_run(pier__msg_job_t *job, void *ud) {
+/* On the loop: a worker's finished jobs for this loop, in the order it handled them.
+ * Each finds its connection by id; a worker never holds a connection pointer. */
+static void jobs_back(void *arg) {
+    pier__msg_job_t *job = arg;
+    msg_loop_t *lp = job->lp;
+    while (job) {
+        pier__msg_job_t *next = job->next;
+        job_finish(tab_find(lp, job->conn), job);
+        job = next;
+    }
+    wake_workers(lp);
+}
+
+static void job_run(pier__msg_job_t *job, unsigned w, void *ud) {
     pier_msg_server_t *srv = ud;
     handler_t *h = &srv->handlers[job->id];
     reply_ctx_t ctx = {.job = job};
@@ -317,8 +413,36 @@ static void job_run(pier__msg_job_t *job, void *ud) {
     current_job = job;
     h->cb(&m, h->ud);
     current_job = NULL;
-    if (pier_with_conn(job->conn, job_done, job) < 0)
-        job_done(NULL, job);
+    struct job_list_s *l = &srv->done_lists[w * srv->nloops + (unsigned)((msg_loop_t *)job->lp - srv->loops)];
+    job->next = NULL;
+    if (l->tail)
+        l->tail->next = job;
+    else
+        l->head = job;
+    l->tail = job;
+}
+
+/* Worker thread, after a batch: one post per loop for all of its finished jobs. */
+static void jobs_flush(unsigned w, void *ud) {
+    pier_msg_server_t *srv = ud;
+    for (unsigned i = 0; i < srv->nloops; i++) {
+        struct job_list_s *l = &srv->done_lists[w * srv->nloops + i];
+        pier__msg_job_t *head = l->head;
+        if (!head)
+            continue;
+        l->head = l->tail = NULL;
+        if (pier_loop_post(srv->loops[i].loop, jobs_back, head) == 0)
+            continue;
+        /* cannot reach the loop: the replies are lost, the memory is not */
+        while (head) {
+            pier__msg_job_t *next = head->next;
+            atomic_fetch_sub(&srv->loops[i].jobs_out, 1);
+            if (head->out_len)
+                atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
+            job_free(head);
+            head = next;
+        }
+    }
 }
 
 static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
@@ -386,6 +510,8 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     mc->last_rx = pier_loop_now(mc->lp->loop);
     size_t used = 0;
     ssize_t r = pier_msg_decode_all(&srv->codec, data, len, &used, on_frame, mc);
+    if (srv->pool)
+        wake_workers(mc->lp);
     if (r >= 0)
         return used;
     char peer[64];
@@ -430,6 +556,7 @@ static void on_close(pier_conn_t *c, int err) {
         mc->held = next;
     }
     msg_loop_t *lp = mc->lp;
+    tab_del(lp, mc);
     if (mc->prev)
         mc->prev->next = mc->next;
     else
@@ -487,7 +614,7 @@ static void on_accept(pier_server_t *net, pier_conn_t *c) {
     mc->lp = lp;
     mc->c = c;
     mc->id = pier_conn_id(c);
-    mc->worker = (unsigned)(mc->id ^ (mc->id >> 32));
+    mc->worker = srv->pool ? (unsigned)((mc->id ^ (mc->id >> 32)) % pier__msg_pool_size(srv->pool)) : 0;
     mc->last_rx = pier_loop_now(lp->loop);
     pier_timer_init(lp->loop, &mc->hb, hb_cb, mc);
     pier_timer_init(lp->loop, &mc->retry, retry_cb, mc);
@@ -497,11 +624,22 @@ static void on_accept(pier_server_t *net, pier_conn_t *c) {
     if (lp->conns)
         lp->conns->prev = mc;
     lp->conns = mc;
+    tab_add(lp, mc);
     pier__msg_bump(&lp->n_conns, 1);
     pier_conn_set_cbs(c, &conn_cbs, mc);
 }
 
 /* ---- life cycle ---- */
+
+static void free_tables(pier_msg_server_t *srv) {
+    for (unsigned i = 0; srv->loops && i < srv->nloops; i++) {
+        free(srv->loops[i].tab);
+        free(srv->loops[i].wake);
+    }
+    free(srv->done_lists);
+    free(srv->handlers);
+    free(srv->loops);
+}
 
 static int fill_opts(pier_msg_server_t *srv, const pier_msg_server_opts_t *opts) {
     srv->o = opts ? *opts : (pier_msg_server_opts_t){0};
@@ -567,6 +705,17 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     if (!srv->loops || !srv->handlers)
         goto fail;
     for (unsigned i = 0; i < srv->nloops; i++) {
+        msg_loop_t *lp = &srv->loops[i];
+        lp->tab_bits = 6;
+        lp->tab = calloc((size_t)1 << lp->tab_bits, sizeof *lp->tab);
+        lp->wake = calloc(srv->o.workers ? srv->o.workers : 1, 1);
+        if (!lp->tab || !lp->wake)
+            goto fail;
+    }
+    if (srv->o.workers && !(srv->done_lists = calloc((size_t)srv->o.workers * srv->nloops,
+                                                     sizeof *srv->done_lists)))
+        goto fail;
+    for (unsigned i = 0; i < srv->nloops; i++) {
         srv->loops[i].srv = srv;
         srv->loops[i].loop = pier_group_loop(group, i);
         pier_timer_init(srv->loops[i].loop, &srv->loops[i].kick, kick_cb, &srv->loops[i]);
@@ -574,7 +723,7 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     }
     pier_timer_init(srv->loops[0].loop, &srv->shut_timer, shut_tick, srv);
     if (srv->o.workers) {
-        err = pier__msg_pool_new(&srv->pool, srv->o.workers, srv->o.queue_max, job_run, srv);
+        err = pier__msg_pool_new(&srv->pool, srv->o.workers, srv->o.queue_max, job_run, jobs_flush, srv);
         if (err)
             goto fail;
     }
@@ -599,8 +748,7 @@ fail:
         if (srv->loops[i].kick.loop) /* initialised */
             pier_timer_stop(&srv->loops[i].kick);
     pier__msg_pool_free(srv->pool);
-    free(srv->handlers);
-    free(srv->loops);
+    free_tables(srv);
     free(srv);
     return err;
 }
@@ -698,8 +846,7 @@ int pier_msg_server_free(pier_msg_server_t *srv) {
     if (err)
         return err;
     pier__msg_pool_free(srv->pool);
-    free(srv->handlers);
-    free(srv->loops);
+    free_tables(srv);
     free(srv);
     return 0;
 }

@@ -26,6 +26,7 @@ struct pier__msg_pool_s {
     unsigned n;
     unsigned queue_max;
     pier__msg_run_cb run;
+    pier__msg_flush_cb flush;
     void *ud;
     worker_t w[];
 };
@@ -52,12 +53,17 @@ static void *worker_main(void *arg) {
     for (;;) {
         int stop = 0;
         pier__msg_job_t *j = take_all(w, &stop);
+        unsigned idx = (unsigned)(w - p->w), k = 0;
         while (j) {
             pier__msg_job_t *next = j->next;
-            p->run(j, p->ud);
+            p->run(j, idx, p->ud);
             pier__msg_bump(&w->handled, 1);
+            if (++k % PIER__MSG_FLUSH_EVERY == 0)
+                p->flush(idx, p->ud);
             j = next;
         }
+        if (k % PIER__MSG_FLUSH_EVERY)
+            p->flush(idx, p->ud);
         if (stop) {
             /* a push that raced with stop is refused, so the queue is empty for good */
             pthread_mutex_lock(&w->mu);
@@ -70,7 +76,7 @@ static void *worker_main(void *arg) {
 }
 
 int pier__msg_pool_new(pier__msg_pool_t **out, unsigned n, unsigned queue_max, pier__msg_run_cb run,
-                       void *ud) {
+                       pier__msg_flush_cb flush, void *ud) {
     if (n == 0 || queue_max == 0)
         return -EINVAL;
     pier__msg_pool_t *p = calloc(1, sizeof *p + n * sizeof(worker_t));
@@ -79,6 +85,7 @@ int pier__msg_pool_new(pier__msg_pool_t **out, unsigned n, unsigned queue_max, p
     p->n = n;
     p->queue_max = queue_max;
     p->run = run;
+    p->flush = flush;
     p->ud = ud;
     sigset_t all, old;
     sigfillset(&all);
@@ -104,7 +111,7 @@ int pier__msg_pool_new(pier__msg_pool_t **out, unsigned n, unsigned queue_max, p
 }
 
 int pier__msg_pool_push(pier__msg_pool_t *p, unsigned wi, pier__msg_job_t *job) {
-    worker_t *w = &p->w[wi % p->n];
+    worker_t *w = &p->w[wi];
     pthread_mutex_lock(&w->mu);
     if (w->stop || w->count >= p->queue_max) {
         int err = w->stop ? -ESHUTDOWN : -EAGAIN;
@@ -118,11 +125,17 @@ int pier__msg_pool_push(pier__msg_pool_t *p, unsigned wi, pier__msg_job_t *job) 
         w->head = job;
     w->tail = job;
     w->count++;
-    int wake = w->waiting;
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+void pier__msg_pool_wake(pier__msg_pool_t *p, unsigned wi) {
+    worker_t *w = &p->w[wi];
+    pthread_mutex_lock(&w->mu);
+    int wake = w->waiting && w->head;
     pthread_mutex_unlock(&w->mu);
     if (wake)
         pthread_cond_signal(&w->cv);
-    return 0;
 }
 
 unsigned pier__msg_pool_size(const pier__msg_pool_t *p) {
