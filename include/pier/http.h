@@ -60,7 +60,8 @@ typedef struct pier_http_opts_s {
     size_t max_head;              /* request line and fields (8 KiB); over it: 431 */
     size_t max_target;            /* request-target (4 KiB); over it: 414 */
     size_t max_body;              /* request body (1 MiB); over it: 413 */
-    uint64_t keepalive_ms;        /* idle keep-alive connection closed after (60 s) */
+    uint64_t keepalive_ms;        /* a connection without I/O for this long is closed (60 s);
+                                   * this also bounds how long a deferred response may take */
     uint64_t header_timeout_ms;   /* a request head must arrive within (10 s), else 408 */
     const char *server_name;      /* Server header value (default "pier") */
     const char *access_log;       /* path to append common-log-format lines to; NULL: none */

@@ -27,6 +27,7 @@
 #define DEFAULT_KEEPALIVE_MS 60000
 #define DEFAULT_HEADER_TIMEOUT_MS 10000
 #define INLINE_BODY 16384 /* bodies up to this size share one buffer with the head */
+#define TRIM_ABOVE 65536  /* per-connection buffers larger than this are freed when idle */
 
 enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED };
 enum { RES_FRESH, RES_STREAM, RES_DONE, RES_LATER };
@@ -219,10 +220,26 @@ static void access_log(http_conn_t *hc, int status) {
     fflush(f);
 }
 
+/* Buffers grown by one large chunked body or a long wait are given back, so an idle
+ * keep-alive connection costs its struct and little more. */
+static void trim_buffers(http_conn_t *hc) {
+    if (hc->body_cap > TRIM_ABOVE) {
+        free(hc->body);
+        hc->body = NULL;
+        hc->body_len = hc->body_cap = 0;
+    }
+    if (hc->pending_len == 0 && hc->pending_cap > TRIM_ABOVE) {
+        free(hc->pending);
+        hc->pending = NULL;
+        hc->pending_cap = 0;
+    }
+}
+
 /* The response is complete: log it, then either close or wait for the next request. */
 static void response_done(http_conn_t *hc, int status) {
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
     access_log(hc, status);
+    trim_buffers(hc);
     hc->stream = 0;
     if (!hc->keep_alive || hc->eof) {
         hc->state = ST_CLOSED;
