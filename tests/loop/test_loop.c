@@ -195,21 +195,10 @@ static void test_post_repost_and_drop(void **state) {
 #define POSTERS 4
 #define PER_POSTER 20000
 
-/* BUG (core, src/loop/loop.c wake_cb): the loop clears wake_pending and then drains the
- * eventfd, so a post whose eventfd write lands between the two is drained with the flag
- * left at 1; from then on every pier_loop_post/pier_loop_stop from another thread skips
- * its write and the loop sleeps through queued tasks until some other event wakes it.
- * While that stands the loop is driven with short waits here, and the check that a post
- * wakes a waiting loop is compiled out. Switch to 1 once wake_cb is fixed
- * (or build with -DPIER_TEST_WAKEUP_FIXED=1 to see the failure). */
-#ifndef PIER_TEST_WAKEUP_FIXED
-#define PIER_TEST_WAKEUP_FIXED 0
-#endif
-#if PIER_TEST_WAKEUP_FIXED
+/* Posts arrive every few microseconds while this runs, so the loop is given a long wait:
+ * a wait that lasts anywhere near it means a post did not wake the loop (a wake-up lost
+ * between draining the eventfd and clearing the pending flag). */
 #define MT_WAIT_MS 2000
-#else
-#define MT_WAIT_MS 20
-#endif
 
 typedef struct {
     pier_loop_t *loop;
@@ -269,17 +258,10 @@ static void test_post_threads(void **state) {
     assert_int_equal(mt.bad_order, 0);
     for (int i = 0; i < POSTERS; i++)
         assert_int_equal(mt.next[i], PER_POSTER);
-#if PIER_TEST_WAKEUP_FIXED
-    /* posts arrive every few microseconds: a wait anywhere near MT_WAIT_MS means a post
-     * did not wake the loop */
     assert_true(slowest < MT_WAIT_MS / 2);
-#else
-    (void)slowest;
-#endif
     pier_test_free_loop(mt.loop);
 }
 
-#if PIER_TEST_WAKEUP_FIXED
 /* A loop blocked with no timeout is woken by every post from another thread, however the
  * posts interleave with the loop draining its wake-up. */
 static atomic_int wk_stop, wk_ran;
@@ -318,7 +300,6 @@ static void test_post_wakeup_not_lost(void **state) {
     assert_true(slowest < 500); /* posts came every ~50 us: a long sleep is a lost wake-up */
     pier_test_free_loop(loop);
 }
-#endif
 
 /* ---- stop from another thread ---- */
 
@@ -439,9 +420,7 @@ int main(void) {
         cmocka_unit_test(test_post_fifo),
         cmocka_unit_test(test_post_repost_and_drop),
         cmocka_unit_test(test_post_threads),
-#if PIER_TEST_WAKEUP_FIXED
         cmocka_unit_test(test_post_wakeup_not_lost),
-#endif
         cmocka_unit_test(test_stop_from_thread),
         cmocka_unit_test(test_group),
         cmocka_unit_test(test_group_run_stop),
