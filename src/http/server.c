@@ -894,6 +894,7 @@ static void on_eof(pier_conn_t *c) {
     /* a client may half-close after its last request: answer it, then close */
     if (hc && hc->state == ST_WAIT) {
         hc->eof = 1;
+        hc->keep_alive = 0; /* the answer says Connection: close */
         return;
     }
     pier_conn_close(c);
