@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """pier http under pipelining, single-byte splits, many concurrent keep-alive connections
-and a short wrk load: every response arrives, whole and in request order."""
+and a short wrk load: every response arrives, whole and in request order. Two server
+threads, so the TSan run takes it too (pier-test: threads)."""
 import os
 import selectors
 import shutil
