@@ -32,6 +32,7 @@ typedef struct pier_msg_cfg_s {
 extern const pier_service_t pier_msg_service;
 
 #define MSG_ID_JSON 1001
+#define MSG_ID_ECHO 1002 /* body back as is: the framework's cost without JSON */
 #define REPLY_PREFIX "server has received msg, "
 
 /* ---- shared flag parsing ---- */
@@ -54,6 +55,11 @@ static int parse_secs(const char *cmd, const char *flag, const char *s, uint64_t
 /* ---- the server: JSON service for id 1001 ---- */
 
 static _Atomic uint64_t bad_json;
+
+static void on_echo(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    pier_msg_reply(m, MSG_ID_ECHO, m->body, m->len);
+}
 
 /* Answers {"id":1001,"data":D} with {"id":1001,"data":"server has received msg, " D}. */
 static void on_json(const pier_msg_t *m, void *ud) {
@@ -108,7 +114,8 @@ static const char msg_usage[] =
     "\n"
     "Message server. Frames are [id u16 BE][length u16 BE][body] (--wide: u32 length).\n"
     "Id 1001 carries JSON {\"id\":1001,\"data\":\"...\"} and is answered on id 1001 with\n"
-    "data = \"server has received msg, \" + data. Ping (id 1) is answered with pong (id 2).\n"
+    "data = \"server has received msg, \" + data. Id 1002 is echoed back as it is.\n"
+    "Ping (id 1) is answered with pong (id 2).\n"
     "A bad frame (length over the maximum, id 0) closes only its own connection.\n"
     "\n"
     "  --host H          address to listen on (default 127.0.0.1)\n"
@@ -196,7 +203,8 @@ static int msg_start(pier_group_t *g, void *cfgp, void **state) {
         return -ENOMEM;
     json_object_seed(0); /* before any worker thread parses JSON */
     int err = pier_msg_server_new(&st->srv, g, so);
-    if (err == 0 && (err = pier_msg_on(st->srv, MSG_ID_JSON, on_json, NULL)) < 0)
+    if (err == 0 && ((err = pier_msg_on(st->srv, MSG_ID_JSON, on_json, NULL)) < 0 ||
+                     (err = pier_msg_on(st->srv, MSG_ID_ECHO, on_echo, NULL)) < 0))
         pier_msg_server_free(st->srv);
     if (err < 0) {
         if (err == -EADDRINUSE)
@@ -287,6 +295,7 @@ static const char client_usage[] =
     "  --backoff-max S longest wait between reconnects (default 1)\n"
     "  --max-body B    largest frame body (default 2048)\n"
     "  --wide          u32 length field (6-byte header)\n"
+    "  --raw           load generator: id-1002 echo, no JSON (the framework's own cost)\n"
     "  --quiet         log warnings and errors only\n"
     "\n"
     "Exit: 0 all answered and correct; 1 wrong replies, timeout or a failure; 2 bad flags.\n";
@@ -299,6 +308,7 @@ typedef struct {
     uint64_t timeout_ms;
     uint64_t backoff_max_ms;
     pier_msg_codec_t codec;
+    int raw;
 } client_args_t;
 
 static int client_parse(int argc, char **argv, client_args_t *a) {
@@ -310,7 +320,7 @@ static int client_parse(int argc, char **argv, client_args_t *a) {
         {"timeout", required_argument, 0, 't'},  {"backoff-max", required_argument, 0, 'B'},
         {"max-body", required_argument, 0, 'm'}, {"wide", no_argument, 0, 'W'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
-        {0, 0, 0, 0},
+        {"raw", no_argument, 0, 'R'},            {0, 0, 0, 0},
     };
     *a = (client_args_t){.host = "127.0.0.1", .port = PIER_MSG_DEFAULT_PORT, .conns = 1, .window = 64,
                          .backoff_max_ms = 1000};
@@ -339,6 +349,7 @@ static int client_parse(int argc, char **argv, client_args_t *a) {
             a->codec.max_body = (uint32_t)v;
             break;
         case 'W': a->codec.wide = 1; break;
+        case 'R': a->raw = 1; break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(client_usage, stdout); return 1;
         default: return pier_cli_usage_error(cmd, "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -570,9 +581,14 @@ static void load_send(lconn_t *lc) {
             L->budget--;
         }
         size_t dlen = load_data(L, lc->idx, lc->sent, data, sizeof data), rlen;
-        char *req = make_request(data, dlen, &rlen);
-        int err = req ? pier_msg_client_send(lc->mc, MSG_ID_JSON, req, rlen) : -ENOMEM;
-        free(req);
+        int err;
+        if (L->a->raw) {
+            err = pier_msg_client_send(lc->mc, MSG_ID_ECHO, data, dlen);
+        } else {
+            char *req = make_request(data, dlen, &rlen);
+            err = req ? pier_msg_client_send(lc->mc, MSG_ID_JSON, req, rlen) : -ENOMEM;
+            free(req);
+        }
         if (err < 0)
             return;
         lc->sent++;
@@ -594,16 +610,16 @@ static void load_finish(load_t *L) {
 static void load_on_msg(pier_msg_client_t *mc, uint16_t id, const char *body, size_t len) {
     lconn_t *lc = pier_msg_client_data(mc);
     load_t *L = lc->L;
-    if (id != MSG_ID_JSON || lc->acked >= lc->sent)
+    if (id != (L->a->raw ? MSG_ID_ECHO : MSG_ID_JSON) || lc->acked >= lc->sent)
         return;
     char want[1 << 16];
-    size_t plen = sizeof REPLY_PREFIX - 1;
+    size_t plen = L->a->raw ? 0 : sizeof REPLY_PREFIX - 1;
     memcpy(want, REPLY_PREFIX, plen);
     size_t wlen = plen + load_data(L, lc->idx, lc->acked, want + plen, sizeof want - plen);
-    const char *data;
-    size_t dlen;
-    json_t *o = parse_reply(body, len, &data, &dlen);
-    if (!o || dlen != wlen || memcmp(data, want, wlen) != 0) {
+    const char *data = body;
+    size_t dlen = len;
+    json_t *o = L->a->raw ? NULL : parse_reply(body, len, &data, &dlen);
+    if ((!L->a->raw && !o) || dlen != wlen || memcmp(data, want, wlen) != 0) {
         if (L->errors++ < 5)
             fprintf(stderr, "pier msg-client: conn %u message %" PRIu64 ": wrong reply: %.*s\n", lc->idx, lc->acked,
                     (int)(len < 200 ? len : 200), body);

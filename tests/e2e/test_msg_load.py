@@ -70,6 +70,16 @@ class Load(unittest.TestCase):
     def test_two_loops_and_workers(self):
         self.run_load("--threads", "2", "--workers", "2")
 
+    def test_raw_echo_load(self):
+        """id 1002 comes back byte for byte, in order, on the loop and on workers."""
+        for args in ([], ["--workers", "2"]):
+            with pierlib.Pier("msg", *args) as srv:
+                r = pierlib.run(["msg-client", "--port", str(srv.port), "--conns", "20", "--count", "2000",
+                                 "--size", "300", "--raw", "--timeout", "30"], timeout=40)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertIn("40000 of 40000 replies", r.stdout)
+                self.assertEqual(srv.stop(), 0)
+
 
 class Frames(unittest.TestCase):
     @classmethod
