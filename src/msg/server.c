@@ -24,8 +24,6 @@
 #include <unistd.h>
 
 #define RETRY_MS 1
-#define KICK_MS 2
-#define KICK_IDLE_MS 50
 #define SHUT_TICK_MS 5
 #define SHUT_MAX_MS 15000
 
@@ -59,8 +57,6 @@ struct msg_loop_s {
     pier_loop_t *loop;
     msg_conn_t *conns;
     int draining;
-    _Atomic unsigned jobs_out; /* this loop's jobs in the workers */
-    pier_timer_t kick;
     msg_conn_t **tab;          /* id -> connection, so finished jobs find theirs by id */
     unsigned tab_bits, tab_count;
     unsigned char *wake;       /* workers given jobs since the last wake-up (one flag each) */
@@ -321,8 +317,6 @@ static void pump(msg_conn_t *mc) {
         msg_loop_t *lp = mc->lp;
         lp->wake[mc->worker] = 1;
         lp->any_wake = 1;
-        if (atomic_fetch_add(&lp->jobs_out, 1) == 0 && lp->kick.repeat != KICK_MS)
-            pier_timer_start(&lp->kick, KICK_MS, KICK_MS);
     }
     if (mc->held) {
         if (mc->inflight == 0 && !pier_timer_active(&mc->retry))
@@ -358,21 +352,8 @@ static void retry_cb(pier_timer_t *t) {
     wake_workers(mc->lp);
 }
 
-/* Workaround for a lost wake-up in the core (loop.c wake_cb clears wake_pending before
- * draining the eventfd, so a post in between can leave the flag set with nothing to
- * read, and later posts no longer write the eventfd: a loop asleep in epoll_wait then
- * never sees them). Each loop keeps a timer that wakes it: every 2 ms while it has jobs
- * in the workers, every 50 ms otherwise, so a post waits at most that long. Remove
- * once the core is fixed. */
-static void kick_cb(pier_timer_t *t) {
-    msg_loop_t *lp = t->data;
-    if (atomic_load(&lp->jobs_out) == 0 && t->repeat != KICK_IDLE_MS)
-        pier_timer_start(t, KICK_IDLE_MS, KICK_IDLE_MS);
-}
-
 /* A finished job back on its connection's loop; mc is NULL if the connection has gone. */
 static void job_finish(msg_conn_t *mc, pier__msg_job_t *job) {
-    atomic_fetch_sub(&((msg_loop_t *)job->lp)->jobs_out, 1);
     if (!mc || !pier_conn_is_open(mc->c)) {
         if (job->out_len)
             atomic_fetch_add_explicit(&job->srv->replies_lost, 1, memory_order_relaxed);
@@ -436,7 +417,6 @@ static void jobs_flush(unsigned w, void *ud) {
         /* cannot reach the loop: the replies are lost, the memory is not */
         while (head) {
             pier__msg_job_t *next = head->next;
-            atomic_fetch_sub(&srv->loops[i].jobs_out, 1);
             if (head->out_len)
                 atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
             job_free(head);
@@ -718,8 +698,6 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     for (unsigned i = 0; i < srv->nloops; i++) {
         srv->loops[i].srv = srv;
         srv->loops[i].loop = pier_group_loop(group, i);
-        pier_timer_init(srv->loops[i].loop, &srv->loops[i].kick, kick_cb, &srv->loops[i]);
-        pier_timer_start(&srv->loops[i].kick, KICK_IDLE_MS, KICK_IDLE_MS);
     }
     pier_timer_init(srv->loops[0].loop, &srv->shut_timer, shut_tick, srv);
     if (srv->o.workers) {
@@ -744,9 +722,6 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     *out = srv;
     return 0;
 fail:
-    for (unsigned i = 0; srv->loops && i < srv->nloops; i++)
-        if (srv->loops[i].kick.loop) /* initialised */
-            pier_timer_stop(&srv->loops[i].kick);
     pier__msg_pool_free(srv->pool);
     free_tables(srv);
     free(srv);
@@ -839,8 +814,6 @@ int pier_msg_server_free(pier_msg_server_t *srv) {
     if (!srv)
         return 0;
     pier_timer_stop(&srv->shut_timer); /* the loops are not running any more */
-    for (unsigned i = 0; i < srv->nloops; i++)
-        pier_timer_stop(&srv->loops[i].kick);
     pier_server_stop(srv->net);
     int err = pier_server_free(srv->net);
     if (err)
