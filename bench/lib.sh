@@ -71,16 +71,18 @@ load_ticks() {
     echo $((${14} + ${15}))
 }
 
-# CPU ticks (utime+stime, all threads) of a process and its child processes.
+# CPU ticks of a process and its child processes, all threads: "TOTAL USER", where
+# TOTAL is utime+stime and USER is utime alone (the rest is kernel time).
 cpu_ticks() {
-    local total=0 p rest
+    local total=0 user=0 p rest
     for p in "$1" $(pgrep -P "$1"); do
         rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         rest=${rest##*) } # fields after the ")" that ends the command name
         set -- $rest
         total=$((total + ${12} + ${13}))
+        user=$((user + ${12}))
     done
-    echo "$total"
+    echo "$total $user"
 }
 
 # start_server NAME PORT LOG CMD...: runs CMD pinned to CPU 0 and waits up to 5 s for
