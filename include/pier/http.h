@@ -85,8 +85,8 @@ PIER_EXTERN int pier_http_route(pier_http_server_t *srv, unsigned methods, const
 
 /* Serves the files under root_dir for GET and HEAD on prefix "/x/" (the pattern "/x/" followed by a star).
  * Nothing outside root_dir can be reached: dot segments and dotfiles are refused, and
- * symbolic links are not followed. Directories serve their index.html. The directory is
- * opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be. */
+ * symbolic links are not followed. A directory serves its index.html, or else a listing
+ * of its visible files. root_dir is opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be. */
 PIER_EXTERN int pier_http_static(pier_http_server_t *srv, const char *prefix, const char *root_dir);
 
 /* Starts accepting (thread-safe). */

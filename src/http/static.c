@@ -7,12 +7,15 @@
  * never gets here: the decoder refuses it. O_NONBLOCK keeps a FIFO from blocking the loop;
  * only regular files are served.
  *
+ * A directory serves its index.html, or else a listing of its visible files.
+ *
  * Validators: ETag is size and mtime in nanoseconds; If-None-Match wins over
  * If-Modified-Since (RFC 9110 13.2.2). Ranges: one byte range, honoured through If-Range;
  * several ranges are answered with the whole file, which RFC 9110 14.2 allows.
  */
 #include "http/http_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -182,6 +185,128 @@ static void redirect_to_dir(const pier_http_req_t *req, pier_http_res_t *res) {
     answer(res, 301);
 }
 
+/* ---- directory listings, for a directory without index.html ---- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int failed;
+} sbuf_t;
+
+static void sb_add(sbuf_t *b, const char *s, size_t n) {
+    if (b->failed)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
+
+static void sb_html(sbuf_t *b, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '<': sb_str(b, "&lt;"); break;
+        case '>': sb_str(b, "&gt;"); break;
+        case '&': sb_str(b, "&amp;"); break;
+        case '"': sb_str(b, "&quot;"); break;
+        case '\'': sb_str(b, "&#39;"); break;
+        default: sb_add(b, s, 1);
+        }
+    }
+}
+
+static void sb_href(sbuf_t *b, const char *s) {
+    static const char hexd[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z') || strchr("-._~/", *p)) {
+            sb_add(b, (const char *)p, 1);
+        } else {
+            char e[3] = {'%', hexd[*p >> 4], hexd[*p & 15]};
+            sb_add(b, e, 3);
+        }
+    }
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+#define MAX_LISTED 10000
+
+/* Lists the visible entries: regular files and directories, no dotfiles, no symlinks
+ * (they would not be served anyway). */
+static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        answer(res, 500);
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int truncated = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        struct stat sb;
+        if (e->d_name[0] == '.' || fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
+            continue;
+        if (n == MAX_LISTED) {
+            truncated = 1;
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **nn = realloc(names, cap * sizeof *nn);
+            if (!nn)
+                break;
+            names = nn;
+        }
+        size_t l = strlen(e->d_name);
+        if (!(names[n] = malloc(l + 2)))
+            break;
+        memcpy(names[n], e->d_name, l + 1);
+        if (S_ISDIR(sb.st_mode))
+            memcpy(names[n] + l, "/", 2);
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof *names, cmp_names);
+    const char *path = pier_http_req_path(req);
+    sbuf_t b = {0};
+    sb_str(&b, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Index of ");
+    sb_html(&b, path);
+    sb_str(&b, "</title></head>\n<body>\n<h1>Index of ");
+    sb_html(&b, path);
+    sb_str(&b, "</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n");
+    for (size_t i = 0; i < n; i++) {
+        sb_str(&b, "<li><a href=\"");
+        sb_href(&b, names[i]);
+        sb_str(&b, "\">");
+        sb_html(&b, names[i]);
+        sb_str(&b, "</a></li>\n");
+        free(names[i]);
+    }
+    free(names);
+    sb_str(&b, truncated ? "</ul>\n<p>(listing truncated)</p>\n</body></html>\n" : "</ul>\n</body></html>\n");
+    if (b.failed)
+        answer(res, 500);
+    else
+        pier_http_res_send(res, 200, "text/html; charset=utf-8", b.p, b.len);
+    free(b.p);
+}
+
 void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier__http_static_t *st = ud;
     const char *rel = pier_http_req_param(req, "*", NULL);
@@ -201,6 +326,10 @@ void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void 
         }
         int ifd = openat(fd, "index.html", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         int err = errno;
+        if (ifd < 0 && err == ENOENT) {
+            list_dir(req, res, fd); /* takes fd */
+            return;
+        }
         close(fd);
         if (ifd < 0) {
             answer(res, errno_status(err));

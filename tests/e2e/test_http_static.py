@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""pier http static files: types, validators and 304, single ranges (206/416), index.html,
-and traversal attempts (../ and its encodings, %00, symlinks, dotfiles) that must never
+"""pier http static files: types, validators and 304, single ranges (206/416), index.html
+or a listing, and traversal attempts (../ and its encodings, %00, symlinks, dotfiles) that must never
 reach a file outside --root."""
 import http.client
 import os
@@ -36,6 +36,11 @@ files = {
 for name, data in files.items():
     with open(os.path.join(root, name), "wb") as f:
         f.write(data)
+for name, data in [("noindex/a <b>&.txt", b"listed"), ("noindex/.secret", b"x")]:
+    with open(os.path.join(root, name), "wb") as f:
+        f.write(data)
+os.makedirs(os.path.join(root, "noindex", "sub"))
+os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "noindex", "outlink"))
 os.symlink(os.path.join(base, "secret.txt"), os.path.join(root, "link-out.txt"))
 os.symlink(base, os.path.join(root, "linkdir"))
 os.symlink("a.txt", os.path.join(root, "link-in.txt"))
@@ -73,7 +78,14 @@ check(r.status == 301 and r.header("location") == "/static/dir/", "directory wit
 r = get("/static")
 check(r.status == 404, "the prefix without its slash is not under it (and does not crash)")
 r = get("/static/noindex/")
-check(r.status == 404, "directory without index.html is 404")
+check(r.status == 200 and r.header("content-type").startswith("text/html"), "directory without index.html is listed")
+body = r.body.decode()
+check('<a href="a%20%3Cb%3E%26.txt">a &lt;b&gt;&amp;.txt</a>' in body, "listed name escaped, link encoded: %s" % body)
+check('<a href="sub/">sub/</a>' in body, "subdirectory listed with a slash")
+check(".secret" not in body and "outlink" not in body, "dotfiles and symlinks not listed")
+check(body.index("a%20") < body.index("sub/"), "listing sorted")
+r = get("/static/noindex/a%20%3Cb%3E%26.txt")
+check(r.status == 200 and r.body == b"listed", "a listed file is served by its link")
 r = get("/static/nope.txt")
 check(r.status == 404, "missing file is 404")
 
