@@ -1159,6 +1159,167 @@ static void test_send_to_closing(void **state) {
     fx_down();
 }
 
+/* ---- the peer's half-close: what is pending is flushed, then the connection closes ---- */
+
+static void test_peer_half_close(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    size_t n = 300000;
+    char *out = malloc(n), *in = malloc(n);
+    fill_pattern(out, n, 11);
+    /* everything, then our FIN, possibly in the same edge as the last bytes */
+    int end;
+    size_t sent = 0;
+    uint64_t until = mono_ms() + 10000;
+    size_t got = 0;
+    while ((sent < n || got < n) && mono_ms() < until) {
+        if (sent < n) {
+            ssize_t k = send(fd, out + sent, n - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0)
+                sent += (size_t)k;
+            if (sent == n)
+                shutdown(fd, SHUT_WR);
+        }
+        pier_loop_run_once(fx.loop, 1);
+        ssize_t k;
+        while (got < n && (k = recv(fd, in + got, n - got, MSG_DONTWAIT)) > 0)
+            got += (size_t)k;
+    }
+    assert_int_equal(got, n);
+    assert_memory_equal(in, out, n);
+    size_t extra;
+    assert_int_equal(drain_to_end(fd, &extra, 5000), 1); /* then the server's FIN */
+    assert_int_equal(extra, 0);
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    assert_int_equal(s->close_err, 0);
+    (void)end;
+    free(out);
+    free(in);
+    close(fd);
+    fx_down();
+}
+
+/* ---- pause and resume: kept input comes back on resume, without new bytes ---- */
+
+static size_t pausing_read(pier_conn_t *c, const char *data, size_t len) {
+    sc_t *s = pier_conn_data(c);
+    s->reads++;
+    record(s, data, len);
+    if (s->reads == 1) {
+        pier_conn_pause(c); /* not ready for this yet: keep it all */
+        return 0;
+    }
+    keep_all(s, data, len);
+    return len;
+}
+
+static const pier_conn_cbs_t pausing_cbs = {.on_read = pausing_read, .on_close = on_close_count};
+
+static void test_pause_resume_redelivers(void **state) {
+    fx_up(&pausing_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    send_all(fd, "abc", 3);
+    wait_reads(s, 1);
+    send_all(fd, "def", 3); /* arrives while paused: not delivered */
+    run_ms(50);
+    assert_int_equal(s->reads, 1);
+    pier_conn_resume(s->c);
+    uint64_t until = mono_ms() + 5000;
+    while (s->nall < 6 && mono_ms() < until)
+        pier_loop_run_once(fx.loop, 5);
+    assert_int_equal(s->nall, 6);
+    assert_memory_equal(s->all, "abcdef", 6);
+    /* and with nothing new on the socket, the kept bytes alone come back on resume */
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+
+    fx.cbs = &pausing_cbs;
+    int fd2 = accept_client(0);
+    sc_t *s2 = &fx.sc[1];
+    send_all(fd2, "xyz", 3);
+    wait_reads(s2, 1);
+    run_ms(20);
+    pier_conn_resume(s2->c);
+    wait_reads(s2, 2);
+    assert_int_equal(s2->nin, 3);
+    assert_memory_equal(s2->in, "xyz", 3);
+    assert_int_equal(s2->nall, 3);
+    close(fd2);
+    run_until(&s2->closes, 5000);
+    fx_down();
+}
+
+/* ---- a graceful close bounded by close_ms ---- */
+
+static void test_close_cannot_flush(void **state) {
+    pier_conn_limits_t lim = {.close_ms = 200};
+    fx_up(&echo_cbs, &lim);
+    int fd = accept_client(4096);
+    sc_t *s = &fx.sc[0];
+    int small = 4096;
+    setsockopt(pier_conn_fd(s->c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    static char big[4 << 20];
+    assert_int_equal(pier_conn_write(s->c, big, sizeof big), 0);
+    pier_conn_close(s->c);
+    /* the peer never reads: the close gives up after close_ms and resets */
+    uint64_t t0 = mono_ms();
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    assert_int_equal(s->close_err, -ETIMEDOUT);
+    assert_true(mono_ms() - t0 >= 150);
+    assert_true(mono_ms() - t0 < 2000);
+    size_t bytes;
+    assert_int_equal(drain_to_end(fd, &bytes, 5000), -ECONNRESET);
+    close(fd);
+    fx_down();
+}
+
+/* A graceful close whose peer never sends its FIN still ends, within close_ms. */
+static void test_close_peer_never_answers(void **state) {
+    pier_conn_limits_t lim = {.close_ms = 300};
+    fx_up(&echo_cbs, &lim);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    pier_conn_close(s->c);
+    uint64_t t0 = mono_ms();
+    char b;
+    int end;
+    assert_int_equal(pump(fd, NULL, 0, &b, 1, &end, 2000), 0);
+    assert_int_equal(end, 1); /* our FIN arrived; we keep the socket open and silent */
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    assert_true(mono_ms() - t0 >= 250);
+    assert_true(mono_ms() - t0 < 2500);
+    close(fd);
+    fx_down();
+}
+
+/* ---- writing from on_close, and a connection left without callbacks ---- */
+
+static int write_in_close_rc;
+static void write_in_close(pier_conn_t *c, int err) {
+    on_close_count(c, err);
+    write_in_close_rc = pier_conn_write(c, "x", 1);
+}
+
+static const pier_conn_cbs_t write_in_close_cbs = {.on_read = echo_read, .on_close = write_in_close};
+
+static void test_write_in_on_close(void **state) {
+    fx_up(&write_in_close_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    write_in_close_rc = 0;
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    assert_int_equal(write_in_close_rc, -ENOTCONN);
+    fx_down();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo),
@@ -1181,6 +1342,11 @@ int main(void) {
         cmocka_unit_test(test_stale_id_fd_reuse),
         cmocka_unit_test(test_with_conn),
         cmocka_unit_test(test_send_to_closing),
+        cmocka_unit_test(test_peer_half_close),
+        cmocka_unit_test(test_pause_resume_redelivers),
+        cmocka_unit_test(test_close_cannot_flush),
+        cmocka_unit_test(test_close_peer_never_answers),
+        cmocka_unit_test(test_write_in_on_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
