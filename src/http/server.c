@@ -94,6 +94,7 @@ struct pier_http_server_s {
     pier__http_static_t **statics;
     unsigned nstatics;
     int started;
+    int warned_silent;
     unsigned nloops;
     http_loop_t *loops;
 };
@@ -676,7 +677,9 @@ static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *bod
     pier_http_handler_cb fn = pier__http_route_handler(hl->match.route, &ud);
     fn(&hl->hreq, res, ud);
     if (res->state == RES_FRESH) {
-        pier_log(PIER_LOG_WARN, "http: handler for %s sent no response", hl->path);
+        /* an application bug, not the peer's: say it once per server, not per request */
+        if (!__atomic_exchange_n(&srv->warned_silent, 1, __ATOMIC_RELAXED))
+            pier_log(PIER_LOG_WARN, "http: handler for %s sent no response (500 sent; said once)", hl->path);
         res->fields_len = 0;
         simple(hc, 500, NULL);
     } else if (res->state == RES_STREAM) {
