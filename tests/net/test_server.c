@@ -10,6 +10,8 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -412,6 +414,47 @@ static void test_single_acceptor(void **state) {
     assert_int_equal(pier_group_free(sa_group), 0);
 }
 
+/* Out of descriptors: a pending connection is taken and closed (the peer sees the end)
+ * instead of leaving the listener readable and the loop spinning; once descriptors are
+ * back, connections are served again. */
+static void test_emfile(void **state) {
+    fx_t f = up("127.0.0.1", on_accept, 0);
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    close(probe);
+    struct rlimit low = {.rlim_cur = (rlim_t)probe + 40, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    int hold[64], nhold = 0;
+    for (;;) {
+        int d = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (d < 0)
+            break;
+        assert_true(nhold < 64);
+        hold[nhold++] = d;
+    }
+    close(hold[--nhold]); /* exactly one left: for the client's socket */
+    int fd = pier_test_connect(f.port);
+    assert_true(fd >= 0);
+    assert_int_equal(wait_end(f.loop, fd, 5000), 1);
+    assert_int_equal(accepted, 0);
+    /* nothing pending now: the loop waits instead of spinning */
+    uint64_t t0 = mono_ms();
+    pier_loop_run_once(f.loop, 60);
+    assert_true(mono_ms() - t0 >= 40);
+    close(fd);
+    for (int i = 0; i < nhold; i++)
+        close(hold[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    int ok = pier_test_connect(f.port);
+    run_until_val(f.loop, &accepted, 1, 5000);
+    assert_int_equal(accepted, 1);
+    echo_check(f.loop, ok);
+    close(ok);
+    run_until_val(f.loop, &closes, 1, 5000);
+    down(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ipv6),
@@ -423,6 +466,7 @@ int main(void) {
         cmocka_unit_test(test_abort_all),
         cmocka_unit_test(test_two_loops),
         cmocka_unit_test(test_single_acceptor),
+        cmocka_unit_test(test_emfile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
