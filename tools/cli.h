@@ -45,6 +45,9 @@ int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((f
 int pier_cmd_echo(int argc, char **argv);
 int pier_cmd_echo_client(int argc, char **argv);
 int pier_cmd_serve(int argc, char **argv);
+int pier_cmd_http(int argc, char **argv);       /* tools/cmd_http.c */
+int pier_cmd_msg(int argc, char **argv);        /* tools/cmd_msg.c */
+int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg.c */
 
 /* The echo service (for serve). cfg is a pier_echo_cfg_t, or NULL for the defaults. */
 typedef struct pier_echo_cfg_s {
@@ -55,5 +58,8 @@ typedef struct pier_echo_cfg_s {
     int single_acceptor;
 } pier_echo_cfg_t;
 extern const pier_service_t pier_echo_service;
+/* The HTTP (port 8888) and message (port 10089) services; cfg NULL means defaults. */
+extern const pier_service_t pier_http_service;
+extern const pier_service_t pier_msg_service;
 
 #endif

@@ -10,12 +10,12 @@ static const char serve_help[] =
     "usage: pier serve [--threads N]\n"
     "\n"
     "Starts the demo: every pier server on its default port on 127.0.0.1\n"
-    "(echo on 10088). Ctrl-C stops it cleanly.\n"
+    "(echo on 10088, HTTP on 8888, messages on 10089). Ctrl-C stops it cleanly.\n"
     "\n"
-    "  --threads N   event loops, one thread each (default 1; 0: one per CPU)\n";
+    "  --threads N   event loops, one thread each (default 0: one per CPU)\n";
 
 int pier_cmd_serve(int argc, char **argv) {
-    uint64_t threads = 1;
+    uint64_t threads = 0;
     static const struct option longopts[] = {
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'H'}, {0, 0, 0, 0}};
     int opt;
@@ -34,6 +34,8 @@ int pier_cmd_serve(int argc, char **argv) {
         return pier_cli_usage_error("serve", "unexpected argument '%s'", argv[optind]);
     pier_service_run_t runs[] = {
         {.svc = &pier_echo_service},
+        {.svc = &pier_http_service},
+        {.svc = &pier_msg_service},
     };
     return pier_cli_run((unsigned)threads, runs, (int)(sizeof runs / sizeof runs[0]), 10000);
 }

@@ -11,9 +11,6 @@ typedef struct command_s {
     const char *what;
 } command_t;
 
-int pier_cmd_http(int argc, char **argv); /* tools/cmd_http.c */
-int pier_cmd_msg(int argc, char **argv); /* tools/cmd_msg.c */
-int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg.c */
 static const command_t commands[] = {
     {"serve", pier_cmd_serve, "the demo: every pier server on its default port"},
     {"echo", pier_cmd_echo, "echo server (port 10088)"},

@@ -40,8 +40,8 @@ PIER_EXTERN const char *pier_strerror(int err);
  * its default, so a peer that resets can never kill the process. */
 PIER_EXTERN int pier_loop_new(pier_loop_t **out);
 
-/* Frees a loop that has no live handles and is not running. -EBUSY (and nothing freed)
- * if handles are live. Posted tasks that never ran are dropped with their args untouched. */
+/* Frees a loop that has no live handles and is not running. Tasks still queued run
+ * first (on the calling thread); -EBUSY (and nothing freed) if handles are then live. */
 PIER_EXTERN int pier_loop_free(pier_loop_t *loop);
 
 /* Runs the loop on the calling thread until pier_loop_stop(). Returns 0, or -EBUSY if

@@ -72,6 +72,10 @@ int pier_group_run(pier_group_t *g) {
     pier_group_stop(g);
     for (unsigned i = 1; i < started; i++)
         pthread_join(g->threads[i], NULL);
+    /* the stop above may have reached loops that had already returned: clear it, or
+     * the next run (or the drain iterations in pier_group_free) would not wait */
+    for (unsigned i = 0; i < g->n; i++)
+        atomic_store(&g->loops[i]->stop, 0);
     atomic_store(&g->running, 0);
     return err;
 }
@@ -88,7 +92,7 @@ int pier_group_free(pier_group_t *g) {
         return -EBUSY;
     for (unsigned i = 0; i < g->n; i++) {
         /* let closes and posted clean-ups that were requested at stop finish */
-        for (int k = 0; k < 100 && g->loops[i]->handles > 0; k++)
+        for (int k = 0; k < 100 && (g->loops[i]->handles > 0 || atomic_load(&g->loops[i]->tasks_queued)); k++)
             pier_loop_run_once(g->loops[i], 10);
         if (g->loops[i]->handles > 0)
             return -EBUSY;

@@ -25,6 +25,8 @@ uint64_t pier__clock_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static int tasks_pending(pier_loop_t *loop);
+
 static void wake_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     uint64_t v;
     /* Drain first, then clear. A post between the two sees the flag still set and does
@@ -86,7 +88,14 @@ fail:
 int pier_loop_free(pier_loop_t *loop) {
     if (!loop)
         return 0;
-    if (loop->handles > 0 || atomic_load(&loop->owner))
+    if (atomic_load(&loop->owner))
+        return -EBUSY;
+    /* tasks queued by the last close pass (a pier_with_conn from on_close, say) still
+     * run, so every posted callback keeps its promise to be called */
+    if (loop->handles == 0)
+        for (int i = 0; i < 16 && tasks_pending(loop); i++)
+            pier_loop_run_once(loop, 0);
+    if (loop->handles > 0)
         return -EBUSY;
     pier__task_t *t = loop->task_head;
     while (t) {

@@ -60,6 +60,7 @@ static void schedule_retry(pier_client_t *cl) {
 }
 
 static void connect_failed(pier_client_t *cl, int err) {
+    pier_timer_stop(&cl->timer); /* the connect timeout, if this was not it */
     cl->failures++;
     int retry = cl->opts.reconnect && !cl->stopped &&
                 (cl->opts.max_retries == 0 || cl->failures < cl->opts.max_retries);

@@ -623,6 +623,7 @@ void pier_conn_close(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSING)
         return;
     c->flags |= PIER__C_CLOSING;
+    pier__id_closing(c->id);
     if (pier__queue_linked(&c->again_q))
         pier__queue_remove(&c->again_q);
     pier_timer_start(&c->timer, c->lim.close_ms, 0);
@@ -633,6 +634,7 @@ void pier_conn_abort(pier_conn_t *c) {
     if (c->flags & (PIER__C_CLOSED | PIER__C_ABORT))
         return;
     c->flags |= PIER__C_CLOSING | PIER__C_ABORT;
+    pier__id_closing(c->id);
     if (pier__queue_linked(&c->again_q))
         pier__queue_remove(&c->again_q);
     out_drop_all(c);

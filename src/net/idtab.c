@@ -77,6 +77,12 @@ void pier__id_release(pier_id_t id) {
     pthread_mutex_unlock(&mu);
 }
 
+void pier__id_closing(pier_id_t id) {
+    pier__slot_t *s = slot_at((uint32_t)id);
+    if (s)
+        atomic_store_explicit(&s->state, id & 0xffffffff00000000ull, memory_order_release);
+}
+
 static pier__slot_t *live_slot(pier_id_t id) {
     pier__slot_t *s = slot_at((uint32_t)id);
     if (!s || (id >> 32) == 0)

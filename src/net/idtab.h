@@ -14,6 +14,9 @@ typedef struct pier__slot_s pier__slot_t;
 pier_id_t pier__id_alloc(pier_loop_t *loop, pier_conn_t *conn);
 /* Ends the id: its generation moves on, so every copy of it is stale from now on. */
 void pier__id_release(pier_id_t id);
+/* The connection is closing: the id answers as stale from now on, but the slot is
+ * not reused until pier__id_release. */
+void pier__id_closing(pier_id_t id);
 /* The connection an id names, or NULL if stale. Only meaningful on the owning loop's
  * thread (elsewhere the answer can be stale by the time it is used). */
 pier_conn_t *pier__id_conn(pier_id_t id);

@@ -40,6 +40,7 @@ struct pier_server_s {
     atomic_int state;           /* 0 new, 1 started, 2 stopped */
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
+    atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
 };
 
 typedef struct handoff_s {
@@ -62,6 +63,32 @@ static int listen_socket(const struct sockaddr_storage *ss, socklen_t len, int b
         return err;
     }
     return fd;
+}
+
+/* SO_REUSEPORT would let a second server (of the same user) bind a port that another
+ * one already listens on and silently share its traffic. A plain bind first, without
+ * SO_REUSEPORT, fails with EADDRINUSE in that case, so "port in use" stays an error.
+ * With port 0 the probe also picks the port the real listeners then bind. */
+static int probe_port(struct sockaddr_storage *ss, socklen_t len) {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ss->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    int err = bind(fd, (struct sockaddr *)ss, len) < 0 ? -errno : 0;
+    if (err == 0) {
+        struct sockaddr_storage bound;
+        socklen_t blen = sizeof bound;
+        getsockname(fd, (struct sockaddr *)&bound, &blen);
+        if (ss->ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)ss)->sin6_port = ((struct sockaddr_in6 *)&bound)->sin6_port;
+        else
+            ((struct sockaddr_in *)ss)->sin_port = ((struct sockaddr_in *)&bound)->sin_port;
+    }
+    close(fd);
+    return err;
 }
 
 static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
@@ -94,11 +121,13 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
 
 static void handoff_task(void *arg) {
     handoff_t *h = arg;
-    if (atomic_load(&h->to->srv->state) == 1)
-        accept_one(h->to->srv, h->to, h->fd);
+    pier_server_t *srv = h->to->srv;
+    if (atomic_load(&srv->state) == 1)
+        accept_one(srv, h->to, h->fd);
     else
         close(h->fd);
     free(h);
+    atomic_fetch_sub(&srv->tasks, 1); /* last: pier_server_free may now proceed */
 }
 
 /* Single-acceptor mode: loop 0 accepts and deals connections out in turn. */
@@ -108,8 +137,10 @@ static void hand_out(pier_server_t *srv, listener_t *l, int fd) {
     if (h) {
         h->to = to;
         h->fd = fd;
+        atomic_fetch_add(&srv->tasks, 1);
         if (pier_loop_post(to->loop, handoff_task, h) == 0)
             return;
+        atomic_fetch_sub(&srv->tasks, 1);
         free(h);
     }
     accept_one(srv, l, fd);
@@ -179,6 +210,8 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     }
     for (unsigned i = 0; i < srv->n; i++)
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+    if ((err = probe_port(&ss, (socklen_t)len)) < 0)
+        goto fail;
     for (unsigned i = 0; i < srv->n; i++) {
         if (i > 0 && srv->opts.single_acceptor) {
             srv->ls[i].srv = srv; /* no socket: only a target for hand-offs */
@@ -222,8 +255,36 @@ fail:
     return err;
 }
 
-static void start_task(void *arg) {
-    listener_t *l = arg;
+/* Every task that refers to the server is counted until it has run, so that
+ * pier_server_free cannot free the server under one still queued on some loop. */
+typedef struct srv_task_s {
+    void (*fn)(listener_t *l);
+    listener_t *l;
+} srv_task_t;
+
+static void srv_task_run(void *arg) {
+    srv_task_t *t = arg;
+    pier_server_t *srv = t->l->srv;
+    t->fn(t->l);
+    free(t);
+    atomic_fetch_sub(&srv->tasks, 1);
+}
+
+static void post_to(listener_t *l, void (*fn)(listener_t *l)) {
+    srv_task_t *t = malloc(sizeof *t);
+    if (t) {
+        t->fn = fn;
+        t->l = l;
+        atomic_fetch_add(&l->srv->tasks, 1);
+        if (pier_loop_post(l->loop, srv_task_run, t) == 0)
+            return;
+        atomic_fetch_sub(&l->srv->tasks, 1);
+        free(t);
+    }
+    pier_log(PIER_LOG_ERROR, "server: out of memory posting to a loop");
+}
+
+static void start_task(listener_t *l) {
     if (l->active || l->io.fd < 0 || atomic_load(&l->srv->state) != 1)
         return;
     int err = pier__io_add(l->loop, &l->io, EPOLLIN);
@@ -241,12 +302,11 @@ int pier_server_start(pier_server_t *srv) {
     if (!atomic_compare_exchange_strong(&srv->state, &expected, 1))
         return -EBUSY;
     for (unsigned i = 0; i < srv->n; i++)
-        pier_loop_post(srv->ls[i].loop, start_task, &srv->ls[i]);
+        post_to(&srv->ls[i], start_task);
     return 0;
 }
 
-static void stop_task(void *arg) {
-    listener_t *l = arg;
+static void stop_task(listener_t *l) {
     if (l->io.fd < 0)
         return;
     if (l->active) {
@@ -267,7 +327,7 @@ void pier_server_stop(pier_server_t *srv) {
         if (prev == 0)
             stop_task(&srv->ls[i]); /* never started: nothing is registered anywhere */
         else
-            pier_loop_post(srv->ls[i].loop, stop_task, &srv->ls[i]);
+            post_to(&srv->ls[i], stop_task);
     }
 }
 
@@ -281,23 +341,24 @@ static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
     }
 }
 
-static void close_all_task(void *arg) { each_conn(arg, pier_conn_close); }
-static void abort_all_task(void *arg) { each_conn(arg, pier_conn_abort); }
+static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
+static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
 
 void pier_server_close_all(pier_server_t *srv) {
     for (unsigned i = 0; i < srv->n; i++)
-        pier_loop_post(srv->ls[i].loop, close_all_task, &srv->ls[i]);
+        post_to(&srv->ls[i], close_all_task);
 }
 
 void pier_server_abort_all(pier_server_t *srv) {
     for (unsigned i = 0; i < srv->n; i++)
-        pier_loop_post(srv->ls[i].loop, abort_all_task, &srv->ls[i]);
+        post_to(&srv->ls[i], abort_all_task);
 }
 
 int pier_server_free(pier_server_t *srv) {
     if (!srv)
         return 0;
-    if (atomic_load(&srv->state) == 1 || atomic_load(&srv->live) > 0 || atomic_load(&srv->conns) > 0)
+    if (atomic_load(&srv->state) == 1 || atomic_load(&srv->live) > 0 || atomic_load(&srv->conns) > 0 ||
+        atomic_load(&srv->tasks) > 0)
         return -EBUSY;
     for (unsigned i = 0; i < srv->n; i++)
         if (srv->ls[i].io.fd >= 0)

@@ -239,14 +239,9 @@ static void test_refused_with_retries(void **state) {
     assert_int_equal(seen.connects, 0);
     assert_int_equal(pier_client_connects(cl), 0);
     assert_null(pier_client_conn(cl));
-    /* BUG (core, src/net/client.c): a failed connect leaves the connect-timeout timer
-     * armed (connect_io_cb -> connect_failed never stops it), so a client that has given
-     * up still holds a live handle for connect_timeout_ms (5 s by default) and the loop
-     * cannot be freed until pier_client_free stops it. Checked with
-     * -DPIER_TEST_CLIENT_TIMER_FIXED until the core fixes it. */
-#ifdef PIER_TEST_CLIENT_TIMER_FIXED
+    /* a client that has given up holds no handle: its connect-timeout timer is stopped
+     * by the failure too (it once stayed armed for connect_timeout_ms) */
     assert_int_equal(pier_loop_handles(loop), 0);
-#endif
     stop_and_free(loop, cl);
     pier_test_free_loop(loop);
 }
@@ -262,9 +257,7 @@ static void test_refused_no_reconnect(void **state) {
     run_ms(loop, 100);
     assert_int_equal(seen.nerr, 1);
     assert_int_equal(seen.retry[0], 0);
-#ifdef PIER_TEST_CLIENT_TIMER_FIXED /* see test_refused_with_retries */
     assert_int_equal(pier_loop_handles(loop), 0);
-#endif
     assert_int_equal(pier_client_free(cl), 0);
     pier_test_free_loop(loop);
 }

@@ -178,17 +178,7 @@ static void test_port_in_use_by_another_server(void **state) {
     pier_server_t *second = NULL;
     pier_server_opts_t o = {.host = "127.0.0.1", .port = f.port, .on_accept = on_accept};
     int rc = pier_server_new(&second, f.g, &o);
-#ifdef PIER_TEST_REUSEPORT_FIXED
     assert_int_equal(rc, -EADDRINUSE);
-#else
-    /* BUG (core, src/net/server.c listen_socket): every listener sets SO_REUSEPORT, so a
-     * second server (or a second `pier echo` by the same user) binds the same port and
-     * the kernel splits the connections between them without a word. */
-    if (rc == 0) {
-        pier_server_stop(second);
-        assert_int_equal(pier_server_free(second), 0);
-    }
-#endif
     down(&f);
 }
 
@@ -380,7 +370,6 @@ static void test_single_acceptor(void **state) {
         pier_loop_run_once(l0, 1);
     pier_server_stop(srv);
     pier_loop_run_once(l0, 0);
-#ifdef PIER_TEST_HANDOFF_FREE_FIXED
     int rc = pier_server_free(srv);
     if (rc == 0) {
         /* freed: loop 1 now runs the queued hand-off, which must not touch the server */
@@ -394,16 +383,6 @@ static void test_single_acceptor(void **state) {
         }
         assert_int_equal(rc, 0);
     }
-#else
-    /* BUG (core, src/net/server.c): pier_server_free does not count hand-offs in flight.
-     * At this point it returns 0 with b's hand-off still queued on loop 1, and when loop 1
-     * runs it, handoff_task reads h->to->srv inside the freed server (heap use after free
-     * under ASan; with the group freed instead, the hand-off and b's descriptor leak).
-     * Until fixed, loop 1 takes the hand-off before the free. Build with
-     * -DPIER_TEST_HANDOFF_FREE_FIXED to run the real check. */
-    pier_loop_run_once(l1, 0);
-    assert_int_equal(pier_server_free(srv), 0);
-#endif
     /* a connection dealt out after the stop is closed, not served */
     char c1;
     assert_int_equal(recv(b, &c1, 1, 0), 0);

@@ -17,9 +17,10 @@ static uint64_t now_ms(void) {
 
 int pier_test_run_until(pier_loop_t *loop, const volatile int *flag, int timeout_ms) {
     uint64_t end = now_ms() + (uint64_t)timeout_ms;
-    while (!*flag && now_ms() < end)
+    /* atomic loads: the flag may be set by another thread */
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE) && now_ms() < end)
         pier_loop_run_once(loop, 10);
-    return *flag;
+    return __atomic_load_n(flag, __ATOMIC_ACQUIRE);
 }
 
 int pier_test_connect(uint16_t port) {
