@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Entry points for main.c and cmd_serve.c. cli.h is the core's, so they are declared
  * here, and main.c declares the two commands it dispatches to. */
@@ -56,14 +57,25 @@ static int parse_secs(const char *cmd, const char *flag, const char *s, uint64_t
 
 static _Atomic uint64_t bad_json;
 
+/* --delay-us: every handler first sleeps this long, standing in for a blocking call (a
+ * database, a file): what the worker pool is for. */
+static unsigned handler_delay_us;
+
+static void handler_delay(void) {
+    if (handler_delay_us)
+        usleep(handler_delay_us);
+}
+
 static void on_echo(const pier_msg_t *m, void *ud) {
     (void)ud;
+    handler_delay();
     pier_msg_reply(m, MSG_ID_ECHO, m->body, m->len);
 }
 
 /* Answers {"id":1001,"data":D} with {"id":1001,"data":"server has received msg, " D}. */
 static void on_json(const pier_msg_t *m, void *ud) {
     (void)ud;
+    handler_delay();
     json_error_t jerr;
     json_t *in = json_loadb(m->body, m->len, 0, &jerr);
     json_t *data = in ? json_object_get(in, "data") : NULL;
@@ -127,6 +139,8 @@ static const char msg_usage[] =
     "  --out-max BYTES   queued output allowed per connection (default 1048576)\n"
     "  --out-policy P    over --out-max: close the connection (default) or drop replies\n"
     "  --wide            u32 length field (6-byte header)\n"
+    "  --delay-us N      each handler sleeps N microseconds first (a stand-in for a\n"
+    "                    blocking call, to see what --workers buys)\n"
     "  --quiet           log warnings and errors only\n"
     "  --verbose         log every connection event\n"
     "\n"
@@ -140,7 +154,7 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         {"out-max", required_argument, 0, 'o'},   {"out-policy", required_argument, 0, 'P'},
         {"wide", no_argument, 0, 'W'},            {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'H'},
-        {0, 0, 0, 0},
+        {"delay-us", required_argument, 0, 'D'},  {0, 0, 0, 0},
     };
     pier_msg_server_opts_t *so = &cfg->opts;
     uint64_t v;
@@ -174,6 +188,10 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
                 return pier_cli_usage_error("msg", "--out-policy wants close or drop, not '%s'", optarg);
             break;
         case 'W': so->codec.wide = 1; break;
+        case 'D':
+            if (pier_cli_u64("msg", "--delay-us", optarg, 0, 1000000, &v) < 0) return 2;
+            handler_delay_us = (unsigned)v;
+            break;
         case 'v': pier_log_set_level(PIER_LOG_DEBUG); break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(msg_usage, stdout); return 1;
