@@ -15,6 +15,12 @@ bench_checks() {
     # Many connections need many descriptors on each side; raise the soft limit.
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     [ "$(ulimit -n)" -ge 2100 ] || note "warning: ulimit -n is $(ulimit -n); 1000 connections may fail"
+    # One benchmark at a time: two runs pinned to the same CPUs spoil each other's numbers.
+    exec 9>"${TMPDIR:-/tmp}/pier-bench.lock"
+    if ! flock -n 9; then
+        note "another bench/echo or bench/http run is going on; waiting for it (up to 10 min)"
+        flock -w 600 9 || die "gave up waiting for the other benchmark run"
+    fi
     local busy
     busy=$(busy_percent)
     if [ "$busy" -gt 10 ]; then
@@ -85,6 +91,16 @@ cpu_ticks() {
     echo "$total $user"
 }
 
+# free_port PORT: PORT, or the next port up that nothing listens on (up to 100 tries).
+free_port() {
+    local p=$1
+    while listening "$p"; do
+        p=$((p + 1))
+        [ "$p" -lt $(($1 + 100)) ] || { echo "$1"; return 1; }
+    done
+    echo "$p"
+}
+
 # start_server NAME PORT LOG CMD...: runs CMD pinned to CPU 0 and waits up to 5 s for
 # the port to listen. Sets SPID. Returns 1 (after saying why) if it did not come up.
 start_server() {
@@ -94,7 +110,7 @@ start_server() {
         note "port $port already in use, skipping $name"
         return 1
     fi
-    taskset -c 0 "$@" >"$log" 2>&1 &
+    taskset -c 0 "$@" >"$log" 2>&1 9>&- &
     SPID=$!
     PIDS+=("$SPID")
     for _ in $(seq 50); do
