@@ -1,6 +1,7 @@
 """pier msg under load and against raw frames: 100 clients x 1,000 messages with order
 checked (on the loop and on workers), frames split and coalesced anywhere, unknown ids,
 oversize frames and bad ids closing only their own connection."""
+# pier-test: threads (the server runs worker threads; CI runs this under TSan too)
 import json
 import os
 import socket

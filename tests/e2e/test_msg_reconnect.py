@@ -1,6 +1,7 @@
 """msg-clients keep going when the server goes away: it is stopped and started again on
 the same port while they run, and they reconnect, resend what was not answered, and end
 with every reply received and checked."""
+# pier-test: threads (the server runs worker threads; CI runs this under TSan too)
 import os
 import subprocess
 import sys

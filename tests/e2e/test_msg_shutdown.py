@@ -2,6 +2,7 @@
 answered and flushed, and it exits 0. Checked with a client pipelining thousands of
 messages when the signal comes: it receives an unbroken, in-order run of correct replies
 (one for every message the server reports handled), then EOF."""
+# pier-test: threads (the server runs worker threads; CI runs this under TSan too)
 import json
 import os
 import signal
