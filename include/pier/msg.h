@@ -129,7 +129,9 @@ typedef struct pier_msg_server_opts_s {
     unsigned inflight_max;     /* per connection, messages waiting in workers (default 256) */
     size_t out_max;            /* per connection, queued output bytes (default 1 MiB) */
     int out_policy;            /* PIER_MSG_OUT_CLOSE (default) or PIER_MSG_OUT_DROP */
-    uint64_t heartbeat_ms;     /* S: a connection silent for 3*S is closed; 0: never */
+    uint64_t heartbeat_ms;     /* S: a connection silent for 3*S is closed; 0: never. Time
+                                * in which the server itself is not reading it (waiting
+                                * for workers) does not count as silence. */
     uint16_t ping_id;          /* default PIER_MSG_PING */
     uint16_t pong_id;          /* default PIER_MSG_PONG */
     int log_unknown;           /* 1 (default 0): log each unknown id, not only the first */
@@ -146,7 +148,7 @@ typedef struct pier_msg_stats_s {
     uint64_t timeouts;     /* connections closed by the heartbeat */
     uint64_t out_dropped;  /* replies dropped by PIER_MSG_OUT_DROP */
     uint64_t out_closed;   /* connections closed by PIER_MSG_OUT_CLOSE */
-    uint64_t replies_lost; /* replies to connections that had gone */
+    uint64_t replies_lost; /* messages whose replies found their connection gone */
 } pier_msg_stats_t;
 
 /* Creates a message server on every loop of group and binds its port at once: -EADDRINUSE,
@@ -167,8 +169,10 @@ PIER_EXTERN int pier_msg_server_start(pier_msg_server_t *srv);
 /* Replies to m's connection with a frame (id, body). Only inside the handler call, on its
  * thread (m is gone afterwards: reply later with pier_msg_send(m->srv, m->conn, ...)).
  * Replies keep the message order: all replies to message k go out before those to k+1.
- * With workers they are gathered and handed to the loop when the handler returns. The
- * body is copied. -ENOTCONN if the connection is closing or gone, -EMSGSIZE/-EBADMSG for a
+ * The body is copied. On the loop the frame is queued at once: -ENOTCONN if the
+ * connection is closing. On a worker the frames are gathered and handed to the loop when
+ * the handler returns, so this never answers -ENOTCONN there; if the connection has gone
+ * by then they are dropped and counted in stats.replies_lost. -EMSGSIZE/-EBADMSG for a
  * frame the codec refuses, -ENOMEM. A reply over the output limit follows out_policy and
  * still returns 0 (it is counted). */
 PIER_EXTERN int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *body, size_t len);
@@ -203,8 +207,11 @@ PIER_EXTERN void pier_msg_server_shutdown(pier_msg_server_t *srv);
  * until their on_close has run, and call again. */
 PIER_EXTERN int pier_msg_server_free(pier_msg_server_t *srv);
 
+/* Any thread. The port actually bound (useful with port 0). */
 PIER_EXTERN uint16_t pier_msg_server_port(const pier_msg_server_t *srv);
 PIER_EXTERN void *pier_msg_server_data(const pier_msg_server_t *srv);
+/* The underlying net server (still the msg server's: do not free it, do not change its
+ * callbacks). For pier_server_conns(), pier_server_abort_all() and the like. */
 PIER_EXTERN pier_server_t *pier_msg_server_net(const pier_msg_server_t *srv);
 /* Any thread; the counters are read without stopping anything, so may be slightly behind. */
 PIER_EXTERN void pier_msg_server_stats(const pier_msg_server_t *srv, pier_msg_stats_t *out);
