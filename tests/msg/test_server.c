@@ -20,6 +20,7 @@
 #define ID_SLOW 101
 #define ID_BIG 102
 #define ID_LATER 103
+#define ID_TICK 104
 
 typedef struct {
     pier_group_t *g;
@@ -60,6 +61,17 @@ static void on_later(const pier_msg_t *m, void *ud) {
     assert_int_equal(pier_msg_send(srv, id, ID_LATER, "later", 5), 0);
 }
 
+/* Echoes after ~20 us of work, so queues fill up behind it. */
+static void on_tick(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 20000);
+    assert_int_equal(pier_msg_reply(m, ID_TICK, m->body, m->len), 0);
+}
+
 static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o) {
     assert_int_equal(pier_group_new(&e->g, loops), 0);
     assert_int_equal(pier_msg_server_new(&e->srv, e->g, o), 0);
@@ -67,6 +79,7 @@ static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o)
     assert_int_equal(pier_msg_on(e->srv, ID_SLOW, on_slow, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_BIG, on_big, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_LATER, on_later, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_TICK, on_tick, NULL), 0);
     assert_int_equal(pier_msg_server_start(e->srv), 0);
     assert_int_equal(pthread_create(&e->th, NULL, run_group, e->g), 0);
 }
@@ -117,6 +130,8 @@ typedef struct {
     uint16_t port;
     int idx;
     int bad;
+    uint16_t id;  /* 0: ID_ECHO */
+    int count;    /* 0: 2000 */
 } order_arg_t;
 
 /* 4 connections in parallel, each pipelining 2,000 messages to 3 workers: every reply in
@@ -128,21 +143,23 @@ static void *order_client(void *arg) {
         a->bad = 1;
         return NULL;
     }
-    char *out = malloc(2000 * 32);
+    uint16_t mid = a->id ? a->id : ID_ECHO;
+    int count = a->count ? a->count : 2000;
+    char *out = malloc((size_t)count * 32);
     size_t off = 0;
-    for (int i = 0; i < 2000; i++) {
+    for (int i = 0; i < count; i++) {
         char body[24];
         int n = snprintf(body, sizeof body, "%d:%d", a->idx, i);
-        off += (size_t)pier_msg_encode(NULL, ID_ECHO, body, (size_t)n, out + off, 32);
+        off += (size_t)pier_msg_encode(NULL, mid, body, (size_t)n, out + off, 32);
     }
     if (write(fd, out, off) != (ssize_t)off)
         a->bad = 1;
-    for (int i = 0; i < 2000 && !a->bad; i++) {
+    for (int i = 0; i < count && !a->bad; i++) {
         char want[24], got[64];
         uint16_t id;
         int n = snprintf(want, sizeof want, "%d:%d", a->idx, i);
         int len = read_frame(fd, &id, got, sizeof got);
-        if (len != n || id != ID_ECHO || memcmp(got, want, (size_t)n) != 0)
+        if (len != n || id != mid || memcmp(got, want, (size_t)n) != 0)
             a->bad = 1;
     }
     free(out);
@@ -168,6 +185,32 @@ static void test_workers_keep_per_connection_order(void **state) {
     pier_msg_stats_t st;
     pier_msg_server_stats(e.srv, &st);
     assert_int_equal(st.handled, 8000);
+    env_stop(&e);
+}
+
+/* Queues far smaller than the load: worker queues of 2, one message in flight per
+ * connection, a slow handler and 8 connections pipelining 300 messages each. Frames wait
+ * in the connections' held lists with reading paused, a full queue is retried by timer,
+ * and still every reply arrives, in order. */
+static void test_full_queues_keep_order_and_lose_nothing(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 2, .queue_max = 2, .inflight_max = 1};
+    env_start(&e, 1, &o);
+    uint16_t port = pier_msg_server_port(e.srv);
+    pthread_t th[8];
+    order_arg_t args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = (order_arg_t){.port = port, .idx = i, .id = ID_TICK, .count = 300};
+        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].bad, 0);
+    }
+    pier_msg_stats_t st;
+    pier_msg_server_stats(e.srv, &st);
+    assert_int_equal(st.handled, 2400);
+    assert_int_equal(st.replies_lost, 0);
     env_stop(&e);
 }
 
@@ -361,6 +404,7 @@ static void test_client_sends_and_heartbeats(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_keep_per_connection_order),
+        cmocka_unit_test(test_full_queues_keep_order_and_lose_nothing),
         cmocka_unit_test(test_reply_to_gone_connection),
         cmocka_unit_test(test_send_by_id_after_handler),
         cmocka_unit_test(test_out_limit_drop_on_loop),
