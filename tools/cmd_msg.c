@@ -55,7 +55,7 @@ static int parse_secs(const char *cmd, const char *flag, const char *s, uint64_t
 
 /* ---- the server: JSON service for id 1001 ---- */
 
-static _Atomic uint64_t bad_json;
+static _Atomic uint64_t bad_json, too_big;
 
 /* --delay-us: every handler first sleeps this long, standing in for a blocking call (a
  * database, a file): what the worker pool is for. */
@@ -113,8 +113,9 @@ static void on_json(const pier_msg_t *m, void *ud) {
     if (!body)
         return;
     int err = pier_msg_reply(m, MSG_ID_JSON, body, n);
-    if (err == -EMSGSIZE)
-        pier_log(PIER_LOG_WARN, "msg: reply of %zu bytes is over --max-body; not sent", n);
+    if (err == -EMSGSIZE && atomic_fetch_add(&too_big, 1) == 0)
+        pier_log(PIER_LOG_WARN, "msg: a reply of %zu bytes is over --max-body and was not sent (further ones "
+                 "only counted)", n);
     if (body != obuf)
         free(body);
 }
@@ -263,9 +264,10 @@ static void msg_finish(void *state) {
     pier_log(PIER_LOG_INFO,
              "msg: %" PRIu64 " connections, %" PRIu64 " messages, %" PRIu64 " handled, %" PRIu64 " unknown ids, %" PRIu64
              " bad frames, %" PRIu64 " heartbeat timeouts, %" PRIu64 " replies dropped, %" PRIu64
-             " closed over output limit, %" PRIu64 " replies to gone connections, %" PRIu64 " bad JSON",
+             " closed over output limit, %" PRIu64 " replies to gone connections, %" PRIu64 " bad JSON, %" PRIu64
+             " replies over --max-body",
              s.conns, s.msgs, s.handled, s.unknown, s.bad_frames, s.timeouts, s.out_dropped, s.out_closed,
-             s.replies_lost, (uint64_t)atomic_load(&bad_json));
+             s.replies_lost, (uint64_t)atomic_load(&bad_json), (uint64_t)atomic_load(&too_big));
     pier_server_stop(pier_msg_server_net(st->srv));
     pier_server_abort_all(pier_msg_server_net(st->srv));
     if (!pier_cli_settle(st->group, msg_freed, st, 5000))
