@@ -644,38 +644,12 @@ static int fill_opts(pier_msg_server_t *srv, const pier_msg_server_opts_t *opts)
     return 0;
 }
 
-/* The core's listeners all set SO_REUSEPORT, so a second process of the same user can
- * bind a port already in use and the two silently share it. A plain bind (no
- * SO_REUSEPORT) fails while anyone listens there, which is the answer a user expects. */
-static int probe_port(const char *host, uint16_t port) {
-    if (port == 0)
-        return 0;
-    char ps[8];
-    snprintf(ps, sizeof ps, "%u", port);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
-    struct addrinfo *ai = NULL;
-    if (getaddrinfo(host && *host ? host : "127.0.0.1", ps, &hints, &ai) != 0)
-        return 0; /* let the core report the bad host */
-    int err = 0, fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno == EADDRINUSE)
-            err = -EADDRINUSE;
-        close(fd);
-    }
-    freeaddrinfo(ai);
-    return err;
-}
-
 int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier_msg_server_opts_t *opts) {
     pier_msg_server_t *srv = calloc(1, sizeof *srv);
     if (!srv)
         return -ENOMEM;
     int err = fill_opts(srv, opts);
     if (err)
-        goto fail;
-    if ((err = probe_port(srv->o.host, srv->o.port)) < 0)
         goto fail;
     srv->group = group;
     srv->nloops = pier_group_size(group);
