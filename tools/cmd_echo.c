@@ -89,7 +89,7 @@ static const char echo_help[] =
     "\n"
     "  --host H            address to listen on (IPv4 or IPv6), default 127.0.0.1\n"
     "  --port P            port, default 10088 (0: any free port, logged)\n"
-    "  --threads N         event loops, one thread each (default 0: one per CPU)\n"
+    "  --threads N         event loops, one thread each (default 1; 0: one per CPU)\n"
     "  --max-conns N       open connections at most (default 100000)\n"
     "  --idle-timeout S    close connections idle for S seconds (default 0: never)\n"
     "  --single-acceptor   one listener hands connections to the loops in turn, instead\n"
@@ -98,7 +98,7 @@ static const char echo_help[] =
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};
-    uint64_t threads = 0, v;
+    uint64_t threads = 1, v;
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},      {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},   {"max-conns", required_argument, 0, 'm'},

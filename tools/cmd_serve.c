@@ -12,10 +12,10 @@ static const char serve_help[] =
     "Starts the demo: every pier server on its default port on 127.0.0.1\n"
     "(echo on 10088, HTTP on 8888, messages on 10089). Ctrl-C stops it cleanly.\n"
     "\n"
-    "  --threads N   event loops, one thread each (default 0: one per CPU)\n";
+    "  --threads N   event loops, one thread each (default 1; 0: one per CPU)\n";
 
 int pier_cmd_serve(int argc, char **argv) {
-    uint64_t threads = 0;
+    uint64_t threads = 1;
     static const struct option longopts[] = {
         {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'H'}, {0, 0, 0, 0}};
     int opt;
