@@ -4,7 +4,7 @@ JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 PREFIX     ?= /usr/local
 
-.PHONY: all deps build run test test-asan test-tsan fuzz bench-echo bench-http install clean
+.PHONY: all deps build run test test-asan test-tsan fuzz bench-echo bench-http bench-msg install clean
 
 all: build
 
@@ -48,6 +48,9 @@ bench-echo: build
 
 bench-http: build
 	bench/http
+
+bench-msg: build
+	bench/msg
 
 install: build
 	cmake --install $(BUILD)
