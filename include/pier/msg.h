@@ -203,8 +203,10 @@ PIER_EXTERN void pier_msg_server_shutdown(pier_msg_server_t *srv);
 
 /* Frees a server once pier_group_run() has returned (or it never ran): joins the workers
  * and frees the listener. -EBUSY (nothing freed) while connections or listeners are
- * still open: abort them (pier_server_abort_all(pier_msg_server_net(srv))), run the loops
- * until their on_close has run, and call again. */
+ * still open, or while messages are still in the workers or on their way back to a loop
+ * (or pier_msg_send frames not yet run by their loop): abort the connections
+ * (pier_server_abort_all(pier_msg_server_net(srv))), run the loops until their on_close
+ * has run and pier_msg_server_active() is 0, and call again. */
 PIER_EXTERN int pier_msg_server_free(pier_msg_server_t *srv);
 
 /* Any thread. The port actually bound (useful with port 0). */

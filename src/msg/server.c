@@ -77,6 +77,7 @@ struct pier_msg_server_s {
     atomic_int shutting;
     atomic_uint drained;      /* loops that have paused their connections */
     _Atomic long jobs;        /* worker jobs created and not yet finished */
+    _Atomic long sends;       /* pier_msg_send frames posted to a loop and not yet run */
     _Atomic uint64_t replies_lost, w_out_dropped;
     pier_timer_t shut_timer;  /* loop 0 */
     /* finished jobs per (worker, loop), handed to the loop once per worker batch; each
@@ -243,14 +244,17 @@ static void free_ud(void *base, void *ud) {
 
 static void send_done(pier_conn_t *c, void *arg) {
     send_t *s = arg;
+    pier_msg_server_t *srv = s->srv;
     msg_conn_t *mc = c ? pier_conn_data(c) : NULL;
     if (mc && pier_conn_is_open(c) && out_admit(mc, s->len)) {
         pier_conn_write_ref(c, s->data, s->len, free_ud, s);
-        return;
+    } else {
+        if (!mc)
+            atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
+        free(s);
     }
-    if (!mc)
-        atomic_fetch_add_explicit(&s->srv->replies_lost, 1, memory_order_relaxed);
-    free(s);
+    /* the last touch of srv: pier_msg_server_free() waits for this count */
+    atomic_fetch_sub_explicit(&srv->sends, 1, memory_order_acq_rel);
 }
 
 /* The job whose handler this worker thread is running, if any. */
@@ -272,9 +276,12 @@ int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const voi
     }
     s->srv = srv;
     s->len = need;
+    atomic_fetch_add_explicit(&srv->sends, 1, memory_order_relaxed);
     int err = pier_with_conn(conn, send_done, s);
-    if (err < 0)
+    if (err < 0) {
         free(s);
+        atomic_fetch_sub_explicit(&srv->sends, 1, memory_order_relaxed);
+    }
     return err;
 }
 
@@ -787,6 +794,11 @@ unsigned pier_msg_server_active(const pier_msg_server_t *srv) {
 int pier_msg_server_free(pier_msg_server_t *srv) {
     if (!srv)
         return 0;
+    /* A message still in a worker, or finished and posted back to its loop, points at
+     * srv, and so does a pier_msg_send frame posted and not yet run: the loops must run
+     * them (pier_loop_free would, after srv is gone) before srv may go. */
+    if (atomic_load(&srv->jobs) > 0 || atomic_load(&srv->sends) > 0)
+        return -EBUSY;
     pier_timer_stop(&srv->shut_timer); /* the loops are not running any more */
     pier_server_stop(srv->net);
     int err = pier_server_free(srv->net);

@@ -401,6 +401,35 @@ static void test_client_sends_and_heartbeats(void **state) {
     env_stop(&e);
 }
 
+/* The group stops (a signal, say) while a worker still runs a handler. Freeing the server
+ * must wait (-EBUSY, nothing freed) until that message is finished on its loop: the
+ * worker posts the finished job to the loop, and the job points at the server, so a free
+ * that succeeded earlier left the loop a task reading freed memory when it ran (at the
+ * latest in pier_group_free). */
+static void test_free_waits_for_worker_jobs(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 1};
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    assert_true(fd >= 0);
+    send_frame(fd, ID_SLOW, "x", 1);
+    usleep(20 * 1000); /* the worker is in on_slow now */
+    pier_group_stop(e.g);
+    pthread_join(e.th, NULL);
+    pier_server_abort_all(pier_msg_server_net(e.srv));
+    pier_loop_t *loop = pier_group_loop(e.g, 0);
+    int rc = -EBUSY, busy = 0;
+    for (int i = 0; i < 1000 && rc == -EBUSY; i++) {
+        pier_loop_run_once(loop, 1);
+        rc = pier_msg_server_free(e.srv);
+        busy += rc == -EBUSY;
+    }
+    assert_int_equal(rc, 0);
+    assert_true(busy > 0); /* the handler sleeps 100 ms: the first tries must wait */
+    assert_int_equal(pier_group_free(e.g), 0);
+    close(fd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_keep_per_connection_order),
@@ -413,6 +442,7 @@ int main(void) {
         cmocka_unit_test(test_out_limit_close_on_workers),
         cmocka_unit_test(test_handler_table_rules),
         cmocka_unit_test(test_client_sends_and_heartbeats),
+        cmocka_unit_test(test_free_waits_for_worker_jobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
