@@ -262,6 +262,44 @@ static void test_refused_no_reconnect(void **state) {
     pier_test_free_loop(loop);
 }
 
+/* A server whose accept queue is full drops new SYNs, so the connect neither succeeds nor
+ * fails: the connect timeout must end it, with -ETIMEDOUT, and (no reconnect) the client
+ * then holds no handle. */
+static void test_connect_timeout(void **state) {
+    memset(&seen, 0, sizeof seen);
+    uint16_t port = 0;
+    int lfd = listener(&port);
+    assert_int_equal(listen(lfd, 0), 0); /* an accept queue of one */
+    int fill[4];
+    for (int i = 0; i < 4; i++) { /* fill it, and never accept */
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        connect(fill[i], (struct sockaddr *)&sa, sizeof sa);
+    }
+    usleep(100 * 1000);
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_client_t *cl;
+    pier_client_opts_t o = opts(port);
+    o.connect_timeout_ms = 300;
+    uint64_t t0 = mono_ms();
+    assert_int_equal(pier_client_new(&cl, loop, &o), 0);
+    run_until_int(loop, &seen.nerr, 1, 10000);
+    uint64_t took = mono_ms() - t0;
+    assert_int_equal(seen.nerr, 1);
+    assert_int_equal(seen.errs[0], -ETIMEDOUT);
+    assert_int_equal(seen.retry[0], 0);
+    assert_int_equal(seen.connects, 0);
+    assert_true(took >= 250); /* not before its time */
+    assert_int_equal(pier_loop_handles(loop), 0);
+    assert_int_equal(pier_client_free(cl), 0);
+    pier_test_free_loop(loop);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(lfd);
+}
+
 static void test_server_starts_later(void **state) {
     memset(&seen, 0, sizeof seen);
     pier_loop_t *loop;
@@ -385,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_connect),
         cmocka_unit_test(test_refused_with_retries),
         cmocka_unit_test(test_refused_no_reconnect),
+        cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_server_starts_later),
         cmocka_unit_test(test_reconnect_after_close),
         cmocka_unit_test(test_stop_while_waiting),
