@@ -242,7 +242,8 @@ static void response_done(http_conn_t *hc, int status) {
     access_log(hc, status);
     trim_buffers(hc);
     hc->stream = 0;
-    if (!hc->keep_alive || hc->eof) {
+    /* after a half-close, requests that waited behind this one still get answered */
+    if (!hc->keep_alive || (hc->eof && !hc->pending_len)) {
         hc->state = ST_CLOSED;
         pier_conn_close(hc->c);
     } else {
@@ -863,6 +864,12 @@ static void process_pending(http_conn_t *hc) {
     if (pier_conn_data(c) == hc) {
         memmove(hc->pending, hc->pending + used, hc->pending_len - used);
         hc->pending_len -= used;
+        /* the peer half-closed: once nothing waits on a deferred response, what is left
+         * is at most an incomplete request that can never complete */
+        if (hc->eof && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+            hc->state = ST_CLOSED;
+            pier_conn_close(c);
+        }
     }
     pier_conn_unref(c);
 }
@@ -897,7 +904,8 @@ static void on_eof(pier_conn_t *c) {
     /* a client may half-close after its last request: answer it, then close */
     if (hc && hc->state == ST_WAIT) {
         hc->eof = 1;
-        hc->keep_alive = 0; /* the answer says Connection: close */
+        if (!hc->pending_len)
+            hc->keep_alive = 0; /* the last answer: it says Connection: close */
         return;
     }
     pier_conn_close(c);

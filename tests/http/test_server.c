@@ -270,6 +270,20 @@ static void test_deferred_after_half_close(void **state) {
     assert_non_null(strstr(cl.got, "Connection: close\r\n"));
 }
 
+/* A client that pipelines a request behind a deferred one and then half-closes gets both
+ * answers, as it does when no response is deferred: the EOF arrives while the second
+ * request waits behind the first, and must not drop it. */
+static void test_pipelined_behind_deferred_then_half_close(void **state) {
+    client_t cl = {.send = "GET /later HTTP/1.1\r\nHost: a\r\n\r\n"
+                           "GET /now HTTP/1.1\r\nHost: a\r\n\r\n",
+                   .close_early = 2};
+    talk(&cl);
+    const char *later = strstr(cl.got, "\r\n\r\nlater");
+    const char *now = strstr(cl.got, "\r\n\r\nnow");
+    if (!later || !now || later > now)
+        fail_msg("responses missing or out of order:\n%s", cl.got);
+}
+
 static void test_streaming(void **state) {
     client_t cl = {.send = "GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"};
     talk(&cl);
@@ -317,6 +331,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_deferred_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deferred_client_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deferred_after_half_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_behind_deferred_then_half_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_handler_gets_500, setup, teardown),
         cmocka_unit_test_setup_teardown(test_query_and_params, setup, teardown),
