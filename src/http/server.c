@@ -28,6 +28,11 @@
 #define DEFAULT_HEADER_TIMEOUT_MS 10000
 #define INLINE_BODY 16384 /* bodies up to this size share one buffer with the head */
 #define TRIM_ABOVE 65536  /* per-connection buffers larger than this are freed when idle */
+/* A connection's output water marks. Pipelined requests are answered only while the
+ * output is under OUT_HIGH; above it the rest wait (reading paused) until on_drain, so a
+ * client that sends many requests and reads nothing cannot make the answers pile up. */
+#define OUT_HIGH (256u * 1024)
+#define OUT_LOW (64u * 1024)
 
 enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED };
 enum { RES_FRESH, RES_STREAM, RES_DONE, RES_LATER };
@@ -52,6 +57,7 @@ typedef struct pier__http_conn_s {
     uint64_t seq;       /* requests dispatched; names the one a deferred response is for */
     /* the response under way */
     int keep_alive, minor, is_head, stream, sent_continue, eof;
+    int held;           /* reading paused: the answers so far must drain first */
     uint64_t sent_bytes;
     char logline[300];
 } http_conn_t;
@@ -830,6 +836,15 @@ static size_t process(http_conn_t *hc, const char *buf, size_t len) {
     size_t off = 0;
     int more = 1;
     while (more && off < len && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+        if (hc->state == ST_HEAD && pier_conn_queued(hc->c) > OUT_HIGH) {
+            /* the rest waits, unconsumed, for on_drain (the core is above its high mark
+             * too, so on_drain comes once the peer has read enough) */
+            if (!hc->held) {
+                hc->held = 1;
+                pier_conn_pause(hc->c);
+            }
+            break;
+        }
         off += step(hc, buf + off, len - off, &more);
     }
     return off;
@@ -911,6 +926,17 @@ static void on_eof(pier_conn_t *c) {
     pier_conn_close(c);
 }
 
+/* The answers queued before a pause have drained: go on with the requests that wait. */
+static void on_drain(pier_conn_t *c) {
+    http_conn_t *hc = pier_conn_data(c);
+    if (!hc || !hc->held)
+        return;
+    hc->held = 0;
+    pier_conn_resume(c); /* the core hands its kept bytes to on_read again */
+    if (hc->state == ST_HEAD)
+        process_pending(hc);
+}
+
 static void on_close(pier_conn_t *c, int err) {
     (void)err;
     http_conn_t *hc = pier_conn_data(c);
@@ -934,6 +960,7 @@ static void on_header_timeout(pier_timer_t *t) {
 
 static const pier_conn_cbs_t conn_cbs = {
     .on_read = on_read,
+    .on_drain = on_drain,
     .on_eof = on_eof,
     .on_close = on_close,
 };
@@ -1026,7 +1053,10 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
         .host = srv->host,
         .port = o->port,
         .max_conns = srv->max_conns,
-        .limits = {.read_max = srv->lim.max_head + srv->max_body + 65536, .idle_ms = srv->keepalive_ms},
+        .limits = {.out_high = OUT_HIGH,
+                   .out_low = OUT_LOW,
+                   .read_max = srv->lim.max_head + srv->max_body + 65536,
+                   .idle_ms = srv->keepalive_ms},
         .on_accept = on_accept,
         .data = srv,
     };

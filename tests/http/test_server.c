@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <pier/http.h>
@@ -107,6 +110,15 @@ static void h_stream(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     assert_int_equal(pier_http_res_send(res, 200, NULL, "x", 1), -EALREADY);
 }
 
+/* 64 KiB per answer, counted: a pipelining client that does not read must not make the
+ * server build every answer at once. */
+static int big_calls;
+static void h_big(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    static char big[65536];
+    __atomic_fetch_add(&big_calls, 1, __ATOMIC_SEQ_CST);
+    pier_http_res_send(res, 200, "application/octet-stream", big, sizeof big);
+}
+
 static void h_silent(pier_http_req_t *req, pier_http_res_t *res, void *ud) {}
 
 static void h_query(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
@@ -195,6 +207,7 @@ static int setup(void **state) {
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/now", h_now, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/stream", h_stream, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/silent", h_silent, NULL), 0);
+    assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/big", h_big, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/q/:id", h_query, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/bad-header", h_bad_header, NULL), 0);
     assert_int_equal(pier_http_server_start(srv), 0);
@@ -284,6 +297,65 @@ static void test_pipelined_behind_deferred_then_half_close(void **state) {
         fail_msg("responses missing or out of order:\n%s", cl.got);
 }
 
+/* 200 pipelined requests for 64 KiB each arrive in one read (7 KB), from a client that
+ * reads nothing for a while: the server used to run all 200 handlers at once and queue
+ * 12.8 MB for that one connection (any amplification multiplies it: no bound). It now
+ * stops between requests once a connection's output is over its high water mark, and
+ * goes on as the client reads: every answer still arrives, in order. */
+typedef struct {
+    int calls_while_not_reading;
+    size_t answers;
+    volatile int done;
+} big_client_t;
+
+static void *big_client_main(void *arg) {
+    big_client_t *bc = arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        static const char one[] = "GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+        static const char last[] = "GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        char req[200 * sizeof last];
+        size_t n = 0;
+        for (int i = 0; i < 199; i++) {
+            memcpy(req + n, one, sizeof one - 1);
+            n += sizeof one - 1;
+        }
+        memcpy(req + n, last, sizeof last - 1);
+        n += sizeof last - 1;
+        if (write(fd, req, n) == (ssize_t)n) {
+            usleep(300 * 1000);
+            bc->calls_while_not_reading = __atomic_load_n(&big_calls, __ATOMIC_SEQ_CST);
+            struct timeval tv = {10, 0};
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+            size_t total = 0;
+            char buf[65536];
+            ssize_t r;
+            while ((r = read(fd, buf, sizeof buf)) > 0)
+                total += (size_t)r;
+            bc->answers = total;
+        }
+    }
+    close(fd);
+    __atomic_store_n(&bc->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void test_pipelined_answers_wait_for_a_slow_reader(void **state) {
+    big_calls = 0;
+    big_client_t bc = {0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, big_client_main, &bc), 0);
+    assert_true(run_until(&bc.done, 20000));
+    pthread_join(t, NULL);
+    if (bc.calls_while_not_reading >= 100)
+        fail_msg("%d of 200 answers built for a client that read nothing", bc.calls_while_not_reading);
+    assert_int_equal(__atomic_load_n(&big_calls, __ATOMIC_SEQ_CST), 200);
+    assert_true(bc.answers > 200 * 65536u && bc.answers < 200 * (65536u + 300));
+}
+
 static void test_streaming(void **state) {
     client_t cl = {.send = "GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"};
     talk(&cl);
@@ -332,6 +404,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_deferred_client_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deferred_after_half_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_behind_deferred_then_half_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_answers_wait_for_a_slow_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_handler_gets_500, setup, teardown),
         cmocka_unit_test_setup_teardown(test_query_and_params, setup, teardown),
