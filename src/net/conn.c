@@ -396,6 +396,10 @@ static void after_flush(pier_conn_t *c) {
     if ((c->flags & PIER__C_WATER_PAUSE) && c->queued <= c->lim.out_low) {
         c->flags &= ~PIER__C_WATER_PAUSE;
         if (!(c->flags & PIER__C_CLOSING)) {
+            /* input kept while paused is handed to the protocol again, as on resume:
+             * it may hold complete requests that waited for the queue to drain */
+            if (c->rlen > 0 && !(c->flags & PIER__C_USER_PAUSE))
+                c->flags |= PIER__C_REDELIVER;
             want_read(c);
             if (c->cbs && c->cbs->on_drain)
                 c->cbs->on_drain(c);

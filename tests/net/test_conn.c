@@ -632,6 +632,54 @@ static void test_water_marks(void **state) {
 
 /* ---- read limit ---- */
 
+/* A protocol that answers one request per call and stops taking input once its queue is
+ * over the high mark ("a b c" arrive together; each letter is a request with a 256 KiB
+ * answer): the requests it left unconsumed are handed back when the queue drains, without
+ * the peer sending anything more. */
+static size_t one_request_read(pier_conn_t *c, const char *data, size_t len) {
+    sc_t *s = pier_conn_data(c);
+    s->reads++;
+    note(s, 'r');
+    if (pier_conn_queued(c) > 64 * 1024)
+        return 0; /* busy: leave the rest for later */
+    keep_all(s, data, 1);
+    static char big[256 * 1024];
+    memset(big, data[0], sizeof big);
+    assert_int_equal(pier_conn_write(c, big, sizeof big), 0);
+    return 1;
+}
+
+static const pier_conn_cbs_t one_request_cbs = {.on_read = one_request_read, .on_drain = count_drain,
+                                                .on_close = on_close_count};
+
+static void test_drain_redelivers_kept_input(void **state) {
+    pier_conn_limits_t lim = {.out_high = 64 * 1024, .out_low = 16 * 1024};
+    fx_up(&one_request_cbs, &lim);
+    int fd = accept_client(8192);
+    sc_t *s = &fx.sc[0];
+    int small = 8192; /* so that each answer stays queued above the high mark */
+    setsockopt(pier_conn_fd(s->c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    send_all(fd, "abc", 3);
+    wait_reads(s, 1);
+    run_ms(50);
+    assert_int_equal(s->nall, 1); /* only "a" taken so far */
+    /* the peer reads all three answers and sends nothing more */
+    static char buf[3 * 256 * 1024];
+    int end;
+    size_t total = pump(fd, NULL, 0, buf, sizeof buf, &end, 10000);
+    assert_int_equal(total, sizeof buf);
+    for (int k = 0; k < 3; k++)
+        for (size_t i = 0; i < 256 * 1024; i++)
+            if (buf[(size_t)k * 256 * 1024 + i] != "abc"[k])
+                fail_msg("answer %d byte %zu is %d", k, i, buf[(size_t)k * 256 * 1024 + i]);
+    assert_int_equal(s->nall, 3);
+    assert_memory_equal(s->all, "abc", 3);
+    assert_true(s->drains >= 2);
+    close(fd);
+    run_until(&s->closes, 5000);
+    fx_down();
+}
+
 static size_t keep_everything(pier_conn_t *c, const char *data, size_t len) {
     sc_t *s = pier_conn_data(c);
     s->reads++;
@@ -1367,6 +1415,7 @@ int main(void) {
         cmocka_unit_test(test_write_ref_abort_queued),
         cmocka_unit_test(test_sendfile),
         cmocka_unit_test(test_water_marks),
+        cmocka_unit_test(test_drain_redelivers_kept_input),
         cmocka_unit_test(test_read_max),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_graceful_close_flushes),
