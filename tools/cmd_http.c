@@ -31,6 +31,7 @@ typedef struct pier_http_cfg_s {
     const char *access_log;
     uint64_t keepalive_ms;   /* 0: the library's default */
     uint64_t header_timeout_ms;
+    uint64_t body_timeout_ms;
     unsigned max_conns;      /* 0: the library's default */
 } pier_http_cfg_t;
 
@@ -116,7 +117,8 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
         return -1;
     pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
                           .access_log = cfg->access_log, .keepalive_ms = cfg->keepalive_ms,
-                          .header_timeout_ms = cfg->header_timeout_ms, .max_conns = cfg->max_conns};
+                          .header_timeout_ms = cfg->header_timeout_ms, .body_timeout_ms = cfg->body_timeout_ms,
+                          .max_conns = cfg->max_conns};
     int err = pier_http_server_new(&st->srv, g, &o);
     if (err < 0) {
         if (cfg->access_log && err != -EADDRINUSE)
@@ -169,7 +171,7 @@ const pier_service_t pier_http_service = {
 static const char http_help[] =
     "usage: pier http [--host 127.0.0.1] [--port 8888] [--threads N] [--root DIR]\n"
     "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
-    "                 [--header-timeout S] [--max-conns N] [--quiet]\n"
+    "                 [--header-timeout S] [--body-timeout S] [--max-conns N] [--quiet]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
     "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
@@ -187,6 +189,8 @@ static const char http_help[] =
     "  --access-log FILE   append a common-log-format line per request to FILE\n"
     "  --keepalive-timeout S  close idle connections after S seconds (default 60)\n"
     "  --header-timeout S  a request head must arrive within S seconds, else 408 (default 10)\n"
+    "  --body-timeout S    a whole request, head and body, must arrive within S seconds,\n"
+    "                      else 408 (default 60)\n"
     "  --max-conns N       open connections at most; more are closed at once (default 10000)\n"
     "  --quiet             log warnings and errors only\n";
 
@@ -198,7 +202,7 @@ int pier_cmd_http(int argc, char **argv) {
         {"threads", required_argument, 0, 't'},  {"root", required_argument, 0, 'r'},
         {"max-body", required_argument, 0, 'b'}, {"access-log", required_argument, 0, 'l'},
         {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
-        {"max-conns", required_argument, 0, 'm'},
+        {"body-timeout", required_argument, 0, 'B'}, {"max-conns", required_argument, 0, 'm'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
         {0, 0, 0, 0},
     };
@@ -240,6 +244,11 @@ int pier_cmd_http(int argc, char **argv) {
             if (pier_cli_u64("http", "--header-timeout", optarg, 1, 3600, &v) < 0)
                 return 2;
             cfg.header_timeout_ms = v * 1000;
+            break;
+        case 'B':
+            if (pier_cli_u64("http", "--body-timeout", optarg, 1, 3600, &v) < 0)
+                return 2;
+            cfg.body_timeout_ms = v * 1000;
             break;
         case 'm':
             if (pier_cli_u64("http", "--max-conns", optarg, 1, 10000000, &v) < 0)

@@ -63,6 +63,8 @@ typedef struct pier_http_opts_s {
     uint64_t keepalive_ms;        /* a connection without I/O for this long is closed (60 s);
                                    * this also bounds how long a deferred response may take */
     uint64_t header_timeout_ms;   /* a request head must arrive within (10 s), else 408 */
+    uint64_t body_timeout_ms;     /* the whole request, head and body, must arrive within
+                                   * (60 s) from its first byte, else 408 and close */
     const char *server_name;      /* Server header value (default "pier") */
     const char *access_log;       /* path to append common-log-format lines to; NULL: none */
 } pier_http_opts_t;

@@ -26,6 +26,7 @@
 #define DEFAULT_MAX_CONNS 10000
 #define DEFAULT_KEEPALIVE_MS 60000
 #define DEFAULT_HEADER_TIMEOUT_MS 10000
+#define DEFAULT_BODY_TIMEOUT_MS 60000
 #define INLINE_BODY 16384 /* bodies up to this size share one buffer with the head */
 #define TRIM_ABOVE 65536  /* per-connection buffers larger than this are freed when idle */
 /* A connection's output water marks. Pipelined requests are answered only while the
@@ -44,6 +45,7 @@ typedef struct pier__http_conn_s {
     http_loop_t *hl;
     pier_conn_t *c;
     pier_timer_t timer; /* the request-head timeout */
+    pier_timer_t body_timer; /* the whole-request (head and body) timeout */
     pier__http_parser_t parser;
     int state;
     size_t need;        /* BODY: head plus body bytes */
@@ -92,7 +94,7 @@ struct pier_http_server_s {
     pier_server_t *srv;
     pier__http_limits_t lim;
     size_t max_body;
-    uint64_t keepalive_ms, header_timeout_ms;
+    uint64_t keepalive_ms, header_timeout_ms, body_timeout_ms;
     unsigned max_conns;
     char *host, *server_name;
     FILE *log;
@@ -643,6 +645,7 @@ static void simple(http_conn_t *hc, int status, const char *fields) {
 static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
     http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
+    pier_timer_stop(&hc->body_timer); /* the request is complete */
     hc->seq++;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
@@ -704,9 +707,14 @@ static void send_continue(http_conn_t *hc, const pier__http_request_t *req) {
     }
 }
 
+/* Both run from a request's first byte (or the accept): the head must arrive within the
+ * header timeout, and the whole request, body included, within the body timeout. The
+ * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
 static void start_header_timer(http_conn_t *hc) {
     if (!pier_timer_active(&hc->timer))
         pier_timer_start(&hc->timer, hc->srv->header_timeout_ms, 0);
+    if (!pier_timer_active(&hc->body_timer))
+        pier_timer_start(&hc->body_timer, hc->srv->body_timeout_ms, 0);
 }
 
 /* A request head is complete (n bytes of buf). Returns bytes consumed, 0 to wait. */
@@ -943,6 +951,7 @@ static void on_close(pier_conn_t *c, int err) {
     if (!hc)
         return;
     pier_timer_stop(&hc->timer);
+    pier_timer_stop(&hc->body_timer);
     pier_conn_set_data(c, NULL);
     free(hc->head_copy);
     free(hc->body);
@@ -953,6 +962,15 @@ static void on_close(pier_conn_t *c, int err) {
 static void on_header_timeout(pier_timer_t *t) {
     http_conn_t *hc = t->data;
     if (hc->state != ST_HEAD && hc->state != ST_BODY)
+        return;
+    hc->logline[0] = '\0';
+    send_error(hc, 408);
+}
+
+/* The request, head and body, did not arrive in time (a body trickled byte by byte). */
+static void on_body_timeout(pier_timer_t *t) {
+    http_conn_t *hc = t->data;
+    if (hc->state != ST_HEAD && hc->state != ST_BODY && hc->state != ST_CHUNKED)
         return;
     hc->logline[0] = '\0';
     send_error(hc, 408);
@@ -982,6 +1000,7 @@ static void on_accept(pier_server_t *s, pier_conn_t *c) {
     hc->state = ST_HEAD;
     pier__http_parser_init(&hc->parser);
     pier_timer_init(pier_conn_loop(c), &hc->timer, on_header_timeout, hc);
+    pier_timer_init(pier_conn_loop(c), &hc->body_timer, on_body_timeout, hc);
     pier_conn_set_cbs(c, &conn_cbs, hc);
     start_header_timer(hc);
 }
@@ -1026,6 +1045,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
     srv->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
     srv->keepalive_ms = o->keepalive_ms ? o->keepalive_ms : DEFAULT_KEEPALIVE_MS;
     srv->header_timeout_ms = o->header_timeout_ms ? o->header_timeout_ms : DEFAULT_HEADER_TIMEOUT_MS;
+    srv->body_timeout_ms = o->body_timeout_ms ? o->body_timeout_ms : DEFAULT_BODY_TIMEOUT_MS;
     srv->max_conns = o->max_conns ? o->max_conns : DEFAULT_MAX_CONNS;
     srv->host = strdup(o->host ? o->host : "127.0.0.1");
     srv->server_name = strdup(o->server_name ? o->server_name : "pier");

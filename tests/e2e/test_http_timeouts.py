@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """pier http against slow and vanishing clients: a head dripped byte by byte is cut off by
-the header timeout with 408, idle keep-alive connections are closed, and clients that
+the header timeout with 408, a body dripped byte by byte by the body timeout, idle keep-alive connections are closed, and clients that
 vanish mid-request or mid-response leave the server serving everyone else."""
 import os
 import socket
@@ -116,4 +116,48 @@ s.close()
 
 check(srv.alive(), "server still running")
 srv.stop()
+
+# ---- a body dripped one byte every 0.3 s: each byte resets the 3 s idle timeout, and
+# the head is long done, so only the 2 s body timeout (whole request) can cut it off ----
+bsrv = Server("--body-timeout", "2", "--header-timeout", "10", "--keepalive-timeout", "3")
+for head in [b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n",
+             b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n"]:
+    s = bsrv.connect()
+    t0 = time.time()
+    s.sendall(head)
+    cut = False
+    for _ in range(100):
+        try:
+            s.send(b"x")
+        except (BrokenPipeError, ConnectionResetError):
+            cut = True
+            break
+        time.sleep(0.3)
+        if time.time() - t0 > 6:
+            break
+    r = Reader(s)
+    resp = None
+    try:
+        resp = r.response()
+    except (ConnectionResetError, AssertionError):
+        pass
+    elapsed = time.time() - t0
+    what = "chunked" if b"chunked" in head else "Content-Length"
+    check(resp is not None and resp.status == 408, "slow %s body answered 408 (%r, cut=%s)" % (what, resp, cut))
+    check(1.5 < elapsed < 5, "slow %s body cut off after about the 2 s body timeout (%.1f s)" % (what, elapsed))
+    check(r.closed(), "slow %s body's connection closed" % what)
+    s.close()
+# a body that arrives in time is served, and the timer does not carry over to the next
+# request on the connection
+s = bsrv.connect()
+r = Reader(s)
+for i in range(2):
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab")
+    time.sleep(1.2)
+    s.sendall(b"cde")
+    resp = r.response()
+    check(resp is not None and resp.status == 200 and resp.body == b"abcde", "body in time served (%d)" % i)
+s.close()
+check(bsrv.alive(), "body-timeout server still running")
+bsrv.stop()
 finish("test_http_timeouts")
