@@ -248,8 +248,11 @@ typedef struct pier_msg_client_opts_s {
 PIER_EXTERN int pier_msg_client_new(pier_msg_client_t **out, pier_loop_t *loop,
                                     const pier_msg_client_opts_t *opts);
 
-/* Queues one frame to the server. Loop thread. -ENOTCONN while not connected (nothing is
- * queued across reconnects: resending is the caller's choice), codec errors, -ENOMEM. */
+/* Queues one frame to the server, whole (as one write) or not at all. Loop thread.
+ * -ENOTCONN while not connected (nothing is queued across reconnects: resending is the
+ * caller's choice), codec errors, -ENOMEM. A write that fails once the connection may
+ * already hold part of the frame aborts the connection (on_down runs, then the client
+ * reconnects as usual), since the server could not find the next frame after it. */
 PIER_EXTERN int pier_msg_client_send(pier_msg_client_t *mc, uint16_t id, const void *body, size_t len);
 
 /* 1 while connected. */

@@ -24,7 +24,7 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
         return 0;
     if (f->id == mc->o.ping_id) {
         pier_msg_client_send(mc, mc->o.pong_id, NULL, 0);
-        return 0;
+        return pier_conn_is_open(mc->c) ? 0 : 1; /* a failed pong aborts the connection */
     }
     if (mc->o.on_msg)
         mc->o.on_msg(mc, f->id, f->body, f->len);
@@ -131,27 +131,39 @@ fail:
     return err;
 }
 
+static void free_base(void *base, void *ud) {
+    (void)ud;
+    free(base);
+}
+
 int pier_msg_client_send(pier_msg_client_t *mc, uint16_t id, const void *body, size_t len) {
     if (!mc->c || !pier_conn_is_open(mc->c))
         return -ENOTCONN;
+    /* A frame is always one write, so it is queued whole or not at all: a small one from
+     * the stack, a larger one from one allocation handed over as is. */
     char stack[1024];
     size_t need = pier_msg_hdr_size(&mc->codec) + len;
-    if (need > sizeof stack) {
-        unsigned char hdr[PIER_MSG_HDR_WIDE];
-        ssize_t h = pier_msg_encode_hdr(&mc->codec, id, len, hdr);
-        if (h < 0)
-            return (int)h;
-        int err = pier_conn_write(mc->c, hdr, (size_t)h);
-        if (!err)
-            err = pier_conn_write(mc->c, body, len);
-        mc->last_tx = pier_loop_now(mc->loop);
+    char *buf = need <= sizeof stack ? stack : malloc(need);
+    if (!buf)
+        return -ENOMEM; /* nothing queued: the stream is intact */
+    ssize_t n = pier_msg_encode(&mc->codec, id, body, len, buf, need);
+    if (n < 0) {
+        if (buf != stack)
+            free(buf);
+        return (int)n;
+    }
+    int err = buf == stack ? pier_conn_write(mc->c, buf, (size_t)n)
+                           : pier_conn_write_ref(mc->c, buf, (size_t)n, free_base, NULL);
+    if (err) {
+        /* Even one write that fails may have sent or queued the start of the frame, and
+         * the server cannot resync after a partial frame: drop this connection (the
+         * client reconnects as usual). */
+        pier_log(PIER_LOG_WARN, "msg-client: cannot queue a frame (%s), reconnecting", pier_strerror(err));
+        pier_conn_abort(mc->c);
         return err;
     }
-    ssize_t n = pier_msg_encode(&mc->codec, id, body, len, stack, sizeof stack);
-    if (n < 0)
-        return (int)n;
     mc->last_tx = pier_loop_now(mc->loop);
-    return pier_conn_write(mc->c, stack, (size_t)n);
+    return 0;
 }
 
 int pier_msg_client_up(const pier_msg_client_t *mc) {

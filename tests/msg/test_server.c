@@ -401,6 +401,59 @@ static void test_client_sends_and_heartbeats(void **state) {
     env_stop(&e);
 }
 
+/* Frames over the client's 1 KiB stack buffer, mixed with small ones, arrive whole and in
+ * order: each is queued as one write, so no header can be left without its body. */
+typedef struct {
+    int got, done, bad;
+} big_state_t;
+
+static size_t big_len(int i) {
+    return i % 2 ? (size_t)i : 1000 + (size_t)i * 20; /* up to 2040, with i = 52 */
+}
+
+static void big_up(pier_msg_client_t *mc) {
+    char *b = malloc(PIER_MSG_MAX_BODY);
+    for (int i = 0; i < 53; i++) {
+        memset(b, 'a' + i % 26, big_len(i));
+        assert_int_equal(pier_msg_client_send(mc, ID_ECHO, b, big_len(i)), 0);
+    }
+    free(b);
+}
+
+static void big_msg(pier_msg_client_t *mc, uint16_t id, const char *body, size_t len) {
+    big_state_t *s = pier_msg_client_data(mc);
+    int i = s->got++;
+    if (id != ID_ECHO || len != big_len(i) || (len && (body[0] != 'a' + i % 26 || body[len - 1] != body[0])))
+        s->bad++;
+    if (s->got == 53)
+        s->done = 1;
+}
+
+static void test_client_large_frames_arrive_whole(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {0};
+    env_start(&e, 1, &o);
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    big_state_t s = {0};
+    pier_msg_client_t *mc;
+    pier_msg_client_opts_t co = {
+        .port = pier_msg_server_port(e.srv), .on_up = big_up, .on_msg = big_msg, .data = &s};
+    assert_int_equal(pier_msg_client_new(&mc, loop, &co), 0);
+    assert_true(pier_test_run_until(loop, &s.done, 5000));
+    assert_int_equal(s.bad, 0);
+    assert_int_equal(pier_msg_client_connects(mc), 1);
+    pier_msg_client_stop(mc);
+    int freed = 0;
+    for (int i = 0; i < 200 && !freed; i++) {
+        pier_loop_run_once(loop, 10);
+        freed = pier_msg_client_free(mc) == 0;
+    }
+    assert_true(freed);
+    pier_test_free_loop(loop);
+    env_stop(&e);
+}
+
 /* The group stops (a signal, say) while a worker still runs a handler. Freeing the server
  * must wait (-EBUSY, nothing freed) until that message is finished on its loop: the
  * worker posts the finished job to the loop, and the job points at the server, so a free
@@ -442,6 +495,7 @@ int main(void) {
         cmocka_unit_test(test_out_limit_close_on_workers),
         cmocka_unit_test(test_handler_table_rules),
         cmocka_unit_test(test_client_sends_and_heartbeats),
+        cmocka_unit_test(test_client_large_frames_arrive_whole),
         cmocka_unit_test(test_free_waits_for_worker_jobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
