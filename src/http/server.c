@@ -407,7 +407,7 @@ int pier__http_res_sendfile(pier_http_res_t *res, int status, const char *conten
 
 /* ---- deferred responses ---- */
 
-enum { OP_SEND, OP_BEGIN, OP_WRITE, OP_END, OP_CANCEL };
+enum { OP_SEND, OP_BEGIN, OP_WRITE, OP_END };
 
 typedef struct {
     int op, status;
@@ -456,10 +456,6 @@ static void later_run(pier_conn_t *c, void *arg) {
             stream_begin(hc, 204, NULL, t->fields, t->fields_len);
         stream_end(hc);
         break;
-    case OP_CANCEL:
-        hc->state = ST_CLOSED;
-        pier_conn_abort(c);
-        goto out;
     }
     if (hc->state == ST_HEAD)
         process_pending(hc);
@@ -502,6 +498,25 @@ static int later_post(pier_http_later_t *l, int op, int status, const char *ctyp
     return rc;
 }
 
+/* Resets the connection if it still waits on the deferred response seq: for cancel, and
+ * for a send or end that could not be posted, after which nothing else would ever finish
+ * that response and the client would wait until the idle timeout. */
+static void later_abort_run(pier_conn_t *c, void *arg) {
+    http_conn_t *hc = c && pier_conn_is_open(c) ? pier_conn_data(c) : NULL;
+    if (!hc || hc->state != ST_WAIT || (uintptr_t)hc->seq != (uintptr_t)arg)
+        return;
+    hc->state = ST_CLOSED;
+    pier_conn_abort(c);
+}
+
+/* Needs no allocation of ours (the seq rides in the argument), so it still works when
+ * posting the response just failed with -ENOMEM. If the core cannot post even this, a
+ * graceful close through the id is the last resort. */
+static void later_abort(const pier_http_later_t *l) {
+    if (pier_with_conn(l->id, later_abort_run, (void *)(uintptr_t)l->seq) == -ENOMEM)
+        pier_close(l->id);
+}
+
 static int valid_ctype(const char *ctype) { return !ctype || valid_field("Content-Type", ctype); }
 
 int pier_http_later_send(pier_http_later_t *l, int status, const char *content_type, const void *body,
@@ -509,8 +524,10 @@ int pier_http_later_send(pier_http_later_t *l, int status, const char *content_t
     int rc = (status < 200 || status > 999 || !valid_ctype(content_type))
                  ? -EINVAL
                  : later_post(l, OP_SEND, status, content_type, body, len, 1);
-    if (rc == -EINVAL)
-        later_post(l, OP_CANCEL, 0, NULL, NULL, 0, 0);
+    /* the handle is gone after this call: if the response could not be posted, the
+     * connection must not wait for one that will never come */
+    if (rc == -EINVAL || rc == -ENOMEM)
+        later_abort(l);
     free(l);
     return rc;
 }
@@ -529,12 +546,14 @@ int pier_http_later_write(pier_http_later_t *l, const void *data, size_t len) {
 
 int pier_http_later_end(pier_http_later_t *l) {
     int rc = later_post(l, OP_END, 0, NULL, NULL, 0, 1);
+    if (rc == -ENOMEM)
+        later_abort(l); /* as in pier_http_later_send */
     free(l);
     return rc;
 }
 
 void pier_http_later_cancel(pier_http_later_t *l) {
-    later_post(l, OP_CANCEL, 0, NULL, NULL, 0, 0);
+    later_abort(l);
     free(l);
 }
 
