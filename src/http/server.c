@@ -82,6 +82,7 @@ struct http_loop_s {
     uint64_t requests;
     char *out;
     size_t out_len, out_cap;
+    int out_failed;         /* out_add could not grow out: what it holds is truncated */
     char *path;             /* decoded path of the current request */
     pier__http_request_t req;
     pier__http_match_t match;
@@ -132,11 +133,17 @@ static int out_reserve(http_loop_t *hl, size_t more) {
     return 0;
 }
 
+/* A failure is remembered in out_failed (cleared by build_head) and checked by
+ * out_send, so a truncated head is never sent. */
 static void out_add(http_loop_t *hl, const void *p, size_t n) {
-    if (n && out_reserve(hl, n) == 0) {
-        memcpy(hl->out + hl->out_len, p, n);
-        hl->out_len += n;
+    if (!n)
+        return;
+    if (out_reserve(hl, n) < 0) {
+        hl->out_failed = 1;
+        return;
     }
+    memcpy(hl->out + hl->out_len, p, n);
+    hl->out_len += n;
 }
 
 /* The Server and Date fields, formatted again only when the loop's second changes. */
@@ -170,6 +177,7 @@ static void build_head(http_conn_t *hc, int status, const char *ctype, const cha
                        int64_t content_length) {
     http_loop_t *hl = hc->hl;
     hl->out_len = 0;
+    hl->out_failed = 0;
     if (status == 200) {
         out_add(hl, "HTTP/1.1 200 OK\r\n", 17);
     } else {
@@ -244,8 +252,26 @@ static void trim_buffers(http_conn_t *hc) {
     }
 }
 
+/* Queues what build_head (and out_add) built. If it could not all be built, the response
+ * fails: the connection is reset, so the client sees an error rather than a truncated
+ * head, and -1 is returned. */
+static int out_send(http_conn_t *hc) {
+    http_loop_t *hl = hc->hl;
+    if (hl->out_failed) {
+        hl->out_failed = 0;
+        hc->state = ST_CLOSED;
+        hc->stream = 0;
+        pier_conn_abort(hc->c);
+        return -1;
+    }
+    pier_conn_write(hc->c, hl->out, hl->out_len);
+    return 0;
+}
+
 /* The response is complete: log it, then either close or wait for the next request. */
 static void response_done(http_conn_t *hc, int status) {
+    if (hc->state == ST_CLOSED)
+        return; /* out_send failed the response and reset the connection */
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
     access_log(hc, status);
     trim_buffers(hc);
@@ -269,9 +295,11 @@ static void send_whole(http_conn_t *hc, int status, const char *ctype, const cha
     hc->sent_bytes = len;
     if (len <= INLINE_BODY) {
         out_add(hl, body, len);
-        pier_conn_write(hc->c, hl->out, hl->out_len);
+        if (out_send(hc) < 0)
+            return;
     } else {
-        pier_conn_write(hc->c, hl->out, hl->out_len);
+        if (out_send(hc) < 0)
+            return;
         pier_conn_write(hc->c, body, len);
     }
     response_done(hc, status);
@@ -290,7 +318,8 @@ static void send_error(http_conn_t *hc, int status) {
 
 static void stream_begin(http_conn_t *hc, int status, const char *ctype, const char *fields, size_t flen) {
     build_head(hc, status, ctype, fields, flen, -1);
-    pier_conn_write(hc->c, hc->hl->out, hc->hl->out_len);
+    if (out_send(hc) < 0)
+        return; /* hc->stream stays 0: later writes send nothing */
     hc->sent_bytes = 0;
     hc->stream = status;
 }
@@ -393,7 +422,10 @@ int pier__http_res_sendfile(pier_http_res_t *res, int status, const char *conten
     }
     res->state = RES_DONE;
     build_head(hc, status, content_type, res->fields, res->fields_len, (int64_t)len);
-    pier_conn_write(hc->c, hc->hl->out, hc->hl->out_len);
+    if (out_send(hc) < 0) {
+        close(fd);
+        return 0;
+    }
     if (hc->is_head || len == 0) {
         close(fd);
         hc->sent_bytes = 0;
