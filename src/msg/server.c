@@ -410,7 +410,10 @@ static void job_run(pier__msg_job_t *job, unsigned w, void *ud) {
     l->tail = job;
 }
 
-/* Worker thread, after a batch: one post per loop for all of its finished jobs. */
+/* Worker thread, after a batch: one post per loop for all of its finished jobs. The post
+ * uses the task node embedded in the first job, so it cannot fail: every job comes back
+ * to its loop, which is what keeps each connection's in-flight count right (a connection
+ * at end of input closes, and a paused one resumes, only when its count reaches 0). */
 static void jobs_flush(unsigned w, void *ud) {
     pier_msg_server_t *srv = ud;
     for (unsigned i = 0; i < srv->nloops; i++) {
@@ -419,16 +422,11 @@ static void jobs_flush(unsigned w, void *ud) {
         if (!head)
             continue;
         l->head = l->tail = NULL;
-        if (pier_loop_post(srv->loops[i].loop, jobs_back, head) == 0)
-            continue;
-        /* cannot reach the loop: the replies are lost, the memory is not */
-        while (head) {
-            pier__msg_job_t *next = head->next;
-            if (head->out_len)
-                atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
-            job_free(head);
-            head = next;
-        }
+        /* the loop reads fn and arg before calling jobs_back, which frees head */
+        head->task.fn = jobs_back;
+        head->task.arg = head;
+        head->task.owned = 0;
+        pier__loop_post_task(srv->loops[i].loop, &head->task);
     }
 }
 
