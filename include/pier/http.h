@@ -160,6 +160,10 @@ PIER_EXTERN pier_http_later_t *pier_http_res_later(pier_http_res_t *res);
 PIER_EXTERN int pier_http_later_send(pier_http_later_t *later, int status, const char *content_type,
                                      const void *body, size_t len);
 PIER_EXTERN int pier_http_later_begin(pier_http_later_t *later, int status, const char *content_type);
+/* -ENOBUFS when more than 1 MiB of this response's output already waits for the client
+ * (written here and not yet taken by the client's socket): nothing is sent, and the
+ * handle stays usable. Back off and write again later (the client may be slow or not
+ * reading at all), or cancel. */
 PIER_EXTERN int pier_http_later_write(pier_http_later_t *later, const void *data, size_t len);
 PIER_EXTERN int pier_http_later_end(pier_http_later_t *later);
 /* Gives up: the connection is closed without a response, and the handle freed. */

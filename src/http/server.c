@@ -34,6 +34,10 @@
  * client that sends many requests and reads nothing cannot make the answers pile up. */
 #define OUT_HIGH (256u * 1024)
 #define OUT_LOW (64u * 1024)
+/* A deferred response's output, queued or posted and not yet written to the socket,
+ * above which pier_http_later_write answers -ENOBUFS. Above OUT_HIGH, so once a write has
+ * been refused the core's on_drain is sure to come and say the queue has gone down. */
+#define LATER_MAX_QUEUED (1024u * 1024)
 
 enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED };
 enum { RES_FRESH, RES_STREAM, RES_DONE, RES_LATER };
@@ -61,6 +65,7 @@ typedef struct pier__http_conn_s {
     int keep_alive, minor, is_head, stream, sent_continue, eof;
     int held;           /* reading paused: the answers so far must drain first */
     uint64_t sent_bytes;
+    pier_http_later_t *later; /* the deferred response under way (one reference) */
     char logline[300];
 } http_conn_t;
 
@@ -108,14 +113,41 @@ struct pier_http_server_s {
     http_loop_t *loops;
 };
 
+/* Shared by the application (until send, end or cancel) and the connection (until the
+ * response is done or the connection closes): freed when both have let go. The counters
+ * let pier_http_later_write see, from any thread, how much output waits for the client;
+ * each has one writer, and all are read and written atomically. */
 struct pier_http_later_s {
     pier_id_t id;
     uint64_t seq;
+    int refs;
+    size_t posted;      /* bytes handed to pier_http_later_write (application) */
+    size_t ran;         /* of those, bytes the loop has queued on the connection (loop) */
+    size_t conn_queued; /* the connection's unwritten output when last seen (loop) */
     size_t fields_len;
     char fields[];
 };
 
 static void process_pending(http_conn_t *hc);
+
+static void later_unref(pier_http_later_t *l) {
+    if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        free(l);
+}
+
+/* The connection is done with its deferred response. */
+static void later_detach(http_conn_t *hc) {
+    if (hc->later) {
+        later_unref(hc->later);
+        hc->later = NULL;
+    }
+}
+
+/* Tells the application side how much output now waits for the client. */
+static void later_note_queued(http_conn_t *hc) {
+    if (hc->later)
+        __atomic_store_n(&hc->later->conn_queued, pier_conn_queued(hc->c), __ATOMIC_RELEASE);
+}
 
 /* ---- building output ---- */
 
@@ -272,6 +304,7 @@ static int out_send(http_conn_t *hc) {
 static void response_done(http_conn_t *hc, int status) {
     if (hc->state == ST_CLOSED)
         return; /* out_send failed the response and reset the connection */
+    later_detach(hc);
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
     access_log(hc, status);
     trim_buffers(hc);
@@ -458,6 +491,10 @@ pier_http_later_t *pier_http_res_later(pier_http_res_t *res) {
         return NULL;
     l->id = pier_conn_id(res->hc->c);
     l->seq = res->hc->seq;
+    l->refs = 2; /* the application's and the connection's */
+    l->posted = l->ran = 0;
+    l->conn_queued = pier_conn_queued(res->hc->c);
+    res->hc->later = l;
     l->fields_len = res->fields_len;
     memcpy(l->fields, res->fields, res->fields_len);
     res->state = RES_LATER;
@@ -478,10 +515,15 @@ static void later_run(pier_conn_t *c, void *arg) {
         break;
     case OP_BEGIN:
         stream_begin(hc, t->status, ctype, t->fields, t->fields_len);
+        later_note_queued(hc);
         goto out;
     case OP_WRITE:
         if (hc->stream)
             stream_write(hc, t->data, t->len);
+        if (hc->later) {
+            __atomic_add_fetch(&hc->later->ran, t->len, __ATOMIC_ACQ_REL);
+            later_note_queued(hc);
+        }
         goto out;
     case OP_END:
         if (!hc->stream)
@@ -538,6 +580,7 @@ static void later_abort_run(pier_conn_t *c, void *arg) {
     if (!hc || hc->state != ST_WAIT || (uintptr_t)hc->seq != (uintptr_t)arg)
         return;
     hc->state = ST_CLOSED;
+    later_detach(hc);
     pier_conn_abort(c);
 }
 
@@ -560,7 +603,7 @@ int pier_http_later_send(pier_http_later_t *l, int status, const char *content_t
      * connection must not wait for one that will never come */
     if (rc == -EINVAL || rc == -ENOMEM)
         later_abort(l);
-    free(l);
+    later_unref(l);
     return rc;
 }
 
@@ -573,20 +616,30 @@ int pier_http_later_begin(pier_http_later_t *l, int status, const char *content_
 int pier_http_later_write(pier_http_later_t *l, const void *data, size_t len) {
     if (!len)
         return 0;
-    return later_post(l, OP_WRITE, 0, NULL, data, len, 0);
+    /* posted - ran: on its way to the loop; conn_queued: queued there, not yet written */
+    size_t posted = __atomic_load_n(&l->posted, __ATOMIC_ACQUIRE);
+    size_t waiting = posted - __atomic_load_n(&l->ran, __ATOMIC_ACQUIRE) +
+                     __atomic_load_n(&l->conn_queued, __ATOMIC_ACQUIRE);
+    if (waiting > LATER_MAX_QUEUED)
+        return -ENOBUFS;
+    __atomic_add_fetch(&l->posted, len, __ATOMIC_ACQ_REL);
+    int rc = later_post(l, OP_WRITE, 0, NULL, data, len, 0);
+    if (rc < 0)
+        __atomic_sub_fetch(&l->posted, len, __ATOMIC_ACQ_REL);
+    return rc;
 }
 
 int pier_http_later_end(pier_http_later_t *l) {
     int rc = later_post(l, OP_END, 0, NULL, NULL, 0, 1);
     if (rc == -ENOMEM)
         later_abort(l); /* as in pier_http_later_send */
-    free(l);
+    later_unref(l);
     return rc;
 }
 
 void pier_http_later_cancel(pier_http_later_t *l) {
     later_abort(l);
-    free(l);
+    later_unref(l);
 }
 
 /* ---- requests ---- */
@@ -988,6 +1041,8 @@ static void on_eof(pier_conn_t *c) {
 /* The answers queued before a pause have drained: go on with the requests that wait. */
 static void on_drain(pier_conn_t *c) {
     http_conn_t *hc = pier_conn_data(c);
+    if (hc)
+        later_note_queued(hc); /* a deferred response may write again */
     if (!hc || !hc->held)
         return;
     hc->held = 0;
@@ -1003,6 +1058,7 @@ static void on_close(pier_conn_t *c, int err) {
         return;
     pier_timer_stop(&hc->timer);
     pier_timer_stop(&hc->body_timer);
+    later_detach(hc);
     pier_conn_set_data(c, NULL);
     free(hc->head_copy);
     free(hc->body);

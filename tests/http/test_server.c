@@ -27,7 +27,7 @@ static uint16_t port;
 typedef struct job_s {
     pier_http_later_t *later;
     pier_id_t id;
-    int kind; /* 0 send, 1 stream, 2 wait until the client is gone, then send */
+    int kind; /* 0 send, 1 stream, 2 wait until the client is gone, then send, 3 flood */
     struct job_s *next;
 } job_t;
 
@@ -37,6 +37,34 @@ static job_t *jobs;
 static int worker_stop;
 static int gone_result = 1; /* what later_send said for a vanished client */
 static volatile int gone_done;
+/* kind 3: what the writes to a client that does not read came to */
+static int flood_rc, flood_retry_rc;
+static size_t flood_total;
+static volatile int flood_full, flood_reading;
+
+static void flood(pier_http_later_t *l) {
+    static char chunk[65536];
+    size_t total = 0;
+    int rc = 0;
+    pier_http_later_begin(l, 200, "application/octet-stream");
+    while (total < (64u << 20)) {
+        rc = pier_http_later_write(l, chunk, sizeof chunk);
+        if (rc < 0)
+            break;
+        total += sizeof chunk;
+        usleep(500); /* let the loop queue it: the bound is on the connection's output */
+    }
+    __atomic_store_n(&flood_rc, rc, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&flood_total, total, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&flood_full, 1, __ATOMIC_SEQ_CST);
+    /* once the client reads, the queue goes down and writes are taken again */
+    for (int i = 0; i < 1000 && !__atomic_load_n(&flood_reading, __ATOMIC_SEQ_CST); i++)
+        usleep(10000);
+    for (int i = 0; i < 1000 && (rc = pier_http_later_write(l, chunk, sizeof chunk)) == -ENOBUFS; i++)
+        usleep(10000);
+    __atomic_store_n(&flood_retry_rc, rc, __ATOMIC_SEQ_CST);
+    pier_http_later_end(l);
+}
 
 static void *worker(void *arg) {
     (void)arg;
@@ -59,6 +87,8 @@ static void *worker(void *arg) {
             pier_http_later_write(j->later, "", 0);
             pier_http_later_write(j->later, "cd", 2);
             pier_http_later_end(j->later);
+        } else if (j->kind == 3) {
+            flood(j->later);
         } else {
             for (int i = 0; i < 500 && pier_id_alive(j->id); i++)
                 usleep(10000);
@@ -96,6 +126,8 @@ static void h_gone(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     defer(req, res, 2);
     __atomic_store_n(&gone_deferred, 1, __ATOMIC_SEQ_CST);
 }
+
+static void h_flood(pier_http_req_t *req, pier_http_res_t *res, void *ud) { defer(req, res, 3); }
 
 static void h_now(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier_http_res_send(res, 200, "text/plain", "now", 3);
@@ -205,6 +237,7 @@ static int setup(void **state) {
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/stream-later", h_stream_later, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/gone", h_gone, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/now", h_now, NULL), 0);
+    assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/flood", h_flood, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/stream", h_stream, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/silent", h_silent, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/big", h_big, NULL), 0);
@@ -356,6 +389,58 @@ static void test_pipelined_answers_wait_for_a_slow_reader(void **state) {
     assert_true(bc.answers > 200 * 65536u && bc.answers < 200 * (65536u + 300));
 }
 
+/* A deferred response streamed to a client that reads nothing: pier_http_later_write used
+ * to take everything (64 MiB here) and queue it on the connection. It now answers
+ * -ENOBUFS once about 1 MiB waits, and takes writes again once the client has read. */
+typedef struct {
+    size_t got;
+    volatile int done;
+} flood_client_t;
+
+static void *flood_client_main(void *arg) {
+    flood_client_t *fc = arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+    static const char req[] = "GET /flood HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, req, sizeof req - 1) == sizeof req - 1) {
+        for (int i = 0; i < 2000 && !__atomic_load_n(&flood_full, __ATOMIC_SEQ_CST); i++)
+            usleep(10000);
+        __atomic_store_n(&flood_reading, 1, __ATOMIC_SEQ_CST);
+        struct timeval tv = {10, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char buf[65536];
+        ssize_t r;
+        while ((r = read(fd, buf, sizeof buf)) > 0)
+            fc->got += (size_t)r;
+    }
+    close(fd);
+    __atomic_store_n(&fc->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void test_later_write_bounded_for_a_client_that_does_not_read(void **state) {
+    flood_rc = flood_retry_rc = 1;
+    flood_total = 0;
+    flood_full = flood_reading = 0;
+    flood_client_t fc = {0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flood_client_main, &fc), 0);
+    assert_true(run_until(&fc.done, 40000));
+    pthread_join(t, NULL);
+    size_t total = __atomic_load_n(&flood_total, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&flood_rc, __ATOMIC_SEQ_CST) != -ENOBUFS)
+        fail_msg("later_write took %zu bytes for a client that read nothing (rc %d)", total,
+                 __atomic_load_n(&flood_rc, __ATOMIC_SEQ_CST));
+    /* the bound, plus what the socket buffers took */
+    if (total > (16u << 20))
+        fail_msg("%zu bytes taken before -ENOBUFS", total);
+    assert_int_equal(__atomic_load_n(&flood_retry_rc, __ATOMIC_SEQ_CST), 0);
+    /* everything taken arrives: the chunks and their framing */
+    assert_true(fc.got > total + 65536 && fc.got < total + 65536 + 4096 + (total / 65536 + 1) * 16);
+}
+
 static void test_streaming(void **state) {
     client_t cl = {.send = "GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"};
     talk(&cl);
@@ -405,6 +490,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_deferred_after_half_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_behind_deferred_then_half_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelined_answers_wait_for_a_slow_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_later_write_bounded_for_a_client_that_does_not_read, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_handler_gets_500, setup, teardown),
         cmocka_unit_test_setup_teardown(test_query_and_params, setup, teardown),
