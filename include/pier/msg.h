@@ -182,7 +182,8 @@ PIER_EXTERN int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *bod
  * the same thread to the same id, and after the replies of a handler that calls it for
  * its own connection; not against handlers still running on other threads. Errors as
  * pier_msg_reply(), where -ENOTCONN means the id was already stale (a connection that
- * goes after the call drops the frame, counted in stats.replies_lost). */
+ * goes or starts closing after the call drops the frame, counted in stats.replies_lost;
+ * so is a frame its loop fails to queue, which also aborts the connection). */
 PIER_EXTERN int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const void *body,
                               size_t len);
 

@@ -246,12 +246,16 @@ static void send_done(pier_conn_t *c, void *arg) {
     send_t *s = arg;
     pier_msg_server_t *srv = s->srv;
     msg_conn_t *mc = c ? pier_conn_data(c) : NULL;
-    if (mc && pier_conn_is_open(c) && out_admit(mc, s->len)) {
-        pier_conn_write_ref(c, s->data, s->len, free_ud, s);
-    } else {
-        if (!mc)
-            atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
+    if (!mc || !pier_conn_is_open(c)) {
+        /* gone, or closing with its on_close still to run: lost either way */
+        atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
         free(s);
+    } else if (!out_admit(mc, s->len)) {
+        free(s); /* counted by out_policy */
+    } else if (pier_conn_write_ref(c, s->data, s->len, free_ud, s) < 0) {
+        /* free_ud has run. Part of the frame may have gone out: the stream cannot go on */
+        atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
+        pier_conn_abort(c);
     }
     /* the last touch of srv: pier_msg_server_free() waits for this count */
     atomic_fetch_sub_explicit(&srv->sends, 1, memory_order_acq_rel);

@@ -253,6 +253,34 @@ static void test_send_by_id_after_handler(void **state) {
     env_stop(&e);
 }
 
+/* A frame sent by id to a connection that starts closing before the frame's task runs
+ * (here: a bad frame right behind the message, on the loop) is lost, and counted so. */
+static void test_send_to_closing_connection_is_counted(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {0};
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    assert_true(fd >= 0);
+    char buf[8];
+    assert_int_equal(pier_msg_encode(NULL, ID_LATER, NULL, 0, buf, sizeof buf), 4);
+    memset(buf + 4, 0, 4); /* id 0: a bad frame, so the server closes after "now" */
+    assert_int_equal(write(fd, buf, 8), 8);
+    char body[16];
+    uint16_t id;
+    assert_int_equal(read_frame(fd, &id, body, sizeof body), 3);
+    assert_memory_equal(body, "now", 3);
+    assert_true(closed_by_server(fd));
+    pier_msg_stats_t st = {0};
+    for (int i = 0; i < 100 && st.replies_lost == 0; i++) {
+        usleep(10 * 1000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    assert_int_equal(st.replies_lost, 1);
+    assert_int_equal(st.bad_frames, 1);
+    close(fd);
+    env_stop(&e);
+}
+
 /* A peer that sends but never reads: with DROP its replies are dropped and counted and it
  * stays connected; with CLOSE it is closed. Memory stays bounded either way. */
 static void out_limit(int policy, int workers) {
@@ -489,6 +517,7 @@ int main(void) {
         cmocka_unit_test(test_full_queues_keep_order_and_lose_nothing),
         cmocka_unit_test(test_reply_to_gone_connection),
         cmocka_unit_test(test_send_by_id_after_handler),
+        cmocka_unit_test(test_send_to_closing_connection_is_counted),
         cmocka_unit_test(test_out_limit_drop_on_loop),
         cmocka_unit_test(test_out_limit_close_on_loop),
         cmocka_unit_test(test_out_limit_drop_on_workers),
