@@ -82,7 +82,11 @@ PIER_EXTERN void pier_conn_ref(pier_conn_t *c);
 PIER_EXTERN void pier_conn_unref(pier_conn_t *c);
 
 /* Queues a copy of data. Small writes are coalesced; everything queued during one loop
- * iteration goes out in one writev at its end. -ENOTCONN if closing/closed, -ENOMEM. */
+ * iteration goes out in one writev at its end. -ENOTCONN if closing/closed. -ENOMEM if
+ * memory ran out: if part of data had already been sent or queued by then, the
+ * connection is also aborted (the rest of its stream would be corrupt); otherwise
+ * nothing of data was queued and the connection goes on. The same holds for
+ * pier_conn_write_ref. */
 PIER_EXTERN int pier_conn_write(pier_conn_t *c, const void *data, size_t len);
 /* Queues data without copying; free_cb(base, ud) runs once pier no longer needs it,
  * also when the write fails or the connection closes (free_cb may be NULL). On error

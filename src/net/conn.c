@@ -241,6 +241,10 @@ int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
             if (!buf || !(tail = out_push(c))) {
                 free(buf);
                 note_queued(c, total - len);
+                /* part of this write is already out or queued: what follows on the
+                 * stream would be corrupt, so the connection cannot go on */
+                if (p != (const char *)data)
+                    fail(c, -ENOMEM);
                 return -ENOMEM;
             }
             tail->kind = PIER__OUT_COPY;
@@ -282,6 +286,8 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
     }
     pier__out_t *o = out_push(c);
     if (!o) {
+        if (done > 0)
+            fail(c, -ENOMEM); /* a partial write: the stream cannot go on */
         if (free_cb)
             free_cb((void *)base, ud);
         return -ENOMEM;
