@@ -138,10 +138,10 @@ static const struct {
     unsigned len;
     unsigned bit;
 } methods[] = {
-    {"GET", 3, PIER__HTTP_GET},         {"HEAD", 4, PIER__HTTP_HEAD},
-    {"POST", 4, PIER__HTTP_POST},       {"PUT", 3, PIER__HTTP_PUT},
-    {"DELETE", 6, PIER__HTTP_DELETE},   {"PATCH", 5, PIER__HTTP_PATCH},
-    {"OPTIONS", 7, PIER__HTTP_OPTIONS}, {"CONNECT", 7, PIER__HTTP_CONNECT},
+    {"GET", 3, PIER_HTTP_GET},         {"HEAD", 4, PIER_HTTP_HEAD},
+    {"POST", 4, PIER_HTTP_POST},       {"PUT", 3, PIER_HTTP_PUT},
+    {"DELETE", 6, PIER_HTTP_DELETE},   {"PATCH", 5, PIER_HTTP_PATCH},
+    {"OPTIONS", 7, PIER_HTTP_OPTIONS}, {"CONNECT", 7, PIER__HTTP_CONNECT},
     {"TRACE", 5, PIER__HTTP_TRACE},
 };
 
@@ -313,7 +313,7 @@ static int target_form(pier__http_request_t *req) {
     if (memchr(t, '#', req->target_len))
         return 400;
     if (req->target_len == 1 && t[0] == '*')
-        return req->method == PIER__HTTP_OPTIONS ? (req->path = t, req->path_len = 1, 0) : 400;
+        return req->method == PIER_HTTP_OPTIONS ? (req->path = t, req->path_len = 1, 0) : 400;
     if (t[0] != '/') {
         /* absolute-form: "http" or "https" "://" authority [path-abempty] ["?" query] */
         size_t skip;

@@ -24,16 +24,12 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Methods as bits, so that a route can name a set of them. */
+#include <pier/http.h>
+
+/* Methods as bits, the public PIER_HTTP_* set (http.h) plus the two a route cannot name:
+ * one definition, so the parser's and the router's bits cannot drift apart. */
 enum {
     PIER__HTTP_OTHER = 0,
-    PIER__HTTP_GET = 1u << 0,
-    PIER__HTTP_HEAD = 1u << 1,
-    PIER__HTTP_POST = 1u << 2,
-    PIER__HTTP_PUT = 1u << 3,
-    PIER__HTTP_DELETE = 1u << 4,
-    PIER__HTTP_PATCH = 1u << 5,
-    PIER__HTTP_OPTIONS = 1u << 6,
     PIER__HTTP_CONNECT = 1u << 7,
     PIER__HTTP_TRACE = 1u << 8,
 };

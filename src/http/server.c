@@ -753,7 +753,7 @@ static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *bod
     hc->seq++;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
-    hc->is_head = req->method == PIER__HTTP_HEAD;
+    hc->is_head = req->method == PIER_HTTP_HEAD;
     hc->sent_continue = 0;
     hc->stream = 0;
     if (srv->log)
