@@ -29,6 +29,19 @@ static inline void pier__queue_remove(pier__queue_t *n) {
     n->next = n->prev = n;
 }
 
+/* Moves every node of h onto the empty list to, leaving h empty. */
+static inline void pier__queue_move(pier__queue_t *h, pier__queue_t *to) {
+    if (pier__queue_empty(h)) {
+        pier__queue_init(to);
+        return;
+    }
+    to->next = h->next;
+    to->prev = h->prev;
+    to->next->prev = to;
+    to->prev->next = to;
+    pier__queue_init(h);
+}
+
 static inline pier__queue_t *pier__queue_head(const pier__queue_t *h) { return h->next; }
 
 #endif

@@ -574,18 +574,10 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
 }
 
 void pier__net_process_again(pier_loop_t *loop) {
-    /* one pass over the connections that had more to read; do_read re-queues those
-     * that still do, after the ones already queued, so the pass ends */
+    /* one pass over the connections that had more to read, taken aside first: those
+     * that still have more after this read are queued again for the next iteration */
     pier__queue_t pending;
-    pier__queue_init(&pending);
-    if (pier__queue_empty(&loop->again_q))
-        return;
-    /* move the list aside so re-queued connections wait for the next iteration */
-    pending.next = loop->again_q.next;
-    pending.prev = loop->again_q.prev;
-    pending.next->prev = &pending;
-    pending.prev->next = &pending;
-    pier__queue_init(&loop->again_q);
+    pier__queue_move(&loop->again_q, &pending);
     while (!pier__queue_empty(&pending)) {
         pier_conn_t *c = pier__container_of(pier__queue_head(&pending), pier_conn_t, again_q);
         pier__queue_remove(&c->again_q);
