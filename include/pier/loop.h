@@ -25,6 +25,7 @@ extern "C" {
 typedef struct pier_loop_s pier_loop_t;
 typedef struct pier_timer_s pier_timer_t;
 typedef struct pier_group_s pier_group_t;
+typedef struct pier_task_s pier_task_t;
 
 typedef void (*pier_task_cb)(void *arg);
 typedef void (*pier_timer_cb)(pier_timer_t *t);
@@ -48,7 +49,10 @@ PIER_EXTERN int pier_loop_free(pier_loop_t *loop);
  * the loop is already running. */
 PIER_EXTERN int pier_loop_run(pier_loop_t *loop);
 
-/* Runs one iteration: waits at most timeout_ms (-1: until an event) and processes it. */
+/* Runs one iteration: waits at most timeout_ms (-1: until an event) and processes it.
+ * -EBUSY if the loop is running on another thread, or if called from inside one of this
+ * loop's own callbacks: a nested iteration would run the close pass, and so on_close,
+ * under a callback that is still on the stack. */
 PIER_EXTERN int pier_loop_run_once(pier_loop_t *loop, int timeout_ms);
 
 /* Asks the loop to return from pier_loop_run() after its current iteration. Any thread,
@@ -58,6 +62,23 @@ PIER_EXTERN void pier_loop_stop(pier_loop_t *loop);
 /* Queues fn(arg) to run on the loop's thread in a later iteration, in FIFO order. Any
  * thread. -ENOMEM if the task could not be queued (fn will then never run). */
 PIER_EXTERN int pier_loop_post(pier_loop_t *loop, pier_task_cb fn, void *arg);
+
+/* A task the caller embeds in its own memory (as libuv's uv_async_t is embedded), so that
+ * posting it never allocates and cannot fail. Initialise it with pier_task_init(); the
+ * fields are pier's while it is queued. */
+struct pier_task_s {
+    pier_task_t *next;
+    pier_task_cb fn;
+    void *arg;
+    unsigned flags;   /* pier's: set while queued, and for tasks pier allocated */
+};
+
+PIER_EXTERN void pier_task_init(pier_task_t *t, pier_task_cb fn, void *arg);
+/* Queues t to run fn(arg) once on the loop's thread in a later iteration, FIFO with
+ * pier_loop_post. Any thread; never allocates, never fails. The memory must stay valid
+ * until fn has started (fn may free it or post it again). Posting a task that is already
+ * queued is a caller bug: it returns -EALREADY and changes nothing. */
+PIER_EXTERN int pier_loop_post_task(pier_loop_t *loop, pier_task_t *t);
 
 /* Milliseconds of CLOCK_MONOTONIC, cached once per iteration. */
 PIER_EXTERN uint64_t pier_loop_now(const pier_loop_t *loop);
@@ -75,11 +96,13 @@ PIER_EXTERN int pier_loop_is_current(const pier_loop_t *loop);
 PIER_EXTERN void pier_loop_set_data(pier_loop_t *loop, void *data);
 PIER_EXTERN void *pier_loop_data(const pier_loop_t *loop);
 
-/* ---- timers: a binary min-heap; start, stop and re-arm are O(log n) ----
+/* ---- timers: an intrusive binary min-heap; start, stop and re-arm are O(log n) ----
  *
- * The struct is the caller's memory (embed it); pier never frees it. An active timer
- * counts as a live handle. The callback runs on the loop thread; it may stop, restart or
- * free its own timer. */
+ * The struct is the caller's memory (embed it); pier never frees it. The heap node lives
+ * in the timer itself, so starting a timer never allocates and cannot fail: a deadline
+ * (an idle timeout, a close deadline) is never lost to a shortage of memory. An active
+ * timer counts as a live handle. The callback runs on the loop thread; it may stop,
+ * restart or free its own timer. */
 struct pier_timer_s {
     pier_loop_t *loop;
     pier_timer_cb cb;
@@ -87,12 +110,13 @@ struct pier_timer_s {
     uint64_t due;      /* absolute ms */
     uint64_t repeat;   /* 0: one-shot */
     uint64_t seq;      /* FIFO among timers due at the same ms */
-    uint32_t heap_idx; /* UINT32_MAX when not active */
+    struct pier_timer_s *heap_parent, *heap_left, *heap_right; /* pier's: the heap node */
+    int active;
 };
 
 PIER_EXTERN void pier_timer_init(pier_loop_t *loop, pier_timer_t *t, pier_timer_cb cb, void *data);
-/* (Re)starts: fires after timeout_ms, then every repeat_ms if repeat_ms > 0. -ENOMEM. */
-PIER_EXTERN int pier_timer_start(pier_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms);
+/* (Re)starts: fires after timeout_ms, then every repeat_ms if repeat_ms > 0. Never fails. */
+PIER_EXTERN void pier_timer_start(pier_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms);
 /* Stops; a no-op on an inactive timer. */
 PIER_EXTERN void pier_timer_stop(pier_timer_t *t);
 PIER_EXTERN int pier_timer_active(const pier_timer_t *t);

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include "loop.h"
 
 #ifdef __cplusplus
@@ -93,6 +94,19 @@ PIER_EXTERN int pier_conn_write(pier_conn_t *c, const void *data, size_t len);
  * free_cb has already run. */
 PIER_EXTERN int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len,
                                     pier_free_cb free_cb, void *ud);
+/* Queues one protocol unit made of iovcnt buffers (copied), all or nothing: on success
+ * every byte is queued (or already sent), in order, and no other write can come between
+ * them. -ENOTCONN if closing/closed. -ENOMEM if memory ran out: when nothing of the unit
+ * had gone out, nothing is queued and the connection goes on; when part of it had (a
+ * large unit is sent directly while nothing else waits), the connection is aborted,
+ * since its stream would be corrupt. -EINVAL for iovcnt < 0. A response head and its
+ * body, or a frame header and its payload, go out with one call. */
+PIER_EXTERN int pier_conn_writev(pier_conn_t *c, const struct iovec *iov, int iovcnt);
+/* As pier_conn_writev for the head (iov, may be empty), followed in the same unit by len
+ * bytes of file fd from offset, sent with sendfile(). Takes ownership of fd in every case
+ * (closed when sent, on error or on close). */
+PIER_EXTERN int pier_conn_writev_file(pier_conn_t *c, const struct iovec *iov, int iovcnt, int fd, off_t offset,
+                                      size_t len);
 /* Queues len bytes of file fd from offset, sent with sendfile(). Takes ownership of fd
  * (closed when sent, or on error/close). */
 PIER_EXTERN int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len);
@@ -113,6 +127,10 @@ PIER_EXTERN void pier_conn_close(pier_conn_t *c);
 /* Abort: drop the queue and reset the connection (RST). Idempotent; also upgrades a
  * graceful close in progress. */
 PIER_EXTERN void pier_conn_abort(pier_conn_t *c);
+
+/* Loop thread only: the open connection that id names if it belongs to loop, else NULL
+ * (stale, closing, or owned by another loop). O(1), no allocation. */
+PIER_EXTERN pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id);
 
 /* ---- the id-based calls: any thread, any time ---- */
 
