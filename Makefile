@@ -4,7 +4,7 @@ JOBS       ?= $(shell nproc)
 CMAKE_ARGS ?=
 PREFIX     ?= /usr/local
 
-.PHONY: all deps build run test test-asan test-tsan fuzz bench-echo bench-http bench-msg install clean
+.PHONY: all deps build run test test-asan test-tsan test-faults fuzz bench-echo bench-http bench-msg install clean
 
 all: build
 
@@ -37,6 +37,14 @@ test-tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS) -L threads
 
+# Fault injection: the library built so that its allocations and system calls fail at
+# random (src/fault/fault.h), driven through every server by tests/faults/run.sh.
+test-faults: deps
+	cmake -S . -B build-faults -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
+	    -DPIER_SANITIZE=address,undefined -DPIER_FAULTS=ON
+	cmake --build build-faults -j $(JOBS)
+	tests/faults/run.sh build-faults
+
 fuzz: deps
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
 	    -DPIER_FUZZ=ON -DPIER_SANITIZE=address,undefined
@@ -56,4 +64,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan build-fuzz
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz build-faults
