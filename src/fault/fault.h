@@ -1,0 +1,155 @@
+/* Fault injection: makes the library's failure paths run (build option PIER_FAULTS).
+ *
+ * With -DPIER_FAULTS=ON this header is force-included (-include) into every object of
+ * the library, and nowhere else: the tool, the tests and the application keep the real
+ * calls. It first includes the system headers that declare the calls, then turns each
+ * call into a wrapper of src/fault/fault.c, which is compiled without the macros
+ * (PIER_FAULT_IMPL) and calls the real function unless it decides to fail it. With the
+ * option off, nothing of this is compiled and the library is the same, byte for byte.
+ *
+ * Run time (environment, read once at start-up; nothing is injected without the rate):
+ *   PIER_FAULT_RATE   probability that one call fails, 0..1 (e.g. 0.02)
+ *   PIER_FAULT_SEED   seed of the random choices (default 1); each thread draws from its
+ *                     own generator, seeded from this and the order in which threads
+ *                     first made a call, so a run is repeatable as far as the threads'
+ *                     interleaving is
+ *   PIER_FAULT_MS     inject only during the first N ms of the process
+ *   PIER_FAULT_START  a path: inject only once this file exists (so a server can start
+ *                     up without faults)
+ *   PIER_FAULT_STOP   a path: stop injecting for good once this file exists (so that
+ *                     recovery can be checked in the same process). Both files are
+ *                     looked for at most every 10 ms; signals are left to the program.
+ *   PIER_FAULT_CALLS  a comma-separated list of call names to fail (default: all)
+ * At exit one line goes to stderr:
+ *   pier-faults: N faults injected (seed S, rate R): malloc=... read=...
+ *
+ * What fails, and how. Each call fails only with errors it can really return, and only
+ * in ways after which the program's own waiting is still right:
+ *  - malloc, calloc, realloc, strdup, strndup: NULL with ENOMEM (realloc keeps the old
+ *    block). free never fails.
+ *  - read, recv on a socket: EINTR, ECONNRESET, ENOMEM, EAGAIN, or a short read (fewer
+ *    bytes than asked for, possibly fewer than are there).
+ *  - write, send, sendmsg, writev, sendfile to a socket: EINTR, EPIPE, ECONNRESET,
+ *    ENOMEM (sendfile also EIO), EAGAIN, or a short write (part of the bytes go out).
+ *  - accept, accept4: EINTR, EAGAIN, ECONNABORTED, EMFILE, ENFILE, ENOBUFS, ENOMEM
+ *    (the pending connection stays queued; the listener is level-triggered).
+ *  - socket, epoll_create1, eventfd, signalfd (a new one): EMFILE, ENFILE, ENOMEM (and
+ *    ENOBUFS for socket, ENODEV for eventfd and signalfd).
+ *  - connect: ECONNREFUSED, EADDRNOTAVAIL, ENETUNREACH, without connecting.
+ *  - open, openat: EMFILE, ENFILE, ENOMEM.  fstat: ENOMEM.
+ *  - epoll_ctl: ADD fails with ENOMEM or ENOSPC; MOD and DEL never (they allocate
+ *    nothing, and a DEL that failed would leave a registration the kernel never leaves).
+ *  - epoll_wait: EINTR, at once.
+ *  - Reads and writes on eventfds, signalfds and files, and close, never fail: on a
+ *    non-blocking eventfd or signalfd the kernel cannot fail them, and a lost wake-up
+ *    would be a fault of the injector, not of pier.
+ *
+ * Edge-triggered epoll. pier reads and writes until the kernel says EAGAIN or a transfer
+ * comes up short, and then waits for the next edge. A fake EAGAIN or a fake short
+ * transfer would leave a socket that is still readable (writable) with no edge to come,
+ * and the program would wait forever for something the kernel never does. So after
+ * each of them the wrapper re-arms the socket in its epoll set (EPOLL_CTL_MOD with the
+ * events it was registered with, remembered from epoll_ctl), which reports it again at
+ * once if it is ready: the same as the rest of the data arriving, or room in the send
+ * buffer appearing, a moment later. That is a state the kernel really produces, and
+ * pier must handle it (a spurious or early event included).
+ *
+ * EINTR on a non-blocking socket cannot really happen (it never sleeps); it is injected
+ * anyway since pier has EINTR paths, which retry at once and so cannot hang.
+ */
+#ifndef PIER_FAULT_H
+#define PIER_FAULT_H
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/sendfile.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+void *pier__fault_malloc(size_t n);
+void *pier__fault_calloc(size_t n, size_t size);
+void *pier__fault_realloc(void *p, size_t n);
+char *pier__fault_strdup(const char *s);
+char *pier__fault_strndup(const char *s, size_t n);
+ssize_t pier__fault_read(int fd, void *buf, size_t n);
+ssize_t pier__fault_recv(int fd, void *buf, size_t n, int flags);
+ssize_t pier__fault_write(int fd, const void *buf, size_t n);
+ssize_t pier__fault_send(int fd, const void *buf, size_t n, int flags);
+ssize_t pier__fault_sendmsg(int fd, const struct msghdr *msg, int flags);
+ssize_t pier__fault_writev(int fd, const struct iovec *iov, int iovcnt);
+ssize_t pier__fault_sendfile(int out_fd, int in_fd, off_t *offset, size_t count);
+int pier__fault_accept(int fd, struct sockaddr *addr, socklen_t *len);
+int pier__fault_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+int pier__fault_socket(int domain, int type, int protocol);
+int pier__fault_connect(int fd, const struct sockaddr *addr, socklen_t len);
+int pier__fault_epoll_create1(int flags);
+int pier__fault_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
+int pier__fault_epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout);
+int pier__fault_eventfd(unsigned int initval, int flags);
+int pier__fault_signalfd(int fd, const sigset_t *mask, int flags);
+int pier__fault_open(const char *path, int flags, ...);
+int pier__fault_openat(int dirfd, const char *path, int flags, ...);
+int pier__fault_fstat(int fd, struct stat *sb);
+int pier__fault_close(int fd);
+
+#ifndef PIER_FAULT_IMPL
+#undef malloc
+#undef calloc
+#undef realloc
+#undef strdup
+#undef strndup
+#undef read
+#undef recv
+#undef write
+#undef send
+#undef sendmsg
+#undef writev
+#undef sendfile
+#undef accept
+#undef accept4
+#undef socket
+#undef connect
+#undef epoll_create1
+#undef epoll_ctl
+#undef epoll_wait
+#undef eventfd
+#undef signalfd
+#undef open
+#undef openat
+#undef fstat
+#undef close
+#define malloc(n) pier__fault_malloc(n)
+#define calloc(n, size) pier__fault_calloc(n, size)
+#define realloc(p, n) pier__fault_realloc(p, n)
+#define strdup(s) pier__fault_strdup(s)
+#define strndup(s, n) pier__fault_strndup(s, n)
+#define read(fd, buf, n) pier__fault_read(fd, buf, n)
+#define recv(fd, buf, n, flags) pier__fault_recv(fd, buf, n, flags)
+#define write(fd, buf, n) pier__fault_write(fd, buf, n)
+#define send(fd, buf, n, flags) pier__fault_send(fd, buf, n, flags)
+#define sendmsg(fd, msg, flags) pier__fault_sendmsg(fd, msg, flags)
+#define writev(fd, iov, iovcnt) pier__fault_writev(fd, iov, iovcnt)
+#define sendfile(out_fd, in_fd, offset, count) pier__fault_sendfile(out_fd, in_fd, offset, count)
+#define accept(fd, addr, len) pier__fault_accept(fd, addr, len)
+#define accept4(fd, addr, len, flags) pier__fault_accept4(fd, addr, len, flags)
+#define socket(domain, type, protocol) pier__fault_socket(domain, type, protocol)
+#define connect(fd, addr, len) pier__fault_connect(fd, addr, len)
+#define epoll_create1(flags) pier__fault_epoll_create1(flags)
+#define epoll_ctl(epfd, op, fd, ev) pier__fault_epoll_ctl(epfd, op, fd, ev)
+#define epoll_wait(epfd, evs, max, timeout) pier__fault_epoll_wait(epfd, evs, max, timeout)
+#define eventfd(initval, flags) pier__fault_eventfd(initval, flags)
+#define signalfd(fd, mask, flags) pier__fault_signalfd(fd, mask, flags)
+#define open(...) pier__fault_open(__VA_ARGS__)
+#define openat(...) pier__fault_openat(__VA_ARGS__)
+#define fstat(fd, sb) pier__fault_fstat(fd, sb)
+#define close(fd) pier__fault_close(fd)
+#endif
+
+#endif
