@@ -5,15 +5,28 @@
  *   POST /echo             the request body, with its Content-Type
  *   GET, HEAD /static/...  files under --root (default: the www/ folder shipped with pier)
  *   GET /                  a page about the server and its routes
+ *   GET /stream?n=N&size=S[&defer=MS]
+ *                          a chunked stream of N chunks of S bytes (a fixed pattern); with
+ *                          defer, written after MS ms from the deferral thread through
+ *                          pier_http_later_begin/_write/_end, backing off on -ENOBUFS
+ *   GET /defer?ms=MS&size=S
+ *                          S bytes of the same pattern, sent after MS ms from the deferral
+ *                          thread with pier_http_later_send
+ * The last two are for the fault scenarios (tests/faults/): responses finished from
+ * another thread, and streams. Their bytes depend only on the query, so a client can
+ * check every byte.
  */
 #include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <pier/http.h>
 
@@ -38,10 +51,218 @@ typedef struct pier_http_cfg_s {
 int pier_cmd_http(int argc, char **argv);
 extern const pier_service_t pier_http_service;
 
+/* ---- the deferral thread: /defer and /stream?defer= are finished from here ---- */
+
+typedef struct defer_item_s {
+    struct defer_item_s *next;
+    pier_http_later_t *later;
+    uint64_t due_ms;
+    unsigned long n, size;  /* chunks and bytes per chunk; n = 0: one whole response */
+    unsigned long done;     /* chunks written so far */
+    int begun;
+} defer_item_t;
+
+typedef struct deferrer_s {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    defer_item_t *items; /* by due time */
+    int stop, started;
+} deferrer_t;
+
 typedef struct http_state_s {
     pier_group_t *group;
     pier_http_server_t *srv;
+    deferrer_t defer;
 } http_state_t;
+
+#define DEMO_MAX_N 10000
+#define DEMO_MAX_SIZE (1ul << 20)
+#define DEMO_MAX_MS 10000
+#define DEFER_RETRY_MS 1
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Chunk i of the demo pattern: printable, and different for each chunk and offset. */
+static void demo_fill(char *buf, unsigned long i, unsigned long size) {
+    static const char abc[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    for (unsigned long j = 0; j < size; j++)
+        buf[j] = abc[(i * 7 + j) % (sizeof abc - 1)];
+}
+
+static void defer_insert(deferrer_t *d, defer_item_t *it) {
+    defer_item_t **p = &d->items;
+    while (*p && (*p)->due_ms <= it->due_ms)
+        p = &(*p)->next;
+    it->next = *p;
+    *p = it;
+}
+
+/* One step of an item. Returns 1 when it is finished (and the handle gone), 0 to run it
+ * again later: the server said -ENOBUFS (the client reads slowly) or -ENOMEM. */
+static int defer_step(defer_item_t *it, char *buf) {
+    int rc;
+    if (it->n == 0) {
+        demo_fill(buf, 0, it->size);
+        pier_http_later_send(it->later, 200, "text/plain", buf, it->size); /* frees it, also on error */
+        return 1;
+    }
+    if (!it->begun) {
+        if ((rc = pier_http_later_begin(it->later, 200, "text/plain")) == -ENOMEM)
+            return 0;
+        if (rc < 0)
+            goto give_up;
+        it->begun = 1;
+    }
+    for (; it->done < it->n; it->done++) {
+        demo_fill(buf, it->done, it->size);
+        if ((rc = pier_http_later_write(it->later, buf, it->size)) == -ENOBUFS || rc == -ENOMEM)
+            return 0;
+        if (rc < 0)
+            goto give_up;
+    }
+    pier_http_later_end(it->later);
+    return 1;
+give_up: /* the client has gone, say */
+    pier_http_later_cancel(it->later);
+    return 1;
+}
+
+static void *defer_main(void *arg) {
+    deferrer_t *d = arg;
+    char *buf = malloc(DEMO_MAX_SIZE);
+    pthread_mutex_lock(&d->mu);
+    while (!d->stop) {
+        defer_item_t *it = d->items;
+        uint64_t now = mono_ms();
+        if (!it || it->due_ms > now) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t wait = it ? it->due_ms - now : 1000;
+            ts.tv_sec += (time_t)(wait / 1000);
+            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+            continue;
+        }
+        d->items = it->next;
+        pthread_mutex_unlock(&d->mu);
+        int finished = buf ? defer_step(it, buf) : (pier_http_later_cancel(it->later), 1);
+        pthread_mutex_lock(&d->mu);
+        if (finished) {
+            free(it);
+        } else {
+            it->due_ms = mono_ms() + DEFER_RETRY_MS;
+            defer_insert(d, it);
+        }
+    }
+    pthread_mutex_unlock(&d->mu);
+    free(buf);
+    return NULL;
+}
+
+static int defer_start(deferrer_t *d) {
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* signals stay with the loops' signalfd */
+    int err = pthread_create(&d->thread, NULL, defer_main, d);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    d->started = err == 0;
+    return -err;
+}
+
+/* Stops the thread and gives up on what still waits: each connection is reset. */
+static void defer_stop(deferrer_t *d) {
+    if (!d->started)
+        return;
+    pthread_mutex_lock(&d->mu);
+    d->stop = 1;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->thread, NULL);
+    d->started = 0;
+    while (d->items) {
+        defer_item_t *it = d->items;
+        d->items = it->next;
+        pier_http_later_cancel(it->later);
+        free(it);
+    }
+    pthread_cond_destroy(&d->cv);
+    pthread_mutex_destroy(&d->mu);
+}
+
+/* A number from the query: 1 if present and at most max, 0 if absent, -1 if bad. */
+static int query_num(pier_http_req_t *req, const char *key, unsigned long max, unsigned long *out) {
+    char v[32], *end;
+    int n = pier_http_req_query(req, key, v, sizeof v);
+    *out = 0;
+    if (n == -ENOENT)
+        return 0;
+    unsigned long x = n > 0 ? strtoul(v, &end, 10) : 0;
+    if (n <= 0 || *end || x > max)
+        return -1;
+    *out = x;
+    return 1;
+}
+
+static void bad_query(pier_http_res_t *res) {
+    static const char msg[] = "n <= 10000, size <= 1048576, ms and defer <= 10000\n";
+    pier_http_res_send(res, 400, "text/plain", msg, sizeof msg - 1);
+}
+
+static void defer_later(pier_http_res_t *res, deferrer_t *d, unsigned long ms, unsigned long n, unsigned long size) {
+    defer_item_t *it = calloc(1, sizeof *it);
+    pier_http_later_t *l = it ? pier_http_res_later(res) : NULL;
+    if (!l) {
+        free(it); /* the server answers 500 for a handler that took nothing */
+        return;
+    }
+    *it = (defer_item_t){.later = l, .due_ms = mono_ms() + ms, .n = n, .size = size};
+    pthread_mutex_lock(&d->mu);
+    defer_insert(d, it);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void defer_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    unsigned long ms, size;
+    if (query_num(req, "ms", DEMO_MAX_MS, &ms) < 0 || query_num(req, "size", DEMO_MAX_SIZE, &size) < 0)
+        bad_query(res);
+    else
+        defer_later(res, ud, ms, 0, size);
+}
+
+static void stream_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    unsigned long n, size, defer;
+    int deferred = query_num(req, "defer", DEMO_MAX_MS, &defer);
+    if (query_num(req, "n", DEMO_MAX_N, &n) < 0 || query_num(req, "size", DEMO_MAX_SIZE, &size) < 0 || deferred < 0) {
+        bad_query(res);
+        return;
+    }
+    if (deferred) {
+        defer_later(res, ud, defer, n ? n : 1, size);
+        return;
+    }
+    char *buf = malloc(size ? size : 1);
+    if (!buf)
+        return; /* 500 */
+    pier_http_res_begin(res, 200, "text/plain");
+    for (unsigned long i = 0; i < n; i++) {
+        demo_fill(buf, i, size);
+        pier_http_res_write(res, buf, size);
+    }
+    pier_http_res_end(res);
+    free(buf);
+}
 
 static const char hello[] = "Hello, World!";
 static const char json[] = "{\"message\":\"Hello, World!\"}";
@@ -90,12 +311,14 @@ static const char *default_root(void) {
     return stat(root, &sb) == 0 && S_ISDIR(sb.st_mode) ? root : NULL;
 }
 
-static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg) {
+static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg, deferrer_t *d) {
     int err = 0;
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/plaintext", plaintext, NULL);
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/json", json_route, NULL);
     err = err ? err : pier_http_route(srv, PIER_HTTP_POST, "/echo", echo_route, NULL);
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/", home_route, NULL);
+    err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/defer", defer_route, d);
+    err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/stream", stream_route, d);
     if (err)
         return err;
     const char *root = cfg->root ? cfg->root : default_root();
@@ -128,7 +351,9 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
         free(st);
         return err;
     }
-    err = add_routes(st->srv, cfg);
+    err = add_routes(st->srv, cfg, &st->defer);
+    if (err == 0 && (err = defer_start(&st->defer)) < 0)
+        fprintf(stderr, "pier http: cannot start the deferral thread: %s\n", pier_strerror(err));
     if (err < 0) {
         pier_http_server_stop(st->srv);
         pier_http_server_free(st->srv);
@@ -157,6 +382,7 @@ static int http_freed(void *state) {
 
 static void http_finish(void *state) {
     http_state_t *st = state;
+    defer_stop(&st->defer);
     pier_http_server_stop(st->srv);
     pier_http_server_abort_all(st->srv);
     if (!pier_cli_settle(st->group, http_freed, st, 5000))
@@ -179,6 +405,9 @@ static const char http_help[] =
     "  POST /echo             the request body, with its Content-Type\n"
     "  GET, HEAD /static/...  files under --root\n"
     "  GET /                  a page about the server\n"
+    "  GET /stream?n=N&size=S[&defer=MS]\n"
+    "                         N chunks of S bytes, streamed (after MS ms from another thread)\n"
+    "  GET /defer?ms=MS&size=S  S bytes, answered after MS ms from another thread\n"
     "SIGINT or SIGTERM stops accepting, finishes what is in flight, exits 0.\n"
     "\n"
     "  --host H            address to listen on (IPv4 or IPv6), default 127.0.0.1\n"
