@@ -992,8 +992,9 @@ static void process_pending(http_conn_t *hc) {
         memmove(hc->pending, hc->pending + used, hc->pending_len - used);
         hc->pending_len -= used;
         /* the peer half-closed: once nothing waits on a deferred response, what is left
-         * is at most an incomplete request that can never complete */
-        if (hc->eof && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+         * is at most an incomplete request that can never complete; unless the requests
+         * wait for the answers to drain (held), and on_drain takes them up again */
+        if (hc->eof && !hc->held && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
             hc->state = ST_CLOSED;
             pier_conn_close(c);
         }

@@ -1,0 +1,53 @@
+"""Bugs the fault scenarios found, each replayed as a fixed exchange that provokes it
+every time (through fault injection narrowed to one call where it needs a fault).
+Run by faults.py before the random scenarios."""
+import socket
+
+from lib import Failure, Pier
+
+
+def exchange(port, raw, half_close=True, timeout=10.0):
+    """Sends raw, half-closes, reads until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        try:
+            while True:
+                d = s.recv(262144)
+                if not d:
+                    break
+                got += d
+        except socket.timeout:
+            raise Failure("no end of the connection within %.0f s (%d bytes came)" % (timeout, len(got)))
+        except ConnectionResetError:
+            pass
+        return bytes(got)
+
+
+def half_close_behind_big_deferred(binary):
+    """A request pipelined behind a deferred response larger than the output high-water
+    mark (256 KiB) was dropped when the client had half-closed: the pending requests were
+    held for the answer to drain, and the connection was closed as if none were left."""
+    srv = Pier(binary, ["http", "--port", "0"], "regress: half-close behind a big deferred response")
+    try:
+        raw = (b"GET /defer?ms=20&size=300000 HTTP/1.1\r\nHost: pier\r\n\r\n"
+               b"GET /plaintext HTTP/1.1\r\nHost: pier\r\n\r\n")
+        got = exchange(srv.port, raw)
+        if got.count(b"HTTP/1.1 200 OK") != 2 or not got.endswith(b"Hello, World!"):
+            raise Failure("%s: %d bytes came, %d responses; want both (the last is Hello, World!)" % (
+                srv.name, len(got), got.count(b"HTTP/1.1 200 OK")))
+        srv.terminate()
+    finally:
+        srv.kill()
+
+
+CHECKS = [half_close_behind_big_deferred]
+
+
+def run(binary, seed, rate, stats):
+    for check in CHECKS:
+        check(binary)
+        stats["checks"] += 1
+    return 0, ""
