@@ -49,6 +49,10 @@ void pier__http_static_free(pier__http_static_t *st) {
     }
 }
 
+/* A call that should have worked failed: 503 when the server ran out of something
+ * (descriptors, memory) and may do better later, 500 otherwise. */
+static int failure_status(int err) { return err == EMFILE || err == ENFILE || err == ENOMEM ? 503 : 500; }
+
 static int errno_status(int err) { return err == EACCES || err == EPERM ? 403 : (err == EMFILE || err == ENFILE) ? 503 : 404; }
 
 static void answer(pier_http_res_t *res, int status) {
@@ -317,7 +321,13 @@ void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void 
         return;
     }
     struct stat sb;
-    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        answer(res, failure_status(err));
+        return;
+    }
+    if (S_ISDIR(sb.st_mode)) {
         const char *path = pier_http_req_path(req);
         if (path[strlen(path) - 1] != '/') {
             close(fd);
@@ -337,8 +347,12 @@ void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void 
         }
         fd = ifd;
         snprintf(name, sizeof name, "index.html");
-        if (fstat(fd, &sb) != 0)
-            sb.st_mode = 0;
+        if (fstat(fd, &sb) != 0) {
+            err = errno;
+            close(fd);
+            answer(res, failure_status(err));
+            return;
+        }
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);

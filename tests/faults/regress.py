@@ -1,7 +1,9 @@
 """Bugs the fault scenarios found, each replayed as a fixed exchange that provokes it
 every time (through fault injection narrowed to one call where it needs a fault).
 Run by faults.py before the random scenarios."""
+import os
 import socket
+import tempfile
 
 from lib import Failure, Pier
 
@@ -43,7 +45,38 @@ def half_close_behind_big_deferred(binary):
         srv.kill()
 
 
-CHECKS = [half_close_behind_big_deferred]
+def static_root():
+    root = tempfile.mkdtemp(prefix="pier-faults-regress-")
+    with open(os.path.join(root, "small.txt"), "wb") as f:
+        f.write(b"hello\n")
+    os.makedirs(os.path.join(root, "list"))
+    for i in range(3):
+        with open(os.path.join(root, "list", "f%d.txt" % i), "wb") as f:
+            f.write(b"x")
+    return root
+
+
+def static_status(binary, name, calls, path=b"/static/small.txt"):
+    """The status line of GET path while every call in calls fails."""
+    srv = Pier(binary, ["http", "--port", "0", "--root", static_root()], "regress: " + name,
+               faults={"rate": 1, "calls": calls}, start_now=True)
+    try:
+        got = exchange(srv.port, b"GET " + path + b" HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n")
+        srv.terminate()
+    finally:
+        srv.kill()
+    return got.split(b"\r\n", 1)[0], got
+
+
+def static_fstat_fails(binary):
+    """When fstat failed, the static handler went on with an uninitialized struct stat:
+    it answered 200 with stack garbage as size, ETag and Last-Modified (or 404)."""
+    status, got = static_status(binary, "fstat fails in the static handler", "fstat")
+    if status != b"HTTP/1.1 503 Service Unavailable":
+        raise Failure("regress: fstat failing with ENOMEM: want 503, got %r" % got[:400])
+
+
+CHECKS = [half_close_behind_big_deferred, static_fstat_fails]
 
 
 def run(binary, seed, rate, stats):
