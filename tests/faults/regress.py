@@ -2,6 +2,7 @@
 every time (through fault injection narrowed to one call where it needs a fault).
 Run by faults.py before the random scenarios."""
 import os
+import re
 import socket
 import tempfile
 
@@ -56,27 +57,39 @@ def static_root():
     return root
 
 
-def static_status(binary, name, calls, path=b"/static/small.txt"):
-    """The status line of GET path while every call in calls fails."""
+def static_statuses(binary, name, calls, count=30, path=b"/static/small.txt"):
+    """The status lines of count pipelined GET path while every call in calls fails (an
+    injected call fails with one of its errors at random: count makes each one come)."""
     srv = Pier(binary, ["http", "--port", "0", "--root", static_root()], "regress: " + name,
                faults={"rate": 1, "calls": calls}, start_now=True)
+    req = b"GET " + path + b" HTTP/1.1\r\nHost: pier\r\n"
     try:
-        got = exchange(srv.port, b"GET " + path + b" HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n")
+        got = exchange(srv.port, (req + b"\r\n") * (count - 1) + req + b"Connection: close\r\n\r\n")
         srv.terminate()
     finally:
         srv.kill()
-    return got.split(b"\r\n", 1)[0], got
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r\n]*", got), got
 
 
 def static_fstat_fails(binary):
     """When fstat failed, the static handler went on with an uninitialized struct stat:
     it answered 200 with stack garbage as size, ETag and Last-Modified (or 404)."""
-    status, got = static_status(binary, "fstat fails in the static handler", "fstat")
-    if status != b"HTTP/1.1 503 Service Unavailable":
+    statuses, got = static_statuses(binary, "fstat fails in the static handler", "fstat", count=1)
+    if statuses != [b"HTTP/1.1 503 Service Unavailable"]:
         raise Failure("regress: fstat failing with ENOMEM: want 503, got %r" % got[:400])
 
 
-CHECKS = [half_close_behind_big_deferred, static_fstat_fails]
+def static_openat_enomem(binary):
+    """openat failing with ENOMEM (or anything but EACCES, EMFILE, ENFILE) answered 404
+    Not Found, which tells the client the file does not exist."""
+    statuses, got = static_statuses(binary, "openat fails in the static handler", "openat")
+    wrong = [s for s in statuses if s != b"HTTP/1.1 503 Service Unavailable"]
+    if wrong or len(statuses) != 30:
+        raise Failure("regress: openat failing (EMFILE, ENFILE or ENOMEM): want 30 x 503, got %d answers, "
+                      "these not 503: %r" % (len(statuses), sorted(set(wrong))))
+
+
+CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem]
 
 
 def run(binary, seed, rate, stats):
