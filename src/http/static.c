@@ -264,7 +264,7 @@ static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
     }
     char **names = NULL;
     size_t n = 0, cap = 0;
-    int truncated = 0;
+    int truncated = 0, lost = 0; /* lost: out of memory, the listing would miss entries */
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         struct stat sb;
@@ -278,13 +278,17 @@ static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
             char **nn = realloc(names, cap * sizeof *nn);
-            if (!nn)
+            if (!nn) {
+                lost = 1;
                 break;
+            }
             names = nn;
         }
         size_t l = strlen(e->d_name);
-        if (!(names[n] = malloc(l + 2)))
+        if (!(names[n] = malloc(l + 2))) {
+            lost = 1;
             break;
+        }
         memcpy(names[n], e->d_name, l + 1);
         if (S_ISDIR(sb.st_mode))
             memcpy(names[n] + l, "/", 2);
@@ -294,7 +298,7 @@ static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
     if (n)
         qsort(names, n, sizeof *names, cmp_names);
     const char *path = pier_http_req_path(req);
-    sbuf_t b = {0};
+    sbuf_t b = {.failed = lost};
     sb_str(&b, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Index of ");
     sb_html(&b, path);
     sb_str(&b, "</title></head>\n<body>\n<h1>Index of ");
@@ -311,7 +315,7 @@ static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
     free(names);
     sb_str(&b, truncated ? "</ul>\n<p>(listing truncated)</p>\n</body></html>\n" : "</ul>\n</body></html>\n");
     if (b.failed)
-        answer(res, 500);
+        answer(res, 503); /* out of memory: an incomplete listing would be a wrong one */
     else
         pier_http_res_send(res, 200, "text/html; charset=utf-8", b.p, b.len);
     free(b.p);

@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 
 from lib import Failure, Pier
 
@@ -89,7 +90,27 @@ def static_openat_enomem(binary):
                       "these not 503: %r" % (len(statuses), sorted(set(wrong))))
 
 
-CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem]
+def listing_out_of_memory(binary):
+    """A directory listing whose name array or a name could not be allocated stopped
+    there and was answered 200 with the entries it had: a wrong listing."""
+    srv = Pier(binary, ["http", "--port", "0", "--root", static_root()], "regress: listing out of memory",
+               faults={"rate": 1, "calls": "malloc"})
+    req = b"GET /static/list/ HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n"
+    try:
+        whole = exchange(srv.port, req)  # also fills the loop's cache of output buffers
+        srv.start_faults()
+        time.sleep(0.05)
+        got = exchange(srv.port, req)
+        srv.stop_faults()
+        srv.terminate()
+    finally:
+        srv.kill()
+    if got.startswith(b"HTTP/1.1 200") and got.split(b"\r\n\r\n", 1)[1] != whole.split(b"\r\n\r\n", 1)[1]:
+        raise Failure("regress: listing with malloc failing: a 200 with a different listing:\n%r\nwant 503 or\n%r" % (
+            got[-300:], whole[-300:]))
+
+
+CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory]
 
 
 def run(binary, seed, rate, stats):
