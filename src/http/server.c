@@ -284,21 +284,45 @@ static void trim_buffers(http_conn_t *hc) {
     }
 }
 
-/* Queues what build_head (and out_add) built. If it could not all be built, the response
- * fails: the connection is reset, so the client sees an error rather than a truncated
- * head, and -1 is returned. */
-static int out_send(http_conn_t *hc) {
-    http_loop_t *hl = hc->hl;
-    if (hl->out_failed) {
-        hl->out_failed = 0;
-        hc->state = ST_CLOSED;
-        hc->stream = 0;
+/* The response cannot be sent whole. The connection is reset: a later response sent in
+ * its place would be taken for it, and a part already queued would corrupt the stream. */
+static void response_failed(http_conn_t *hc, int err) {
+    hc->state = ST_CLOSED;
+    hc->stream = 0;
+    if (err != -ENOTCONN) /* else the core has already failed the connection */
         pier_conn_abort(hc->c);
-        return -1;
-    }
-    pier_conn_write(hc->c, hl->out, hl->out_len);
-    return 0;
 }
+
+/* Queues one unit of the response (a head and body, a chunk) whole, or fails the
+ * response. 0 or -1. */
+static int write_unit(http_conn_t *hc, const struct iovec *iov, int iovcnt) {
+    int err = pier_conn_writev(hc->c, iov, iovcnt);
+    if (err < 0)
+        response_failed(hc, err);
+    return err < 0 ? -1 : 0;
+}
+
+/* build_head could not build the whole head: fails the response. 1 if so. */
+static int hl_failed(http_conn_t *hc) {
+    if (!hc->hl->out_failed)
+        return 0;
+    hc->hl->out_failed = 0;
+    response_failed(hc, -ENOMEM);
+    return 1;
+}
+
+/* Queues what build_head (and out_add) built, followed by body in the same unit. If it
+ * could not all be built or queued, the response fails (see response_failed): the client
+ * sees an error rather than a truncated head, and -1 is returned. */
+static int out_send_with(http_conn_t *hc, const void *body, size_t len) {
+    http_loop_t *hl = hc->hl;
+    if (hl_failed(hc))
+        return -1;
+    struct iovec iov[2] = {{hl->out, hl->out_len}, {(void *)body, len}};
+    return write_unit(hc, iov, len ? 2 : 1);
+}
+
+static int out_send(http_conn_t *hc) { return out_send_with(hc, NULL, 0); }
 
 /* The response is complete: log it, then either close or wait for the next request. */
 static void response_done(http_conn_t *hc, int status) {
@@ -330,10 +354,8 @@ static void send_whole(http_conn_t *hc, int status, const char *ctype, const cha
         out_add(hl, body, len);
         if (out_send(hc) < 0)
             return;
-    } else {
-        if (out_send(hc) < 0)
-            return;
-        pier_conn_write(hc->c, body, len);
+    } else if (out_send_with(hc, body, len) < 0) {
+        return;
     }
     response_done(hc, status);
 }
@@ -357,24 +379,29 @@ static void stream_begin(http_conn_t *hc, int status, const char *ctype, const c
     hc->stream = status;
 }
 
+/* One chunk is one unit: its size line, data and CRLF are queued whole or not at all. */
 static void stream_write(http_conn_t *hc, const void *data, size_t len) {
-    if (!len || hc->is_head || !status_has_body(hc->stream))
+    if (!len || hc->is_head || !status_has_body(hc->stream) || hc->state == ST_CLOSED)
         return;
+    char size[24];
+    struct iovec iov[3] = {{size, 0}, {(void *)data, len}, {(void *)"\r\n", 2}};
+    int err;
     if (hc->minor == 1) {
-        char size[24];
-        int n = snprintf(size, sizeof size, "%zx\r\n", len);
-        pier_conn_write(hc->c, size, (size_t)n);
-        pier_conn_write(hc->c, data, len);
-        pier_conn_write(hc->c, "\r\n", 2);
+        iov[0].iov_len = (size_t)snprintf(size, sizeof size, "%zx\r\n", len);
+        err = write_unit(hc, iov, 3);
     } else {
-        pier_conn_write(hc->c, data, len);
+        err = write_unit(hc, iov + 1, 1);
     }
-    hc->sent_bytes += len;
+    if (err == 0)
+        hc->sent_bytes += len;
 }
 
 static void stream_end(http_conn_t *hc) {
-    if (hc->minor == 1 && !hc->is_head && status_has_body(hc->stream))
-        pier_conn_write(hc->c, "0\r\n\r\n", 5);
+    if (hc->state == ST_CLOSED)
+        return;
+    struct iovec last = {(void *)"0\r\n\r\n", 5};
+    if (hc->minor == 1 && !hc->is_head && status_has_body(hc->stream) && write_unit(hc, &last, 1) < 0)
+        return;
     response_done(hc, hc->stream);
 }
 
@@ -455,17 +482,20 @@ int pier__http_res_sendfile(pier_http_res_t *res, int status, const char *conten
     }
     res->state = RES_DONE;
     build_head(hc, status, content_type, res->fields, res->fields_len, (int64_t)len);
-    if (out_send(hc) < 0) {
+    if (hc->is_head)
+        len = 0;
+    if (hl_failed(hc)) {
         close(fd);
         return 0;
     }
-    if (hc->is_head || len == 0) {
-        close(fd);
-        hc->sent_bytes = 0;
-    } else {
-        pier_conn_sendfile(hc->c, fd, offset, len);
-        hc->sent_bytes = len;
+    /* the head and the file are one unit: a head without its body would corrupt the stream */
+    struct iovec head = {hc->hl->out, hc->hl->out_len};
+    int err = pier_conn_writev_file(hc->c, &head, 1, fd, offset, len); /* takes fd */
+    if (err < 0) {
+        response_failed(hc, err);
+        return 0;
     }
+    hc->sent_bytes = len;
     response_done(hc, status);
     return 0;
 }
@@ -806,6 +836,9 @@ static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *bod
 
 static void send_continue(http_conn_t *hc, const pier__http_request_t *req) {
     if (req->expect_continue && req->minor == 1 && !hc->sent_continue) {
+        /* unchecked: an interim response that failed is not queued at all, so the
+         * stream stays whole, and the client sends its body without it after a while
+         * (RFC 9110 10.1.1) */
         pier_conn_write(hc->c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         hc->sent_continue = 1;
     }

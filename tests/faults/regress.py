@@ -7,7 +7,7 @@ import socket
 import tempfile
 import time
 
-from lib import Failure, Pier
+from lib import Failure, Pier, first_diff
 
 
 def exchange(port, raw, half_close=True, timeout=10.0):
@@ -110,7 +110,49 @@ def listing_out_of_memory(binary):
             got[-300:], whole[-300:]))
 
 
-CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory]
+DATES = re.compile(rb"Date: [^\r\n]*")
+
+
+def undated(b):
+    return DATES.sub(b"Date: -", b)
+
+
+def responses_out_of_memory(binary):
+    """A response went out as several writes, each checked or not on its own: a chunk's
+    size line was queued and its data not (or a head and not its body, or nothing of a
+    whole response, the next one then taking its place), and the stream went on corrupt.
+    With the queue's allocations failing now and then, every stream must stay a prefix of
+    the expected one: a failed response resets the connection."""
+    reqs = [b"GET /stream?n=60&size=20000 HTTP/1.1\r\nHost: pier\r\n\r\n",
+            b"GET /stream?n=200&size=3000 HTTP/1.1\r\nHost: pier\r\n\r\n",
+            b"GET /defer?ms=0&size=100000 HTTP/1.1\r\nHost: pier\r\n\r\n",
+            b"GET /plaintext HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n"]
+    raw = b"".join(reqs)
+    srv = Pier(binary, ["http", "--port", "0"], "regress: responses out of memory",
+               faults={"rate": 0.2, "calls": "malloc,realloc", "seed": 7})
+    try:
+        want = exchange(srv.port, raw)
+        srv.start_faults()
+        time.sleep(0.05)
+        cut = 0
+        for _ in range(10):
+            got = exchange(srv.port, raw)
+            g, w = undated(got), undated(want)
+            if not w.startswith(g):
+                i = first_diff(g, w)
+                raise Failure("regress: a response stream with allocations failing is corrupt at byte %d:\n"
+                              "  got  %r\n  want %r" % (i, g[max(0, i - 60):i + 60], w[max(0, i - 60):i + 60]))
+            cut += len(got) < len(want)
+        srv.stop_faults()
+        srv.terminate()
+    finally:
+        srv.kill()
+    if cut == 0:
+        raise Failure("regress: no stream was cut: the faults did not hit the responses")
+
+
+CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
+          responses_out_of_memory]
 
 
 def run(binary, seed, rate, stats):
