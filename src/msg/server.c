@@ -175,19 +175,32 @@ static int out_admit(msg_conn_t *mc, size_t n) {
     return 0;
 }
 
+/* A reply that could not be queued (out of memory) leaves a gap in the replies, and the
+ * client would take the next one for it: the connection cannot go on. */
+static void reply_failed(msg_conn_t *mc) {
+    atomic_fetch_add_explicit(&mc->lp->srv->replies_lost, 1, memory_order_relaxed);
+    pier_conn_abort(mc->c);
+}
+
 static int write_frame(msg_conn_t *mc, uint16_t id, const void *body, size_t len) {
     pier_msg_server_t *srv = mc->lp->srv;
     char stack[1024];
     size_t need = pier_msg_hdr_size(&srv->codec) + len;
     char *buf = need <= sizeof stack ? stack : malloc(need);
-    if (!buf)
+    if (!buf) {
+        reply_failed(mc);
         return -ENOMEM;
+    }
     ssize_t n = pier_msg_encode(&srv->codec, id, body, len, buf, need);
     int err = n < 0 ? (int)n : 0;
     if (!err && out_admit(mc, need)) {
         if (buf == stack)
-            return pier_conn_write(mc->c, buf, need);
-        return pier_conn_write_ref(mc->c, buf, need, free_base, NULL);
+            err = pier_conn_write(mc->c, buf, need);
+        else
+            err = pier_conn_write_ref(mc->c, buf, need, free_base, NULL);
+        if (err == -ENOMEM)
+            reply_failed(mc);
+        return err;
     }
     if (buf != stack)
         free(buf);
@@ -208,8 +221,12 @@ static int job_add_reply(pier__msg_job_t *job, uint16_t id, const void *body, si
         while (cap < job->out_len + need)
             cap *= 2;
         char *p = realloc(job->out, cap);
-        if (!p)
+        if (!p) {
+            /* the loop resets the connection rather than send the replies with a gap */
+            if (!job->out_err)
+                job->out_err = -ENOMEM;
             return -ENOMEM;
+        }
         job->out = p;
         job->out_cap = cap;
     }
@@ -374,9 +391,13 @@ static void job_finish(msg_conn_t *mc, pier__msg_job_t *job) {
         return;
     }
     mc->inflight--;
-    if (job->out_len && out_admit(mc, job->out_len)) {
-        pier_conn_write_ref(mc->c, job->out, job->out_len, free_base, NULL);
-        job->out = NULL;
+    if (job->out_err) {
+        reply_failed(mc);
+    } else if (job->out_len && out_admit(mc, job->out_len)) {
+        int err = pier_conn_write_ref(mc->c, job->out, job->out_len, free_base, NULL);
+        job->out = NULL; /* the connection's now, or freed by it */
+        if (err == -ENOMEM)
+            reply_failed(mc);
     }
     job_free(job);
     if (pier_conn_is_open(mc->c))
