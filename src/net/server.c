@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+enum { TASK_START, TASK_STOP, TASK_CLOSE_ALL, TASK_ABORT_ALL, NTASKS };
+
 typedef struct listener_s {
     pier__io_t io;
     pier_server_t *srv;
@@ -27,6 +29,9 @@ typedef struct listener_s {
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
     pier__queue_t conns;        /* this server's open connections on this loop */
+    pier_task_t tasks[NTASKS];  /* embedded, so that starting, stopping and closing cannot
+                                 * fail for want of memory (a lost stop task would keep
+                                 * the server from ever being freed) */
 } listener_t;
 
 struct pier_server_s {
@@ -43,6 +48,8 @@ struct pier_server_s {
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
 };
+
+static void tasks_init(listener_t *l);
 
 typedef struct handoff_s {
     listener_t *to;
@@ -226,6 +233,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     for (unsigned i = 0; i < srv->n; i++) {
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
         pier__queue_init(&srv->ls[i].conns);
+        tasks_init(&srv->ls[i]);
     }
     if ((err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
@@ -273,33 +281,15 @@ fail:
 }
 
 /* Every task that refers to the server is counted until it has run, so that
- * pier_server_free cannot free the server under one still queued on some loop. */
-typedef struct srv_task_s {
-    void (*fn)(listener_t *l);
-    listener_t *l;
-} srv_task_t;
-
-static void srv_task_run(void *arg) {
-    srv_task_t *t = arg;
-    pier_server_t *srv = t->l->srv;
-    t->fn(t->l);
-    free(t);
-    atomic_fetch_sub(&srv->tasks, 1);
-}
-
-static void post_to(listener_t *l, void (*fn)(listener_t *l)) {
-    srv_task_t *t = malloc(sizeof *t);
-    if (t) {
-        t->fn = fn;
-        t->l = l;
-        atomic_fetch_add(&l->srv->tasks, 1);
-        if (pier_loop_post(l->loop, srv_task_run, t) == 0)
-            return;
+ * pier_server_free cannot free the server under one still queued on some loop. A task
+ * already queued is not queued again: the one in the queue does the same work. */
+static void post_to(listener_t *l, int task) {
+    atomic_fetch_add(&l->srv->tasks, 1);
+    if (pier_loop_post_task(l->loop, &l->tasks[task]) < 0)
         atomic_fetch_sub(&l->srv->tasks, 1);
-        free(t);
-    }
-    pier_log(PIER_LOG_ERROR, "server: out of memory posting to a loop");
 }
+
+static void task_done(listener_t *l) { atomic_fetch_sub(&l->srv->tasks, 1); } /* last touch of srv */
 
 static void start_task(listener_t *l) {
     if (l->active || l->io.fd < 0 || atomic_load(&l->srv->state) != 1)
@@ -319,7 +309,7 @@ int pier_server_start(pier_server_t *srv) {
     if (!atomic_compare_exchange_strong(&srv->state, &expected, 1))
         return -EBUSY;
     for (unsigned i = 0; i < srv->n; i++)
-        post_to(&srv->ls[i], start_task);
+        post_to(&srv->ls[i], TASK_START);
     return 0;
 }
 
@@ -344,7 +334,7 @@ void pier_server_stop(pier_server_t *srv) {
         if (prev == 0)
             stop_task(&srv->ls[i]); /* never started: nothing is registered anywhere */
         else
-            post_to(&srv->ls[i], stop_task);
+            post_to(&srv->ls[i], TASK_STOP);
     }
 }
 
@@ -361,14 +351,37 @@ static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
 static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
 static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
 
+static void run_start(void *arg) {
+    start_task(arg);
+    task_done(arg);
+}
+static void run_stop(void *arg) {
+    stop_task(arg);
+    task_done(arg);
+}
+static void run_close_all(void *arg) {
+    close_all_task(arg);
+    task_done(arg);
+}
+static void run_abort_all(void *arg) {
+    abort_all_task(arg);
+    task_done(arg);
+}
+
+static void tasks_init(listener_t *l) {
+    static const pier_task_cb run[NTASKS] = {run_start, run_stop, run_close_all, run_abort_all};
+    for (int i = 0; i < NTASKS; i++)
+        pier_task_init(&l->tasks[i], run[i], l);
+}
+
 void pier_server_close_all(pier_server_t *srv) {
     for (unsigned i = 0; i < srv->n; i++)
-        post_to(&srv->ls[i], close_all_task);
+        post_to(&srv->ls[i], TASK_CLOSE_ALL);
 }
 
 void pier_server_abort_all(pier_server_t *srv) {
     for (unsigned i = 0; i < srv->n; i++)
-        post_to(&srv->ls[i], abort_all_task);
+        post_to(&srv->ls[i], TASK_ABORT_ALL);
 }
 
 int pier_server_free(pier_server_t *srv) {

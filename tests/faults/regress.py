@@ -183,8 +183,24 @@ def msg_replies_out_of_memory(binary):
             raise Failure("regress: no msg stream was cut: the faults did not hit the replies")
 
 
+def stop_out_of_memory(binary):
+    """The listeners' start, stop and close-all tasks were allocated when posted; if that
+    failed the task was lost with a log line. A lost stop left the listener open and the
+    server impossible to free: pier echo leaked it at exit (and a lost start left a
+    listener taking its share of connections that nobody accepted)."""
+    for cmd in (["echo"], ["http"], ["msg", "--workers", "1"]):
+        srv = Pier(binary, cmd + ["--port", "0", "--threads", "2"], "regress: %s stops out of memory" % cmd[0],
+                   faults={"rate": 1, "calls": "malloc"})
+        try:
+            srv.start_faults()
+            time.sleep(0.05)
+            srv.terminate()
+        finally:
+            srv.kill()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
-          responses_out_of_memory, msg_replies_out_of_memory]
+          responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory]
 
 
 def run(binary, seed, rate, stats):
