@@ -49,6 +49,7 @@ static struct {
     uint64_t until_ms;        /* 0: no time limit */
     char *start_file, *stop_file;
     uint32_t calls;           /* bit per call that may fail */
+    uint64_t skip;            /* so many calls that may fail are let through first */
     uint64_t t0;
 } cfg;
 
@@ -57,6 +58,7 @@ static atomic_int state;
 static atomic_uint_fast64_t last_look;   /* when the start/stop files were last looked for */
 static atomic_uint thread_seq;
 static atomic_uint_fast64_t counts[F_NCALLS];
+static atomic_uint_fast64_t candidates;  /* calls that could have failed, for PIER_FAULT_SKIP */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static _Thread_local uint64_t rng;
@@ -126,6 +128,8 @@ static void init(void) {
     s = getenv("PIER_FAULT_STOP");
     cfg.stop_file = s && *s ? strdup(s) : NULL;
     cfg.calls = parse_calls(getenv("PIER_FAULT_CALLS"));
+    s = getenv("PIER_FAULT_SKIP");
+    cfg.skip = s && *s ? strtoull(s, NULL, 10) : 0;
     atomic_store(&state, cfg.start_file ? ST_WAITING : ST_ACTIVE);
     atomic_store(&last_look, 0); /* the files are looked for at the first call */
     atexit(report);
@@ -161,6 +165,8 @@ static int active(void) {
 static int inject(int call) {
     pthread_once(&once, init);
     if (!cfg.on || !(cfg.calls & (1u << call)) || !active())
+        return 0;
+    if (cfg.skip && atomic_fetch_add_explicit(&candidates, 1, memory_order_relaxed) < cfg.skip)
         return 0;
     if (draw() >= cfg.threshold)
         return 0;

@@ -20,6 +20,8 @@
  *                     recovery can be checked in the same process). Both files are
  *                     looked for at most every 10 ms; signals are left to the program.
  *   PIER_FAULT_CALLS  a comma-separated list of call names to fail (default: all)
+ *   PIER_FAULT_SKIP   let the first N calls that could fail through (with CALLS and a
+ *                     rate of 1, this fails the N+1th call of a kind and all after it)
  * At exit one line goes to stderr:
  *   pier-faults: N faults injected (seed S, rate R): malloc=... read=...
  *
