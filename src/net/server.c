@@ -291,12 +291,17 @@ static void post_to(listener_t *l, int task) {
 
 static void task_done(listener_t *l) { atomic_fetch_sub(&l->srv->tasks, 1); } /* last touch of srv */
 
+static void stop_task(listener_t *l);
+
 static void start_task(listener_t *l) {
     if (l->active || l->io.fd < 0 || atomic_load(&l->srv->state) != 1)
         return;
     int err = pier__io_add(l->loop, &l->io, EPOLLIN);
     if (err < 0) {
-        pier_log(PIER_LOG_ERROR, "cannot watch listener: %s", pier_strerror(err));
+        /* closed, so that the kernel stops giving it a share of the connections, which
+         * would wait in its backlog with nobody to accept them */
+        pier_log(PIER_LOG_ERROR, "cannot watch listener: %s; closing it", pier_strerror(err));
+        stop_task(l);
         return;
     }
     l->active = 1;

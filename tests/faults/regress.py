@@ -199,8 +199,33 @@ def stop_out_of_memory(binary):
             srv.kill()
 
 
+def unwatched_listener(binary):
+    """A listener whose epoll registration failed stayed open and bound: the kernel went
+    on giving it its share of new connections, which waited in its backlog with nobody to
+    accept them. Here every listener fails so (the first three epoll_ctl ADDs are the
+    loops' wake-up fds and the signalfd): a connection must be refused, not left hanging."""
+    srv = Pier(binary, ["echo", "--port", "0", "--threads", "2"], "regress: unwatched listener",
+               faults={"rate": 1, "calls": "epoll_ctl", "skip": 3}, start_now=True)
+    try:
+        time.sleep(0.2)  # the start tasks have run
+        for _ in range(4):
+            try:
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=2) as s:
+                    s.sendall(b"ping")
+                    if s.recv(10):
+                        raise Failure("regress: unwatched listener: a listener was watched after all")
+            except socket.timeout:
+                raise Failure("regress: a connection to a listener that could not be watched hangs")
+            except (ConnectionRefusedError, ConnectionResetError):
+                pass
+        srv.terminate()
+    finally:
+        srv.kill()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
-          responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory]
+          responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
+          unwatched_listener]
 
 
 def run(binary, seed, rate, stats):
