@@ -319,8 +319,10 @@ static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg, defer
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/", home_route, NULL);
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/defer", defer_route, d);
     err = err ? err : pier_http_route(srv, PIER_HTTP_GET, "/stream", stream_route, d);
-    if (err)
+    if (err) {
+        fprintf(stderr, "pier http: cannot add the routes: %s\n", pier_strerror(err));
         return err;
+    }
     const char *root = cfg->root ? cfg->root : default_root();
     if (!root) {
         pier_log(PIER_LOG_WARN, "http: no www/ folder found and no --root given: /static/ is off");
@@ -330,6 +332,14 @@ static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg, defer
     if (err < 0)
         fprintf(stderr, "pier http: cannot serve --root %s: %s\n", root, pier_strerror(err));
     return err;
+}
+
+/* Idempotent: settle may ask again after it said yes. */
+static int http_freed(void *state) {
+    http_state_t *st = state;
+    if (st->srv && pier_http_server_free(st->srv) == 0)
+        st->srv = NULL;
+    return st->srv == NULL;
 }
 
 static int http_start(pier_group_t *g, void *cfgp, void **state) {
@@ -356,7 +366,10 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
         fprintf(stderr, "pier http: cannot start the deferral thread: %s\n", pier_strerror(err));
     if (err < 0) {
         pier_http_server_stop(st->srv);
-        pier_http_server_free(st->srv);
+        /* the stop posts close-all tasks to the loops, which do not run yet: run them, or
+         * the server cannot be freed */
+        if (!pier_cli_settle(g, http_freed, st, 1000))
+            pier_log(PIER_LOG_ERROR, "http: server could not be freed");
         free(st);
         return err;
     }
@@ -371,14 +384,6 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
 static void http_drain(void *state) { pier_http_server_stop(((http_state_t *)state)->srv); }
 
 static unsigned http_active(void *state) { return pier_http_server_conns(((http_state_t *)state)->srv); }
-
-/* Idempotent: settle may ask again after it said yes. */
-static int http_freed(void *state) {
-    http_state_t *st = state;
-    if (st->srv && pier_http_server_free(st->srv) == 0)
-        st->srv = NULL;
-    return st->srv == NULL;
-}
 
 static void http_finish(void *state) {
     http_state_t *st = state;
