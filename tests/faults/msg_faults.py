@@ -99,7 +99,7 @@ def check_msg(name, conns, need_complete, stats):
                     name, k, len(replies), c.outcome))
 
 
-def msg_client(binary, port, conns, count, rate, faults=None, timeout=60):
+def msg_client(binary, port, conns, count, rate, timeout=60):
     args = [binary, "msg-client", "--port", str(port), "--conns", str(conns), "--count", str(count),
             "--window", "16", "--timeout", str(timeout), "--backoff-max", "0.05", "--quiet"]
     if rate:
@@ -140,11 +140,11 @@ def run_server(binary, seed, rate, stats):
     try:
         addr = ("127.0.0.1", srv.port)
         srv.start_faults()
-        load = spawn(msg_client(binary, srv.port, 4, 1500, 1500))
+        load = spawn(msg_client(binary, srv.port, 4, 1000, 1500))
         conns = run_conns(lambda: msg_conn(rng, addr), parallel=12, seconds=SECONDS)
         stats["conns"] += len(conns)
         check_msg(name, conns, False, stats)
-        finish_client(name, *load, want=4 * 1500)
+        finish_client(name, *load, want=4 * 1000)
         srv.stop_faults()
         check_msg(name + " (after faults)", run_conns([msg_conn(rng, addr) for _ in range(8)], parallel=8), True, stats)
         finish_client(name + " (after faults)", *spawn(msg_client(binary, srv.port, 2, 200, 0)), want=400)
@@ -164,12 +164,12 @@ def run_client(binary, seed, rate, stats):
         start, stop = os.path.join(d, "start"), os.path.join(d, "stop")
         env = sanitizer_env({"PIER_FAULT_SEED": seed, "PIER_FAULT_RATE": rate, "PIER_FAULT_START": start,
                              "PIER_FAULT_STOP": stop})
-        proc, out_f, err_f = spawn(msg_client(binary, srv.port, 4, 1500, 1000), env)
+        proc, out_f, err_f = spawn(msg_client(binary, srv.port, 4, 1000, 1500), env)
         time.sleep(0.3)  # its loop and clients are set up by now: the faults hit the run
         open(start, "w").close()
         time.sleep(SECONDS)
         open(stop, "w").close()
-        faults, detail, out = finish_client(name, proc, out_f, err_f, want=4 * 1500)
+        faults, detail, out = finish_client(name, proc, out_f, err_f, want=4 * 1000)
         m = out.split(b" wrong, ")[1].split(b" reconnects")[0] if b" wrong, " in out else b"?"
         stats["reconnects"] += int(m) if m.isdigit() else 0
         srv.terminate()
