@@ -18,13 +18,13 @@
 enum {
     F_MALLOC, F_CALLOC, F_REALLOC, F_STRDUP, F_STRNDUP, F_READ, F_RECV, F_WRITE, F_SEND, F_SENDMSG,
     F_WRITEV, F_SENDFILE, F_ACCEPT, F_ACCEPT4, F_SOCKET, F_CONNECT, F_EPOLL_CREATE1, F_EPOLL_CTL,
-    F_EPOLL_WAIT, F_EVENTFD, F_SIGNALFD, F_OPEN, F_OPENAT, F_FSTAT, F_NCALLS
+    F_EPOLL_WAIT, F_EVENTFD, F_SIGNALFD, F_OPEN, F_OPENAT, F_FSTAT, F_PTHREAD_CREATE, F_NCALLS
 };
 
 static const char *const call_names[F_NCALLS] = {
     "malloc", "calloc", "realloc", "strdup", "strndup", "read", "recv", "write", "send", "sendmsg",
     "writev", "sendfile", "accept", "accept4", "socket", "connect", "epoll_create1", "epoll_ctl",
-    "epoll_wait", "eventfd", "signalfd", "open", "openat", "fstat",
+    "epoll_wait", "eventfd", "signalfd", "open", "openat", "fstat", "pthread_create",
 };
 
 #define SHORT (-1) /* not an errno: a short transfer */
@@ -529,6 +529,12 @@ int pier__fault_fstat(int fd, struct stat *sb) {
         return -1;
     }
     return fstat(fd, sb);
+}
+
+int pier__fault_pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
+    if (inject(F_PTHREAD_CREATE))
+        return EAGAIN; /* as pthread_create reports it: returned, not in errno */
+    return pthread_create(th, attr, fn, arg);
 }
 
 int pier__fault_close(int fd) {

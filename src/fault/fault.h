@@ -42,6 +42,7 @@
  *  - epoll_ctl: ADD fails with ENOMEM or ENOSPC; MOD and DEL never (they allocate
  *    nothing, and a DEL that failed would leave a registration the kernel never leaves).
  *  - epoll_wait: EINTR, at once.
+ *  - pthread_create: EAGAIN (the loops' threads, the msg workers).
  *  - Reads and writes on eventfds, signalfds and files, and close, never fail: on a
  *    non-blocking eventfd or signalfd the kernel cannot fail them, and a lost wake-up
  *    would be a fault of the injector, not of pier.
@@ -63,6 +64,7 @@
 #define PIER_FAULT_H
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -100,6 +102,7 @@ int pier__fault_open(const char *path, int flags, ...);
 int pier__fault_openat(int dirfd, const char *path, int flags, ...);
 int pier__fault_fstat(int fd, struct stat *sb);
 int pier__fault_close(int fd);
+int pier__fault_pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
 
 #ifndef PIER_FAULT_IMPL
 #undef malloc
@@ -127,6 +130,7 @@ int pier__fault_close(int fd);
 #undef openat
 #undef fstat
 #undef close
+#undef pthread_create
 #define malloc(n) pier__fault_malloc(n)
 #define calloc(n, size) pier__fault_calloc(n, size)
 #define realloc(p, n) pier__fault_realloc(p, n)
@@ -152,6 +156,7 @@ int pier__fault_close(int fd);
 #define openat(...) pier__fault_openat(__VA_ARGS__)
 #define fstat(fd, sb) pier__fault_fstat(fd, sb)
 #define close(fd) pier__fault_close(fd)
+#define pthread_create(th, attr, fn, arg) pier__fault_pthread_create(th, attr, fn, arg)
 #endif
 
 #endif
