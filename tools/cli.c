@@ -116,9 +116,9 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
             break;
         }
     }
-    if (code == 0)
-        pier_group_run(r.group);
-    else
+    if (code == 0 && pier_group_run(r.group) < 0)
+        code = 1; /* a loop thread could not start (logged): the services did not run */
+    else if (code != 0)
         for (int i = 0; i < started; i++)
             runs[i].svc->drain(runs[i].state);
     pier_timer_stop(&r.poll);

@@ -239,9 +239,24 @@ def http_start_fails_late(binary):
             code, srv.stderr()[-1000:].decode(errors="replace")))
 
 
+def loop_thread_fails(binary):
+    """A loop thread that could not be created made pier_group_run return at once with
+    the error, which pier_cli_run ignored: the command logged 'stopped cleanly' and
+    exited 0 without ever serving. (The first two threads are the msg workers.)"""
+    srv = Pier(binary, ["msg", "--port", "0", "--threads", "2", "--workers", "2"], "regress: a loop thread fails",
+               faults={"rate": 1, "calls": "pthread_create", "skip": 2}, start_now=True, listen=False)
+    try:
+        code = srv.wait(20)
+    finally:
+        srv.kill()
+    if code != 1 or b"cannot start loop thread" not in srv.stderr():
+        raise Failure("regress: a loop thread could not start: exit %s, want 1 with the reason:\n%s" % (
+            code, srv.stderr()[-1000:].decode(errors="replace")))
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
-          unwatched_listener, http_start_fails_late]
+          unwatched_listener, http_start_fails_late, loop_thread_fails]
 
 
 def run(binary, seed, rate, stats):
