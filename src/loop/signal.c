@@ -22,17 +22,17 @@ int pier_loop_signal(pier_loop_t *loop, int signo, pier_signal_cb cb, void *arg)
         return -EINVAL;
     if (loop->sigs[signo].cb)
         return -EEXIST;
-    sigset_t one;
+    sigset_t one, old;
     sigemptyset(&one);
     sigaddset(&one, signo);
-    int err = pthread_sigmask(SIG_BLOCK, &one, NULL);
+    int err = pthread_sigmask(SIG_BLOCK, &one, &old);
     if (err)
         return -err;
     sigaddset(&loop->sigmask, signo);
     int fd = signalfd(loop->sig.fd, &loop->sigmask, SFD_CLOEXEC | SFD_NONBLOCK);
     if (fd < 0) {
-        sigdelset(&loop->sigmask, signo);
-        return -errno;
+        err = -errno;
+        goto fail;
     }
     if (loop->sig.fd < 0) {
         loop->sig.fd = fd;
@@ -40,14 +40,20 @@ int pier_loop_signal(pier_loop_t *loop, int signo, pier_signal_cb cb, void *arg)
         if ((err = pier__io_add(loop, &loop->sig, EPOLLIN)) < 0) {
             close(fd);
             loop->sig.fd = -1;
-            sigdelset(&loop->sigmask, signo);
-            return err;
+            goto fail;
         }
     }
     loop->sigs[signo].cb = cb;
     loop->sigs[signo].arg = arg;
     loop->handles++;
     return 0;
+fail:
+    /* nobody will read it: blocked, the signal would be lost for good (a SIGTERM could
+     * no longer stop the process), so it gets back the disposition it had */
+    sigdelset(&loop->sigmask, signo);
+    if (!sigismember(&old, signo))
+        pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    return err;
 }
 
 void pier_loop_signal_stop(pier_loop_t *loop, int signo) {

@@ -52,7 +52,7 @@ class Pier:
     PIER_FAULT_* values; START and STOP files are provided here (faults begin on
     start_faults() unless start_now)."""
 
-    def __init__(self, binary, args, name, faults=None, start_now=False, listen=True):
+    def __init__(self, binary, args, name, faults=None, start_now=False, listen=True, stdin=subprocess.DEVNULL):
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="pier-faults-")
         self.start_file = os.path.join(self.dir, "start")
@@ -68,7 +68,7 @@ class Pier:
         self.err_f = open(self.errpath, "wb")
         self.out_f = open(self.outpath, "wb")
         self.args = [binary] + list(args)
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self.out_f, stderr=self.err_f,
+        self.proc = subprocess.Popen(self.args, stdin=stdin, stdout=self.out_f, stderr=self.err_f,
                                      env=sanitizer_env(extra))
         self.port = None
         self.faults = None

@@ -4,6 +4,7 @@ Run by faults.py before the random scenarios."""
 import os
 import re
 import socket
+import subprocess
 import tempfile
 import time
 
@@ -254,9 +255,32 @@ def loop_thread_fails(binary):
             code, srv.stderr()[-1000:].decode(errors="replace")))
 
 
+def signal_watch_fails(binary):
+    """pier_loop_signal blocked the signal before creating the signalfd, and left it
+    blocked when that failed: nobody read it, and SIGTERM could no longer stop the
+    process. pier msg-client (which ignores the error) then waited on stdin forever."""
+    srv = Pier(binary, ["msg", "--port", "0"], "regress: signalfd fails (server)")
+    client = None
+    try:
+        client = Pier(binary, ["msg-client", "--port", str(srv.port)], "regress: signalfd fails",
+                      faults={"rate": 1, "calls": "signalfd"}, start_now=True, listen=False, stdin=subprocess.PIPE)
+        time.sleep(0.5)  # reading stdin, which stays open
+        try:
+            client.terminate(timeout=10, codes=(0, 1, -15))
+        except Failure as e:
+            raise Failure("regress: with signalfd failing, SIGTERM does not stop msg-client: %s" % str(e)[:300])
+        srv.terminate()
+    finally:
+        srv.kill()
+        if client:
+            client.kill()
+            client.proc.stdin.close()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
-          unwatched_listener, http_start_fails_late, loop_thread_fails]
+          unwatched_listener, http_start_fails_late, loop_thread_fails,
+          signal_watch_fails]
 
 
 def run(binary, seed, rate, stats):
