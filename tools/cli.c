@@ -104,8 +104,14 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_loop_t *loop0 = pier_group_loop(r.group, 0);
     /* signals are blocked here, before the loop threads start, so they inherit the mask
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
-    pier_loop_signal(loop0, SIGINT, on_signal, &r);
-    pier_loop_signal(loop0, SIGTERM, on_signal, &r);
+    if ((err = pier_loop_signal(loop0, SIGINT, on_signal, &r)) < 0 ||
+        (err = pier_loop_signal(loop0, SIGTERM, on_signal, &r)) < 0) {
+        /* without them the servers could not be stopped gracefully */
+        fprintf(stderr, "pier: cannot watch SIGINT and SIGTERM: %s\n", pier_strerror(err));
+        pier_loop_signal_stop(loop0, SIGINT);
+        pier_group_free(r.group);
+        return 1;
+    }
     pier_timer_init(loop0, &r.poll, poll_cb, &r);
     int code = 0;
     int started = 0;

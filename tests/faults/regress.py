@@ -277,10 +277,28 @@ def signal_watch_fails(binary):
             client.proc.stdin.close()
 
 
+def server_signals_fail(binary):
+    """pier_cli_run ignored pier_loop_signal's errors: with no signalfd a server ran on
+    with SIGINT and SIGTERM blocked (or, once they were unblocked, died of them without
+    its drain). It must refuse to start instead."""
+    srv = Pier(binary, ["echo", "--port", "0"], "regress: signalfd fails (server)",
+               faults={"rate": 1, "calls": "signalfd"}, start_now=True, listen=False)
+    try:
+        try:
+            code = srv.wait(5)
+        except Failure:
+            raise Failure("regress: an echo server that cannot watch its signals runs on")
+    finally:
+        srv.kill()
+    if code != 1 or b"cannot watch SIGINT and SIGTERM" not in srv.stderr():
+        raise Failure("regress: signalfd failing: exit %s, want 1 with the reason:\n%s" % (
+            code, srv.stderr()[-600:].decode(errors="replace")))
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
           unwatched_listener, http_start_fails_late, loop_thread_fails,
-          signal_watch_fails]
+          signal_watch_fails, server_signals_fail]
 
 
 def run(binary, seed, rate, stats):
