@@ -38,7 +38,8 @@ def check_echo(name, conns, need_complete):
 def run(binary, seed, rate, stats):
     name = "echo seed %d" % seed
     rng = seeded(seed, 1)
-    srv = Pier(binary, ["echo", "--port", "0", "--threads", "2"], name, faults={"seed": seed, "rate": rate})
+    args = ["echo", "--port", "0", "--threads", "2"] + (["--single-acceptor"] if seed % 2 == 0 else [])
+    srv = Pier(binary, args, name, faults={"seed": seed, "rate": rate})
     try:
         addr = ("127.0.0.1", srv.port)
         srv.start_faults()

@@ -1,12 +1,15 @@
 """Start-up and shut-down under faults: each server command runs with faults from its
 first call to its last. It may fail to start (exit 1 with one line saying why), but it
-must not crash, leak or hang; if it does start, it gets a few requests and SIGTERM, and
-must then exit by itself, with no sanitizer report."""
+must not crash, leak or hang; if it does start, it gets connections that keep coming
+through a SIGTERM, and must then exit by itself (0, or 1 if what it had to free could not
+be), with no sanitizer report."""
 import os
-import socket
 import tempfile
+import threading
+import time
 
-from lib import Failure, Pier
+import msg_faults
+from lib import Conn, Failure, Pier, run_conns, seeded, split
 
 COMMANDS = [
     ["http", "--port", "0", "--threads", "2"],
@@ -15,27 +18,20 @@ COMMANDS = [
 ]
 
 
-def poke(port, raw):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-    except OSError:
-        pass  # refused, reset or slow: faults may do that; only the server's fate counts
-
-
-def hold(port, raw, n):
-    socks = []
-    for _ in range(n):
-        try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=1)
-            s.sendall(raw)
-            socks.append(s)
-        except OSError:
-            pass
-    return socks
+def load(rng, port, kind, seconds):
+    """Connections that keep coming for `seconds` (through the SIGTERM): what they get
+    back is not checked here, only the server's fate."""
+    def make():
+        if kind == "http":
+            raw = b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n\r\n" * rng.randint(1, 5) + \
+                b"GET /stream?n=20&size=3000 HTTP/1.1\r\nHost: x\r\n\r\n"
+        elif kind == "msg":
+            raw = b"".join(msg_faults.random_message(rng)[0] for _ in range(rng.randint(1, 50)))
+        else:
+            raw = rng.randbytes(rng.randint(1, 200000))
+        # half of them never end their input: the drain must close them
+        return Conn(("127.0.0.1", port), split(rng, raw, 65536), shut_wr=rng.random() < 0.5, timeout=15.0)
+    return run_conns(make, parallel=8, seconds=seconds)
 
 
 def run(binary, seed, rate, stats):
@@ -59,15 +55,12 @@ def run(binary, seed, rate, stats):
             stats["failed to start"] += 1
             return srv.faults, srv.fault_detail
         stats["started"] += 1
-        req = {"http": b"GET /static/a.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n",
-               "echo": b"hello" * 1000,
-               "msg": b"\x03\xea\x00\x03abc\x00\x01\x00\x00"}[args[0]]
-        for _ in range(5):
-            poke(srv.port, req)
-        held = hold(srv.port, req[:7], 4)  # open across SIGTERM: the drain closes them
+        rng = seeded(seed, 4)
+        t = threading.Thread(target=load, args=(rng, srv.port, args[0], 1.0))
+        t.start()
+        time.sleep(0.5)
         code = srv.terminate(codes=(0, 1))
-        for s in held:
-            s.close()
+        t.join()
         stats["exit %d" % code] += 1
     finally:
         srv.kill()
