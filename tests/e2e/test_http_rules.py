@@ -4,10 +4,9 @@ must refuse with the right status and a closed connection (no smuggling)."""
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, Reader, check, exchange, finish  # noqa: E402
+from pierlib import HttpServer, Reader, check, exchange, finish
 
-srv = Server("--max-body", "1000")
+srv = HttpServer("--max-body", "1000")
 
 OK = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n"
 

@@ -10,8 +10,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, check, exchange, finish, request  # noqa: E402
+from pierlib import HttpServer, check, exchange, finish, request
 
 base = tempfile.mkdtemp(prefix="pier-http-static-")
 root = os.path.join(base, "root")
@@ -46,7 +45,7 @@ os.symlink(base, os.path.join(root, "linkdir"))
 os.symlink("a.txt", os.path.join(root, "link-in.txt"))
 os.mkfifo(os.path.join(root, "fifo"))
 
-srv = Server("--root", root)
+srv = HttpServer("--root", root)
 
 
 def get(path, headers=None, method="GET"):
