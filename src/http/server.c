@@ -269,21 +269,6 @@ static void access_log(http_conn_t *hc, int status) {
     fflush(f);
 }
 
-/* Buffers grown by one large chunked body or a long wait are given back, so an idle
- * keep-alive connection costs its struct and little more. */
-static void trim_buffers(http_conn_t *hc) {
-    if (hc->body_cap > TRIM_ABOVE) {
-        free(hc->body);
-        hc->body = NULL;
-        hc->body_len = hc->body_cap = 0;
-    }
-    if (hc->pending_len == 0 && hc->pending_cap > TRIM_ABOVE) {
-        free(hc->pending);
-        hc->pending = NULL;
-        hc->pending_cap = 0;
-    }
-}
-
 /* Queues what build_head (and out_add) built. If it could not all be built, the response
  * fails: the connection is reset, so the client sees an error rather than a truncated
  * head, and -1 is returned. */
@@ -307,7 +292,6 @@ static void response_done(http_conn_t *hc, int status) {
     later_detach(hc);
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
     access_log(hc, status);
-    trim_buffers(hc);
     hc->stream = 0;
     /* after a half-close, requests that waited behind this one still get answered */
     if (!hc->keep_alive || (hc->eof && !hc->pending_len)) {
@@ -746,6 +730,17 @@ static void simple(http_conn_t *hc, int status, const char *fields) {
     send_whole(hc, status, "text/plain; charset=utf-8", fields, fields ? strlen(fields) : 0, body, (size_t)n);
 }
 
+/* Buffers grown by one large chunked body or a long wait are given back, so an idle
+ * keep-alive connection costs its struct and little more. Never while a handler runs:
+ * the request, body included, is valid for the whole call, also after it has answered. */
+static void trim_body(http_conn_t *hc) {
+    if (hc->body_cap > TRIM_ABOVE) {
+        free(hc->body);
+        hc->body = NULL;
+        hc->body_len = hc->body_cap = 0;
+    }
+}
+
 static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
     http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
@@ -900,6 +895,7 @@ static size_t chunked_step(http_conn_t *hc, const char *buf, size_t len) {
     }
     hc->state = ST_HEAD;
     dispatch(hc, req, hc->body, hc->body_len);
+    trim_body(hc);
     return off;
 }
 
@@ -991,6 +987,11 @@ static void process_pending(http_conn_t *hc) {
     if (pier_conn_data(c) == hc) {
         memmove(hc->pending, hc->pending + used, hc->pending_len - used);
         hc->pending_len -= used;
+        if (hc->pending_len == 0 && hc->pending_cap > TRIM_ABOVE) {
+            free(hc->pending); /* not before: process() was reading it */
+            hc->pending = NULL;
+            hc->pending_cap = 0;
+        }
         /* the peer half-closed: once nothing waits on a deferred response, what is left
          * is at most an incomplete request that can never complete */
         if (hc->eof && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
