@@ -85,9 +85,11 @@ static int walk(int dirfd, const char *rel, char *name, size_t name_size) {
         p = e ? e + 1 : p + len;
     }
     if (dfd == dirfd) {
-        dfd = dup(dirfd);
+        /* a new open file description: a dup() would share the root's read position,
+         * which a listing moves to the end (and loops on other threads move too) */
+        dfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
-            return -503;
+            return -errno_status(errno);
     }
     return dfd;
 }
