@@ -76,4 +76,10 @@ void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void 
 int pier__http_res_sendfile(pier_http_res_t *res, int status, const char *content_type, int fd,
                             off_t offset, size_t len);
 
+/* Every write of the layer goes through these (pier_conn_writev and
+ * pier_conn_writev_file), so that a test can make one fail. */
+extern int (*pier__http_writev)(pier_conn_t *c, const struct iovec *iov, int iovcnt);
+extern int (*pier__http_writev_file)(pier_conn_t *c, const struct iovec *iov, int iovcnt, int fd, off_t offset,
+                                     size_t len);
+
 #endif

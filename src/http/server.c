@@ -130,6 +130,15 @@ struct pier_http_later_s {
 
 static void process_pending(http_conn_t *hc);
 
+int (*pier__http_writev)(pier_conn_t *c, const struct iovec *iov, int iovcnt) = pier_conn_writev;
+int (*pier__http_writev_file)(pier_conn_t *c, const struct iovec *iov, int iovcnt, int fd, off_t offset,
+                              size_t len) = pier_conn_writev_file;
+
+static void http_write(pier_conn_t *c, const void *p, size_t n) {
+    struct iovec v = {.iov_base = (void *)p, .iov_len = n};
+    pier__http_writev(c, &v, 1);
+}
+
 static void later_unref(pier_http_later_t *l) {
     if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) == 0)
         free(l);
@@ -281,7 +290,7 @@ static int out_send(http_conn_t *hc) {
         pier_conn_abort(hc->c);
         return -1;
     }
-    pier_conn_write(hc->c, hl->out, hl->out_len);
+    http_write(hc->c, hl->out, hl->out_len);
     return 0;
 }
 
@@ -317,7 +326,7 @@ static void send_whole(http_conn_t *hc, int status, const char *ctype, const cha
     } else {
         if (out_send(hc) < 0)
             return;
-        pier_conn_write(hc->c, body, len);
+        http_write(hc->c, body, len);
     }
     response_done(hc, status);
 }
@@ -347,18 +356,18 @@ static void stream_write(http_conn_t *hc, const void *data, size_t len) {
     if (hc->minor == 1) {
         char size[24];
         int n = snprintf(size, sizeof size, "%zx\r\n", len);
-        pier_conn_write(hc->c, size, (size_t)n);
-        pier_conn_write(hc->c, data, len);
-        pier_conn_write(hc->c, "\r\n", 2);
+        http_write(hc->c, size, (size_t)n);
+        http_write(hc->c, data, len);
+        http_write(hc->c, "\r\n", 2);
     } else {
-        pier_conn_write(hc->c, data, len);
+        http_write(hc->c, data, len);
     }
     hc->sent_bytes += len;
 }
 
 static void stream_end(http_conn_t *hc) {
     if (hc->minor == 1 && !hc->is_head && status_has_body(hc->stream))
-        pier_conn_write(hc->c, "0\r\n\r\n", 5);
+        http_write(hc->c, "0\r\n\r\n", 5);
     response_done(hc, hc->stream);
 }
 
@@ -447,7 +456,7 @@ int pier__http_res_sendfile(pier_http_res_t *res, int status, const char *conten
         close(fd);
         hc->sent_bytes = 0;
     } else {
-        pier_conn_sendfile(hc->c, fd, offset, len);
+        pier__http_writev_file(hc->c, NULL, 0, fd, offset, len);
         hc->sent_bytes = len;
     }
     response_done(hc, status);
@@ -801,7 +810,7 @@ static void dispatch(http_conn_t *hc, pier__http_request_t *req, const char *bod
 
 static void send_continue(http_conn_t *hc, const pier__http_request_t *req) {
     if (req->expect_continue && req->minor == 1 && !hc->sent_continue) {
-        pier_conn_write(hc->c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        http_write(hc->c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         hc->sent_continue = 1;
     }
 }
