@@ -374,11 +374,10 @@ static void stream_end(http_conn_t *hc) {
 /* ---- responses from handlers ---- */
 
 static int valid_field(const char *name, const char *value) {
-    static const char tchars[] = "!#$%&'*+-.^_`|~";
     if (!name || !value || !*name)
         return 0;
-    for (const char *p = name; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z') || strchr(tchars, *p)))
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (!pier__http_tchar[*p])
             return 0;
     for (const unsigned char *p = (const unsigned char *)value; *p; p++)
         if ((*p < 0x20 && *p != '\t') || *p == 0x7f)

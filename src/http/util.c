@@ -4,13 +4,6 @@
 #include <string.h>
 #include <strings.h>
 
-static int hex(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    return (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-}
-
 ssize_t pier__http_pct_decode(char *dst, const char *src, size_t n, int plus_space) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
@@ -18,7 +11,7 @@ ssize_t pier__http_pct_decode(char *dst, const char *src, size_t n, int plus_spa
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            int hi = hex(src[i + 1]), lo = hex(src[i + 2]);
+            int hi = pier__http_hexval((unsigned char)src[i + 1]), lo = pier__http_hexval((unsigned char)src[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return -1; /* a bad escape, or %00 which no path or key may hold */
             c = (char)(hi << 4 | lo);
