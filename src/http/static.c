@@ -1,4 +1,6 @@
-/* Static files under a root directory.
+/* Static files under a root directory: an ordinary route on the public API
+ * (pier_http_route_ud, pier_http_req_*, pier_http_res_*), as an application's handler
+ * would be.
  *
  * Containment: the decoded path is walked one component at a time with openat() from a
  * descriptor of the root, each with O_NOFOLLOW. A component that is empty, starts with a
@@ -24,32 +26,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct pier__http_static_s {
+#define MAX_LISTED 10000
+
+typedef struct {
     int dirfd;
-};
+} static_t;
 
-int pier__http_static_new(pier__http_static_t **out, const char *root_dir) {
-    pier__http_static_t *st = malloc(sizeof *st);
-    if (!st)
-        return -ENOMEM;
-    st->dirfd = open(root_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (st->dirfd < 0) {
-        int err = -errno;
-        free(st);
-        return err;
-    }
-    *out = st;
-    return 0;
+static void static_free(void *ud) {
+    static_t *st = ud;
+    close(st->dirfd);
+    free(st);
 }
 
-void pier__http_static_free(pier__http_static_t *st) {
-    if (st) {
-        close(st->dirfd);
-        free(st);
-    }
+static int errno_status(int err) {
+    return err == EACCES || err == EPERM ? 403 : (err == EMFILE || err == ENFILE) ? 503 : 404;
 }
-
-static int errno_status(int err) { return err == EACCES || err == EPERM ? 403 : (err == EMFILE || err == ENFILE) ? 503 : 404; }
 
 static void answer(pier_http_res_t *res, int status) {
     char body[64];
@@ -94,6 +85,8 @@ static int walk(int dirfd, const char *rel, char *name, size_t name_size) {
     return dfd;
 }
 
+/* ---- conditional requests (RFC 9110 13.1) ---- */
+
 static int etag_matches(const char *list, size_t n, const char *etag) {
     /* weak comparison (RFC 9110 13.1.2): "W/" prefixes do not matter */
     size_t el = strlen(etag);
@@ -125,6 +118,19 @@ static int not_modified(const pier_http_req_t *req, const struct stat *sb, const
     }
     return 0;
 }
+
+static int if_range_ok(const pier_http_req_t *req, const char *etag, const char *lastmod) {
+    size_t n;
+    const char *v = pier_http_req_header(req, "If-Range", &n);
+    if (!v)
+        return 1;
+    /* strong comparison for an entity tag, exact match for a date */
+    if (n && v[0] == '"')
+        return n == strlen(etag) && memcmp(v, etag, n) == 0;
+    return n == strlen(lastmod) && memcmp(v, lastmod, n) == 0;
+}
+
+/* ---- ranges ---- */
 
 /* Parses "bytes=a-b", "bytes=a-" or "bytes=-n" against size. Returns 1 with [*from, *to]
  * set, 0 to ignore the field (absent, invalid, several ranges), -1 if unsatisfiable. */
@@ -164,207 +170,27 @@ static int parse_range(const char *v, size_t n, uint64_t size, uint64_t *from, u
     return 1;
 }
 
-static int if_range_ok(const pier_http_req_t *req, const char *etag, const char *lastmod) {
-    size_t n;
-    const char *v = pier_http_req_header(req, "If-Range", &n);
-    if (!v)
-        return 1;
-    /* strong comparison for an entity tag, exact match for a date */
-    if (n && v[0] == '"')
-        return n == strlen(etag) && memcmp(v, etag, n) == 0;
-    return n == strlen(lastmod) && memcmp(v, lastmod, n) == 0;
-}
+/* ---- files ---- */
 
-static void redirect_to_dir(const pier_http_req_t *req, pier_http_res_t *res) {
-    const pier__http_request_t *r = req->parsed;
-    char loc[1024];
-    if (r->path_len + 2 > sizeof loc) {
-        answer(res, 404);
-        return;
-    }
-    snprintf(loc, sizeof loc, "%.*s/", (int)r->path_len, r->path);
-    pier_http_res_header(res, "Location", loc);
-    answer(res, 301);
-}
-
-/* ---- directory listings, for a directory without index.html ---- */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int failed;
-} sbuf_t;
-
-static void sb_add(sbuf_t *b, const char *s, size_t n) {
-    if (b->failed)
-        return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->failed = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void sb_str(sbuf_t *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-static void sb_html(sbuf_t *b, const char *s) {
-    for (; *s; s++) {
-        switch (*s) {
-        case '<': sb_str(b, "&lt;"); break;
-        case '>': sb_str(b, "&gt;"); break;
-        case '&': sb_str(b, "&amp;"); break;
-        case '"': sb_str(b, "&quot;"); break;
-        case '\'': sb_str(b, "&#39;"); break;
-        default: sb_add(b, s, 1);
-        }
-    }
-}
-
-static void sb_href(sbuf_t *b, const char *s) {
-    static const char hexd[] = "0123456789ABCDEF";
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if ((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z') || strchr("-._~/", *p)) {
-            sb_add(b, (const char *)p, 1);
-        } else {
-            char e[3] = {'%', hexd[*p >> 4], hexd[*p & 15]};
-            sb_add(b, e, 3);
-        }
-    }
-}
-
-static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-#define MAX_LISTED 10000
-
-/* Lists the visible entries: regular files and directories, no dotfiles, no symlinks
- * (they would not be served anyway). */
-static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        answer(res, 500);
-        return;
-    }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    int truncated = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        struct stat sb;
-        if (e->d_name[0] == '.' || fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
-            !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
-            continue;
-        if (n == MAX_LISTED) {
-            truncated = 1;
-            break;
-        }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            char **nn = realloc(names, cap * sizeof *nn);
-            if (!nn)
-                break;
-            names = nn;
-        }
-        size_t l = strlen(e->d_name);
-        if (!(names[n] = malloc(l + 2)))
-            break;
-        memcpy(names[n], e->d_name, l + 1);
-        if (S_ISDIR(sb.st_mode))
-            memcpy(names[n] + l, "/", 2);
-        n++;
-    }
-    closedir(d);
-    if (n)
-        qsort(names, n, sizeof *names, cmp_names);
-    const char *path = pier_http_req_path(req);
-    sbuf_t b = {0};
-    sb_str(&b, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Index of ");
-    sb_html(&b, path);
-    sb_str(&b, "</title></head>\n<body>\n<h1>Index of ");
-    sb_html(&b, path);
-    sb_str(&b, "</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n");
-    for (size_t i = 0; i < n; i++) {
-        sb_str(&b, "<li><a href=\"");
-        sb_href(&b, names[i]);
-        sb_str(&b, "\">");
-        sb_html(&b, names[i]);
-        sb_str(&b, "</a></li>\n");
-        free(names[i]);
-    }
-    free(names);
-    sb_str(&b, truncated ? "</ul>\n<p>(listing truncated)</p>\n</body></html>\n" : "</ul>\n</body></html>\n");
-    if (b.failed)
-        answer(res, 500);
-    else
-        pier_http_res_send(res, 200, "text/html; charset=utf-8", b.p, b.len);
-    free(b.p);
-}
-
-void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
-    pier__http_static_t *st = ud;
-    const char *rel = pier_http_req_param(req, "*", NULL);
-    char name[256];
-    int fd = walk(st->dirfd, rel ? rel : "", name, sizeof name);
-    if (fd < 0) {
-        answer(res, -fd);
-        return;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        const char *path = pier_http_req_path(req);
-        if (path[strlen(path) - 1] != '/') {
-            close(fd);
-            redirect_to_dir(req, res);
-            return;
-        }
-        int ifd = openat(fd, "index.html", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        int err = errno;
-        if (ifd < 0 && err == ENOENT) {
-            list_dir(req, res, fd); /* takes fd */
-            return;
-        }
-        close(fd);
-        if (ifd < 0) {
-            answer(res, errno_status(err));
-            return;
-        }
-        fd = ifd;
-        snprintf(name, sizeof name, "index.html");
-        if (fstat(fd, &sb) != 0)
-            sb.st_mode = 0;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        answer(res, 404);
-        return;
-    }
-    char etag[64], lastmod[30];
-    snprintf(etag, sizeof etag, "\"%" PRIx64 "-%" PRIx64 "\"", (uint64_t)sb.st_size,
-             (uint64_t)sb.st_mtim.tv_sec * 1000000000u + (uint64_t)sb.st_mtim.tv_nsec);
-    pier__http_date(sb.st_mtime, lastmod);
+static void serve_file(const pier_http_req_t *req, pier_http_res_t *res, int fd, const struct stat *sb,
+                       const char *name) {
+    char etag[64], lastmod[30], cr[96];
+    uint64_t stamp = (uint64_t)sb->st_mtim.tv_sec * 1000000000u + (uint64_t)sb->st_mtim.tv_nsec;
+    snprintf(etag, sizeof etag, "\"%" PRIx64 "-%" PRIx64 "\"", (uint64_t)sb->st_size, stamp);
+    pier__http_date(sb->st_mtime, lastmod);
     pier_http_res_header(res, "ETag", etag);
     pier_http_res_header(res, "Last-Modified", lastmod);
     pier_http_res_header(res, "Accept-Ranges", "bytes");
     const char *mime = pier__http_mime(name);
-    if (not_modified(req, &sb, etag)) {
+    if (not_modified(req, sb, etag)) {
         close(fd);
         pier_http_res_send(res, 304, NULL, NULL, 0);
         return;
     }
-    uint64_t size = (uint64_t)sb.st_size, from = 0, to = 0;
+    uint64_t size = (uint64_t)sb->st_size, from = 0, to = 0;
     size_t rn;
     const char *range = pier_http_req_header(req, "Range", &rn);
     int r = range && if_range_ok(req, etag, lastmod) ? parse_range(range, rn, size, &from, &to) : 0;
-    char cr[96];
     if (r < 0) {
         close(fd);
         snprintf(cr, sizeof cr, "bytes */%" PRIu64, size);
@@ -375,8 +201,203 @@ void pier__http_static_handler(pier_http_req_t *req, pier_http_res_t *res, void 
     if (r > 0) {
         snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, from, to, size);
         pier_http_res_header(res, "Content-Range", cr);
-        pier__http_res_sendfile(res, 206, mime, fd, (off_t)from, (size_t)(to - from + 1));
+        pier_http_res_sendfile(res, 206, mime, fd, (off_t)from, (size_t)(to - from + 1));
         return;
     }
-    pier__http_res_sendfile(res, 200, mime, fd, 0, (size_t)size);
+    pier_http_res_sendfile(res, 200, mime, fd, 0, (size_t)size);
+}
+
+static void redirect_to_dir(const pier_http_req_t *req, pier_http_res_t *res) {
+    size_t n;
+    const char *raw = pier_http_req_raw_path(req, &n);
+    char loc[1024];
+    if (n + 2 > sizeof loc) {
+        answer(res, 404);
+        return;
+    }
+    snprintf(loc, sizeof loc, "%.*s/", (int)n, raw);
+    pier_http_res_header(res, "Location", loc);
+    answer(res, 301);
+}
+
+/* ---- directory listings, for a directory without index.html ---- */
+
+static void put_html(pier__buf_t *b, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '<': pier__buf_puts(b, "&lt;"); break;
+        case '>': pier__buf_puts(b, "&gt;"); break;
+        case '&': pier__buf_puts(b, "&amp;"); break;
+        case '"': pier__buf_puts(b, "&quot;"); break;
+        case '\'': pier__buf_puts(b, "&#39;"); break;
+        default: pier__buf_append(b, s, 1);
+        }
+    }
+}
+
+static void put_href(pier__buf_t *b, const char *s) {
+    static const char hexd[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= '0' && *p <= '9') || ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z') || strchr("-._~/", *p)) {
+            pier__buf_append(b, p, 1);
+        } else {
+            char e[3] = {'%', hexd[*p >> 4], hexd[*p & 15]};
+            pier__buf_append(b, e, 3);
+        }
+    }
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+typedef struct {
+    char **names;
+    size_t n, cap;
+    int truncated;
+} names_t;
+
+static int add_name(names_t *l, const char *name, int is_dir) {
+    if (l->n == MAX_LISTED) {
+        l->truncated = 1;
+        return -1;
+    }
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        char **nn = realloc(l->names, cap * sizeof *nn);
+        if (!nn)
+            return -1;
+        l->names = nn;
+        l->cap = cap;
+    }
+    size_t len = strlen(name);
+    if (!(l->names[l->n] = malloc(len + 2)))
+        return -1;
+    memcpy(l->names[l->n], name, len + 1);
+    if (is_dir)
+        memcpy(l->names[l->n] + len, "/", 2);
+    l->n++;
+    return 0;
+}
+
+/* The visible entries: regular files and directories, no dotfiles, no symlinks (they
+ * would not be served anyway). Takes fd. */
+static int read_names(int fd, names_t *l) {
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        struct stat sb;
+        if (e->d_name[0] == '.' || fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
+            continue;
+        if (add_name(l, e->d_name, S_ISDIR(sb.st_mode)) < 0)
+            break;
+    }
+    closedir(d);
+    if (l->n)
+        qsort(l->names, l->n, sizeof *l->names, cmp_names);
+    return 0;
+}
+
+static void list_dir(const pier_http_req_t *req, pier_http_res_t *res, int fd) {
+    names_t l = {0};
+    if (read_names(fd, &l) < 0) {
+        answer(res, 500);
+        return;
+    }
+    const char *path = pier_http_req_path(req);
+    pier__buf_t b = {0};
+    pier__buf_puts(&b, "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Index of ");
+    put_html(&b, path);
+    pier__buf_puts(&b, "</title></head>\n<body>\n<h1>Index of ");
+    put_html(&b, path);
+    pier__buf_puts(&b, "</h1>\n<ul>\n<li><a href=\"../\">../</a></li>\n");
+    for (size_t i = 0; i < l.n; i++) {
+        pier__buf_puts(&b, "<li><a href=\"");
+        put_href(&b, l.names[i]);
+        pier__buf_puts(&b, "\">");
+        put_html(&b, l.names[i]);
+        pier__buf_puts(&b, "</a></li>\n");
+        free(l.names[i]);
+    }
+    free(l.names);
+    pier__buf_puts(&b, l.truncated ? "</ul>\n<p>(listing truncated)</p>\n</body></html>\n" : "</ul>\n</body></html>\n");
+    if (pier__buf_failed(&b))
+        answer(res, 500);
+    else
+        pier_http_res_send(res, 200, "text/html; charset=utf-8", b.p, b.len);
+    pier__buf_free(&b);
+}
+
+/* ---- the route ---- */
+
+/* A directory: its index.html (returned, with name set), a redirect or a listing (then
+ * answered here, -1). Takes fd. */
+static int open_index(const pier_http_req_t *req, pier_http_res_t *res, int fd, char *name, size_t size) {
+    const char *path = pier_http_req_path(req);
+    if (path[strlen(path) - 1] != '/') {
+        close(fd);
+        redirect_to_dir(req, res);
+        return -1;
+    }
+    int ifd = openat(fd, "index.html", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int err = errno;
+    if (ifd < 0 && err == ENOENT) {
+        list_dir(req, res, fd); /* takes fd */
+        return -1;
+    }
+    close(fd);
+    if (ifd < 0) {
+        answer(res, errno_status(err));
+        return -1;
+    }
+    snprintf(name, size, "index.html");
+    return ifd;
+}
+
+static void handler(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    const static_t *st = ud;
+    const char *rel = pier_http_req_param(req, "*", NULL);
+    char name[256];
+    int fd = walk(st->dirfd, rel ? rel : "", name, sizeof name);
+    if (fd < 0) {
+        answer(res, -fd);
+        return;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0)
+        sb.st_mode = 0;
+    if (S_ISDIR(sb.st_mode)) {
+        if ((fd = open_index(req, res, fd, name, sizeof name)) < 0)
+            return;
+        if (fstat(fd, &sb) != 0)
+            sb.st_mode = 0;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        answer(res, 404);
+        return;
+    }
+    serve_file(req, res, fd, &sb, name);
+}
+
+int pier_http_static(pier_http_server_t *srv, const char *prefix, const char *root_dir) {
+    size_t pl = prefix ? strlen(prefix) : 0;
+    if (!pl || prefix[0] != '/' || prefix[pl - 1] != '/' || pl > 1000 || !root_dir)
+        return -EINVAL;
+    static_t *st = malloc(sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    st->dirfd = open(root_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (st->dirfd < 0) {
+        int err = -errno;
+        free(st);
+        return err;
+    }
+    char pattern[1024];
+    snprintf(pattern, sizeof pattern, "%s*", prefix);
+    /* on error the route has already freed st */
+    return pier_http_route_ud(srv, PIER_HTTP_GET | PIER_HTTP_HEAD, pattern, handler, st, static_free);
 }

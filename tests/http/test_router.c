@@ -37,12 +37,12 @@ static const char *param(const char *name, size_t *len) {
 static int setup(void **state) {
     (void)state;
     memset(&r, 0, sizeof r);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users", h, &tag_a), 0);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET | PIER_HTTP_PUT, "/users/:id", h, &tag_b), 0);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users/me", h, &tag_c), 0);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/files/*", h, &tag_d), 0);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_DELETE, "/files/private/*", h, &tag_e), 0);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_POST, "/users/:id/posts/:post", h, &tag_a), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users", h, &tag_a, NULL), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET | PIER_HTTP_PUT, "/users/:id", h, &tag_b, NULL), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users/me", h, &tag_c, NULL), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/files/*", h, &tag_d, NULL), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_DELETE, "/files/private/*", h, &tag_e, NULL), 0);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_POST, "/users/:id/posts/:post", h, &tag_a, NULL), 0);
     return 0;
 }
 
@@ -104,15 +104,15 @@ static void test_methods_404_405(void **state) {
 
 static void test_bad_patterns(void **state) {
     (void)state;
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "users", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/*/b", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/:", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/x*", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, 0, "/a", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, 1u << 12, "/a", h, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a", NULL, NULL), -EINVAL);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users", h, NULL), -EEXIST);
-    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_POST, "/users", h, NULL), 0); /* other method */
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "users", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/*/b", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/:", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a/x*", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, 0, "/a", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, 1u << 12, "/a", h, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/a", NULL, NULL, NULL), -EINVAL);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_GET, "/users", h, NULL, NULL), -EEXIST);
+    assert_int_equal(pier__http_router_add(&r, PIER_HTTP_POST, "/users", h, NULL, NULL), 0); /* other method */
 }
 
 static void test_pct_decode(void **state) {
