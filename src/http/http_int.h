@@ -37,7 +37,9 @@
 ssize_t pier__http_pct_decode(char *dst, const char *src, size_t n, int plus_space);
 /* IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"): out needs 30 bytes. */
 void pier__http_date(time_t t, char *out);
-/* Parses an IMF-fixdate; -1 if it is not one. */
+/* Parses an HTTP-date in any of its three forms (RFC 9110 5.6.7): IMF-fixdate, the
+ * obsolete rfc850-date and asctime-date. -1 if it is none of them, or names no real
+ * time (February 30th, hour 24). */
 time_t pier__http_parse_date(const char *s, size_t n);
 /* Content-Type for a file name, by extension. */
 const char *pier__http_mime(const char *name);
