@@ -95,10 +95,13 @@ PIER_EXTERN int pier_http_route_ud(pier_http_server_t *srv, unsigned methods, co
 
 /* Serves the files under root_dir for GET and HEAD on prefix "/x/" (the pattern "/x/"
  * followed by a star), as an ordinary route (pier_http_route_ud). Nothing outside
- * root_dir can be reached: dot segments and dotfiles are refused, and symbolic links are
- * not followed. A directory serves its index.html, or else a listing of its visible
- * files. root_dir is opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be, -EINVAL for a
- * prefix that does not start and end with '/', and the errors of pier_http_route. */
+ * root_dir can be reached: dot segments, dotfiles and encoded slashes are refused, and
+ * symbolic links are not followed. A directory serves its index.html, or else a listing
+ * of its visible files. Files carry ETag and Last-Modified and answer conditional
+ * requests (304) and ranges: 206 for one range, 206 multipart/byteranges for several
+ * (at most 16, not overlapping, 1 MiB of parts in all; beyond that the whole file).
+ * root_dir is opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be, -EINVAL for a prefix
+ * that does not start and end with '/', and the errors of pier_http_route. */
 PIER_EXTERN int pier_http_static(pier_http_server_t *srv, const char *prefix, const char *root_dir);
 
 /* Starts accepting (thread-safe). */
