@@ -32,10 +32,21 @@ static void allow_field(unsigned allow, char *buf, size_t size) {
     snprintf(buf + n, size - n, "\r\n");
 }
 
+/* "OPTIONS *" asks about the server, not a resource (RFC 9110 9.3.7). */
+static void answer_options(pier__http_conn_t *hc) {
+    char allow[128];
+    allow_field(hc->srv->methods | PIER_HTTP_OPTIONS, allow, sizeof allow);
+    pier__http_send(hc, 200, NULL, allow, strlen(allow), "", 0);
+}
+
 /* Routes the request; 0 with the handler to run, or -1 once answered without one. */
 static int route(pier__http_conn_t *hc, pier__http_request_t *req) {
     pier__http_loop_t *hl = hc->hl;
     unsigned m = req->method;
+    if (req->path_len == 1 && req->path[0] == '*') { /* the parser allows it for OPTIONS only */
+        answer_options(hc);
+        return -1;
+    }
     if (pier__http_pct_decode(hl->path, req->path, req->path_len, 0) < 0) {
         pier__http_send_error(hc, 400);
         return -1;

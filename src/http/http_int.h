@@ -71,6 +71,8 @@ int pier__http_router_add(pier__http_router_t *r, unsigned methods, const char *
 void pier__http_router_match(const pier__http_router_t *r, unsigned method, const char *path,
                              pier__http_match_t *m);
 pier_http_handler_cb pier__http_route_handler(const pier__http_route_t *rt, void **ud);
+/* Every method some route takes. */
+unsigned pier__http_router_methods(const pier__http_router_t *r);
 void pier__http_router_free(pier__http_router_t *r);
 
 /* ---- the server and its per-loop state ---- */
@@ -125,6 +127,7 @@ struct pier_http_server_s {
     char *host, *server_name;
     FILE *log;
     pier__http_router_t router;
+    unsigned methods;      /* every method some route takes, for OPTIONS * */
     int started;
     int warned_silent, warned_write;
     unsigned nloops;

@@ -183,6 +183,13 @@ pier_http_handler_cb pier__http_route_handler(const pier__http_route_t *rt, void
     return rt->handler;
 }
 
+unsigned pier__http_router_methods(const pier__http_router_t *r) {
+    unsigned m = 0;
+    for (unsigned i = 0; i < r->n; i++)
+        m |= r->routes[i]->methods;
+    return m & PIER_HTTP_GET ? m | PIER_HTTP_HEAD : m;
+}
+
 void pier__http_router_free(pier__http_router_t *r) {
     for (unsigned i = 0; i < r->n; i++) {
         if (r->routes[i]->ud_free)

@@ -121,6 +121,7 @@ int pier_http_route(pier_http_server_t *srv, unsigned methods, const char *patte
 }
 
 int pier_http_server_start(pier_http_server_t *srv) {
+    srv->methods = pier__http_router_methods(&srv->router);
     srv->started = 1;
     return pier_server_start(srv->srv);
 }

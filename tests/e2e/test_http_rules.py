@@ -130,6 +130,19 @@ resp = expect(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n", 405, False, "GET on a PO
 check(resp is not None and resp.header("allow") == "POST", "Allow: POST")
 expect(b"BREW /plaintext HTTP/1.1\r\nHost: a\r\n\r\n", 501, False, "unknown method")
 
+# OPTIONS * asks about the server itself (RFC 9110 9.3.7): 200, the methods it serves, no body
+resp, r = exchange(srv, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+allow = [m.strip() for m in (resp.header("allow") or "").split(",")] if resp else []
+check(resp is not None and resp.status == 200, "OPTIONS *: 200 (%r)" % resp)
+check(resp is not None and resp.header("content-length") == "0" and resp.body == b"", "OPTIONS *: Content-Length: 0")
+check(all(m in allow for m in ("GET", "HEAD", "POST", "OPTIONS")), "OPTIONS *: Allow lists the methods (%r)" % allow)
+check(not set(allow) & {"TRACE", "CONNECT", ""}, "OPTIONS *: Allow names no method it refuses (%r)" % allow)
+r.sock.sendall(OK)
+nxt = r.response()
+check(nxt is not None and nxt.body == b"Hello, World!", "the connection goes on after OPTIONS *")
+r.sock.close()
+expect(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, True, "* with another method")
+
 # ---- smuggling: a second request hidden in a body must never be answered ----
 for raw, what in [
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
