@@ -4,7 +4,8 @@
  * head and its file each go out whole or not at all, and a failure resets the
  * connection. The layer's writes are pointed at a wrapper that fails any write that
  * carries the marker FAILME (or a file of FAIL_FILE bytes), as the core does when memory
- * runs out: nothing queued, an error returned. */
+ * runs out: nothing queued, an error returned. The client runs on a thread of its own
+ * (pier-test: threads). */
 #include "support.h"
 
 #include <errno.h>
