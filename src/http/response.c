@@ -129,7 +129,8 @@ static int build_head(pier__http_conn_t *hc, int status, const char *ctype, cons
         put(b, "Connection: close\r\n", 19);
     else if (hc->minor == 0)
         put(b, "Connection: keep-alive\r\n", 24);
-    put(b, fields, flen);
+    if (flen) /* fields may be NULL then */
+        put(b, fields, flen);
     put(b, "\r\n", 2);
     return 0;
 }

@@ -3,6 +3,7 @@
  * streamed responses, query and route parameters, a handler that forgets to answer, and
  * a server that frees cleanly. pier-test: threads */
 #include "support.h"
+#include "server_util.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -258,13 +259,8 @@ static int setup(void **state) {
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/q/:id", h_query, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/bad-header", h_bad_header, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_POST, "/answer-then-read", h_answer_then_read, NULL), 0);
-    assert_int_equal(pier_http_server_start(srv), 0);
+    port = http_test_start(srv, loop);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/too-late", h_now, NULL), -EBUSY);
-    /* let the loop open its listener */
-    for (int i = 0; i < 10; i++)
-        pier_loop_run_once(loop, 1);
-    port = pier_http_server_port(srv);
-    assert_true(port > 0);
     worker_stop = 0;
     assert_int_equal(pthread_create(&worker_thread, NULL, worker, NULL), 0);
     return 0;
@@ -276,17 +272,7 @@ static int teardown(void **state) {
     pthread_cond_signal(&cv);
     pthread_mutex_unlock(&mu);
     pthread_join(worker_thread, NULL);
-    pier_http_server_stop(srv);
-    int rc = -EBUSY;
-    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
-        pier_loop_run_once(loop, 2);
-        rc = pier_http_server_free(srv);
-    }
-    assert_int_equal(rc, 0);
-    for (int i = 0; i < 50 && pier_loop_handles(loop) > 0; i++)
-        pier_loop_run_once(loop, 2);
-    assert_int_equal(pier_loop_handles(loop), 0);
-    assert_int_equal(pier_group_free(group), 0);
+    http_test_free(srv, group);
     return 0;
 }
 

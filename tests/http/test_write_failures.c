@@ -7,6 +7,7 @@
  * runs out: nothing queued, an error returned. The client runs on a thread of its own
  * (pier-test: threads). */
 #include "support.h"
+#include "server_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +23,8 @@
 #include "http/http_int.h"
 
 #define MARK "FAILME"
+static const char small_body[] = "small " MARK;
+static const char stream_body[] = "abc" MARK "def";
 #define FAIL_FILE 7777
 #define BIG 65536
 
@@ -72,7 +75,7 @@ static void h_n(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
 }
 
 static void h_fail(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
-    pier_http_res_send(res, 200, "text/plain", "small " MARK, strlen("small " MARK));
+    pier_http_res_send(res, 200, "text/plain", small_body, strlen(small_body));
 }
 
 static void h_bigfail(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
@@ -269,26 +272,12 @@ static int setup(void **state) {
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/bigfail", h_bigfail, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/streamfail", h_streamfail, NULL), 0);
     assert_int_equal(pier_http_static(srv, "/files/", root), 0);
-    assert_int_equal(pier_http_server_start(srv), 0);
-    for (int i = 0; i < 10; i++)
-        pier_loop_run_once(loop, 1);
-    port = pier_http_server_port(srv);
-    assert_true(port > 0);
+    port = http_test_start(srv, loop);
     return 0;
 }
 
 static int teardown(void **state) {
-    pier_http_server_stop(srv);
-    int rc = -EBUSY;
-    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
-        pier_loop_run_once(loop, 2);
-        rc = pier_http_server_free(srv);
-    }
-    assert_int_equal(rc, 0);
-    for (int i = 0; i < 50 && pier_loop_handles(loop) > 0; i++)
-        pier_loop_run_once(loop, 2);
-    assert_int_equal(pier_loop_handles(loop), 0);
-    assert_int_equal(pier_group_free(group), 0);
+    http_test_free(srv, group);
     pier__http_writev = real_writev;
     pier__http_writev_file = real_writev_file;
     char path[128];
@@ -304,7 +293,7 @@ static int teardown(void **state) {
 #define LAST(path) "GET " path " HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
 static void test_small_response(void **state) {
-    const char *want[] = {"n=1", "small " MARK, "n=3"};
+    const char *want[] = {"n=1", small_body, "n=3"};
     size_t len[] = {3, strlen(want[1]), 3};
     expect_reset_at(REQ("/n/1") REQ("/fail") LAST("/n/3"), 1, want, len, 3);
     expect_reset_at(REQ("/fail") LAST("/n/2"), 0, want + 1, len + 1, 2);
@@ -318,7 +307,7 @@ static void test_large_response(void **state) {
 }
 
 static void test_chunk(void **state) {
-    const char *want[] = {"n=1", "abc" MARK "def", "n=3"};
+    const char *want[] = {"n=1", stream_body, "n=3"};
     size_t len[] = {3, strlen(want[1]), 3};
     expect_reset_at(REQ("/n/1") REQ("/streamfail") LAST("/n/3"), 1, want, len, 3);
 }
