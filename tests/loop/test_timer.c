@@ -393,6 +393,60 @@ static void test_many_random(void **state) {
     pier_test_free_loop(loop);
 }
 
+/* Restarts churn the middle of the heap: each timer is re-armed several times at random
+ * (an active timer is removed and inserted again), and stopped ones are restarted. What
+ * fires is exactly the last arming of each, in (due, last start) order. */
+static void test_restart_churn(void **state) {
+    pier_loop_t *loop = new_loop();
+    enum { N = 3000 };
+    rts = calloc(N, sizeof *rts);
+    nfired = misorder = fired_stopped = 0;
+    last_due = 0;
+    last_idx = -1;
+    unsigned seed = 777;
+    pier_loop_update_time(loop);
+    uint64_t base = pier_loop_now(loop);
+    /* idx records the order of each timer's last start */
+    int order = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
+        pier_timer_init(loop, &rts[i].t, rt_cb, &rts[i]);
+        pier_timer_start(&rts[i].t, ms, 0);
+        rts[i].due = base + ms;
+        rts[i].idx = order++;
+    }
+    for (int i = 0; i < N; i++)
+        if (rand_r(&seed) % 4 == 0)
+            pier_timer_stop(&rts[i].t);
+    /* re-arm in a random order */
+    for (int round = 0; round < 3; round++) {
+        for (int k = 0; k < N; k++) {
+            int i = rand_r(&seed) % N;
+            uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
+            pier_timer_start(&rts[i].t, ms, 0);
+            rts[i].due = base + ms;
+            rts[i].idx = order++;
+            rts[i].stopped = 0;
+        }
+    }
+    int live = 0;
+    for (int i = 0; i < N; i++) {
+        if (!pier_timer_active(&rts[i].t))
+            rts[i].stopped = 1;
+        else
+            live++;
+    }
+    assert_int_equal(pier_loop_handles(loop), live);
+    run_idle(loop, 5000);
+    assert_int_equal(nfired, live);
+    assert_int_equal(misorder, 0);
+    assert_int_equal(fired_stopped, 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(rts[i].fired, rts[i].stopped ? 0 : 1);
+    free(rts);
+    pier_test_free_loop(loop);
+}
+
 /* ---- signals ---- */
 
 typedef struct {
@@ -471,6 +525,7 @@ int main(void) {
         cmocka_unit_test(test_stop_other_from_cb),
         cmocka_unit_test(test_zero_rearm_does_not_spin),
         cmocka_unit_test(test_many_random),
+        cmocka_unit_test(test_restart_churn),
         cmocka_unit_test(test_signal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

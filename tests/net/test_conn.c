@@ -556,6 +556,130 @@ static void test_sendfile(void **state) {
     fx_down();
 }
 
+/* ---- vectored units ---- */
+
+/* Units of several buffers, small and large, mixed with plain writes: every unit arrives
+ * whole and in order, and the queue counts each byte once. */
+static void test_writev_units(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    size_t big = 100000;
+    char *body = malloc(big);
+    fill_pattern(body, big, 3);
+    struct iovec small[3] = {{"head:", 5}, {"mid:", 4}, {"tail\n", 5}};
+    assert_int_equal(pier_conn_writev(s->c, small, 3), 0);
+    assert_int_equal(pier_conn_queued(s->c), 14);
+    /* a large unit behind queued bytes is copied whole behind them */
+    struct iovec large[2] = {{"BIG:", 4}, {body, big}};
+    assert_int_equal(pier_conn_writev(s->c, large, 2), 0);
+    assert_int_equal(pier_conn_write(s->c, "end", 3), 0);
+    assert_int_equal(pier_conn_queued(s->c), 14 + 4 + big + 3);
+    /* empty units are fine and queue nothing */
+    assert_int_equal(pier_conn_writev(s->c, NULL, 0), 0);
+    assert_int_equal(pier_conn_writev(s->c, small, -1), -EINVAL);
+    size_t want = 14 + 4 + big + 3;
+    char *in = malloc(want);
+    int end;
+    assert_int_equal(pump(fd, NULL, 0, in, want, &end, 10000), want);
+    assert_memory_equal(in, "head:mid:tail\n", 14);
+    assert_memory_equal(in + 14, "BIG:", 4);
+    assert_memory_equal(in + 18, body, big);
+    assert_memory_equal(in + 18 + big, "end", 3);
+    run_ms(5);
+    assert_int_equal(pier_conn_queued(s->c), 0);
+
+    /* with nothing queued a large unit goes straight to the socket; what the socket
+     * does not take is queued, and the bytes still arrive in order */
+    struct iovec direct[3] = {{"A", 1}, {body, big}, {"Z", 1}};
+    assert_int_equal(pier_conn_writev(s->c, direct, 3), 0);
+    assert_int_equal(pier_conn_write(s->c, "!", 1), 0);
+    char *in2 = malloc(big + 3);
+    assert_int_equal(pump(fd, NULL, 0, in2, big + 3, &end, 10000), big + 3);
+    assert_int_equal(in2[0], 'A');
+    assert_memory_equal(in2 + 1, body, big);
+    assert_memory_equal(in2 + 1 + big, "Z!", 2);
+
+    /* a closing connection refuses a unit */
+    pier_conn_close(s->c);
+    assert_int_equal(pier_conn_writev(s->c, small, 3), -ENOTCONN);
+    free(body);
+    free(in);
+    free(in2);
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    fx_down();
+}
+
+/* A head and a file in one unit: the file follows its head, and pier owns the fd. */
+static void test_writev_file(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    char path[] = "/tmp/pier-test-writev-file-XXXXXX";
+    int ffd = mkstemp(path);
+    assert_true(ffd >= 0);
+    unlink(path);
+    size_t fsize = 70000;
+    char *content = malloc(fsize);
+    fill_pattern(content, fsize, 5);
+    assert_int_equal(write(ffd, content, fsize), (ssize_t)fsize);
+    assert_int_equal(pier_conn_write(s->c, "before|", 7), 0);
+    struct iovec head[2] = {{"HTTP-ish ", 9}, {"head\n", 5}};
+    assert_int_equal(pier_conn_writev_file(s->c, head, 2, ffd, 10, fsize - 20), 0);
+    assert_int_equal(pier_conn_write(s->c, "|after", 6), 0);
+    size_t want = 7 + 14 + (fsize - 20) + 6;
+    assert_int_equal(pier_conn_queued(s->c), want);
+    char *in = malloc(want);
+    int end;
+    assert_int_equal(pump(fd, NULL, 0, in, want, &end, 10000), want);
+    assert_memory_equal(in, "before|HTTP-ish head\n", 21);
+    assert_memory_equal(in + 21, content + 10, fsize - 20);
+    assert_memory_equal(in + 21 + fsize - 20, "|after", 6);
+    run_ms(5);
+    assert_int_equal(fcntl(ffd, F_GETFD), -1); /* closed once sent */
+
+    /* a file of length 0 sends the head alone and still takes the fd */
+    int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    assert_int_equal(pier_conn_writev_file(s->c, head, 1, nul, 0, 0), 0);
+    assert_int_equal(fcntl(nul, F_GETFD), -1);
+    char h[9];
+    assert_int_equal(pump(fd, NULL, 0, h, 9, &end, 5000), 9);
+    assert_memory_equal(h, "HTTP-ish ", 9);
+    /* refused on a closing connection, and the fd is closed all the same */
+    int nul2 = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    pier_conn_close(s->c);
+    assert_int_equal(pier_conn_writev_file(s->c, head, 2, nul2, 0, 1), -ENOTCONN);
+    assert_int_equal(fcntl(nul2, F_GETFD), -1);
+    free(content);
+    free(in);
+    close(fd);
+    run_until(&s->closes, 5000);
+    fx_down();
+}
+
+/* The loop-thread lookup by id: the live connection on its own loop, NULL once it closes,
+ * NULL for another loop and for an id that was never handed out. */
+static void test_conn_from_id(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    assert_ptr_equal(pier_conn_from_id(fx.loop, s->id), s->c);
+    pier_loop_t *other;
+    assert_int_equal(pier_loop_new(&other), 0);
+    assert_null(pier_conn_from_id(other, s->id));
+    assert_int_equal(pier_loop_free(other), 0);
+    assert_null(pier_conn_from_id(fx.loop, PIER_ID_NONE));
+    assert_null(pier_conn_from_id(fx.loop, s->id + (1ull << 32))); /* a later generation */
+    pier_conn_close(s->c);
+    assert_null(pier_conn_from_id(fx.loop, s->id)); /* closing: already gone for lookups */
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_null(pier_conn_from_id(fx.loop, s->id));
+    fx_down();
+}
+
 /* ---- water marks ---- */
 
 static size_t pause_read(pier_conn_t *c, const char *data, size_t len) {
@@ -1414,6 +1538,9 @@ int main(void) {
         cmocka_unit_test(test_write_ref),
         cmocka_unit_test(test_write_ref_abort_queued),
         cmocka_unit_test(test_sendfile),
+        cmocka_unit_test(test_writev_units),
+        cmocka_unit_test(test_writev_file),
+        cmocka_unit_test(test_conn_from_id),
         cmocka_unit_test(test_water_marks),
         cmocka_unit_test(test_drain_redelivers_kept_input),
         cmocka_unit_test(test_read_max),
