@@ -1,4 +1,5 @@
-/* The two failures pier exists to prevent (DESIGN.md), as regression tests.
+/* The two failures pier exists to prevent (a session deleted twice;
+ * a borrowed object freed by its borrower), as regression tests.
  *
  * 1. A session deleted twice: the peer resets while the server has a large write pending
  *    and a read completes around the same time. on_close must run exactly once, nothing
