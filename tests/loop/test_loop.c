@@ -15,12 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void noop_timer(pier_timer_t *t) { (void)t; }
 
 static void test_new_free(void **state) {
@@ -90,16 +84,16 @@ static void test_run_stop(void **state) {
 static void test_run_once_timeout(void **state) {
     pier_loop_t *loop;
     assert_int_equal(pier_loop_new(&loop), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_loop_run_once(loop, 50), 0);
-    uint64_t dt = mono_ms() - t0;
+    uint64_t dt = pier_test_now_ms() - t0;
     assert_true(dt >= 45);
     assert_true(dt < 2000);
     /* 0: never waits */
-    t0 = mono_ms();
+    t0 = pier_test_now_ms();
     for (int i = 0; i < 100; i++)
         assert_int_equal(pier_loop_run_once(loop, 0), 0);
-    assert_true(mono_ms() - t0 < 1000);
+    assert_true(pier_test_now_ms() - t0 < 1000);
     /* the cached clock moves with iterations */
     uint64_t before = pier_loop_now(loop);
     usleep(20000);
@@ -120,9 +114,9 @@ static void test_post_wakes_blocked_wait(void **state) {
     assert_int_equal(pier_loop_new(&loop), 0);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, post_later, loop), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_loop_run(loop), 0);
-    assert_true(mono_ms() - t0 < 5000);
+    assert_true(pier_test_now_ms() - t0 < 5000);
     pthread_join(th, NULL);
     pier_test_free_loop(loop);
 }
@@ -249,13 +243,13 @@ static void test_post_threads(void **state) {
     for (uintptr_t i = 0; i < POSTERS; i++)
         assert_int_equal(pthread_create(&th[i], NULL, poster, (void *)i), 0);
     atomic_store(&mt.go, 1);
-    uint64_t end = mono_ms() + 60000, slowest = 0;
-    while (mt.total < POSTERS * PER_POSTER && mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 60000, slowest = 0;
+    while (mt.total < POSTERS * PER_POSTER && pier_test_now_ms() < end) {
         int posting = atomic_load(&mt.done) < POSTERS;
-        uint64_t t0 = mono_ms();
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(mt.loop, MT_WAIT_MS);
-        if (posting && mono_ms() - t0 > slowest)
-            slowest = mono_ms() - t0;
+        if (posting && pier_test_now_ms() - t0 > slowest)
+            slowest = pier_test_now_ms() - t0;
     }
     for (int i = 0; i < POSTERS; i++)
         pthread_join(th[i], NULL);
@@ -289,12 +283,12 @@ static void test_post_wakeup_not_lost(void **state) {
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         assert_int_equal(pthread_create(&th[i], NULL, wk_poster, loop), 0);
-    uint64_t end = mono_ms() + 3000, slowest = 0;
-    while (mono_ms() < end) {
-        uint64_t t0 = mono_ms();
+    uint64_t end = pier_test_now_ms() + 3000, slowest = 0;
+    while (pier_test_now_ms() < end) {
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(loop, 1000);
-        if (mono_ms() - t0 > slowest)
-            slowest = mono_ms() - t0;
+        if (pier_test_now_ms() - t0 > slowest)
+            slowest = pier_test_now_ms() - t0;
         if (slowest >= 500)
             break;
     }
@@ -556,10 +550,10 @@ static void test_stop_from_thread(void **state) {
     pthread_t th;
     pier_loop_post(s.loop, mark_running, &s);
     assert_int_equal(pthread_create(&th, NULL, stopper, &s), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     /* nothing else to do: without the stop this would block forever */
     assert_int_equal(pier_loop_run(s.loop), 0);
-    assert_true(mono_ms() - t0 < 5000);
+    assert_true(pier_test_now_ms() - t0 < 5000);
     pthread_join(th, NULL);
     assert_int_equal(s.busy_once, -EBUSY);
     pier_test_free_loop(s.loop);
@@ -630,14 +624,14 @@ static void test_group_rerun(void **state) {
         /* the stop's wake-up may still be pending for a loop that had returned: one
          * iteration takes it, the next must wait its full timeout */
         pier_loop_run_once(pier_group_loop(g, i), 0);
-        uint64_t t0 = mono_ms();
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(pier_group_loop(g, i), 50);
-        assert_true(mono_ms() - t0 >= 40);
+        assert_true(pier_test_now_ms() - t0 >= 40);
     }
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pthread_create(&th, NULL, group_stopper_slow, g), 0);
     assert_int_equal(pier_group_run(g), 0);
-    assert_true(mono_ms() - t0 >= 140);
+    assert_true(pier_test_now_ms() - t0 >= 140);
     pthread_join(th, NULL);
     assert_int_equal(pier_group_free(g), 0);
 }

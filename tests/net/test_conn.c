@@ -27,12 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- server-side state of each accepted connection ---- */
 
 #define MAXC 16
@@ -105,17 +99,17 @@ static void fx_up(const pier_conn_cbs_t *cbs, const pier_conn_limits_t *lim) {
 static void fx_down(void) {
     pier_server_stop(fx.srv);
     pier_server_close_all(fx.srv);
-    uint64_t end = mono_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     int rc;
-    while ((rc = pier_server_free(fx.srv)) == -EBUSY && mono_ms() < end)
+    while ((rc = pier_server_free(fx.srv)) == -EBUSY && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 10);
     assert_int_equal(rc, 0);
     assert_int_equal(pier_group_free(fx.g), 0);
 }
 
 static void run_ms(int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
 }
 
@@ -123,16 +117,8 @@ static int run_until(const int *flag, int ms) { return pier_test_run_until(fx.lo
 
 /* A blocking client, optionally with a small receive buffer so a server fills it fast. */
 static int client(int rcvbuf) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = pier_test_connect_rcvbuf(fx.port, rcvbuf);
     assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (rcvbuf)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(fx.port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return fd;
 }
 
@@ -140,8 +126,8 @@ static int client(int rcvbuf) {
 static int accept_client(int rcvbuf) {
     int before = fx.nsc;
     int fd = client(rcvbuf);
-    uint64_t end = mono_ms() + 5000;
-    while (fx.nsc == before && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (fx.nsc == before && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(fx.nsc, before + 1);
     return fd;
@@ -157,8 +143,8 @@ static void send_all(int fd, const void *p, size_t n) {
 static size_t pump(int fd, const void *out, size_t outlen, void *in, size_t want, int *end, int ms) {
     size_t sent = 0, got = 0;
     int e = 0;
-    uint64_t deadline = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < deadline) {
+    uint64_t deadline = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < deadline) {
         if (sent < outlen) {
             ssize_t n = send(fd, (const char *)out + sent, outlen - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n > 0)
@@ -195,8 +181,8 @@ static size_t pump(int fd, const void *out, size_t outlen, void *in, size_t want
 static int drain_to_end(int fd, size_t *bytes, int ms) {
     static char buf[1 << 16];
     size_t total = 0;
-    uint64_t deadline = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < deadline) {
+    uint64_t deadline = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < deadline) {
         pier_loop_run_once(fx.loop, 2);
         for (;;) {
             ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
@@ -319,8 +305,8 @@ static size_t line_read(pier_conn_t *c, const char *data, size_t len) {
 static const pier_conn_cbs_t line_cbs = {.on_read = line_read, .on_close = on_close_count};
 
 static void wait_reads(sc_t *s, int n) {
-    uint64_t end = mono_ms() + 5000;
-    while (s->reads < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (s->reads < n && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->reads, n);
 }
@@ -365,8 +351,8 @@ static void test_partial_consume(void **state) {
         run_ms(3);
     }
     send_all(fd, "\n", 1);
-    uint64_t end = mono_ms() + 5000;
-    while (s->nall < 12 + sizeof big + 1 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (s->nall < 12 + sizeof big + 1 && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->nall, 12 + sizeof big + 1);
     assert_memory_equal(s->all + 10, "h\n", 2);
@@ -736,8 +722,8 @@ static void test_water_marks(void **state) {
     for (size_t i = 0; i < total; i++)
         if (buf[i] != 'w')
             fail_msg("byte %zu is %d", i, buf[i]);
-    uint64_t until = mono_ms() + 5000;
-    while (s->reads < 2 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (s->reads < 2 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->drains, 1);
     assert_int_equal(s->reads_while_paused, 0);
@@ -844,7 +830,7 @@ static void test_read_max(void **state) {
 static void test_idle_timeout(void **state) {
     pier_conn_limits_t lim = {.idle_ms = 150, .close_ms = 1000};
     fx_up(&echo_cbs, &lim);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
 
@@ -854,21 +840,21 @@ static void test_idle_timeout(void **state) {
     uint64_t t1 = 0;
     for (int i = 0; i < 8; i++) {
         assert_int_equal(pump(fd, "ping", 4, buf, 4, &end, 2000), 4);
-        t1 = mono_ms();
+        t1 = pier_test_now_ms();
         run_ms(50);
     }
     assert_int_equal(s->closes, 0);
-    assert_true(mono_ms() - t0 >= 400);
+    assert_true(pier_test_now_ms() - t0 >= 400);
 
     /* silence: closed with -ETIMEDOUT, and the peer sees an orderly end */
     size_t bytes;
     assert_int_equal(drain_to_end(fd, &bytes, 5000), 1);
-    assert_true(mono_ms() - t1 >= 140);
+    assert_true(pier_test_now_ms() - t1 >= 140);
     close(fd);
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
     assert_int_equal(s->close_err, -ETIMEDOUT);
-    assert_true(mono_ms() - t1 < 3000);
+    assert_true(pier_test_now_ms() - t1 < 3000);
     fx_down();
 }
 
@@ -1191,8 +1177,8 @@ static void test_stale_id_fd_reuse(void **state) {
     int cfd2 = client(0);
     close(ph);
     int before = fx.nsc;
-    uint64_t end = mono_ms() + 5000;
-    while (fx.nsc == before && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (fx.nsc == before && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(fx.nsc, 2);
     sc_t *b = &fx.sc[1];
@@ -1282,8 +1268,8 @@ static void test_with_conn(void **state) {
     int fd2 = accept_client(0);
     sc_t *s2 = &fx.sc[1];
     send_all(fd2, "x", 1);
-    uint64_t until = mono_ms() + 5000;
-    while (wc_gone.calls == 0 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (wc_gone.calls == 0 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(wc_gone.calls, 1);
     assert_null(wc_gone.got);
@@ -1337,9 +1323,9 @@ static void test_peer_half_close(void **state) {
     /* everything, then our FIN, possibly in the same edge as the last bytes */
     int end;
     size_t sent = 0;
-    uint64_t until = mono_ms() + 10000;
+    uint64_t until = pier_test_now_ms() + 10000;
     size_t got = 0;
-    while ((sent < n || got < n) && mono_ms() < until) {
+    while ((sent < n || got < n) && pier_test_now_ms() < until) {
         if (sent < n) {
             ssize_t k = send(fd, out + sent, n - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (k > 0)
@@ -1393,8 +1379,8 @@ static void test_pause_resume_redelivers(void **state) {
     run_ms(50);
     assert_int_equal(s->reads, 1);
     pier_conn_resume(s->c);
-    uint64_t until = mono_ms() + 5000;
-    while (s->nall < 6 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (s->nall < 6 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->nall, 6);
     assert_memory_equal(s->all, "abcdef", 6);
@@ -1432,12 +1418,12 @@ static void test_close_cannot_flush(void **state) {
     assert_int_equal(pier_conn_write(s->c, big, sizeof big), 0);
     pier_conn_close(s->c);
     /* the peer never reads: the close gives up after close_ms and resets */
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
     assert_int_equal(s->close_err, -ETIMEDOUT);
-    assert_true(mono_ms() - t0 >= 150);
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(pier_test_now_ms() - t0 >= 150);
+    assert_true(pier_test_now_ms() - t0 < 2000);
     size_t bytes;
     assert_int_equal(drain_to_end(fd, &bytes, 5000), -ECONNRESET);
     close(fd);
@@ -1451,15 +1437,15 @@ static void test_close_peer_never_answers(void **state) {
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
     pier_conn_close(s->c);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     char b;
     int end;
     assert_int_equal(pump(fd, NULL, 0, &b, 1, &end, 2000), 0);
     assert_int_equal(end, 1); /* our FIN arrived; we keep the socket open and silent */
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
-    assert_true(mono_ms() - t0 >= 250);
-    assert_true(mono_ms() - t0 < 2500);
+    assert_true(pier_test_now_ms() - t0 >= 250);
+    assert_true(pier_test_now_ms() - t0 < 2500);
     close(fd);
     fx_down();
 }
