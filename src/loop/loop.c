@@ -1,14 +1,16 @@
 /* The event loop: one epoll set, an eventfd for cross-thread wake-ups, a posted-task
- * queue, the timer heap and the per-iteration connection passes.
+ * queue, the timer heap and deferred passes that other layers queue work in.
  *
  * One iteration:
  *   1. wait in epoll (no wait if work is already pending), refresh the cached clock;
- *   2. dispatch the whole batch (a connection closed earlier in the batch ignores its
- *      later events: memory is only released in step 6, after the batch);
- *   3. run due timers;  4. run posted tasks;
- *   5. flush: one writev per connection with output queued this iteration;
- *   6. close: finish the closes requested this iteration, run on_close, drop the loop's
- *      reference. */
+ *   2. dispatch the whole batch;
+ *   3. the READ pass;  4. due timers;  5. posted tasks;
+ *   6. the FLUSH pass;  7. the CLOSE pass.
+ * The loop does not know what the passes do. The net layer uses READ for connections
+ * left readable by a full read, FLUSH for one writev per connection with output queued
+ * this iteration, and CLOSE to finish closes and run on_close only after every callback
+ * of the iteration has returned: so an event fetched in step 1 for a connection closed
+ * earlier in the same batch still finds valid memory, sees it closed and is dropped. */
 #include "internal.h"
 
 #include <errno.h>
@@ -61,10 +63,8 @@ int pier_loop_new(pier_loop_t **out) {
     if ((err = pier__io_add(loop, &loop->wake, EPOLLIN)) < 0)
         goto fail;
     pthread_mutex_init(&loop->task_mu, NULL);
-    pier__queue_init(&loop->conns);
-    pier__queue_init(&loop->flush_q);
-    pier__queue_init(&loop->close_q);
-    pier__queue_init(&loop->again_q);
+    for (int i = 0; i < PIER__PASSES; i++)
+        pier__queue_init(&loop->passes[i]);
     sigemptyset(&loop->sigmask);
     loop->now = pier__clock_ms();
 
@@ -97,11 +97,13 @@ int pier_loop_free(pier_loop_t *loop) {
             pier_loop_run_once(loop, 0);
     if (loop->handles > 0)
         return -EBUSY;
-    pier__task_t *t = loop->task_head;
+    pier_task_t *t = loop->task_head;
     while (t) {
-        pier__task_t *next = t->next;
-        if (t->owned)
+        pier_task_t *next = t->next;
+        if (t->flags & PIER__TASK_OWNED)
             free(t);
+        else
+            t->flags &= ~PIER__TASK_QUEUED;
         t = next;
     }
     for (unsigned i = 0; i < loop->nchunks; i++)
@@ -111,7 +113,6 @@ int pier_loop_free(pier_loop_t *loop) {
     close(loop->wake.fd);
     close(loop->epfd);
     pthread_mutex_destroy(&loop->task_mu);
-    free(loop->heap);
     free(loop->rbuf);
     free(loop);
     return 0;
@@ -134,7 +135,14 @@ void pier__io_del(pier_loop_t *loop, pier__io_t *io) {
 
 /* ---- posted tasks ---- */
 
-void pier__loop_post_task(pier_loop_t *loop, pier__task_t *t) {
+void pier_task_init(pier_task_t *t, pier_task_cb fn, void *arg) {
+    t->next = NULL;
+    t->fn = fn;
+    t->arg = arg;
+    t->flags = 0;
+}
+
+static void post(pier_loop_t *loop, pier_task_t *t) {
     t->next = NULL;
     pthread_mutex_lock(&loop->task_mu);
     if (loop->task_tail)
@@ -152,16 +160,26 @@ void pier__loop_post_task(pier_loop_t *loop, pier__task_t *t) {
     }
 }
 
+int pier_loop_post_task(pier_loop_t *loop, pier_task_t *t) {
+    if (!loop || !t || !t->fn)
+        return -EINVAL;
+    /* atomic: the loop clears the flag on its thread before running the task, and the
+     * next post may come from any thread */
+    if (__atomic_fetch_or(&t->flags, PIER__TASK_QUEUED, __ATOMIC_ACQ_REL) & PIER__TASK_QUEUED)
+        return -EALREADY;
+    post(loop, t);
+    return 0;
+}
+
 int pier_loop_post(pier_loop_t *loop, pier_task_cb fn, void *arg) {
     if (!loop || !fn)
         return -EINVAL;
-    pier__task_t *t = malloc(sizeof *t);
+    pier_task_t *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
-    t->fn = fn;
-    t->arg = arg;
-    t->owned = 1;
-    pier__loop_post_task(loop, t);
+    pier_task_init(t, fn, arg);
+    t->flags = PIER__TASK_OWNED | PIER__TASK_QUEUED;
+    post(loop, t);
     return 0;
 }
 
@@ -175,22 +193,29 @@ static void run_tasks(pier_loop_t *loop) {
     /* take the whole list at once: tasks posted by tasks run next iteration, so a task
      * that re-posts itself cannot starve I/O */
     pthread_mutex_lock(&loop->task_mu);
-    pier__task_t *t = loop->task_head;
+    pier_task_t *t = loop->task_head;
     loop->task_head = loop->task_tail = NULL;
     atomic_store_explicit(&loop->tasks_queued, 0, memory_order_relaxed);
     pthread_mutex_unlock(&loop->task_mu);
     while (t) {
-        pier__task_t *next = t->next;
+        pier_task_t *next = t->next;
         pier_task_cb fn = t->fn;
         void *arg = t->arg;
-        if (t->owned)
+        /* unmarked before it runs: fn may free the task or post it again */
+        if (t->flags & PIER__TASK_OWNED)
             free(t);
+        else
+            __atomic_fetch_and(&t->flags, ~PIER__TASK_QUEUED, __ATOMIC_ACQ_REL);
         fn(arg);
         t = next;
     }
 }
 
-/* ---- chunk cache for output copies ---- */
+/* ---- resources for the other layers ---- */
+
+char *pier__loop_rbuf(pier_loop_t *loop) { return loop->rbuf; }
+void pier__loop_handle_add(pier_loop_t *loop) { loop->handles++; }
+void pier__loop_handle_del(pier_loop_t *loop) { loop->handles--; }
 
 void *pier__chunk_get(pier_loop_t *loop) {
     if (loop->nchunks > 0)
@@ -205,10 +230,45 @@ void pier__chunk_put(pier_loop_t *loop, void *chunk) {
         free(chunk);
 }
 
+/* ---- deferred passes ---- */
+
+void pier__pending_add(pier_loop_t *loop, int pass, pier__pending_t *p) {
+    if (!pier__queue_linked(&p->q))
+        pier__queue_insert_tail(&loop->passes[pass], &p->q);
+}
+
+static int passes_pending(pier_loop_t *loop) {
+    for (int i = 0; i < PIER__PASSES; i++)
+        if (!pier__queue_empty(&loop->passes[i]))
+            return 1;
+    return 0;
+}
+
+static void run_node(pier__queue_t *q) {
+    pier__pending_t *p = pier__container_of(q, pier__pending_t, q);
+    pier__queue_remove(q);
+    p->cb(p);
+}
+
+/* Runs the nodes queued when the pass began; those queued meanwhile wait a turn. */
+static void run_pass_once(pier_loop_t *loop, int pass) {
+    pier__queue_t taken;
+    pier__queue_move(&loop->passes[pass], &taken);
+    while (!pier__queue_empty(&taken))
+        run_node(pier__queue_head(&taken));
+}
+
+/* Runs the pass until it is empty, including nodes queued while it runs. */
+static void run_pass_all(pier_loop_t *loop, int pass) {
+    pier__queue_t *h = &loop->passes[pass];
+    while (!pier__queue_empty(h))
+        run_node(pier__queue_head(h));
+}
+
 /* ---- running ---- */
 
 static int poll_timeout(pier_loop_t *loop, int timeout_ms) {
-    if (atomic_load(&loop->stop) || !pier__queue_empty(&loop->again_q) || tasks_pending(loop))
+    if (atomic_load(&loop->stop) || passes_pending(loop) || tasks_pending(loop))
         return 0;
     uint64_t next = pier__timers_next(loop);
     if (next != UINT64_MAX && (timeout_ms < 0 || next < (uint64_t)timeout_ms))
@@ -224,11 +284,11 @@ static void dispatch(pier_loop_t *loop, int timeout_ms) {
         pier__io_t *io = evs[i].data.ptr;
         io->cb(loop, io, evs[i].events);
     }
-    pier__net_process_again(loop);
+    run_pass_once(loop, PIER__PASS_READ);
     pier__timers_run(loop);
     run_tasks(loop);
-    pier__net_process_flush(loop);
-    pier__net_process_close(loop);
+    run_pass_all(loop, PIER__PASS_FLUSH);
+    run_pass_all(loop, PIER__PASS_CLOSE);
 }
 
 int pier_loop_run_once(pier_loop_t *loop, int timeout_ms) {
@@ -237,7 +297,11 @@ int pier_loop_run_once(pier_loop_t *loop, int timeout_ms) {
     int mine = atomic_compare_exchange_strong(&loop->owner, &none, self);
     if (!mine && atomic_load(&loop->owner) != self)
         return -EBUSY;
+    if (loop->dispatching)
+        return -EBUSY; /* called from one of this loop's callbacks: never nest a pass */
+    loop->dispatching = 1;
     dispatch(loop, timeout_ms);
+    loop->dispatching = 0;
     if (mine)
         atomic_store(&loop->owner, 0);
     return 0;
@@ -247,8 +311,10 @@ int pier_loop_run(pier_loop_t *loop) {
     unsigned long none = 0;
     if (!atomic_compare_exchange_strong(&loop->owner, &none, (unsigned long)pthread_self()))
         return -EBUSY;
+    loop->dispatching = 1;
     while (!atomic_load(&loop->stop))
         dispatch(loop, -1);
+    loop->dispatching = 0;
     atomic_store(&loop->stop, 0);
     atomic_store(&loop->owner, 0);
     return 0;

@@ -116,9 +116,7 @@ int pier_msg_client_new(pier_msg_client_t **out, pier_loop_t *loop, const pier_m
     pier_timer_init(loop, &mc->hb, hb_cb, mc);
     if (mc->o.heartbeat_ms) {
         uint64_t tick = mc->o.heartbeat_ms / 4 ? mc->o.heartbeat_ms / 4 : 1;
-        err = pier_timer_start(&mc->hb, tick, tick);
-        if (err)
-            goto fail;
+        pier_timer_start(&mc->hb, tick, tick);
     }
     err = pier_client_new(&mc->cl, loop, &co);
     if (err)

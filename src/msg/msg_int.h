@@ -6,14 +6,13 @@
 
 #include <stdatomic.h>
 
-#include "loop/internal.h" /* pier__task_t, pier__loop_post_task */
 
 /* A message handed to a worker: a copy of the frame plus the replies its handler made.
  * Created on the connection's loop, handled on one worker, finished on the loop again
  * (through the connection id, so a connection that went away costs nothing but a free). */
 typedef struct pier__msg_job_s {
     struct pier__msg_job_s *next;
-    pier__task_t task; /* posts a batch of finished jobs (headed by this one) to the loop
+    pier_task_t task; /* posts a batch of finished jobs (headed by this one) to the loop
                         * without allocating, so handing results back cannot fail */
     pier_msg_server_t *srv;
     void *lp;        /* the connection's loop state (server.c) */

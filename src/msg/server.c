@@ -427,10 +427,8 @@ static void jobs_flush(unsigned w, void *ud) {
             continue;
         l->head = l->tail = NULL;
         /* the loop reads fn and arg before calling jobs_back, which frees head */
-        head->task.fn = jobs_back;
-        head->task.arg = head;
-        head->task.owned = 0;
-        pier__loop_post_task(srv->loops[i].loop, &head->task);
+        pier_task_init(&head->task, jobs_back, head);
+        pier_loop_post_task(srv->loops[i].loop, &head->task);
     }
 }
 

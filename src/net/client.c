@@ -33,13 +33,20 @@ struct pier_client_s {
 };
 
 static void start_connect(pier_client_t *cl);
+static void conn_closed(void *owner, pier_conn_t *c, int err);
+/* The close hook through which the client's connection says it has closed. */
+static const pier__conn_owner_t client_owner = {.closed = conn_closed};
+
+pier_client_t *pier_conn_client(const pier_conn_t *c) {
+    return c->owner_ops == &client_owner ? c->owner : NULL;
+}
 
 /* The client is a live handle of its loop whenever it is not idle. */
 static void set_state(pier_client_t *cl, int state) {
     if (cl->state == CL_IDLE && state != CL_IDLE)
-        cl->loop->handles++;
+        pier__loop_handle_add(cl->loop);
     else if (cl->state != CL_IDLE && state == CL_IDLE)
-        cl->loop->handles--;
+        pier__loop_handle_del(cl->loop);
     cl->state = state;
 }
 
@@ -83,7 +90,7 @@ static void connected(pier_client_t *cl, int fd) {
         connect_failed(cl, err);
         return;
     }
-    c->client = cl;
+    pier__conn_set_owner(c, &client_owner, cl);
     cl->conn = c;
     cl->failures = 0;
     cl->connects++;
@@ -209,7 +216,8 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
     return 0;
 }
 
-void pier__client_conn_closed(pier_client_t *cl, pier_conn_t *c, int err) {
+static void conn_closed(void *owner, pier_conn_t *c, int err) {
+    pier_client_t *cl = owner;
     cl->conn = NULL;
     if (cl->opts.reconnect && !cl->stopped) {
         pier_log(PIER_LOG_INFO, "connection to %s:%u closed (%s), reconnecting", cl->host, cl->opts.port,

@@ -1,7 +1,8 @@
 /* Connections: reading into a shared buffer, the output queue, water marks, and the
  * two-phase close.
  *
- * Lifetime invariants (DESIGN.md):
+ * Lifetime invariants (so that no connection is freed while a callback, a queued pass
+ * or another thread still refers to it, and none is closed twice):
  *  - the loop holds one reference from pier__conn_new() until finalize();
  *  - every event handler holds a reference for its whole duration, so a callback that
  *    closes or unrefs cannot free the connection under the handler;
@@ -10,7 +11,7 @@
  *    batch still finds valid memory and sees CLOSED, and is dropped.
  *
  * Reading: epoll is edge-triggered. A read that fills the buffer leaves the connection
- * READABLE and queues it on again_q for the next iteration (fairness); a short read means
+ * READABLE and queues it in the loop's READ pass for the next iteration (fairness); a short read means
  * the socket is drained and the next edge will come. Reads go into the loop's shared
  * 64 KiB buffer; only bytes the protocol did not consume are copied into a buffer of the
  * connection's own, which is freed as soon as it empties, so an idle connection holds no
@@ -37,6 +38,9 @@
 
 static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events);
 static void conn_timer_cb(pier_timer_t *t);
+static void read_pass_cb(pier__pending_t *p);
+static void flush_pass_cb(pier__pending_t *p);
+static void close_pass_cb(pier__pending_t *p);
 
 void pier__limits_default(pier_conn_limits_t *lim) {
     if (!lim->out_high)
@@ -67,9 +71,10 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
         free(c);
         return -ENOMEM;
     }
-    pier__queue_init(&c->flush_q);
-    pier__queue_init(&c->close_q);
-    pier__queue_init(&c->again_q);
+    pier__pending_init(&c->read_p, read_pass_cb);
+    pier__pending_init(&c->flush_p, flush_pass_cb);
+    pier__pending_init(&c->close_p, close_pass_cb);
+    pier__queue_init(&c->owner_q);
     pier_timer_init(loop, &c->timer, conn_timer_cb, c);
     int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     if (err < 0) {
@@ -77,9 +82,8 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
         free(c);
         return err;
     }
-    pier__queue_insert_tail(&loop->conns, &c->all_q);
-    loop->handles++;
-    c->last_io = loop->now;
+    pier__loop_handle_add(loop);
+    c->last_io = pier_loop_now(loop);
     if (c->lim.idle_ms)
         pier_timer_start(&c->timer, c->lim.idle_ms, 0);
     *out = c;
@@ -99,8 +103,16 @@ pier_loop_t *pier_conn_loop(const pier_conn_t *c) { return c->loop; }
 int pier_conn_fd(const pier_conn_t *c) { return c->flags & PIER__C_CLOSED ? -1 : c->io.fd; }
 int pier_conn_is_open(const pier_conn_t *c) { return !(c->flags & PIER__C_CLOSING); }
 size_t pier_conn_queued(const pier_conn_t *c) { return c->queued; }
-pier_server_t *pier_conn_server(const pier_conn_t *c) { return c->server; }
-pier_client_t *pier_conn_client(const pier_conn_t *c) { return c->client; }
+
+void pier__conn_set_owner(pier_conn_t *c, const pier__conn_owner_t *ops, void *owner) {
+    c->owner_ops = ops;
+    c->owner = owner;
+}
+
+pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id) {
+    pier_conn_t *c = pier__id_conn(id);
+    return c && c->loop == loop && !(c->flags & PIER__C_CLOSING) ? c : NULL;
+}
 
 const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size) {
     struct sockaddr_storage ss;
@@ -130,20 +142,29 @@ void pier_conn_unref(pier_conn_t *c) {
 
 /* ---- the output queue ---- */
 
-static pier__out_t *out_push(pier_conn_t *c) {
-    if (c->ohead + c->ocount == c->ocap) {
-        if (c->ohead > 0) {
-            memmove(c->out, c->out + c->ohead, c->ocount * sizeof *c->out);
-            c->ohead = 0;
-        } else {
-            uint32_t cap = c->ocap ? c->ocap * 2 : 2; /* most connections queue one or two items */
-            pier__out_t *out = realloc(c->out, cap * sizeof *out);
-            if (!out)
-                return NULL;
-            c->out = out;
-            c->ocap = cap;
-        }
+/* Makes room for n more items in the queue array. 0 or -ENOMEM (nothing changed). */
+static int out_reserve(pier_conn_t *c, uint32_t n) {
+    if (c->ohead + c->ocount + n <= c->ocap)
+        return 0;
+    if (c->ohead > 0) {
+        memmove(c->out, c->out + c->ohead, c->ocount * sizeof *c->out);
+        c->ohead = 0;
+        if (c->ocount + n <= c->ocap)
+            return 0;
     }
+    uint32_t cap = c->ocap ? c->ocap : 2; /* most connections queue one or two items */
+    while (cap < c->ocount + n)
+        cap *= 2;
+    pier__out_t *out = realloc(c->out, cap * sizeof *out);
+    if (!out)
+        return -ENOMEM;
+    c->out = out;
+    c->ocap = cap;
+    return 0;
+}
+
+/* Appends an item; the caller has reserved room for it. */
+static pier__out_t *out_push(pier_conn_t *c) {
     pier__out_t *o = &c->out[c->ohead + c->ocount++];
     memset(o, 0, sizeof *o);
     o->fd = -1;
@@ -186,8 +207,7 @@ static void out_drop_all(pier_conn_t *c) {
 }
 
 static void want_flush(pier_conn_t *c) {
-    if (!pier__queue_linked(&c->flush_q))
-        pier__queue_insert_tail(&c->loop->flush_q, &c->flush_q);
+    pier__pending_add(c->loop, PIER__PASS_FLUSH, &c->flush_p);
 }
 
 static void note_queued(pier_conn_t *c, size_t n) {
@@ -203,13 +223,14 @@ static void fail(pier_conn_t *c, int err) {
     pier_conn_abort(c);
 }
 
-/* Writes straight to the socket while nothing is queued: large buffers skip the copy.
- * Returns bytes written (0 if the socket is full) or a negative errno. */
-static ssize_t direct_write(pier_conn_t *c, const void *data, size_t len) {
+/* Writes a unit straight to the socket while nothing is queued: large units skip the
+ * copy. Returns bytes written (0 if the socket is full) or a negative errno. */
+static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt) {
+    struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
     for (;;) {
-        ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
-            c->last_io = c->loop->now;
+            c->last_io = pier_loop_now(c->loop);
             return n;
         }
         if (errno == EINTR)
@@ -218,48 +239,107 @@ static ssize_t direct_write(pier_conn_t *c, const void *data, size_t len) {
     }
 }
 
-int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
+/* The copy item at the tail of the queue and the room left in it, if there is one. */
+static pier__out_t *tail_copy(pier_conn_t *c, size_t *room) {
+    pier__out_t *tail = c->ocount ? &c->out[c->ohead + c->ocount - 1] : NULL;
+    if (!tail || tail->kind != PIER__OUT_COPY) {
+        *room = 0;
+        return NULL;
+    }
+    *room = (size_t)tail->ud - tail->len;
+    return tail;
+}
+
+/* Copies len bytes of the unit, starting skip bytes into it, at the end of the queue.
+ * Everything that can fail (a new buffer, room for extra queue items) is taken before
+ * the first byte is copied, so the unit is queued whole or not at all. */
+static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip, size_t len,
+                      uint32_t extra_items) {
+    size_t room;
+    tail_copy(c, &room);
+    size_t spill = len > room ? len - room : 0;
+    char *buf = NULL;
+    size_t cap = 0;
+    if (spill) {
+        cap = spill > PIER__CHUNK ? spill : PIER__CHUNK;
+        buf = cap == PIER__CHUNK ? pier__chunk_get(c->loop) : malloc(cap);
+        if (!buf)
+            return -ENOMEM;
+    }
+    if (out_reserve(c, (spill ? 1 : 0) + extra_items) < 0) {
+        if (buf && cap == PIER__CHUNK)
+            pier__chunk_put(c->loop, buf);
+        else
+            free(buf);
+        return -ENOMEM;
+    }
+    pier__out_t *tail = tail_copy(c, &room); /* again: out_reserve may have moved it */
+    size_t left = len;
+    for (int i = 0; i < iovcnt && left > 0; i++) {
+        const char *p = iov[i].iov_base;
+        size_t n = iov[i].iov_len;
+        if (skip >= n) {
+            skip -= n;
+            continue;
+        }
+        p += skip;
+        n -= skip;
+        skip = 0;
+        while (n > 0) {
+            if (room == 0) {
+                tail = out_push(c);
+                tail->kind = PIER__OUT_COPY;
+                tail->base = buf;
+                tail->ud = (void *)cap;
+                room = cap;
+                buf = NULL;
+            }
+            size_t k = n < room ? n : room;
+            memcpy(tail->base + tail->len, p, k);
+            tail->len += k;
+            room -= k;
+            p += k;
+            n -= k;
+            left -= k;
+        }
+    }
+    note_queued(c, len);
+    return 0;
+}
+
+static size_t iov_total(const struct iovec *iov, int iovcnt) {
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    return total;
+}
+
+int pier_conn_writev(pier_conn_t *c, const struct iovec *iov, int iovcnt) {
+    if (iovcnt < 0 || (iovcnt > 0 && !iov))
+        return -EINVAL;
     if (c->flags & PIER__C_CLOSING)
         return -ENOTCONN;
-    const char *p = data;
-    if (len >= DIRECT_WRITE_MIN && c->ocount == 0) {
-        ssize_t n = direct_write(c, p, len);
+    size_t total = iov_total(iov, iovcnt), sent = 0;
+    if (total >= DIRECT_WRITE_MIN && c->ocount == 0) {
+        ssize_t n = direct_write(c, iov, iovcnt < IOV_BATCH ? iovcnt : IOV_BATCH);
         if (n < 0) {
             fail(c, (int)n);
             return -ENOTCONN;
         }
-        p += n;
-        len -= (size_t)n;
+        sent = (size_t)n;
     }
-    size_t total = len;
-    while (len > 0) {
-        pier__out_t *tail = c->ocount ? &c->out[c->ohead + c->ocount - 1] : NULL;
-        size_t room = tail && tail->kind == PIER__OUT_COPY ? (size_t)tail->ud - tail->len : 0;
-        if (room == 0) {
-            size_t cap = len > PIER__CHUNK ? len : PIER__CHUNK;
-            char *buf = cap == PIER__CHUNK ? pier__chunk_get(c->loop) : malloc(cap);
-            if (!buf || !(tail = out_push(c))) {
-                free(buf);
-                note_queued(c, total - len);
-                /* part of this write is already out or queued: what follows on the
-                 * stream would be corrupt, so the connection cannot go on */
-                if (p != (const char *)data)
-                    fail(c, -ENOMEM);
-                return -ENOMEM;
-            }
-            tail->kind = PIER__OUT_COPY;
-            tail->base = buf;
-            tail->ud = (void *)cap;
-            room = cap;
-        }
-        size_t n = len < room ? len : room;
-        memcpy(tail->base + tail->len, p, n);
-        tail->len += n;
-        p += n;
-        len -= n;
-    }
-    note_queued(c, total);
-    return 0;
+    if (sent == total)
+        return 0;
+    int err = queue_copy(c, iov, iovcnt, sent, total - sent, 0);
+    /* part of the unit is already on the wire: the rest of the stream would be corrupt */
+    if (err < 0 && sent > 0)
+        fail(c, err);
+    return err;
+}
+
+int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
+    struct iovec v = {.iov_base = (void *)data, .iov_len = len};
+    return pier_conn_writev(c, &v, 1);
 }
 
 int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_cb free_cb, void *ud) {
@@ -270,7 +350,8 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
     }
     size_t done = 0;
     if (len >= DIRECT_WRITE_MIN && c->ocount == 0) {
-        ssize_t n = direct_write(c, base, len);
+        struct iovec v = {.iov_base = (void *)base, .iov_len = len};
+        ssize_t n = direct_write(c, &v, 1);
         if (n < 0) {
             fail(c, (int)n);
             if (free_cb)
@@ -284,14 +365,14 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
             free_cb((void *)base, ud);
         return 0;
     }
-    pier__out_t *o = out_push(c);
-    if (!o) {
+    if (out_reserve(c, 1) < 0) {
         if (done > 0)
             fail(c, -ENOMEM); /* a partial write: the stream cannot go on */
         if (free_cb)
             free_cb((void *)base, ud);
         return -ENOMEM;
     }
+    pier__out_t *o = out_push(c);
     o->kind = PIER__OUT_REF;
     o->base = (char *)base;
     o->len = len;
@@ -302,26 +383,29 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
     return 0;
 }
 
-int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
-    if (c->flags & PIER__C_CLOSING) {
+int pier_conn_writev_file(pier_conn_t *c, const struct iovec *iov, int iovcnt, int fd, off_t offset, size_t len) {
+    int err = 0;
+    if (iovcnt < 0 || (iovcnt > 0 && !iov))
+        err = -EINVAL;
+    else if (c->flags & PIER__C_CLOSING)
+        err = -ENOTCONN;
+    else
+        err = queue_copy(c, iov, iovcnt, 0, iov_total(iov, iovcnt), len ? 1 : 0);
+    if (err < 0 || len == 0) {
         close(fd);
-        return -ENOTCONN;
+        return err;
     }
-    if (len == 0) {
-        close(fd);
-        return 0;
-    }
-    pier__out_t *o = out_push(c);
-    if (!o) {
-        close(fd);
-        return -ENOMEM;
-    }
+    pier__out_t *o = out_push(c); /* reserved by queue_copy */
     o->kind = PIER__OUT_FILE;
     o->fd = fd;
     o->foff = offset;
     o->len = len;
     note_queued(c, len);
     return 0;
+}
+
+int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
+    return pier_conn_writev_file(c, NULL, 0, fd, offset, len);
 }
 
 static void consume(pier_conn_t *c, size_t n) {
@@ -353,7 +437,7 @@ static int flush(pier_conn_t *c) {
             }
             if (n == 0)
                 return -EIO; /* the file shrank under us */
-            c->last_io = c->loop->now;
+            c->last_io = pier_loop_now(c->loop);
             consume(c, (size_t)n);
             continue;
         }
@@ -374,7 +458,7 @@ static int flush(pier_conn_t *c) {
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
-        c->last_io = c->loop->now;
+        c->last_io = pier_loop_now(c->loop);
         consume(c, (size_t)n);
         if ((size_t)n < total)
             return 0; /* the socket is full; EPOLLOUT will bring us back */
@@ -383,13 +467,11 @@ static int flush(pier_conn_t *c) {
 }
 
 static void schedule_close(pier_conn_t *c) {
-    if (!pier__queue_linked(&c->close_q))
-        pier__queue_insert_tail(&c->loop->close_q, &c->close_q);
+    pier__pending_add(c->loop, PIER__PASS_CLOSE, &c->close_p);
 }
 
 static void queue_read(pier_conn_t *c) {
-    if (!pier__queue_linked(&c->again_q))
-        pier__queue_insert_tail(&c->loop->again_q, &c->again_q);
+    pier__pending_add(c->loop, PIER__PASS_READ, &c->read_p);
 }
 
 static void want_read(pier_conn_t *c) {
@@ -457,7 +539,7 @@ static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own
 /* Reads and discards while lingering after our FIN, until the peer's FIN or an error. */
 static void linger_read(pier_conn_t *c) {
     for (;;) {
-        ssize_t n = read(c->io.fd, c->loop->rbuf, PIER__READ_BUF);
+        ssize_t n = read(c->io.fd, pier__loop_rbuf(c->loop), PIER__READ_BUF);
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)
@@ -497,7 +579,7 @@ static void do_read(pier_conn_t *c) {
         return;
     }
     int own = c->rlen > 0;
-    char *buf = c->loop->rbuf;
+    char *buf = pier__loop_rbuf(c->loop);
     size_t room = PIER__READ_BUF;
     if (own) {
         if (c->rlen == c->rcap) {
@@ -538,7 +620,7 @@ static void do_read(pier_conn_t *c) {
         c->flags &= ~PIER__C_READABLE;
     else
         want_read(c);
-    c->last_io = c->loop->now;
+    c->last_io = pier_loop_now(c->loop);
     if (own) {
         c->rlen += (size_t)n;
         deliver(c, c->rbuf, c->rlen, 1);
@@ -573,18 +655,13 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     pier_conn_unref(c);
 }
 
-void pier__net_process_again(pier_loop_t *loop) {
-    /* one pass over the connections that had more to read, taken aside first: those
-     * that still have more after this read are queued again for the next iteration */
-    pier__queue_t pending;
-    pier__queue_move(&loop->again_q, &pending);
-    while (!pier__queue_empty(&pending)) {
-        pier_conn_t *c = pier__container_of(pier__queue_head(&pending), pier_conn_t, again_q);
-        pier__queue_remove(&c->again_q);
-        pier_conn_ref(c);
-        do_read(c);
-        pier_conn_unref(c);
-    }
+/* A connection that had more to read (or kept input to hand back); the loop runs each
+ * once per iteration, and one that still has more waits for the next. */
+static void read_pass_cb(pier__pending_t *p) {
+    pier_conn_t *c = pier__container_of(p, pier_conn_t, read_p);
+    pier_conn_ref(c);
+    do_read(c);
+    pier_conn_unref(c);
 }
 
 void pier_conn_pause(pier_conn_t *c) { c->flags |= PIER__C_USER_PAUSE; }
@@ -617,7 +694,7 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
     }
 }
 
-void pier_conn_touch(pier_conn_t *c) { c->last_io = c->loop->now; }
+void pier_conn_touch(pier_conn_t *c) { c->last_io = pier_loop_now(c->loop); }
 
 /* ---- closing ---- */
 
@@ -626,8 +703,7 @@ void pier_conn_close(pier_conn_t *c) {
         return;
     c->flags |= PIER__C_CLOSING;
     pier__id_closing(c->id);
-    if (pier__queue_linked(&c->again_q))
-        pier__queue_remove(&c->again_q);
+    pier__pending_cancel(&c->read_p);
     pier_timer_start(&c->timer, c->lim.close_ms, 0);
     schedule_close(c);
 }
@@ -637,8 +713,7 @@ void pier_conn_abort(pier_conn_t *c) {
         return;
     c->flags |= PIER__C_CLOSING | PIER__C_ABORT;
     pier__id_closing(c->id);
-    if (pier__queue_linked(&c->again_q))
-        pier__queue_remove(&c->again_q);
+    pier__pending_cancel(&c->read_p);
     out_drop_all(c);
     schedule_close(c);
 }
@@ -656,7 +731,7 @@ static void conn_timer_cb(pier_timer_t *t) {
         schedule_close(c);
         return;
     }
-    uint64_t idle = c->loop->now - c->last_io;
+    uint64_t idle = pier_loop_now(c->loop) - c->last_io;
     if (idle < c->lim.idle_ms) {
         pier_timer_start(t, c->lim.idle_ms - idle, 0);
         return;
@@ -671,14 +746,10 @@ static void conn_timer_cb(pier_timer_t *t) {
 static void finalize(pier_conn_t *c) {
     pier_loop_t *loop = c->loop;
     c->flags |= PIER__C_CLOSED | PIER__C_CLOSING;
-    if (pier__queue_linked(&c->flush_q))
-        pier__queue_remove(&c->flush_q);
-    if (pier__queue_linked(&c->again_q))
-        pier__queue_remove(&c->again_q);
+    pier__pending_cancel(&c->flush_p);
+    pier__pending_cancel(&c->read_p);
     /* close_step's own linger read may have queued it again on its way here */
-    if (pier__queue_linked(&c->close_q))
-        pier__queue_remove(&c->close_q);
-    pier__queue_remove(&c->all_q);
+    pier__pending_cancel(&c->close_p);
     pier_timer_stop(&c->timer);
     if (c->flags & PIER__C_ABORT) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
@@ -686,7 +757,7 @@ static void finalize(pier_conn_t *c) {
     }
     close(c->io.fd);
     pier__id_release(c->id);
-    loop->handles--;
+    pier__loop_handle_del(loop);
     out_drop_all(c);
     free(c->rbuf);
     c->rbuf = NULL;
@@ -694,10 +765,8 @@ static void finalize(pier_conn_t *c) {
     pier_conn_ref(c);
     if (c->cbs && c->cbs->on_close)
         c->cbs->on_close(c, c->err);
-    if (c->server)
-        pier__server_conn_closed(c->server, c);
-    if (c->client)
-        pier__client_conn_closed(c->client, c, c->err);
+    if (c->owner_ops)
+        c->owner_ops->closed(c->owner, c, c->err);
     pier_conn_unref(c);
     pier_conn_unref(c); /* the loop's reference */
 }
@@ -736,30 +805,24 @@ static void close_step(pier_conn_t *c) {
     finalize(c);
 }
 
-void pier__net_process_flush(pier_loop_t *loop) {
-    while (!pier__queue_empty(&loop->flush_q)) {
-        pier_conn_t *c = pier__container_of(pier__queue_head(&loop->flush_q), pier_conn_t, flush_q);
-        pier__queue_remove(&c->flush_q);
-        pier_conn_ref(c);
-        flush_now(c);
-        pier_conn_unref(c);
-    }
+static void flush_pass_cb(pier__pending_t *p) {
+    pier_conn_t *c = pier__container_of(p, pier_conn_t, flush_p);
+    pier_conn_ref(c);
+    flush_now(c);
+    pier_conn_unref(c);
 }
 
-void pier__net_process_close(pier_loop_t *loop) {
-    while (!pier__queue_empty(&loop->close_q)) {
-        pier_conn_t *c = pier__container_of(pier__queue_head(&loop->close_q), pier_conn_t, close_q);
-        pier__queue_remove(&c->close_q);
-        pier_conn_ref(c);
-        close_step(c);
-        pier_conn_unref(c);
-    }
+static void close_pass_cb(pier__pending_t *p) {
+    pier_conn_t *c = pier__container_of(p, pier_conn_t, close_p);
+    pier_conn_ref(c);
+    close_step(c);
+    pier_conn_unref(c);
 }
 
 /* ---- the id-based calls ---- */
 
 typedef struct id_task_s {
-    pier__task_t task;
+    pier_task_t task;
     pier_id_t id;
     void (*fn)(pier_conn_t *c, void *arg);
     void *arg;
@@ -788,16 +851,14 @@ static int post_id_task(pier_id_t id, const void *data, size_t len, void (*fn)(p
     id_task_t *t = malloc(sizeof *t + len);
     if (!t)
         return -ENOMEM;
-    t->task.fn = send_task;
-    t->task.arg = t;
-    t->task.owned = 0;
+    pier_task_init(&t->task, send_task, t);
     t->id = id;
     t->fn = fn;
     t->arg = arg;
     t->len = len;
     if (len)
         memcpy(t->data, data, len);
-    pier__loop_post_task(loop, &t->task);
+    pier_loop_post_task(loop, &t->task); /* a fresh task: cannot fail */
     return 0;
 }
 

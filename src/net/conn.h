@@ -3,7 +3,7 @@
 #define PIER_NET_CONN_H
 
 #include <pier/net.h>
-#include "loop/internal.h"
+#include "loop/layer.h"
 
 enum {
     PIER__C_CLOSING = 1 << 0,   /* close requested: no more reads, no new writes */
@@ -51,19 +51,27 @@ struct pier_conn_s {
     uint64_t last_io;
     pier_timer_t timer;         /* idle, flush-on-close and linger deadlines */
 
-    pier__queue_t all_q, flush_q, close_q, again_q;
-    pier_server_t *server;
-    pier_client_t *client;
+    pier__pending_t read_p, flush_p, close_p; /* nodes in the loop's passes */
+    /* The owner (a server, a client) that made the connection, told through its hook
+     * when the connection has finished closing. owner_q links it in the owner's list. */
+    const struct pier__conn_owner_s *owner_ops;
+    void *owner;
+    pier__queue_t owner_q;
 };
+
+/* How a connection tells its owner that it closed: closed() runs once, in the close pass,
+ * after on_close, with the connection's error; the owner unlinks owner_q there. */
+typedef struct pier__conn_owner_s {
+    void (*closed)(void *owner, pier_conn_t *c, int err);
+} pier__conn_owner_t;
 
 /* Wraps a connected non-blocking socket. The loop holds the first reference. */
 int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out);
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);
 
-/* Hooks into the owners, called when a connection has finished closing. */
-void pier__server_conn_closed(pier_server_t *srv, pier_conn_t *c);
-void pier__client_conn_closed(pier_client_t *cl, pier_conn_t *c, int err);
+/* Sets the owner of a new connection (before any callback can run). */
+void pier__conn_set_owner(pier_conn_t *c, const pier__conn_owner_t *ops, void *owner);
 
 /* "1.2.3.4:80" / "[::1]:80" from a sockaddr. */
 const char *pier__addr_str(const void *sa, char *buf, size_t size);

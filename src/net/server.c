@@ -26,6 +26,7 @@ typedef struct listener_s {
     pier_loop_t *loop;
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
+    pier__queue_t conns;        /* this server's open connections on this loop */
 } listener_t;
 
 struct pier_server_s {
@@ -91,11 +92,24 @@ static int probe_port(struct sockaddr_storage *ss, socklen_t len) {
     return err;
 }
 
+/* The close hook: the connection has finished closing (its on_close has run). */
+static void conn_closed(void *owner, pier_conn_t *c, int err) {
+    pier_server_t *srv = owner;
+    pier__queue_remove(&c->owner_q);
+    atomic_fetch_sub(&srv->conns, 1);
+}
+
+static const pier__conn_owner_t server_owner = {.closed = conn_closed};
+
+pier_server_t *pier_conn_server(const pier_conn_t *c) {
+    return c->owner_ops == &server_owner ? c->owner : NULL;
+}
+
 static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
     unsigned open = atomic_fetch_add(&srv->conns, 1);
     if (open >= srv->opts.max_conns) {
         atomic_fetch_sub(&srv->conns, 1);
-        pier__log_every(&srv->log_limit, l->loop->now, PIER_LOG_WARN,
+        pier__log_every(&srv->log_limit, pier_loop_now(l->loop), PIER_LOG_WARN,
                         "connection limit %u reached, refusing new connections", srv->opts.max_conns);
         close(fd);
         return;
@@ -110,7 +124,8 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
         close(fd);
         return;
     }
-    c->server = srv;
+    pier__conn_set_owner(c, &server_owner, srv);
+    pier__queue_insert_tail(&l->conns, &c->owner_q);
     pier_conn_ref(c);
     if (srv->opts.on_accept)
         srv->opts.on_accept(srv, c);
@@ -149,7 +164,7 @@ static void hand_out(pier_server_t *srv, listener_t *l, int fd) {
 /* Out of descriptors: the pending connection would make the listener readable forever
  * and spin the loop. Give back the reserve fd, accept and close at once, take it back. */
 static void shed_on_emfile(pier_server_t *srv, listener_t *l) {
-    pier__log_every(&srv->log_emfile, l->loop->now, PIER_LOG_WARN,
+    pier__log_every(&srv->log_emfile, pier_loop_now(l->loop), PIER_LOG_WARN,
                     "out of file descriptors: closing new connections at once");
     if (l->reserve_fd >= 0) {
         close(l->reserve_fd);
@@ -208,8 +223,10 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
         err = len;
         goto fail;
     }
-    for (unsigned i = 0; i < srv->n; i++)
+    for (unsigned i = 0; i < srv->n; i++) {
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+        pier__queue_init(&srv->ls[i].conns);
+    }
     if ((err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
     for (unsigned i = 0; i < srv->n; i++) {
@@ -293,7 +310,7 @@ static void start_task(listener_t *l) {
         return;
     }
     l->active = 1;
-    l->loop->handles++;
+    pier__loop_handle_add(l->loop);
     atomic_fetch_add(&l->srv->live, 1);
 }
 
@@ -311,7 +328,7 @@ static void stop_task(listener_t *l) {
         return;
     if (l->active) {
         pier__io_del(l->loop, &l->io);
-        l->loop->handles--;
+        pier__loop_handle_del(l->loop);
         l->active = 0;
         atomic_fetch_sub(&l->srv->live, 1);
     }
@@ -332,12 +349,12 @@ void pier_server_stop(pier_server_t *srv) {
 }
 
 static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
-    pier__queue_t *q = l->loop->conns.next;
-    while (q != &l->loop->conns) {
-        pier_conn_t *c = pier__container_of(q, pier_conn_t, all_q);
+    /* close and abort only mark and queue: no connection leaves the list under us */
+    pier__queue_t *q = l->conns.next;
+    while (q != &l->conns) {
+        pier_conn_t *c = pier__container_of(q, pier_conn_t, owner_q);
         q = q->next;
-        if (c->server == l->srv)
-            fn(c);
+        fn(c);
     }
 }
 
@@ -371,7 +388,6 @@ int pier_server_free(pier_server_t *srv) {
     return 0;
 }
 
-void pier__server_conn_closed(pier_server_t *srv, pier_conn_t *c) { atomic_fetch_sub(&srv->conns, 1); }
 
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }

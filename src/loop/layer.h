@@ -1,0 +1,84 @@
+/* What the loop offers the library's other layers (net, and through it the protocols),
+ * beyond the public loop.h. The loop itself knows nothing of those layers: it polls
+ * descriptors, and runs deferred passes whose nodes the layers queue.
+ *
+ * Not installed. A layer includes this header, never loop/internal.h. */
+#ifndef PIER_LOOP_LAYER_H
+#define PIER_LOOP_LAYER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <pier/loop.h>
+#include "queue.h"
+
+#define PIER__READ_BUF (64 * 1024) /* the loop's shared read buffer */
+#define PIER__CHUNK (16 * 1024)    /* size of a cached output chunk */
+
+/* ---- descriptors in the loop's epoll set ---- */
+
+/* Anything with an fd in the loop's epoll set starts with this. */
+typedef struct pier__io_s pier__io_t;
+typedef void (*pier__io_cb)(pier_loop_t *loop, pier__io_t *io, uint32_t events);
+struct pier__io_s {
+    int fd;
+    pier__io_cb cb;
+};
+
+int pier__io_add(pier_loop_t *loop, pier__io_t *io, uint32_t events);
+int pier__io_mod(pier_loop_t *loop, pier__io_t *io, uint32_t events);
+void pier__io_del(pier_loop_t *loop, pier__io_t *io);
+
+/* ---- deferred passes ----
+ *
+ * A layer that needs work done once per iteration queues an intrusive node, with its
+ * callback, in one of the loop's passes. After each epoll batch the loop runs, in this
+ * fixed order:
+ *   PIER__PASS_READ   nodes queued before the pass began (a node queued again while it
+ *                     runs waits for the next iteration, so one busy peer cannot starve
+ *                     the others); then due timers, then posted tasks;
+ *   PIER__PASS_FLUSH  until empty (output queued this iteration goes out together);
+ *   PIER__PASS_CLOSE  until empty (finishing closes after every callback has returned).
+ * A queued node is run once and unlinked before its callback, which may queue it again.
+ * While any pass has nodes, the loop does not sleep in epoll. */
+enum { PIER__PASS_READ, PIER__PASS_FLUSH, PIER__PASS_CLOSE, PIER__PASSES };
+
+typedef struct pier__pending_s pier__pending_t;
+typedef void (*pier__pending_cb)(pier__pending_t *p);
+struct pier__pending_s {
+    pier__queue_t q;
+    pier__pending_cb cb;
+};
+
+static inline void pier__pending_init(pier__pending_t *p, pier__pending_cb cb) {
+    pier__queue_init(&p->q);
+    p->cb = cb;
+}
+static inline int pier__pending_queued(const pier__pending_t *p) { return pier__queue_linked(&p->q); }
+/* Queues p in pass (a no-op if it is already queued, in any pass). */
+void pier__pending_add(pier_loop_t *loop, int pass, pier__pending_t *p);
+/* Unqueues p; a no-op if it is not queued. */
+static inline void pier__pending_cancel(pier__pending_t *p) {
+    if (pier__queue_linked(&p->q))
+        pier__queue_remove(&p->q);
+}
+
+/* ---- resources shared by a loop's connections ---- */
+
+/* The loop's PIER__READ_BUF-byte read buffer: valid until the caller returns to the loop. */
+char *pier__loop_rbuf(pier_loop_t *loop);
+/* Output chunks of PIER__CHUNK bytes, cached per loop. get: NULL when out of memory. */
+void *pier__chunk_get(pier_loop_t *loop);
+void pier__chunk_put(pier_loop_t *loop, void *chunk);
+/* Counts a live handle (an open connection, a listener, a client) against the loop, so
+ * pier_loop_free refuses while it lives. */
+void pier__loop_handle_add(pier_loop_t *loop);
+void pier__loop_handle_del(pier_loop_t *loop);
+
+/* Rate-limited logging: logs at most once per second per key. */
+void pier__log_every(atomic_uint_fast64_t *last_ms, uint64_t now, int level, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+uint64_t pier__clock_ms(void);
+
+#endif
