@@ -158,8 +158,7 @@ PIER_EXTERN pier_id_t pier_http_req_conn_id(const pier_http_req_t *req);
  * once the head is sent. */
 PIER_EXTERN int pier_http_res_header(pier_http_res_t *res, const char *name, const char *value);
 /* Sends a whole response with Content-Length; body is copied. content_type may be NULL.
- * -EALREADY if a response was already sent, -EINVAL for a status outside 200..999 or a
- * content_type that would break the head. */
+ * -EALREADY if a response was already sent, -EINVAL for a status outside 200..999. */
 PIER_EXTERN int pier_http_res_send(pier_http_res_t *res, int status, const char *content_type,
                                    const void *body, size_t len);
 /* As pier_http_res_send, with a body of len bytes of the file fd from offset, sent with

