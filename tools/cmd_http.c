@@ -77,7 +77,7 @@ typedef struct http_state_s {
 } http_state_t;
 
 #define DEMO_MAX_N 10000
-#define DEMO_MAX_SIZE (1ul << 20)
+#define DEMO_MAX_SIZE (16ul << 20) /* more than a socket's send buffer, so output can queue up */
 #define DEMO_MAX_MS 10000
 #define DEFER_RETRY_MS 1
 
@@ -102,9 +102,10 @@ static void defer_insert(deferrer_t *d, defer_item_t *it) {
     *p = it;
 }
 
-/* One step of an item. Returns 1 when it is finished (and the handle gone), 0 to run it
- * again later: the server said -ENOBUFS (the client reads slowly) or -ENOMEM. */
-static int defer_step(defer_item_t *it, char *buf) {
+/* One step of an item, with buf of it->size bytes. Returns 1 when it is finished (and
+ * the handle gone), 0 to run it again later: the server said -ENOBUFS (the client reads
+ * slowly) or -ENOMEM. */
+static int defer_write(defer_item_t *it, char *buf) {
     int rc;
     if (it->n == 0) {
         demo_fill(buf, 0, it->size);
@@ -132,9 +133,17 @@ give_up: /* the client has gone, say */
     return 1;
 }
 
+static int defer_step(defer_item_t *it) {
+    char *buf = malloc(it->size ? it->size : 1);
+    if (!buf)
+        return 0; /* try again later */
+    int rc = defer_write(it, buf);
+    free(buf);
+    return rc;
+}
+
 static void *defer_main(void *arg) {
     deferrer_t *d = arg;
-    char *buf = malloc(DEMO_MAX_SIZE);
     pthread_mutex_lock(&d->mu);
     while (!d->stop) {
         defer_item_t *it = d->items;
@@ -154,7 +163,7 @@ static void *defer_main(void *arg) {
         }
         d->items = it->next;
         pthread_mutex_unlock(&d->mu);
-        int finished = buf ? defer_step(it, buf) : (pier_http_later_cancel(it->later), 1);
+        int finished = defer_step(it);
         pthread_mutex_lock(&d->mu);
         if (finished) {
             free(it);
@@ -164,7 +173,6 @@ static void *defer_main(void *arg) {
         }
     }
     pthread_mutex_unlock(&d->mu);
-    free(buf);
     return NULL;
 }
 
@@ -215,7 +223,7 @@ static int query_num(pier_http_req_t *req, const char *key, unsigned long max, u
 }
 
 static void bad_query(pier_http_res_t *res) {
-    static const char msg[] = "n <= 10000, size <= 1048576, ms and defer <= 10000\n";
+    static const char msg[] = "n <= 10000, size <= 16777216, ms and defer <= 10000\n";
     pier_http_res_send(res, 400, "text/plain", msg, sizeof msg - 1);
 }
 
