@@ -280,8 +280,9 @@ void pier__http_process_pending(pier__http_conn_t *hc) {
         pier__buf_consume(&hc->pending, used);
         trim(&hc->pending); /* not before: process() was reading it */
         /* the peer half-closed: once nothing waits on a deferred response, what is left
-         * is at most an incomplete request that can never complete */
-        if (hc->eof && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+         * is at most an incomplete request that can never complete; unless the requests
+         * wait for the answers to drain (held), and on_drain takes them up again */
+        if (hc->eof && !hc->held && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
             hc->state = ST_CLOSED;
             pier_conn_close(c);
         }
