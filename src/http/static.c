@@ -47,6 +47,10 @@ static void static_free(void *ud) {
     free(st);
 }
 
+/* A call that should have worked failed: 503 when the server ran out of something
+ * (descriptors, memory) and may do better later, 500 otherwise. */
+static int failure_status(int err) { return err == EMFILE || err == ENFILE || err == ENOMEM ? 503 : 500; }
+
 static int errno_status(int err) {
     return err == EACCES || err == EPERM ? 403 : (err == EMFILE || err == ENFILE) ? 503 : 404;
 }
@@ -488,6 +492,13 @@ static int open_index(const pier_http_req_t *req, pier_http_res_t *res, int fd, 
     return ifd;
 }
 
+/* The file is there, but fstat failed: a 404 would tell the client it is not. Takes fd. */
+static void fstat_failed(pier_http_res_t *res, int fd) {
+    int err = errno;
+    close(fd);
+    answer(res, failure_status(err));
+}
+
 static void handler(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     const static_t *st = ud;
     size_t rl;
@@ -500,13 +511,17 @@ static void handler(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
         return;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0)
-        sb.st_mode = 0;
+    if (fstat(fd, &sb) != 0) {
+        fstat_failed(res, fd);
+        return;
+    }
     if (S_ISDIR(sb.st_mode)) {
         if ((fd = open_index(req, res, fd, name, sizeof name)) < 0)
             return;
-        if (fstat(fd, &sb) != 0)
-            sb.st_mode = 0;
+        if (fstat(fd, &sb) != 0) {
+            fstat_failed(res, fd);
+            return;
+        }
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);

@@ -86,7 +86,8 @@ def static_statuses(binary, name, calls, count=30, path=b"/static/small.txt"):
 
 def static_fstat_fails(binary):
     """When fstat failed, the static handler went on with an uninitialized struct stat:
-    it answered 200 with stack garbage as size, ETag and Last-Modified (or 404)."""
+    it answered 200 with stack garbage as size, ETag and Last-Modified (or 404). Since
+    the http split it answers 404, which tells the client the file is not there."""
     statuses, got = static_statuses(binary, "fstat fails in the static handler", "fstat", count=1)
     if statuses != [b"HTTP/1.1 503 Service Unavailable"]:
         raise Failure("regress: fstat failing with ENOMEM: want 503, got %r" % got[:400])
