@@ -51,8 +51,12 @@ static void static_free(void *ud) {
  * (descriptors, memory) and may do better later, 500 otherwise. */
 static int failure_status(int err) { return err == EMFILE || err == ENFILE || err == ENOMEM ? 503 : 500; }
 
+/* Opening a path failed: forbidden, or not there, unless the server itself ran out of
+ * something, which a 404 would wrongly tell the client is final. */
 static int errno_status(int err) {
-    return err == EACCES || err == EPERM ? 403 : (err == EMFILE || err == ENFILE) ? 503 : 404;
+    if (err == EACCES || err == EPERM)
+        return 403;
+    return err == EMFILE || err == ENFILE || err == ENOMEM ? failure_status(err) : 404;
 }
 
 static void answer(pier_http_res_t *res, int status) {
