@@ -394,22 +394,23 @@ typedef struct {
     int truncated;
 } names_t;
 
+/* 0, -ENOSPC past MAX_LISTED (the listing says it is truncated), or -ENOMEM. */
 static int add_name(names_t *l, const char *name, int is_dir) {
     if (l->n == MAX_LISTED) {
         l->truncated = 1;
-        return -1;
+        return -ENOSPC;
     }
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 64;
         char **nn = realloc(l->names, cap * sizeof *nn);
         if (!nn)
-            return -1;
+            return -ENOMEM;
         l->names = nn;
         l->cap = cap;
     }
     size_t len = strlen(name);
     if (!(l->names[l->n] = malloc(len + 2)))
-        return -1;
+        return -ENOMEM;
     memcpy(l->names[l->n], name, len + 1);
     if (is_dir)
         memcpy(l->names[l->n] + len, "/", 2);
@@ -426,15 +427,21 @@ static int read_names(int fd, names_t *l) {
         return -1;
     }
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
+    int err = 0;
+    while (!err && (e = readdir(d)) != NULL) {
         struct stat sb;
         if (e->d_name[0] == '.' || fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
             !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
             continue;
-        if (add_name(l, e->d_name, S_ISDIR(sb.st_mode)) < 0)
-            break;
+        err = add_name(l, e->d_name, S_ISDIR(sb.st_mode));
     }
     closedir(d);
+    if (err == -ENOMEM) { /* a listing that misses entries would be a wrong one */
+        while (l->n)
+            free(l->names[--l->n]);
+        free(l->names);
+        return -1;
+    }
     if (l->n)
         qsort(l->names, l->n, sizeof *l->names, cmp_names);
     return 0;
