@@ -24,6 +24,8 @@ struct pier_http_later_s {
     pier_id_t id;
     uint64_t seq;
     int refs;
+    pier_loop_t *loop;      /* the connection's */
+    pier_task_t abort_task; /* embedded, so that giving up can never fail (later_abort) */
     size_t posted;      /* bytes handed to pier_http_later_write (application) */
     size_t ran;         /* of those, bytes the loop has queued on the connection (loop) */
     size_t conn_queued; /* the connection's unwritten output when last seen (loop) */
@@ -59,6 +61,8 @@ void pier__http_later_note_queued(pier__http_conn_t *hc) {
         __atomic_store_n(&hc->later->conn_queued, pier_conn_queued(hc->c), __ATOMIC_RELEASE);
 }
 
+static void later_abort_task(void *arg);
+
 pier_http_later_t *pier_http_res_later(pier_http_res_t *res) {
     if (res->state != RES_FRESH)
         return NULL;
@@ -69,6 +73,8 @@ pier_http_later_t *pier_http_res_later(pier_http_res_t *res) {
     l->id = pier_conn_id(hc->c);
     l->seq = hc->seq;
     l->refs = 2; /* the application's and the connection's */
+    l->loop = pier_conn_loop(hc->c);
+    pier_task_init(&l->abort_task, later_abort_task, l);
     l->posted = l->ran = 0;
     l->conn_queued = pier_conn_queued(hc->c);
     l->fields_len = res->fields_len;
@@ -162,12 +168,19 @@ static void later_abort_run(pier_conn_t *c, void *arg) {
     pier_conn_abort(c);
 }
 
-/* Needs no allocation of ours (the seq rides in the argument), so it still works when
- * posting the response just failed with -ENOMEM. If the core cannot post even this, a
- * graceful close through the id is the last resort. */
-static void later_abort(const pier_http_later_t *l) {
-    if (pier_with_conn(l->id, later_abort_run, (void *)(uintptr_t)l->seq) == -ENOMEM)
-        pier_close(l->id);
+static void later_abort_task(void *arg) {
+    pier_http_later_t *l = arg;
+    later_abort_run(pier_conn_from_id(l->loop, l->id), (void *)(uintptr_t)l->seq);
+    later_unref(l); /* the task's reference */
+}
+
+/* Posts the handle's own task, which allocates nothing, so it still works when posting
+ * the response just failed with -ENOMEM (pier_with_conn and pier_close allocate in the
+ * core, and failed just as well). The task holds a reference to the handle. */
+static void later_abort(pier_http_later_t *l) {
+    __atomic_add_fetch(&l->refs, 1, __ATOMIC_ACQ_REL);
+    if (pier_loop_post_task(l->loop, &l->abort_task) < 0) /* -EALREADY: on its way already */
+        later_unref(l);
 }
 
 static int valid_start(int status, const char *ctype) {

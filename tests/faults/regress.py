@@ -304,10 +304,35 @@ def server_signals_fail(binary):
             code, srv.stderr()[-600:].decode(errors="replace")))
 
 
+def deferred_abort_out_of_memory(binary):
+    """A deferred response whose send could not be posted (out of memory) was to reset
+    its connection through pier_with_conn, and if even that could not be posted, through
+    pier_close: both allocate a task in the core, so under the same shortage neither
+    happened, and the client waited for the keep-alive timeout. Here the library's mallocs
+    fail from the second one after the faults start (the first is the handle
+    pier_http_res_later makes): the connection must be reset at once."""
+    srv = Pier(binary, ["http", "--port", "0", "--keepalive-timeout", "60"], "regress: deferred abort out of memory",
+               faults={"rate": 1, "calls": "malloc", "skip": 1})
+    try:
+        srv.start_faults()
+        time.sleep(0.05)
+        try:
+            got = exchange(srv.port, b"GET /defer?ms=10&size=10 HTTP/1.1\r\nHost: pier\r\n\r\n", half_close=False,
+                           timeout=5)
+        except Failure as e:
+            raise Failure("regress: a deferred response that cannot be posted leaves its client waiting: %s" % e)
+        if got:
+            raise Failure("regress: deferred response out of memory: want a reset, got %r" % got[:200])
+        srv.stop_faults()
+        srv.terminate()
+    finally:
+        srv.kill()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
           unwatched_listener, http_start_fails_late, loop_thread_fails,
-          signal_watch_fails, server_signals_fail]
+          signal_watch_fails, server_signals_fail, deferred_abort_out_of_memory]
 
 
 def run(binary, seed, rate, stats):
