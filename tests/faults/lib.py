@@ -136,6 +136,11 @@ class Pier:
         if code not in codes:
             raise Failure("%s: exit code %s after SIGTERM (want %s)\n%s" % (
                 self.name, code, codes, self.stderr()[-3000:].decode(errors="replace")))
+        if b"connections still open after" in self.stderr():
+            # the clients read everything and close within seconds: a drain that runs
+            # into its deadline is stuck on the server's side
+            raise Failure("%s: the drain after SIGTERM did not finish\n%s" % (
+                self.name, self.stderr()[-3000:].decode(errors="replace")))
         return code
 
     def kill(self):
