@@ -329,10 +329,28 @@ def deferred_abort_out_of_memory(binary):
         srv.kill()
 
 
+def msg_drain_out_of_memory(binary):
+    """The msg server's drain posted its steps with pier_loop_post, which allocates; when
+    that failed, the step that closes the connections never ran, and SIGTERM waited for
+    the command's 20 s deadline with connections open. Here malloc fails from just before
+    the SIGTERM, with a client connected."""
+    srv = Pier(binary, ["msg", "--port", "0", "--threads", "2", "--workers", "1"], "regress: msg drain out of memory",
+               faults={"rate": 1, "calls": "malloc"})
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            s.sendall(b"\x00\x01\x00\x00")  # a ping: the connection is up
+            s.recv(4)
+            srv.start_faults()
+            time.sleep(0.05)
+            srv.terminate(timeout=15)
+    finally:
+        srv.kill()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
           unwatched_listener, http_start_fails_late, loop_thread_fails,
-          signal_watch_fails, server_signals_fail, deferred_abort_out_of_memory]
+          signal_watch_fails, server_signals_fail, deferred_abort_out_of_memory, msg_drain_out_of_memory]
 
 
 def run(binary, seed, rate, stats):
