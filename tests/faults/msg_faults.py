@@ -99,9 +99,9 @@ def check_msg(name, conns, need_complete, stats):
                     name, k, len(replies), c.outcome))
 
 
-def msg_client(binary, port, conns, count, rate, timeout=60):
+def msg_client(binary, port, conns, count, rate, timeout=60, extra=()):
     args = [binary, "msg-client", "--port", str(port), "--conns", str(conns), "--count", str(count),
-            "--window", "16", "--timeout", str(timeout), "--backoff-max", "0.05", "--quiet"]
+            "--window", "16", "--timeout", str(timeout), "--backoff-max", "0.05", "--quiet"] + list(extra)
     if rate:
         args += ["--rate", str(rate)]
     return args
@@ -135,8 +135,8 @@ def spawn(args, env=None):
 def run_server(binary, seed, rate, stats):
     name = "msg seed %d" % seed
     rng = seeded(seed, 3)
-    srv = Pier(binary, ["msg", "--port", "0", "--threads", "2", "--workers", "2"], name,
-               faults={"seed": seed, "rate": rate})
+    workers = ["--workers", "2"] if seed % 2 else []  # handlers on workers, or on the loops
+    srv = Pier(binary, ["msg", "--port", "0", "--threads", "2"] + workers, name, faults={"seed": seed, "rate": rate})
     try:
         addr = ("127.0.0.1", srv.port)
         srv.start_faults()
@@ -164,7 +164,8 @@ def run_client(binary, seed, rate, stats):
         start, stop = os.path.join(d, "start"), os.path.join(d, "stop")
         env = sanitizer_env({"PIER_FAULT_SEED": seed, "PIER_FAULT_RATE": rate, "PIER_FAULT_START": start,
                              "PIER_FAULT_STOP": stop})
-        proc, out_f, err_f = spawn(msg_client(binary, srv.port, 4, 1000, 1500), env)
+        beat = ["--heartbeat", "0.05"] if seed % 2 == 0 else []  # pings, and 150 ms silence reconnects
+        proc, out_f, err_f = spawn(msg_client(binary, srv.port, 4, 1000, 1500, extra=beat), env)
         time.sleep(0.3)  # its loop and clients are set up by now: the faults hit the run
         open(start, "w").close()
         time.sleep(SECONDS)
