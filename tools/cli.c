@@ -64,13 +64,24 @@ static unsigned still_active(runner_t *r) {
     return open;
 }
 
+/* Connections only, for the log: a service's active() may count other work too. */
+static unsigned still_open(runner_t *r) {
+    unsigned open = 0;
+    for (int i = 0; i < r->n; i++) {
+        const pier_service_t *svc = r->runs[i].svc;
+        if (r->runs[i].state && (svc->conns || svc->active))
+            open += (svc->conns ? svc->conns : svc->active)(r->runs[i].state);
+    }
+    return open;
+}
+
 static void poll_cb(pier_timer_t *t) {
     runner_t *r = t->data;
     pier_loop_t *loop = pier_group_loop(r->group, 0);
     unsigned open = still_active(r);
     if (open == 0 || pier_loop_now(loop) - r->drain_start >= r->drain_ms) {
         if (open)
-            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", open,
+            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", still_open(r),
                      (unsigned long long)r->drain_ms);
         pier_timer_stop(t);
         pier_group_stop(r->group);

@@ -10,12 +10,14 @@
 /* A server a command can run. start() creates and starts it on the group; drain() is
  * called on loop 0's thread at SIGINT/SIGTERM: stop accepting, close connections
  * gracefully; active() reports what is still open; finish() frees it after the group
- * has stopped. */
+ * has stopped. conns() (optional) counts only the open connections, for a service whose
+ * active() counts other work too. */
 typedef struct pier_service_s {
     const char *name;
     int (*start)(pier_group_t *g, void *cfg, void **state);
     void (*drain)(void *state);
     unsigned (*active)(void *state);
+    unsigned (*conns)(void *state);
     void (*finish)(void *state);
 } pier_service_t;
 

@@ -176,6 +176,7 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
 typedef struct {
     pier_group_t *group;
     pier_msg_server_t *srv;
+    pier_msg_stats_t last;
 } msg_state_t;
 
 static int msg_start(pier_group_t *g, void *cfgp, void **state) {
@@ -211,37 +212,52 @@ static void msg_drain(void *state) {
     pier_msg_server_drain(((msg_state_t *)state)->srv);
 }
 
+/* Busy while connections are open or messages are still being handled, also those of
+ * clients that have gone: the drain waits for both. */
 static unsigned msg_active(void *state) {
     return pier_msg_server_active(((msg_state_t *)state)->srv);
 }
 
+static unsigned msg_conns(void *state) {
+    return pier_server_conns(pier_msg_server_net(((msg_state_t *)state)->srv));
+}
+
 static int msg_freed(void *state) {
     msg_state_t *st = state;
-    if (st->srv && pier_msg_server_free(st->srv) == 0)
-        st->srv = NULL;
+    if (st->srv) {
+        pier_msg_server_stats(st->srv, &st->last); /* final once the free succeeds */
+        if (pier_msg_server_free(st->srv) == 0)
+            st->srv = NULL;
+    }
     return st->srv == NULL;
 }
 
-static void msg_finish(void *state) {
-    msg_state_t *st = state;
-    pier_msg_stats_t s;
-    pier_msg_server_stats(st->srv, &s);
+static void log_stats(const pier_msg_stats_t *s) {
     pier_log(PIER_LOG_INFO,
              "msg: %" PRIu64 " connections, %" PRIu64 " messages, %" PRIu64 " handled, %" PRIu64 " unknown ids, %" PRIu64
              " bad frames, %" PRIu64 " heartbeat timeouts, %" PRIu64 " replies dropped, %" PRIu64
-             " closed over output limit, %" PRIu64 " replies to gone connections, %" PRIu64 " bad JSON, %" PRIu64
-             " replies over --max-body",
-             s.conns, s.msgs, s.handled, s.unknown, s.bad_frames, s.timeouts, s.out_dropped, s.out_closed,
-             s.replies_lost, (uint64_t)atomic_load(&bad_json), (uint64_t)atomic_load(&too_big));
+             " closed over output limit, %" PRIu64 " replies to gone connections, %" PRIu64 " dropped unhandled, %" PRIu64
+             " bad JSON, %" PRIu64 " replies over --max-body",
+             s->conns, s->msgs, s->handled, s->unknown, s->bad_frames, s->timeouts, s->out_dropped, s->out_closed,
+             s->replies_lost, s->abandoned, (uint64_t)atomic_load(&bad_json), (uint64_t)atomic_load(&too_big));
+}
+
+/* The counters are logged once the server is freed, when no handler can still change them
+ * (messages of clients that went away are handled during the settle too). */
+static void msg_finish(void *state) {
+    msg_state_t *st = state;
     pier_server_stop(pier_msg_server_net(st->srv));
     pier_server_abort_all(pier_msg_server_net(st->srv));
     if (!pier_cli_settle(st->group, msg_freed, st, 5000))
-        pier_log(PIER_LOG_ERROR, "msg: server could not be freed");
+        pier_log(PIER_LOG_ERROR, "msg: server could not be freed: %u connections or messages still active",
+                 pier_msg_server_active(st->srv));
+    log_stats(&st->last);
     free(st);
 }
 
 const pier_service_t pier_msg_service = {
-    .name = "msg", .start = msg_start, .drain = msg_drain, .active = msg_active, .finish = msg_finish,
+    .name = "msg", .start = msg_start, .drain = msg_drain, .active = msg_active, .conns = msg_conns,
+    .finish = msg_finish,
 };
 
 int pier_cmd_msg(int argc, char **argv) {
