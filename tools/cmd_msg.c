@@ -88,7 +88,7 @@ static void on_json(const pier_msg_t *m, void *ud) {
 static const char msg_usage[] =
     "usage: pier msg [--host 127.0.0.1] [--port 10089] [--workers N] [--heartbeat S]\n"
     "                [--max-body BYTES] [--threads N] [--out-max BYTES] [--out-policy close|drop]\n"
-    "                [--wide] [--quiet | --verbose]\n"
+    "                [--inflight N] [--inflight-total N] [--wide] [--quiet | --verbose]\n"
     "\n"
     "Message server. Frames are [id u16 BE][length u16 BE][body] (--wide: u32 length).\n"
     "Id 1001 carries JSON {\"id\":1001,\"data\":\"...\"} and is answered on id 1001 with\n"
@@ -104,6 +104,11 @@ static const char msg_usage[] =
     "  --threads N       event loops, one thread each (default 1; 0: one per CPU)\n"
     "  --out-max BYTES   queued output allowed per connection (default 1048576)\n"
     "  --out-policy P    over --out-max: close the connection (default) or drop replies\n"
+    "  --inflight N      with --workers: messages read and not yet handled, per\n"
+    "                    connection (default 256); beyond it the connection is not read\n"
+    "  --inflight-total N\n"
+    "                    the same in all (default 256 per worker): how far the server\n"
+    "                    reads ahead of its workers, and so how much a stop has to finish\n"
     "  --wide            u32 length field (6-byte header)\n"
     "  --delay-us N      each handler sleeps N microseconds first (a stand-in for a\n"
     "                    blocking call, to see what --workers buys)\n"
@@ -120,7 +125,8 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         {"out-max", required_argument, 0, 'o'},   {"out-policy", required_argument, 0, 'P'},
         {"wide", no_argument, 0, 'W'},            {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'H'},
-        {"delay-us", required_argument, 0, 'D'},  {0, 0, 0, 0},
+        {"delay-us", required_argument, 0, 'D'},  {"inflight", required_argument, 0, 'i'},
+        {"inflight-total", required_argument, 0, 'I'}, {0, 0, 0, 0},
     };
     pier_msg_server_opts_t *so = &cfg->opts;
     uint64_t v;
@@ -152,6 +158,14 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
                 so->out_policy = PIER_MSG_OUT_DROP;
             else
                 return pier_cli_usage_error("msg", "--out-policy wants close or drop, not '%s'", optarg);
+            break;
+        case 'i':
+            if (pier_cli_u64("msg", "--inflight", optarg, 1, 1u << 20, &v) < 0) return 2;
+            so->inflight_max = (unsigned)v;
+            break;
+        case 'I':
+            if (pier_cli_u64("msg", "--inflight-total", optarg, 1, 1u << 24, &v) < 0) return 2;
+            so->inflight_total = (unsigned)v;
             break;
         case 'W': so->codec.wide = 1; break;
         case 'D':

@@ -63,6 +63,25 @@ class BoundedDrain(unittest.TestCase):
             self.assertEqual(int(m.group(2)), 0, out)
             self.assertEqual(int(m.group(1)), handled, "replies the clients got vs messages handled")
 
+    def test_inflight_flag_bounds_what_a_stop_finishes(self):
+        """--inflight 1: a client pipelines 10 messages, and at SIGTERM (sent as the
+        first reply arrives) the server has read at most one more; it handles and
+        answers exactly what it read, then closes."""
+        with pierlib.Pier("msg", "--workers", "1", "--delay-us", "200000", "--inflight", "1") as srv:
+            s = srv.connect()
+            frame = struct.pack(">HH", 1002, 1) + b"x"
+            s.sendall(frame * 10)
+            self.assertEqual(pierlib.recv_exact(s, 5), frame)
+            srv.signal(signal.SIGTERM)
+            rest = pierlib.recv_until_eof(s)
+            self.assertEqual(srv.wait(30), 0, srv.stderr())
+            msgs, handled, lost = stats(srv.stderr())
+            self.assertLessEqual(msgs, 2, srv.stderr())
+            self.assertEqual(handled, msgs)
+            self.assertEqual(1 + len(rest) // len(frame), handled)
+            self.assertEqual(rest, frame * (handled - 1))
+            s.close()
+
     def test_deadline_log_counts_connections_not_messages(self):
         """A client sends 30 messages that take 1 s each and resets at SIGTERM. No
         connection is open after that, so the drain must not end with a line claiming
