@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what pier's build and tests need on Debian 12, and nothing when it is all present.
 # Usage: scripts/deps.sh [build|bench]   (build: compiler, cmake, jansson, test clients;
-#                                          bench: also the peer servers and load tools)
+#                                          bench: also the peer servers, load and profiling tools)
 set -eu
 want=(gcc clang cmake ninja-build make pkg-config libjansson-dev libcmocka-dev curl wrk python3 libclang-rt-14-dev)
 if [ "${1:-build}" = bench ]; then
-    want+=(g++ libuv1-dev libevent-dev libboost-dev libboost-system-dev nginx-light h2o util-linux iproute2 procps linux-perf)
+    want+=(g++ libuv1-dev libevent-dev libboost-dev libboost-system-dev nginx-light h2o util-linux iproute2 procps linux-perf valgrind)
 fi
 missing=()
 for p in "${want[@]}"; do

@@ -1,7 +1,8 @@
 /* Connections: reading into a shared buffer, the output queue, water marks, and the
  * two-phase close.
  *
- * Lifetime invariants (DESIGN.md):
+ * Lifetime invariants (so that no connection is freed while a callback, a queued pass
+ * or another thread still refers to it, and none is closed twice):
  *  - the loop holds one reference from pier__conn_new() until finalize();
  *  - every event handler holds a reference for its whole duration, so a callback that
  *    closes or unrefs cannot free the connection under the handler;

@@ -4,19 +4,16 @@
  * pier-test: threads */
 #include "support.h"
 
+#include "loop/layer.h"
+
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void noop_timer(pier_timer_t *t) { (void)t; }
 
@@ -87,16 +84,16 @@ static void test_run_stop(void **state) {
 static void test_run_once_timeout(void **state) {
     pier_loop_t *loop;
     assert_int_equal(pier_loop_new(&loop), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_loop_run_once(loop, 50), 0);
-    uint64_t dt = mono_ms() - t0;
+    uint64_t dt = pier_test_now_ms() - t0;
     assert_true(dt >= 45);
     assert_true(dt < 2000);
     /* 0: never waits */
-    t0 = mono_ms();
+    t0 = pier_test_now_ms();
     for (int i = 0; i < 100; i++)
         assert_int_equal(pier_loop_run_once(loop, 0), 0);
-    assert_true(mono_ms() - t0 < 1000);
+    assert_true(pier_test_now_ms() - t0 < 1000);
     /* the cached clock moves with iterations */
     uint64_t before = pier_loop_now(loop);
     usleep(20000);
@@ -117,9 +114,9 @@ static void test_post_wakes_blocked_wait(void **state) {
     assert_int_equal(pier_loop_new(&loop), 0);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, post_later, loop), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_loop_run(loop), 0);
-    assert_true(mono_ms() - t0 < 5000);
+    assert_true(pier_test_now_ms() - t0 < 5000);
     pthread_join(th, NULL);
     pier_test_free_loop(loop);
 }
@@ -246,13 +243,13 @@ static void test_post_threads(void **state) {
     for (uintptr_t i = 0; i < POSTERS; i++)
         assert_int_equal(pthread_create(&th[i], NULL, poster, (void *)i), 0);
     atomic_store(&mt.go, 1);
-    uint64_t end = mono_ms() + 60000, slowest = 0;
-    while (mt.total < POSTERS * PER_POSTER && mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 60000, slowest = 0;
+    while (mt.total < POSTERS * PER_POSTER && pier_test_now_ms() < end) {
         int posting = atomic_load(&mt.done) < POSTERS;
-        uint64_t t0 = mono_ms();
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(mt.loop, MT_WAIT_MS);
-        if (posting && mono_ms() - t0 > slowest)
-            slowest = mono_ms() - t0;
+        if (posting && pier_test_now_ms() - t0 > slowest)
+            slowest = pier_test_now_ms() - t0;
     }
     for (int i = 0; i < POSTERS; i++)
         pthread_join(th[i], NULL);
@@ -286,12 +283,12 @@ static void test_post_wakeup_not_lost(void **state) {
     pthread_t th[3];
     for (int i = 0; i < 3; i++)
         assert_int_equal(pthread_create(&th[i], NULL, wk_poster, loop), 0);
-    uint64_t end = mono_ms() + 3000, slowest = 0;
-    while (mono_ms() < end) {
-        uint64_t t0 = mono_ms();
+    uint64_t end = pier_test_now_ms() + 3000, slowest = 0;
+    while (pier_test_now_ms() < end) {
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(loop, 1000);
-        if (mono_ms() - t0 > slowest)
-            slowest = mono_ms() - t0;
+        if (pier_test_now_ms() - t0 > slowest)
+            slowest = pier_test_now_ms() - t0;
         if (slowest >= 500)
             break;
     }
@@ -326,16 +323,237 @@ static void *stopper(void *arg) {
     return NULL;
 }
 
+/* ---- re-entering the loop ---- */
+
+/* pier_loop_run_once from inside one of the loop's own callbacks must not run a nested
+ * iteration: that would run the close pass, and so on_close, under a callback that is
+ * still on the stack. It answers -EBUSY and runs nothing. */
+typedef struct {
+    pier_loop_t *loop;
+    int nested_rc;
+    int other_ran_inside;
+    int other_runs;
+} reenter_t;
+
+static void other_task(void *arg) { ((reenter_t *)arg)->other_runs++; }
+
+static void nesting_task(void *arg) {
+    reenter_t *n = arg;
+    pier_loop_post(n->loop, other_task, n);
+    n->nested_rc = pier_loop_run_once(n->loop, 0);
+    n->other_ran_inside = n->other_runs;
+}
+
+static void nesting_timer(pier_timer_t *t) {
+    reenter_t *n = t->data;
+    n->nested_rc = pier_loop_run_once(n->loop, 0);
+}
+
+static void test_run_once_refuses_to_nest(void **state) {
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    reenter_t n = {.loop = loop, .nested_rc = 1};
+    assert_int_equal(pier_loop_post(loop, nesting_task, &n), 0);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(n.nested_rc, -EBUSY);
+    assert_int_equal(n.other_ran_inside, 0);
+    /* the outer loop carries on normally */
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(n.other_runs, 1);
+    /* from a timer callback under pier_loop_run too */
+    pier_timer_t t;
+    pier_timer_init(loop, &t, nesting_timer, &n);
+    n.nested_rc = 1;
+    pier_timer_start(&t, 0, 0);
+    assert_int_equal(pier_loop_run_once(loop, 100), 0);
+    if (n.nested_rc == 1) /* the clock may not have moved yet */
+        assert_int_equal(pier_loop_run_once(loop, 100), 0);
+    assert_int_equal(n.nested_rc, -EBUSY);
+    pier_test_free_loop(loop);
+}
+
+/* ---- embedded tasks ---- */
+
+typedef struct {
+    pier_task_t task;
+    pier_loop_t *loop;
+    int runs;
+    int repost_rc;
+    int again;
+} etask_t;
+
+static void etask_run(void *arg) {
+    etask_t *e = arg;
+    e->runs++;
+    if (e->again) {
+        e->again--;
+        e->repost_rc = pier_loop_post_task(e->loop, &e->task); /* the task may post itself */
+    }
+}
+
+static void test_embedded_task(void **state) {
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    etask_t e = {.loop = loop, .again = 1};
+    pier_task_init(&e.task, etask_run, &e);
+    assert_int_equal(pier_loop_post_task(loop, &e.task), 0);
+    /* queued twice is a caller bug: refused, and the task still runs once */
+    assert_int_equal(pier_loop_post_task(loop, &e.task), -EALREADY);
+    assert_int_equal(pier_loop_post_task(loop, NULL), -EINVAL);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(e.runs, 1);
+    assert_int_equal(e.repost_rc, 0);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(e.runs, 2);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(e.runs, 2);
+
+    /* FIFO with allocated posts */
+    fifo_t f = {.loop = loop};
+    fifo_arg_t a0 = {&f, 0}, a2 = {&f, 2};
+    pier_task_t t1;
+    fifo_arg_t a1 = {&f, 1};
+    pier_task_init(&t1, fifo_task, &a1);
+    assert_int_equal(pier_loop_post(loop, fifo_task, &a0), 0);
+    assert_int_equal(pier_loop_post_task(loop, &t1), 0);
+    assert_int_equal(pier_loop_post(loop, fifo_task, &a2), 0);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(f.n, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(f.order[i], i);
+    /* a task still queued when the loop is freed runs there, and can be posted again
+     * afterwards to another loop */
+    assert_int_equal(pier_loop_post_task(loop, &t1), 0);
+    pier_test_free_loop(loop);
+    assert_int_equal(f.n, 4);
+    assert_int_equal(pier_loop_new(&loop), 0);
+    assert_int_equal(pier_loop_post_task(loop, &t1), 0);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(f.n, 5);
+    pier_test_free_loop(loop);
+}
+
+/* An embedded task posted from many threads at once: each thread owns its task and
+ * posts it again only after it has run, so every post is counted exactly once. */
+typedef struct {
+    pier_task_t task;
+    pier_loop_t *loop;
+    atomic_int ran;
+    int posts;
+} ptask_t;
+
+static void ptask_run(void *arg) { atomic_fetch_add(&((ptask_t *)arg)->ran, 1); }
+
+static void *ptask_thread(void *arg) {
+    ptask_t *p = arg;
+    for (int i = 0; i < p->posts; i++) {
+        while (atomic_load(&p->ran) < i)
+            sched_yield();
+        assert_int_equal(pier_loop_post_task(p->loop, &p->task), 0);
+    }
+    return NULL;
+}
+
+static void test_embedded_task_threads(void **state) {
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    enum { NTH = 4, POSTS = 500 };
+    ptask_t p[NTH];
+    pthread_t th[NTH];
+    for (int i = 0; i < NTH; i++) {
+        p[i].loop = loop;
+        p[i].posts = POSTS;
+        atomic_init(&p[i].ran, 0);
+        pier_task_init(&p[i].task, ptask_run, &p[i]);
+        assert_int_equal(pthread_create(&th[i], NULL, ptask_thread, &p[i]), 0);
+    }
+    int done = 0;
+    for (int k = 0; k < 100000 && !done; k++) {
+        pier_loop_run_once(loop, 10);
+        done = 1;
+        for (int i = 0; i < NTH; i++)
+            done &= atomic_load(&p[i].ran) == POSTS;
+    }
+    for (int i = 0; i < NTH; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(atomic_load(&p[i].ran), POSTS);
+    }
+    pier_test_free_loop(loop);
+}
+
+/* ---- deferred passes (loop/layer.h) ---- */
+
+typedef struct {
+    pier__pending_t node;
+    pier_loop_t *loop;
+    int pass;
+    int requeue;  /* queue itself again this many times */
+    char tag;
+} pnode_t;
+
+static char pass_log[64];
+static int pass_n;
+
+static void pnode_cb(pier__pending_t *p) {
+    pnode_t *n = pier__container_of(p, pnode_t, node);
+    pass_log[pass_n++] = n->tag;
+    if (n->requeue > 0) {
+        n->requeue--;
+        pier__pending_add(n->loop, n->pass, &n->node);
+    }
+}
+
+static void queue_flush_task(void *arg) {
+    pnode_t *n = arg;
+    pass_log[pass_n++] = 'T';
+    pier__pending_add(n->loop, n->pass, &n->node);
+}
+
+/* The passes run in their fixed order (READ, timers, tasks, FLUSH, CLOSE); a READ node
+ * queued again waits for the next iteration, FLUSH and CLOSE run until empty, and the
+ * loop does not sleep while a node waits (run_once(-1) would otherwise hang here). */
+static void test_passes(void **state) {
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    pass_n = 0;
+    pnode_t r = {.loop = loop, .pass = PIER__PASS_READ, .requeue = 2, .tag = 'r'};
+    pnode_t f = {.loop = loop, .pass = PIER__PASS_FLUSH, .requeue = 1, .tag = 'f'};
+    pnode_t c = {.loop = loop, .pass = PIER__PASS_CLOSE, .tag = 'c'};
+    pier__pending_init(&r.node, pnode_cb);
+    pier__pending_init(&f.node, pnode_cb);
+    pier__pending_init(&c.node, pnode_cb);
+    pier__pending_add(loop, PIER__PASS_CLOSE, &c.node);
+    pier__pending_add(loop, PIER__PASS_READ, &r.node);
+    pier__pending_add(loop, PIER__PASS_READ, &r.node); /* already queued: once */
+    assert_int_equal(pier_loop_post(loop, queue_flush_task, &f), 0);
+    assert_int_equal(pier_loop_run_once(loop, -1), 0);
+    pass_log[pass_n] = 0;
+    assert_string_equal(pass_log, "rTffc");
+    assert_int_equal(pier_loop_run_once(loop, -1), 0);
+    assert_int_equal(pier_loop_run_once(loop, -1), 0);
+    pass_log[pass_n] = 0;
+    assert_string_equal(pass_log, "rTffcrr");
+    assert_false(pier__pending_queued(&r.node));
+    /* a cancelled node does not run */
+    pier__pending_add(loop, PIER__PASS_CLOSE, &c.node);
+    assert_true(pier__pending_queued(&c.node));
+    pier__pending_cancel(&c.node);
+    pier__pending_cancel(&c.node);
+    assert_int_equal(pier_loop_run_once(loop, 0), 0);
+    assert_int_equal(pass_n, 7);
+    pier_test_free_loop(loop);
+}
+
 static void test_stop_from_thread(void **state) {
     stopper_t s = {0};
     assert_int_equal(pier_loop_new(&s.loop), 0);
     pthread_t th;
     pier_loop_post(s.loop, mark_running, &s);
     assert_int_equal(pthread_create(&th, NULL, stopper, &s), 0);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     /* nothing else to do: without the stop this would block forever */
     assert_int_equal(pier_loop_run(s.loop), 0);
-    assert_true(mono_ms() - t0 < 5000);
+    assert_true(pier_test_now_ms() - t0 < 5000);
     pthread_join(th, NULL);
     assert_int_equal(s.busy_once, -EBUSY);
     pier_test_free_loop(s.loop);
@@ -406,14 +624,14 @@ static void test_group_rerun(void **state) {
         /* the stop's wake-up may still be pending for a loop that had returned: one
          * iteration takes it, the next must wait its full timeout */
         pier_loop_run_once(pier_group_loop(g, i), 0);
-        uint64_t t0 = mono_ms();
+        uint64_t t0 = pier_test_now_ms();
         pier_loop_run_once(pier_group_loop(g, i), 50);
-        assert_true(mono_ms() - t0 >= 40);
+        assert_true(pier_test_now_ms() - t0 >= 40);
     }
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pthread_create(&th, NULL, group_stopper_slow, g), 0);
     assert_int_equal(pier_group_run(g), 0);
-    assert_true(mono_ms() - t0 >= 140);
+    assert_true(pier_test_now_ms() - t0 >= 140);
     pthread_join(th, NULL);
     assert_int_equal(pier_group_free(g), 0);
 }
@@ -429,6 +647,10 @@ int main(void) {
         cmocka_unit_test(test_post_repost_and_drop),
         cmocka_unit_test(test_post_threads),
         cmocka_unit_test(test_post_wakeup_not_lost),
+        cmocka_unit_test(test_run_once_refuses_to_nest),
+        cmocka_unit_test(test_embedded_task),
+        cmocka_unit_test(test_embedded_task_threads),
+        cmocka_unit_test(test_passes),
         cmocka_unit_test(test_stop_from_thread),
         cmocka_unit_test(test_group),
         cmocka_unit_test(test_group_run_stop),

@@ -10,12 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static pier_loop_t *new_loop(void) {
     pier_loop_t *loop;
     assert_int_equal(pier_loop_new(&loop), 0);
@@ -24,8 +18,8 @@ static pier_loop_t *new_loop(void) {
 
 /* Runs the loop until it has no live handles or timeout_ms passes. */
 static void run_idle(pier_loop_t *loop, int timeout_ms) {
-    uint64_t end = mono_ms() + (uint64_t)timeout_ms;
-    while (pier_loop_handles(loop) > 0 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)timeout_ms;
+    while (pier_loop_handles(loop) > 0 && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 50);
 }
 
@@ -51,12 +45,12 @@ static void test_one_shot(void **state) {
     pier_timer_init(loop, &t, log_cb, (void *)1);
     assert_false(pier_timer_active(&t));
     pier_loop_update_time(loop);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     pier_timer_start(&t, 50, 0);
     assert_true(pier_timer_active(&t));
     assert_int_equal(pier_loop_handles(loop), 1);
     run_idle(loop, 2000);
-    uint64_t dt = mono_ms() - t0;
+    uint64_t dt = pier_test_now_ms() - t0;
     assert_int_equal(lg.n, 1);
     assert_true(dt >= 49);
     assert_true(dt < 1000);
@@ -76,10 +70,10 @@ static void test_zero_timeout(void **state) {
     pier_loop_update_time(loop);
     pier_timer_start(&t, 0, 0);
     /* due now: the next iteration fires it without waiting */
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     pier_loop_run_once(loop, 5000);
     assert_int_equal(lg.n, 1);
-    assert_true(mono_ms() - t0 < 1000);
+    assert_true(pier_test_now_ms() - t0 < 1000);
     pier_test_free_loop(loop);
 }
 
@@ -96,10 +90,10 @@ static void test_repeat(void **state) {
     pier_timer_t t;
     pier_timer_init(loop, &t, rep_cb, NULL);
     pier_loop_update_time(loop);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     pier_timer_start(&t, 10, 20);
     run_idle(loop, 3000);
-    uint64_t dt = mono_ms() - t0;
+    uint64_t dt = pier_test_now_ms() - t0;
     assert_int_equal(rep_count, 5);
     assert_true(dt >= 10 + 4 * 20 - 2);
     assert_false(pier_timer_active(&t));
@@ -118,8 +112,8 @@ static void test_repeat_stays_active(void **state) {
     pier_timer_init(loop, &t, count_cb, &n);
     pier_loop_update_time(loop);
     pier_timer_start(&t, 5, 5);
-    uint64_t end = mono_ms() + 3000;
-    while (n < 3 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 3000;
+    while (n < 3 && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 50);
     assert_int_equal(n, 3);
     assert_true(pier_timer_active(&t));
@@ -189,21 +183,21 @@ static void test_rearm(void **state) {
     /* restarting moves a behind b, and it is still one handle */
     pier_timer_start(&a, 120, 0);
     assert_int_equal(pier_loop_handles(loop), 2);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     run_idle(loop, 3000);
     assert_int_equal(lg.n, 2);
     assert_int_equal(lg.fired[0], 2);
     assert_int_equal(lg.fired[1], 1);
-    assert_true(mono_ms() - t0 >= 115);
+    assert_true(pier_test_now_ms() - t0 >= 115);
     /* and moving a timer earlier works too */
     memset(&lg, 0, sizeof lg);
     pier_loop_update_time(loop);
     pier_timer_start(&a, 5000, 0);
     pier_timer_start(&b, 40, 0);
     pier_timer_start(&a, 10, 0);
-    t0 = mono_ms();
+    t0 = pier_test_now_ms();
     run_idle(loop, 3000);
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(pier_test_now_ms() - t0 < 2000);
     assert_int_equal(lg.n, 2);
     assert_int_equal(lg.fired[0], 1);
     assert_int_equal(lg.fired[1], 2);
@@ -393,6 +387,60 @@ static void test_many_random(void **state) {
     pier_test_free_loop(loop);
 }
 
+/* Restarts churn the middle of the heap: each timer is re-armed several times at random
+ * (an active timer is removed and inserted again), and stopped ones are restarted. What
+ * fires is exactly the last arming of each, in (due, last start) order. */
+static void test_restart_churn(void **state) {
+    pier_loop_t *loop = new_loop();
+    enum { N = 3000 };
+    rts = calloc(N, sizeof *rts);
+    nfired = misorder = fired_stopped = 0;
+    last_due = 0;
+    last_idx = -1;
+    unsigned seed = 777;
+    pier_loop_update_time(loop);
+    uint64_t base = pier_loop_now(loop);
+    /* idx records the order of each timer's last start */
+    int order = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
+        pier_timer_init(loop, &rts[i].t, rt_cb, &rts[i]);
+        pier_timer_start(&rts[i].t, ms, 0);
+        rts[i].due = base + ms;
+        rts[i].idx = order++;
+    }
+    for (int i = 0; i < N; i++)
+        if (rand_r(&seed) % 4 == 0)
+            pier_timer_stop(&rts[i].t);
+    /* re-arm in a random order */
+    for (int round = 0; round < 3; round++) {
+        for (int k = 0; k < N; k++) {
+            int i = rand_r(&seed) % N;
+            uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
+            pier_timer_start(&rts[i].t, ms, 0);
+            rts[i].due = base + ms;
+            rts[i].idx = order++;
+            rts[i].stopped = 0;
+        }
+    }
+    int live = 0;
+    for (int i = 0; i < N; i++) {
+        if (!pier_timer_active(&rts[i].t))
+            rts[i].stopped = 1;
+        else
+            live++;
+    }
+    assert_int_equal(pier_loop_handles(loop), live);
+    run_idle(loop, 5000);
+    assert_int_equal(nfired, live);
+    assert_int_equal(misorder, 0);
+    assert_int_equal(fired_stopped, 0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(rts[i].fired, rts[i].stopped ? 0 : 1);
+    free(rts);
+    pier_test_free_loop(loop);
+}
+
 /* ---- signals ---- */
 
 typedef struct {
@@ -471,6 +519,7 @@ int main(void) {
         cmocka_unit_test(test_stop_other_from_cb),
         cmocka_unit_test(test_zero_rearm_does_not_spin),
         cmocka_unit_test(test_many_random),
+        cmocka_unit_test(test_restart_churn),
         cmocka_unit_test(test_signal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

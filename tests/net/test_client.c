@@ -15,12 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* A listening socket on 127.0.0.1:port (0: any); returns the fd and sets *port. */
 static int listener(uint16_t *port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -53,8 +47,8 @@ static uint16_t closed_port(void) {
 
 /* Accepts one pending connection while driving the loop; returns its fd. */
 static int accept_one(pier_loop_t *loop, int lfd) {
-    uint64_t end = mono_ms() + 5000;
-    while (mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (pier_test_now_ms() < end) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             return fd;
@@ -70,8 +64,8 @@ static int accept_one(pier_loop_t *loop, int lfd) {
 static int read_n(pier_loop_t *loop, int fd, char *buf, int n) {
     int got = 0;
     char tmp[256];
-    uint64_t end = mono_ms() + 5000;
-    while (mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (pier_test_now_ms() < end) {
         pier_loop_run_once(loop, 2);
         for (;;) {
             ssize_t r = n ? recv(fd, buf + got, (size_t)(n - got), 0) : recv(fd, tmp, sizeof tmp, 0);
@@ -137,7 +131,7 @@ static void on_connect_error(pier_client_t *cl, int err, int will_retry) {
     if (seen.nerr < 16) {
         seen.errs[seen.nerr] = err;
         seen.retry[seen.nerr] = will_retry;
-        seen.err_at[seen.nerr] = mono_ms();
+        seen.err_at[seen.nerr] = pier_test_now_ms();
     }
     seen.nerr++;
 }
@@ -149,23 +143,23 @@ static pier_client_opts_t opts(uint16_t port) {
 }
 
 static void run_until_int(pier_loop_t *loop, const int *v, int n, int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (*v < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (*v < n && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
 }
 
 static void run_ms(pier_loop_t *loop, int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
 }
 
 /* Stops the client and drives the loop until it can be freed. */
 static void stop_and_free(pier_loop_t *loop, pier_client_t *cl) {
     pier_client_stop(cl);
-    uint64_t end = mono_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     int rc;
-    while ((rc = pier_client_free(cl)) == -EBUSY && mono_ms() < end)
+    while ((rc = pier_client_free(cl)) == -EBUSY && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
     assert_int_equal(rc, 0);
 }
@@ -218,7 +212,7 @@ static void test_refused_with_retries(void **state) {
     o.backoff_min_ms = 20;
     o.backoff_max_ms = 1000;
     o.max_retries = 4;
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_client_new(&cl, loop, &o), 0);
     run_until_int(loop, &seen.nerr, 4, 5000);
     assert_int_equal(seen.nerr, 4);
@@ -232,7 +226,7 @@ static void test_refused_with_retries(void **state) {
     assert_true(seen.err_at[1] - seen.err_at[0] >= 9);
     assert_true(seen.err_at[2] - seen.err_at[1] >= 19);
     assert_true(seen.err_at[3] - seen.err_at[2] >= 39);
-    assert_true(mono_ms() - t0 < 3000);
+    assert_true(pier_test_now_ms() - t0 < 3000);
     /* it has given up: no more attempts, and nothing left live on the loop */
     run_ms(loop, 300);
     assert_int_equal(seen.nerr, 4);
@@ -283,10 +277,10 @@ static void test_connect_timeout(void **state) {
     pier_client_t *cl;
     pier_client_opts_t o = opts(port);
     o.connect_timeout_ms = 300;
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     assert_int_equal(pier_client_new(&cl, loop, &o), 0);
     run_until_int(loop, &seen.nerr, 1, 10000);
-    uint64_t took = mono_ms() - t0;
+    uint64_t took = pier_test_now_ms() - t0;
     assert_int_equal(seen.nerr, 1);
     assert_int_equal(seen.errs[0], -ETIMEDOUT);
     assert_int_equal(seen.retry[0], 0);

@@ -27,12 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* ---- server-side state of each accepted connection ---- */
 
 #define MAXC 16
@@ -105,17 +99,17 @@ static void fx_up(const pier_conn_cbs_t *cbs, const pier_conn_limits_t *lim) {
 static void fx_down(void) {
     pier_server_stop(fx.srv);
     pier_server_close_all(fx.srv);
-    uint64_t end = mono_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     int rc;
-    while ((rc = pier_server_free(fx.srv)) == -EBUSY && mono_ms() < end)
+    while ((rc = pier_server_free(fx.srv)) == -EBUSY && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 10);
     assert_int_equal(rc, 0);
     assert_int_equal(pier_group_free(fx.g), 0);
 }
 
 static void run_ms(int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
 }
 
@@ -123,16 +117,8 @@ static int run_until(const int *flag, int ms) { return pier_test_run_until(fx.lo
 
 /* A blocking client, optionally with a small receive buffer so a server fills it fast. */
 static int client(int rcvbuf) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = pier_test_connect_rcvbuf(fx.port, rcvbuf);
     assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (rcvbuf)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(fx.port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return fd;
 }
 
@@ -140,8 +126,8 @@ static int client(int rcvbuf) {
 static int accept_client(int rcvbuf) {
     int before = fx.nsc;
     int fd = client(rcvbuf);
-    uint64_t end = mono_ms() + 5000;
-    while (fx.nsc == before && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (fx.nsc == before && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(fx.nsc, before + 1);
     return fd;
@@ -157,8 +143,8 @@ static void send_all(int fd, const void *p, size_t n) {
 static size_t pump(int fd, const void *out, size_t outlen, void *in, size_t want, int *end, int ms) {
     size_t sent = 0, got = 0;
     int e = 0;
-    uint64_t deadline = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < deadline) {
+    uint64_t deadline = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < deadline) {
         if (sent < outlen) {
             ssize_t n = send(fd, (const char *)out + sent, outlen - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n > 0)
@@ -195,8 +181,8 @@ static size_t pump(int fd, const void *out, size_t outlen, void *in, size_t want
 static int drain_to_end(int fd, size_t *bytes, int ms) {
     static char buf[1 << 16];
     size_t total = 0;
-    uint64_t deadline = mono_ms() + (uint64_t)ms;
-    while (mono_ms() < deadline) {
+    uint64_t deadline = pier_test_now_ms() + (uint64_t)ms;
+    while (pier_test_now_ms() < deadline) {
         pier_loop_run_once(fx.loop, 2);
         for (;;) {
             ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
@@ -319,8 +305,8 @@ static size_t line_read(pier_conn_t *c, const char *data, size_t len) {
 static const pier_conn_cbs_t line_cbs = {.on_read = line_read, .on_close = on_close_count};
 
 static void wait_reads(sc_t *s, int n) {
-    uint64_t end = mono_ms() + 5000;
-    while (s->reads < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (s->reads < n && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->reads, n);
 }
@@ -365,8 +351,8 @@ static void test_partial_consume(void **state) {
         run_ms(3);
     }
     send_all(fd, "\n", 1);
-    uint64_t end = mono_ms() + 5000;
-    while (s->nall < 12 + sizeof big + 1 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (s->nall < 12 + sizeof big + 1 && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->nall, 12 + sizeof big + 1);
     assert_memory_equal(s->all + 10, "h\n", 2);
@@ -556,6 +542,130 @@ static void test_sendfile(void **state) {
     fx_down();
 }
 
+/* ---- vectored units ---- */
+
+/* Units of several buffers, small and large, mixed with plain writes: every unit arrives
+ * whole and in order, and the queue counts each byte once. */
+static void test_writev_units(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    size_t big = 100000;
+    char *body = malloc(big);
+    fill_pattern(body, big, 3);
+    struct iovec small[3] = {{"head:", 5}, {"mid:", 4}, {"tail\n", 5}};
+    assert_int_equal(pier_conn_writev(s->c, small, 3), 0);
+    assert_int_equal(pier_conn_queued(s->c), 14);
+    /* a large unit behind queued bytes is copied whole behind them */
+    struct iovec large[2] = {{"BIG:", 4}, {body, big}};
+    assert_int_equal(pier_conn_writev(s->c, large, 2), 0);
+    assert_int_equal(pier_conn_write(s->c, "end", 3), 0);
+    assert_int_equal(pier_conn_queued(s->c), 14 + 4 + big + 3);
+    /* empty units are fine and queue nothing */
+    assert_int_equal(pier_conn_writev(s->c, NULL, 0), 0);
+    assert_int_equal(pier_conn_writev(s->c, small, -1), -EINVAL);
+    size_t want = 14 + 4 + big + 3;
+    char *in = malloc(want);
+    int end;
+    assert_int_equal(pump(fd, NULL, 0, in, want, &end, 10000), want);
+    assert_memory_equal(in, "head:mid:tail\n", 14);
+    assert_memory_equal(in + 14, "BIG:", 4);
+    assert_memory_equal(in + 18, body, big);
+    assert_memory_equal(in + 18 + big, "end", 3);
+    run_ms(5);
+    assert_int_equal(pier_conn_queued(s->c), 0);
+
+    /* with nothing queued a large unit goes straight to the socket; what the socket
+     * does not take is queued, and the bytes still arrive in order */
+    struct iovec direct[3] = {{"A", 1}, {body, big}, {"Z", 1}};
+    assert_int_equal(pier_conn_writev(s->c, direct, 3), 0);
+    assert_int_equal(pier_conn_write(s->c, "!", 1), 0);
+    char *in2 = malloc(big + 3);
+    assert_int_equal(pump(fd, NULL, 0, in2, big + 3, &end, 10000), big + 3);
+    assert_int_equal(in2[0], 'A');
+    assert_memory_equal(in2 + 1, body, big);
+    assert_memory_equal(in2 + 1 + big, "Z!", 2);
+
+    /* a closing connection refuses a unit */
+    pier_conn_close(s->c);
+    assert_int_equal(pier_conn_writev(s->c, small, 3), -ENOTCONN);
+    free(body);
+    free(in);
+    free(in2);
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_int_equal(s->closes, 1);
+    fx_down();
+}
+
+/* A head and a file in one unit: the file follows its head, and pier owns the fd. */
+static void test_writev_file(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    char path[] = "/tmp/pier-test-writev-file-XXXXXX";
+    int ffd = mkstemp(path);
+    assert_true(ffd >= 0);
+    unlink(path);
+    size_t fsize = 70000;
+    char *content = malloc(fsize);
+    fill_pattern(content, fsize, 5);
+    assert_int_equal(write(ffd, content, fsize), (ssize_t)fsize);
+    assert_int_equal(pier_conn_write(s->c, "before|", 7), 0);
+    struct iovec head[2] = {{"HTTP-ish ", 9}, {"head\n", 5}};
+    assert_int_equal(pier_conn_writev_file(s->c, head, 2, ffd, 10, fsize - 20), 0);
+    assert_int_equal(pier_conn_write(s->c, "|after", 6), 0);
+    size_t want = 7 + 14 + (fsize - 20) + 6;
+    assert_int_equal(pier_conn_queued(s->c), want);
+    char *in = malloc(want);
+    int end;
+    assert_int_equal(pump(fd, NULL, 0, in, want, &end, 10000), want);
+    assert_memory_equal(in, "before|HTTP-ish head\n", 21);
+    assert_memory_equal(in + 21, content + 10, fsize - 20);
+    assert_memory_equal(in + 21 + fsize - 20, "|after", 6);
+    run_ms(5);
+    assert_int_equal(fcntl(ffd, F_GETFD), -1); /* closed once sent */
+
+    /* a file of length 0 sends the head alone and still takes the fd */
+    int nul = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    assert_int_equal(pier_conn_writev_file(s->c, head, 1, nul, 0, 0), 0);
+    assert_int_equal(fcntl(nul, F_GETFD), -1);
+    char h[9];
+    assert_int_equal(pump(fd, NULL, 0, h, 9, &end, 5000), 9);
+    assert_memory_equal(h, "HTTP-ish ", 9);
+    /* refused on a closing connection, and the fd is closed all the same */
+    int nul2 = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    pier_conn_close(s->c);
+    assert_int_equal(pier_conn_writev_file(s->c, head, 2, nul2, 0, 1), -ENOTCONN);
+    assert_int_equal(fcntl(nul2, F_GETFD), -1);
+    free(content);
+    free(in);
+    close(fd);
+    run_until(&s->closes, 5000);
+    fx_down();
+}
+
+/* The loop-thread lookup by id: the live connection on its own loop, NULL once it closes,
+ * NULL for another loop and for an id that was never handed out. */
+static void test_conn_from_id(void **state) {
+    fx_up(&echo_cbs, NULL);
+    int fd = accept_client(0);
+    sc_t *s = &fx.sc[0];
+    assert_ptr_equal(pier_conn_from_id(fx.loop, s->id), s->c);
+    pier_loop_t *other;
+    assert_int_equal(pier_loop_new(&other), 0);
+    assert_null(pier_conn_from_id(other, s->id));
+    assert_int_equal(pier_loop_free(other), 0);
+    assert_null(pier_conn_from_id(fx.loop, PIER_ID_NONE));
+    assert_null(pier_conn_from_id(fx.loop, s->id + (1ull << 32))); /* a later generation */
+    pier_conn_close(s->c);
+    assert_null(pier_conn_from_id(fx.loop, s->id)); /* closing: already gone for lookups */
+    close(fd);
+    run_until(&s->closes, 5000);
+    assert_null(pier_conn_from_id(fx.loop, s->id));
+    fx_down();
+}
+
 /* ---- water marks ---- */
 
 static size_t pause_read(pier_conn_t *c, const char *data, size_t len) {
@@ -612,8 +722,8 @@ static void test_water_marks(void **state) {
     for (size_t i = 0; i < total; i++)
         if (buf[i] != 'w')
             fail_msg("byte %zu is %d", i, buf[i]);
-    uint64_t until = mono_ms() + 5000;
-    while (s->reads < 2 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (s->reads < 2 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->drains, 1);
     assert_int_equal(s->reads_while_paused, 0);
@@ -720,7 +830,7 @@ static void test_read_max(void **state) {
 static void test_idle_timeout(void **state) {
     pier_conn_limits_t lim = {.idle_ms = 150, .close_ms = 1000};
     fx_up(&echo_cbs, &lim);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
 
@@ -730,21 +840,21 @@ static void test_idle_timeout(void **state) {
     uint64_t t1 = 0;
     for (int i = 0; i < 8; i++) {
         assert_int_equal(pump(fd, "ping", 4, buf, 4, &end, 2000), 4);
-        t1 = mono_ms();
+        t1 = pier_test_now_ms();
         run_ms(50);
     }
     assert_int_equal(s->closes, 0);
-    assert_true(mono_ms() - t0 >= 400);
+    assert_true(pier_test_now_ms() - t0 >= 400);
 
     /* silence: closed with -ETIMEDOUT, and the peer sees an orderly end */
     size_t bytes;
     assert_int_equal(drain_to_end(fd, &bytes, 5000), 1);
-    assert_true(mono_ms() - t1 >= 140);
+    assert_true(pier_test_now_ms() - t1 >= 140);
     close(fd);
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
     assert_int_equal(s->close_err, -ETIMEDOUT);
-    assert_true(mono_ms() - t1 < 3000);
+    assert_true(pier_test_now_ms() - t1 < 3000);
     fx_down();
 }
 
@@ -1067,8 +1177,8 @@ static void test_stale_id_fd_reuse(void **state) {
     int cfd2 = client(0);
     close(ph);
     int before = fx.nsc;
-    uint64_t end = mono_ms() + 5000;
-    while (fx.nsc == before && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (fx.nsc == before && pier_test_now_ms() < end)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(fx.nsc, 2);
     sc_t *b = &fx.sc[1];
@@ -1158,8 +1268,8 @@ static void test_with_conn(void **state) {
     int fd2 = accept_client(0);
     sc_t *s2 = &fx.sc[1];
     send_all(fd2, "x", 1);
-    uint64_t until = mono_ms() + 5000;
-    while (wc_gone.calls == 0 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (wc_gone.calls == 0 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(wc_gone.calls, 1);
     assert_null(wc_gone.got);
@@ -1213,9 +1323,9 @@ static void test_peer_half_close(void **state) {
     /* everything, then our FIN, possibly in the same edge as the last bytes */
     int end;
     size_t sent = 0;
-    uint64_t until = mono_ms() + 10000;
+    uint64_t until = pier_test_now_ms() + 10000;
     size_t got = 0;
-    while ((sent < n || got < n) && mono_ms() < until) {
+    while ((sent < n || got < n) && pier_test_now_ms() < until) {
         if (sent < n) {
             ssize_t k = send(fd, out + sent, n - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (k > 0)
@@ -1269,8 +1379,8 @@ static void test_pause_resume_redelivers(void **state) {
     run_ms(50);
     assert_int_equal(s->reads, 1);
     pier_conn_resume(s->c);
-    uint64_t until = mono_ms() + 5000;
-    while (s->nall < 6 && mono_ms() < until)
+    uint64_t until = pier_test_now_ms() + 5000;
+    while (s->nall < 6 && pier_test_now_ms() < until)
         pier_loop_run_once(fx.loop, 5);
     assert_int_equal(s->nall, 6);
     assert_memory_equal(s->all, "abcdef", 6);
@@ -1308,12 +1418,12 @@ static void test_close_cannot_flush(void **state) {
     assert_int_equal(pier_conn_write(s->c, big, sizeof big), 0);
     pier_conn_close(s->c);
     /* the peer never reads: the close gives up after close_ms and resets */
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
     assert_int_equal(s->close_err, -ETIMEDOUT);
-    assert_true(mono_ms() - t0 >= 150);
-    assert_true(mono_ms() - t0 < 2000);
+    assert_true(pier_test_now_ms() - t0 >= 150);
+    assert_true(pier_test_now_ms() - t0 < 2000);
     size_t bytes;
     assert_int_equal(drain_to_end(fd, &bytes, 5000), -ECONNRESET);
     close(fd);
@@ -1327,15 +1437,15 @@ static void test_close_peer_never_answers(void **state) {
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
     pier_conn_close(s->c);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     char b;
     int end;
     assert_int_equal(pump(fd, NULL, 0, &b, 1, &end, 2000), 0);
     assert_int_equal(end, 1); /* our FIN arrived; we keep the socket open and silent */
     run_until(&s->closes, 5000);
     assert_int_equal(s->closes, 1);
-    assert_true(mono_ms() - t0 >= 250);
-    assert_true(mono_ms() - t0 < 2500);
+    assert_true(pier_test_now_ms() - t0 >= 250);
+    assert_true(pier_test_now_ms() - t0 < 2500);
     close(fd);
     fx_down();
 }
@@ -1414,6 +1524,9 @@ int main(void) {
         cmocka_unit_test(test_write_ref),
         cmocka_unit_test(test_write_ref_abort_queued),
         cmocka_unit_test(test_sendfile),
+        cmocka_unit_test(test_writev_units),
+        cmocka_unit_test(test_writev_file),
+        cmocka_unit_test(test_conn_from_id),
         cmocka_unit_test(test_water_marks),
         cmocka_unit_test(test_drain_redelivers_kept_input),
         cmocka_unit_test(test_read_max),

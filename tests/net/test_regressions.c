@@ -1,4 +1,5 @@
-/* The two failures pier exists to prevent (DESIGN.md), as regression tests.
+/* The two failures pier exists to prevent (a session deleted twice;
+ * a borrowed object freed by its borrower), as regression tests.
  *
  * 1. A session deleted twice: the peer resets while the server has a large write pending
  *    and a read completes around the same time. on_close must run exactly once, nothing
@@ -27,23 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int client(uint16_t port, int rcvbuf) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = pier_test_connect_rcvbuf(port, rcvbuf);
     assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (rcvbuf)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     return fd;
 }
 
@@ -121,8 +108,8 @@ static void rs_accept(pier_server_t *srv, pier_conn_t *c) {
 }
 
 static void run_until_n(pier_loop_t *loop, const int *v, int n, int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (*v < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (*v < n && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
 }
 
@@ -193,16 +180,16 @@ static void test_reset_with_pending_write(void **state) {
     }
     run_until_n(loop, &nrs, NS, 5000);
     assert_int_equal(nrs, NS);
-    uint64_t end = mono_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     for (int i = SEQ; i < NS; i++)
-        while (rs[i].reads == 0 && mono_ms() < end)
+        while (rs[i].reads == 0 && pier_test_now_ms() < end)
             pier_loop_run_once(loop, 5);
     for (int i = 0; i < BATCH; i++) {
         send(fds[i], "bye", 3, MSG_NOSIGNAL);
         reset_close(fds[i]);
     }
-    end = mono_ms() + 5000;
-    while (pier_server_conns(srv) > 0 && mono_ms() < end)
+    end = pier_test_now_ms() + 5000;
+    while (pier_server_conns(srv) > 0 && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
     pier_loop_run_once(loop, 0);
     for (int i = SEQ; i < NS; i++) {
@@ -256,8 +243,8 @@ static void echo_once(uint16_t port, const char *msg) {
 }
 
 static void wait_closed(int n) {
-    uint64_t end = mono_ms() + 5000;
-    while (atomic_load(&closed2) < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (atomic_load(&closed2) < n && pier_test_now_ms() < end)
         usleep(1000);
     assert_int_equal(atomic_load(&closed2), n);
 }

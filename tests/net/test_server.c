@@ -17,12 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static int accepted, closes, close_errs[64];
 
 static size_t echo_read(pier_conn_t *c, const char *data, size_t len) {
@@ -71,25 +65,25 @@ static fx_t up(const char *host, void (*acc)(pier_server_t *, pier_conn_t *), un
 static void down(fx_t *f) {
     pier_server_stop(f->srv);
     pier_server_stop(f->srv); /* idempotent */
-    uint64_t end = mono_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     int rc;
-    while ((rc = pier_server_free(f->srv)) == -EBUSY && mono_ms() < end)
+    while ((rc = pier_server_free(f->srv)) == -EBUSY && pier_test_now_ms() < end)
         pier_loop_run_once(f->loop, 5);
     assert_int_equal(rc, 0);
     assert_int_equal(pier_group_free(f->g), 0);
 }
 
 static void run_until_val(pier_loop_t *loop, const int *v, int n, int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
-    while (*v < n && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (*v < n && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
 }
 
 /* Reads from fd while driving the loop until EOF/error; 1 for EOF, -errno, 0 on timeout. */
 static int wait_end(pier_loop_t *loop, int fd, int ms) {
-    uint64_t end = mono_ms() + (uint64_t)ms;
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
     char buf[4096];
-    while (mono_ms() < end) {
+    while (pier_test_now_ms() < end) {
         pier_loop_run_once(loop, 2);
         ssize_t n;
         while ((n = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
@@ -106,8 +100,8 @@ static void echo_check(pier_loop_t *loop, int fd) {
     assert_int_equal(send(fd, "ping", 4, 0), 4);
     char buf[4];
     size_t got = 0;
-    uint64_t end = mono_ms() + 5000;
-    while (got < 4 && mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (got < 4 && pier_test_now_ms() < end) {
         pier_loop_run_once(loop, 2);
         ssize_t n = recv(fd, buf + got, 4 - got, MSG_DONTWAIT);
         if (n > 0)
@@ -216,8 +210,8 @@ static void test_no_callbacks_closes(void **state) {
     assert_int_equal(accepted, 1);
     assert_int_equal(wait_end(f.loop, fd, 5000), 1);
     close(fd);
-    uint64_t end = mono_ms() + 5000;
-    while (pier_server_conns(f.srv) > 0 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (pier_server_conns(f.srv) > 0 && pier_test_now_ms() < end)
         pier_loop_run_once(f.loop, 5);
     assert_int_equal(pier_server_conns(f.srv), 0);
     down(&f);
@@ -286,8 +280,8 @@ static void test_two_loops(void **state) {
     int fds[16];
     for (int i = 0; i < 16; i++)
         fds[i] = pier_test_connect(pier_server_port(srv));
-    uint64_t end = mono_ms() + 5000;
-    while (accepted < 16 && mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (accepted < 16 && pier_test_now_ms() < end) {
         pier_loop_run_once(l0, 1);
         pier_loop_run_once(l1, 1);
     }
@@ -298,9 +292,9 @@ static void test_two_loops(void **state) {
     for (int i = 0; i < 16; i++)
         close(fds[i]);
     pier_server_stop(srv);
-    end = mono_ms() + 5000;
+    end = pier_test_now_ms() + 5000;
     int rc;
-    while ((rc = pier_server_free(srv)) == -EBUSY && mono_ms() < end) {
+    while ((rc = pier_server_free(srv)) == -EBUSY && pier_test_now_ms() < end) {
         pier_loop_run_once(l0, 1);
         pier_loop_run_once(l1, 1);
     }
@@ -335,8 +329,8 @@ static void test_single_acceptor(void **state) {
     int fds[10];
     for (int i = 0; i < 10; i++)
         fds[i] = pier_test_connect(pier_server_port(srv));
-    uint64_t end = mono_ms() + 5000;
-    while (accepted < 10 && mono_ms() < end) {
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (accepted < 10 && pier_test_now_ms() < end) {
         pier_loop_run_once(l0, 1);
         pier_loop_run_once(l1, 1);
     }
@@ -346,8 +340,8 @@ static void test_single_acceptor(void **state) {
     for (int i = 0; i < 10; i++) {
         close(fds[i]);
     }
-    end = mono_ms() + 5000;
-    while (closes < 10 && mono_ms() < end) {
+    end = pier_test_now_ms() + 5000;
+    while (closes < 10 && pier_test_now_ms() < end) {
         pier_loop_run_once(l0, 1);
         pier_loop_run_once(l1, 1);
     }
@@ -358,15 +352,15 @@ static void test_single_acceptor(void **state) {
      * server any more). */
     int a = pier_test_connect(pier_server_port(srv)); /* dealt to loop 0 */
     int b = pier_test_connect(pier_server_port(srv)); /* dealt to loop 1 */
-    end = mono_ms() + 5000;
-    while (accepted < 11 && mono_ms() < end)
+    end = pier_test_now_ms() + 5000;
+    while (accepted < 11 && pier_test_now_ms() < end)
         pier_loop_run_once(l0, 1);
     for (int i = 0; i < 5; i++)
         pier_loop_run_once(l0, 1); /* b is accepted and handed to loop 1, which sleeps */
     assert_int_equal(accepted, 11);
     close(a);
-    end = mono_ms() + 5000;
-    while (closes < 11 && mono_ms() < end)
+    end = pier_test_now_ms() + 5000;
+    while (closes < 11 && pier_test_now_ms() < end)
         pier_loop_run_once(l0, 1);
     pier_server_stop(srv);
     pier_loop_run_once(l0, 0);
@@ -376,8 +370,8 @@ static void test_single_acceptor(void **state) {
         pier_loop_run_once(l1, 0);
     } else {
         assert_int_equal(rc, -EBUSY);
-        end = mono_ms() + 5000;
-        while ((rc = pier_server_free(srv)) == -EBUSY && mono_ms() < end) {
+        end = pier_test_now_ms() + 5000;
+        while ((rc = pier_server_free(srv)) == -EBUSY && pier_test_now_ms() < end) {
             pier_loop_run_once(l0, 1);
             pier_loop_run_once(l1, 1);
         }
@@ -387,8 +381,8 @@ static void test_single_acceptor(void **state) {
     char c1;
     assert_int_equal(recv(b, &c1, 1, 0), 0);
     close(b);
-    end = mono_ms() + 5000;
-    while (pier_loop_handles(l1) > 0 && mono_ms() < end)
+    end = pier_test_now_ms() + 5000;
+    while (pier_loop_handles(l1) > 0 && pier_test_now_ms() < end)
         pier_loop_run_once(l1, 1);
     assert_int_equal(pier_group_free(sa_group), 0);
 }
@@ -418,9 +412,9 @@ static void test_emfile(void **state) {
     assert_int_equal(wait_end(f.loop, fd, 5000), 1);
     assert_int_equal(accepted, 0);
     /* nothing pending now: the loop waits instead of spinning */
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = pier_test_now_ms();
     pier_loop_run_once(f.loop, 60);
-    assert_true(mono_ms() - t0 >= 40);
+    assert_true(pier_test_now_ms() - t0 >= 40);
     close(fd);
     for (int i = 0; i < nhold; i++)
         close(hold[i]);

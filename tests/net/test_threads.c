@@ -28,12 +28,6 @@
 #define SENDERS 3
 #define IDS 4096
 
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static _Atomic pier_id_t ids[IDS];
 static atomic_uint nids;
 static atomic_int accepted, closed, bad_rc, stop_all;
@@ -197,8 +191,8 @@ static void test_ids_across_threads(void **state) {
         pthread_join(ct[i], NULL);
 
     /* every client socket is closed: every server connection finishes closing */
-    uint64_t end = mono_ms() + 10000;
-    while (pier_server_conns(srv) > 0 && mono_ms() < end)
+    uint64_t end = pier_test_now_ms() + 10000;
+    while (pier_server_conns(srv) > 0 && pier_test_now_ms() < end)
         usleep(5000);
     assert_int_equal(pier_server_conns(srv), 0);
     pier_server_stop(srv);
