@@ -132,8 +132,9 @@ typedef struct pier_msg_server_opts_s {
     unsigned inflight_max;     /* per connection (default 256); reading resumes once half
                                 * of them are done */
     unsigned inflight_total;   /* in all, split evenly between the loops (default 256 per
-                                * worker); reading resumes once half of the loop's share is
-                                * free, connections that got none of it first */
+                                * worker); once half of a loop's share is free, the
+                                * connections waiting for it resume in turn (FIFO), each
+                                * with a part of the room */
     size_t out_max;            /* per connection, queued output bytes (default 1 MiB) */
     int out_policy;            /* PIER_MSG_OUT_CLOSE (default) or PIER_MSG_OUT_DROP */
     uint64_t heartbeat_ms;     /* S: a connection silent for 3*S is closed; 0: never. Time

@@ -12,9 +12,9 @@
  * Otherwise it stays undecoded in the connection's input and reading pauses ("a stall"),
  * so the server never holds more than the bounds in messages, and a drain never has more
  * than that left to handle. A connection stalled on its own bound resumes when half of
- * its messages are done; one stalled on the loop's share waits in the loop's FIFO, which
- * resumes all its connections once half of the share is free. Output over out_max is
- * refused by policy.
+ * its messages are done; one stalled on the loop's share waits in the loop's FIFO, from
+ * which connections resume in turn, each with a part of the free room, once half of the
+ * share is free. Output over out_max is refused by policy.
  */
 #include "msg_int.h"
 
@@ -29,6 +29,7 @@
 #define SHUT_TICK_MS 5
 #define SHUT_MAX_MS 15000
 #define INFLIGHT_PER_WORKER 256
+#define ALLOW_MIN 16
 #define READ_SPAN (64 * 1024) /* the most one read of the core delivers anew */
 
 typedef struct {
@@ -47,7 +48,7 @@ typedef struct msg_conn_s {
     pier_timer_t hb;
     uint64_t last_rx;
     unsigned inflight; /* messages read and not yet back from the workers */
-    unsigned took;     /* messages admitted since the last stall */
+    unsigned allow;    /* messages it may still take while others wait for the loop */
     unsigned worker;
     int paused;        /* reading paused by us: a stall, end of input or a drain */
     int waiting;       /* in the loop's FIFO of connections waiting for its share */
@@ -61,14 +62,14 @@ struct msg_loop_s {
     pier_loop_t *loop;
     msg_conn_t *conns;
     msg_conn_t *wait_head, *wait_tail;
-    msg_conn_t *wait_fresh; /* the last waiter that got nothing in: the next such goes after it */
     unsigned nwait;
     unsigned inflight;      /* this loop's messages in the workers */
     unsigned share;         /* this loop's share of inflight_total */
     pier_timer_t retry;     /* wakes the waiters when no finished job will */
     int draining;
     unsigned char *wake;    /* workers given jobs since the last wake-up (one flag each) */
-    int any_wake;
+    int any_wake;           /* wake_task is queued */
+    pier_task_t wake_task;
     _Atomic uint64_t n_conns, msgs, handled, unknown, bad_frames, timeouts, out_dropped, out_closed;
 };
 
@@ -148,23 +149,23 @@ static int write_frame(msg_conn_t *mc, uint16_t id, const void *body, size_t len
     return pier_conn_writev(mc->c, iov, len ? 2 : 1);
 }
 
-/* Appends a reply frame to a worker job's output. */
+/* Appends a reply frame to a worker job's output, whole or not at all. */
 static int job_add_reply(pier__msg_job_t *job, uint16_t id, const void *body, size_t len) {
     pier_msg_server_t *srv = job->srv;
-    unsigned char hdr[PIER_MSG_HDR_WIDE];
-    ssize_t h = pier_msg_encode_hdr(&srv->codec, id, len, hdr);
-    if (h < 0)
-        return (int)h;
-    if (job->out.len + (size_t)h + len > srv->o.out_max) {
+    pier__buf_t *out = &job->out;
+    size_t need = pier_msg_hdr_size(&srv->codec) + len;
+    if (out->len + need > srv->o.out_max) {
         /* one message's replies alone over the limit: the loop cannot take them either */
         atomic_fetch_add_explicit(&srv->w_out_dropped, 1, memory_order_relaxed);
         return 0;
     }
-    /* reserve first, so a frame is appended whole or not at all */
-    if (pier__buf_reserve(&job->out, (size_t)h + len) < 0)
+    if (pier__buf_reserve(out, need) < 0)
         return -ENOMEM;
-    pier__buf_append(&job->out, hdr, (size_t)h);
-    pier__buf_append(&job->out, body, len);
+    /* encoded in place, into the room just reserved */
+    ssize_t n = pier_msg_encode(&srv->codec, id, body, len, out->p + out->len, out->cap - out->len);
+    if (n < 0)
+        return (int)n;
+    out->len += (size_t)n;
     return 0;
 }
 
@@ -257,8 +258,6 @@ static void wait_unlink(msg_conn_t *mc) {
     msg_loop_t *lp = mc->lp;
     if (!mc->waiting)
         return;
-    if (lp->wait_fresh == mc)
-        lp->wait_fresh = mc->wprev;
     *(mc->wprev ? &mc->wprev->wnext : &lp->wait_head) = mc->wnext;
     *(mc->wnext ? &mc->wnext->wprev : &lp->wait_tail) = mc->wprev;
     mc->wprev = mc->wnext = NULL;
@@ -266,33 +265,37 @@ static void wait_unlink(msg_conn_t *mc) {
     lp->nwait--;
 }
 
-/* Joins the loop's FIFO. A connection that got nothing in since it last stalled goes
- * ahead of those that did, so one busy peer cannot keep the others waiting for ever. */
 static void wait_add(msg_conn_t *mc) {
     msg_loop_t *lp = mc->lp;
     if (mc->waiting)
         return;
-    msg_conn_t *after = mc->took == 0 ? lp->wait_fresh : lp->wait_tail;
-    mc->wprev = after;
-    mc->wnext = after ? after->wnext : lp->wait_head;
-    *(mc->wnext ? &mc->wnext->wprev : &lp->wait_tail) = mc;
-    *(after ? &after->wnext : &lp->wait_head) = mc;
-    if (mc->took == 0)
-        lp->wait_fresh = mc;
+    mc->wprev = lp->wait_tail;
+    mc->wnext = NULL;
+    *(lp->wait_tail ? &lp->wait_tail->wnext : &lp->wait_head) = mc;
+    lp->wait_tail = mc;
     mc->waiting = 1;
     lp->nwait++;
 }
 
-/* Resumes every waiter once half of the loop's share is free. Not from inside a
- * connection's on_read (its unconsumed input is not kept yet): from finished jobs and
- * the retry timer. */
+/* Once half of the loop's share is free, resumes waiters in FIFO order, each with an
+ * equal part of the free room (at least ALLOW_MIN, so that stalls stay rare when
+ * thousands of connections wait: a part of one message each would stall them once per
+ * message). While others wait, a connection takes only its part, then queues again at
+ * the tail. Not from inside a connection's on_read (its unconsumed input is not kept
+ * yet): from finished jobs and the retry timer. */
 static void wake_waiters(msg_loop_t *lp) {
     if (!lp->wait_head || lp->inflight > lp->share / 2)
         return;
     pier_timer_stop(&lp->retry);
-    while (lp->wait_head) {
+    unsigned room = lp->share - lp->inflight;
+    unsigned part = room / lp->nwait;
+    if (part < ALLOW_MIN)
+        part = room < ALLOW_MIN ? room : ALLOW_MIN;
+    while (lp->wait_head && room >= part) {
         msg_conn_t *mc = lp->wait_head;
         wait_unlink(mc);
+        mc->allow = part;
+        room -= part;
         read_start(mc);
     }
 }
@@ -313,15 +316,15 @@ static int stall(msg_conn_t *mc, int own) {
         if (lp->inflight == 0 && !pier_timer_active(&lp->retry))
             pier_timer_start(&lp->retry, RETRY_MS, 0);
     }
-    mc->took = 0;
+    mc->allow = 0;
     return -1;
 }
 
-/* Wakes the workers given jobs since the last call: once per read or batch, not per
- * message, which saves a context switch per message when loop and workers share CPUs. */
-static void wake_workers(msg_loop_t *lp) {
-    if (!lp->any_wake)
-        return;
+/* Wakes the workers given jobs in this loop iteration, once, after all of its reads: a
+ * worker woken per read (or per message) would preempt the loop for a handful of jobs
+ * each time when they share a CPU, and a big batch is what makes the hand-off cheap. */
+static void wake_workers(void *arg) {
+    msg_loop_t *lp = arg;
     lp->any_wake = 0;
     unsigned n = pier__msg_pool_size(lp->srv->pool);
     for (unsigned w = 0; w < n; w++) {
@@ -440,7 +443,7 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
     pier_msg_server_t *srv = lp->srv;
     if (mc->inflight >= srv->o.inflight_max)
         return stall(mc, 1);
-    if (lp->inflight >= lp->share)
+    if (lp->inflight >= lp->share || (lp->wait_head && mc->allow == 0))
         return stall(mc, 0);
     pier__msg_job_t *job = malloc(sizeof *job + f->len);
     if (!job)
@@ -457,10 +460,15 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
         return stall(mc, 0);
     }
     mc->inflight++;
-    mc->took++;
+    if (mc->allow)
+        mc->allow--;
     lp->inflight++;
     lp->wake[mc->worker] = 1;
-    lp->any_wake = 1;
+    if (!lp->any_wake) {
+        lp->any_wake = 1;
+        /* tasks run after this iteration's reads; from the loop thread, with no wake-up */
+        pier_loop_post_task(lp->loop, &lp->wake_task);
+    }
     return 0;
 }
 
@@ -508,8 +516,6 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     mc->last_rx = pier_loop_now(mc->lp->loop);
     size_t used = 0;
     ssize_t r = pier_msg_decode_all(&srv->codec, data, len, &used, on_frame, mc);
-    if (srv->pool)
-        wake_workers(mc->lp);
     if (r >= 0)
         return used;
     char peer[64];
@@ -658,6 +664,7 @@ static int loops_init(pier_msg_server_t *srv) {
         lp->loop = pier_group_loop(srv->group, i);
         lp->share = share;
         pier_timer_init(lp->loop, &lp->retry, retry_cb, lp);
+        pier_task_init(&lp->wake_task, wake_workers, lp);
         lp->wake = calloc(srv->o.workers ? srv->o.workers : 1, 1);
         if (!lp->wake)
             return -ENOMEM;
@@ -808,6 +815,9 @@ int pier_msg_server_free(pier_msg_server_t *srv) {
      * them (pier_loop_free would, after srv is gone) before srv may go. */
     if (atomic_load(&srv->jobs) > 0 || atomic_load(&srv->sends) > 0)
         return -EBUSY;
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].any_wake)
+            return -EBUSY; /* its wake task is still queued on the loop */
     /* the loops are not running any more */
     pier_timer_stop(&srv->shut_timer);
     for (unsigned i = 0; i < srv->nloops; i++)
