@@ -5,7 +5,7 @@
  * replies into its job and hands its finished jobs back to the loop, one post per batch,
  * where each finds its connection by id (pier_conn_from_id). A connection that closed in
  * the meantime is simply not found, and its job costs only a free. Loop and workers wake
- * each other once per read or batch, not once per message.
+ * each other once per loop iteration or worker batch, not once per message.
  *
  * Bounds. A frame is decoded only when there is room for it: below the connection's
  * inflight_max, below its loop's share of inflight_total and in its worker's queue.
@@ -298,6 +298,10 @@ static void wake_waiters(msg_loop_t *lp) {
         room -= part;
         read_start(mc);
     }
+    /* if none of those resumed takes anything (they may close first), no finished job
+     * will come to wake the rest */
+    if (lp->wait_head && lp->inflight == 0)
+        pier_timer_start(&lp->retry, RETRY_MS, 0);
 }
 
 static void retry_cb(pier_timer_t *t) {
