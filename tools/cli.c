@@ -105,6 +105,24 @@ static void on_signal(pier_loop_t *loop, int signo, void *arg) {
     pier_timer_start(&r->poll, 20, 20);
 }
 
+static int run_freed(void *arg) {
+    pier_service_run_t *run = arg;
+    return run->svc->freed(run->state);
+}
+
+/* Resets left over after the drain are finished (their on_close runs) before the
+ * server is freed, so every loop can be freed after it. */
+static void stop_and_free(pier_group_t *g, pier_service_run_t *run) {
+    const pier_service_t *svc = run->svc;
+    pier_server_t *net = svc->net(run->state);
+    pier_server_stop(net);
+    pier_server_abort_all(net);
+    if (!pier_cli_settle(g, run_freed, run, 5000))
+        pier_log(PIER_LOG_ERROR, "%s: server could not be freed", svc->name);
+    svc->finish(run->state);
+    run->state = NULL;
+}
+
 int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t drain_ms) {
     runner_t r = {.runs = runs, .n = n, .drain_ms = drain_ms};
     int err = pier_group_new(&r.group, threads);
@@ -137,10 +155,8 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_loop_signal_stop(loop0, SIGTERM);
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */
-    for (int i = 0; i < started; i++) {
-        runs[i].svc->finish(runs[i].state);
-        runs[i].state = NULL;
-    }
+    for (int i = 0; i < started; i++)
+        stop_and_free(r.group, &runs[i]);
     err = pier_group_free(r.group);
     if (err < 0) {
         pier_log(PIER_LOG_ERROR, "loops still have live handles at exit: %s", pier_strerror(err));

@@ -18,6 +18,12 @@ typedef struct pier_service_s {
     void (*drain)(void *state);
     unsigned (*active)(void *state);
     unsigned (*conns)(void *state);
+    /* The end, after the group has stopped, is the same for every service and is done by
+     * the runner: stop accepting on net(state), reset what is still open, and run the
+     * loops until freed(state) says the service's server has been freed (it tries to
+     * free it, and must be idempotent). finish(state) then logs and frees the state. */
+    pier_server_t *(*net)(void *state);
+    int (*freed)(void *state);
     void (*finish)(void *state);
 } pier_service_t;
 

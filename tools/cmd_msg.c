@@ -188,7 +188,6 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
 /* ---- the msg service, for `pier msg` and `pier serve` ---- */
 
 typedef struct {
-    pier_group_t *group;
     pier_msg_server_t *srv;
     pier_msg_stats_t last;
 } msg_state_t;
@@ -213,7 +212,6 @@ static int msg_start(pier_group_t *g, void *cfgp, void **state) {
         free(st);
         return err;
     }
-    st->group = g;
     pier_msg_server_start(st->srv);
     pier_log(PIER_LOG_INFO, "msg: listening on %s:%u (%u loops, %u workers, heartbeat %.3g s, max body %u)",
              so->host, pier_msg_server_port(st->srv), pier_group_size(g), so->workers,
@@ -258,20 +256,19 @@ static void log_stats(const pier_msg_stats_t *s) {
 
 /* The counters are logged once the server is freed, when no handler can still change them
  * (messages of clients that went away are handled during the settle too). */
+static pier_server_t *msg_net(void *state) { return pier_msg_server_net(((msg_state_t *)state)->srv); }
+
 static void msg_finish(void *state) {
     msg_state_t *st = state;
-    pier_server_stop(pier_msg_server_net(st->srv));
-    pier_server_abort_all(pier_msg_server_net(st->srv));
-    if (!pier_cli_settle(st->group, msg_freed, st, 5000))
-        pier_log(PIER_LOG_ERROR, "msg: server could not be freed: %u connections or messages still active",
-                 pier_msg_server_active(st->srv));
+    if (st->srv)
+        pier_log(PIER_LOG_ERROR, "msg: %u connections or messages still active", pier_msg_server_active(st->srv));
     log_stats(&st->last);
     free(st);
 }
 
 const pier_service_t pier_msg_service = {
     .name = "msg", .start = msg_start, .drain = msg_drain, .active = msg_active, .conns = msg_conns,
-    .finish = msg_finish,
+    .net = msg_net, .freed = msg_freed, .finish = msg_finish,
 };
 
 int pier_cmd_msg(int argc, char **argv) {
