@@ -256,26 +256,30 @@ static pier__out_t *tail_copy(pier_conn_t *c, size_t *room) {
 static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip, size_t len,
                       uint32_t extra_items) {
     size_t room;
-    tail_copy(c, &room);
-    size_t spill = len > room ? len - room : 0;
+    pier__out_t *tail = tail_copy(c, &room);
     char *buf = NULL;
     size_t cap = 0;
-    if (spill) {
+    uint32_t items = extra_items;
+    if (len > room) {
+        size_t spill = len - room;
         cap = spill > PIER__CHUNK ? spill : PIER__CHUNK;
         buf = cap == PIER__CHUNK ? pier__chunk_get(c->loop) : malloc(cap);
         if (!buf)
             return -ENOMEM;
+        items++;
     }
-    if (out_reserve(c, (spill ? 1 : 0) + extra_items) < 0) {
-        if (buf && cap == PIER__CHUNK)
-            pier__chunk_put(c->loop, buf);
-        else
-            free(buf);
-        return -ENOMEM;
+    if (c->ohead + c->ocount + items > c->ocap) {
+        if (out_reserve(c, items) < 0) {
+            if (cap == PIER__CHUNK)
+                pier__chunk_put(c->loop, buf);
+            else
+                free(buf);
+            return -ENOMEM;
+        }
+        tail = tail_copy(c, &room); /* out_reserve may have moved it */
     }
-    pier__out_t *tail = tail_copy(c, &room); /* again: out_reserve may have moved it */
-    size_t left = len;
-    for (int i = 0; i < iovcnt && left > 0; i++) {
+    /* nothing can fail from here on */
+    for (int i = 0; i < iovcnt; i++) {
         const char *p = iov[i].iov_base;
         size_t n = iov[i].iov_len;
         if (skip >= n) {
@@ -285,22 +289,22 @@ static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_
         p += skip;
         n -= skip;
         skip = 0;
-        while (n > 0) {
-            if (room == 0) {
-                tail = out_push(c);
-                tail->kind = PIER__OUT_COPY;
-                tail->base = buf;
-                tail->ud = (void *)cap;
-                room = cap;
-                buf = NULL;
-            }
-            size_t k = n < room ? n : room;
+        size_t k = n < room ? n : room;
+        if (k) {
             memcpy(tail->base + tail->len, p, k);
             tail->len += k;
             room -= k;
             p += k;
             n -= k;
-            left -= k;
+        }
+        if (n) { /* the tail is full: the rest goes to the new buffer, which holds it all */
+            tail = out_push(c);
+            tail->kind = PIER__OUT_COPY;
+            tail->base = buf;
+            tail->ud = (void *)cap;
+            memcpy(buf, p, n);
+            tail->len = n;
+            room = cap - n;
         }
     }
     note_queued(c, len);
@@ -338,6 +342,29 @@ int pier_conn_writev(pier_conn_t *c, const struct iovec *iov, int iovcnt) {
 }
 
 int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
+    /* The common case without the general path: a small write that fits the tail chunk,
+     * or starts a new one while the queue array has room. Anything else (a write split
+     * over two chunks, a growing array, a large or refused write) goes the general way. */
+    if (len < DIRECT_WRITE_MIN && !(c->flags & PIER__C_CLOSING)) {
+        size_t room;
+        pier__out_t *tail = tail_copy(c, &room);
+        if (len > room) {
+            if (room || c->ohead + c->ocount == c->ocap)
+                goto general;
+            char *buf = pier__chunk_get(c->loop);
+            if (!buf)
+                return -ENOMEM;
+            tail = out_push(c);
+            tail->kind = PIER__OUT_COPY;
+            tail->base = buf;
+            tail->ud = (void *)(size_t)PIER__CHUNK;
+        }
+        memcpy(tail->base + tail->len, data, len);
+        tail->len += len;
+        note_queued(c, len);
+        return 0;
+    }
+general:;
     struct iovec v = {.iov_base = (void *)data, .iov_len = len};
     return pier_conn_writev(c, &v, 1);
 }
