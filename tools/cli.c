@@ -38,6 +38,25 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
     return 0;
 }
 
+int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
+                        pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!cert && !key)
+        return 0;
+    if (!cert || !key) {
+        pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
+        return -1;
+    }
+    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply};
+    int err = pier_tls_ctx_new_server(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
 int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms) {
     for (int waited = 0; !done(arg) && waited < max_ms; waited += 5)
         for (unsigned i = 0; i < pier_group_size(g); i++)

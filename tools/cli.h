@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <pier/loop.h>
 #include <pier/net.h>
+#include <pier/tls.h>
 
 /* A server a command can run. start() creates and starts it on the group; drain() is
  * called on loop 0's thread at SIGINT/SIGTERM: stop accepting, close connections
@@ -41,6 +42,12 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out);
 /* "unknown flag", "missing value" and the like: one line and a hint. Returns 2. */
 int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The --tls-cert/--tls-key pair of a server command: both or neither. *out is a server
+ * context (NULL when neither was given), the caller's to free. plain_reply: see
+ * pier_tls_opts_t. On error prints one line naming the command and returns -1. */
+int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
+                        pier_tls_ctx_t **out);
+
 /* Commands. Each takes argc/argv with argv[0] being the command name. */
 int pier_cmd_echo(int argc, char **argv);
 int pier_cmd_echo_client(int argc, char **argv);
@@ -56,6 +63,7 @@ typedef struct pier_echo_cfg_s {
     unsigned max_conns;
     uint64_t idle_ms;
     int single_acceptor;
+    pier_tls_ctx_t *tls;        /* NULL: plain TCP */
 } pier_echo_cfg_t;
 extern const pier_service_t pier_echo_service;
 /* The HTTP (port 8888) and message (port 10089) services; cfg NULL means defaults. */
