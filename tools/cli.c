@@ -57,6 +57,24 @@ int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, cons
     return 0;
 }
 
+int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!tls && (cafile || insecure)) {
+        pier_cli_usage_error(cmd, "--cafile and --insecure need --tls");
+        return -1;
+    }
+    if (!tls)
+        return 0;
+    pier_tls_opts_t o = {.ca_file = cafile, .insecure = insecure};
+    int err = pier_tls_ctx_new_client(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot set up TLS: %s\n", cmd,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
 int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms) {
     for (int waited = 0; !done(arg) && waited < max_ms; waited += 5)
         for (unsigned i = 0; i < pier_group_size(g); i++)

@@ -48,6 +48,10 @@ int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((f
 int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
                         pier_tls_ctx_t **out);
 
+/* The --tls/--cafile/--insecure flags of a client command: *out is a client context
+ * (NULL without --tls), the caller's to free. On error prints one line, returns -1. */
+int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out);
+
 /* Commands. Each takes argc/argv with argv[0] being the command name. */
 int pier_cmd_echo(int argc, char **argv);
 int pier_cmd_echo_client(int argc, char **argv);
