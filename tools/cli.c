@@ -44,15 +44,14 @@ int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, cons
     if (!cert && !key)
         return 0;
     if (!cert || !key) {
-        pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
-        return -1;
+        return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
     }
     pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply};
     int err = pier_tls_ctx_new_server(out, &o);
     if (err < 0) {
         fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
                 err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
-        return -1;
+        return 1;
     }
     return 0;
 }
@@ -60,8 +59,7 @@ int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, cons
 int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out) {
     *out = NULL;
     if (!tls && (cafile || insecure)) {
-        pier_cli_usage_error(cmd, "--cafile and --insecure need --tls");
-        return -1;
+        return pier_cli_usage_error(cmd, "--cafile and --insecure need --tls");
     }
     if (!tls)
         return 0;
@@ -70,7 +68,7 @@ int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecu
     if (err < 0) {
         fprintf(stderr, "pier %s: cannot set up TLS: %s\n", cmd,
                 err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
-        return -1;
+        return 1;
     }
     return 0;
 }

@@ -44,12 +44,13 @@ int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((f
 
 /* The --tls-cert/--tls-key pair of a server command: both or neither. *out is a server
  * context (NULL when neither was given), the caller's to free. plain_reply: see
- * pier_tls_opts_t. On error prints one line naming the command and returns -1. */
+ * pier_tls_opts_t. Returns 0, or the exit code after one line on stderr (2 for a usage
+ * error, 1 when the files cannot be used). */
 int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
                         pier_tls_ctx_t **out);
 
 /* The --tls/--cafile/--insecure flags of a client command: *out is a client context
- * (NULL without --tls), the caller's to free. On error prints one line, returns -1. */
+ * (NULL without --tls), the caller's to free. Returns 0 or an exit code, as above. */
 int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out);
 
 /* Commands. Each takes argc/argv with argv[0] being the command name. */

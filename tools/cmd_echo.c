@@ -146,10 +146,11 @@ int pier_cmd_echo(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("echo", "unexpected argument '%s'", argv[optind]);
-    if (pier_cli_tls_server("echo", cert, key, NULL, &cfg.tls) < 0)
-        return 1;
+    int code = pier_cli_tls_server("echo", cert, key, NULL, &cfg.tls);
+    if (code)
+        return code;
     pier_service_run_t run = {.svc = &pier_echo_service, .cfg = &cfg};
-    int code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
     pier_tls_ctx_free(cfg.tls);
     return code;
 }

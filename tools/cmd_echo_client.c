@@ -462,9 +462,9 @@ int pier_cmd_echo_client(int argc, char **argv) {
     if (servername && !tls)
         return pier_cli_usage_error("echo-client", "--servername needs --tls");
     load_t cfg = {.host = host, .port = port, .size = (size_t)size, .seconds = seconds, .servername = servername};
-    if (pier_cli_tls_client("echo-client", tls, cafile, insecure, &cfg.tls) < 0)
-        return 1;
-    int code;
+    int code = pier_cli_tls_client("echo-client", tls, cafile, insecure, &cfg.tls);
+    if (code)
+        return code;
     if (conns == 0 && cfg.tls) {
         code = interactive_tls(host, port, (int)timeout * 1000, cfg.tls, servername);
     } else if (conns == 0) {
