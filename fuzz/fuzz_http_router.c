@@ -23,7 +23,7 @@ static void setup(void) {
         {PIER_HTTP_DELETE, "/static/private/*"}, {PIER_HTTP_GET, "/users/me"}, {PIER_HTTP_ANY, "/any/:a/*"},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if (pier__http_router_add(&router, routes[i].m, routes[i].p, h, NULL) != 0)
+        if (pier__http_router_add(&router, routes[i].m, routes[i].p, h, NULL, NULL) != 0)
             abort();
     ready = 1;
 }

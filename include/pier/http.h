@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "loop.h"
 #include "net.h"
 
@@ -85,10 +86,22 @@ PIER_EXTERN int pier_http_server_new(pier_http_server_t **out, pier_group_t *gro
 PIER_EXTERN int pier_http_route(pier_http_server_t *srv, unsigned methods, const char *pattern,
                                 pier_http_handler_cb handler, void *ud);
 
-/* Serves the files under root_dir for GET and HEAD on prefix "/x/" (the pattern "/x/" followed by a star).
- * Nothing outside root_dir can be reached: dot segments and dotfiles are refused, and
+/* As pier_http_route, and the server owns ud: ud_free(ud) runs once when the server is
+ * freed (pier_http_server_free), on the thread that frees it, after every handler call
+ * has returned. On error ud_free(ud) has already run, so ud never leaks. ud_free may be
+ * NULL (then this is pier_http_route). */
+PIER_EXTERN int pier_http_route_ud(pier_http_server_t *srv, unsigned methods, const char *pattern,
+                                   pier_http_handler_cb handler, void *ud, void (*ud_free)(void *ud));
+
+/* Serves the files under root_dir for GET and HEAD on prefix "/x/" (the pattern "/x/"
+ * followed by a star), as an ordinary route (pier_http_route_ud). Nothing outside
+ * root_dir can be reached: dot segments, dotfiles and encoded slashes are refused, and
  * symbolic links are not followed. A directory serves its index.html, or else a listing
- * of its visible files. root_dir is opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be. */
+ * of its visible files. Files carry ETag and Last-Modified and answer conditional
+ * requests (304) and ranges: 206 for one range, 206 multipart/byteranges for several
+ * (at most 16, not overlapping, 1 MiB of parts in all; beyond that the whole file).
+ * root_dir is opened now; -ENOENT/-ENOTDIR/-EACCES if it cannot be, -EINVAL for a prefix
+ * that does not start and end with '/', and the errors of pier_http_route. */
 PIER_EXTERN int pier_http_static(pier_http_server_t *srv, const char *prefix, const char *root_dir);
 
 /* Starts accepting (thread-safe). */
@@ -113,6 +126,9 @@ PIER_EXTERN unsigned pier_http_req_method(const pier_http_req_t *req);      /* P
 PIER_EXTERN const char *pier_http_req_method_name(const pier_http_req_t *req);
 /* The percent-decoded path ("/a b" for "/a%20b"), NUL-terminated. */
 PIER_EXTERN const char *pier_http_req_path(const pier_http_req_t *req);
+/* The path as the client sent it, before percent-decoding and without the query; *len
+ * gets its length. Not NUL-terminated. For a handler that must tell "%2F" from "/". */
+PIER_EXTERN const char *pier_http_req_raw_path(const pier_http_req_t *req, size_t *len);
 /* The raw query string after '?', or NULL; *len its length. */
 PIER_EXTERN const char *pier_http_req_query_string(const pier_http_req_t *req, size_t *len);
 /* The first field named name (case-insensitive) or NULL; *len gets its length. Values are
@@ -129,16 +145,28 @@ PIER_EXTERN int pier_http_req_minor(const pier_http_req_t *req);
 /* The connection's id, usable from any thread (net.h). */
 PIER_EXTERN pier_id_t pier_http_req_conn_id(const pier_http_req_t *req);
 
-/* ---- responses (handler only) ---- */
+/* ---- responses (handler only) ----
+ *
+ * Each response, and each chunk of a streamed one, is queued whole or not at all. If it
+ * cannot be queued (memory ran out, or the client has gone), the connection is reset,
+ * since a half-sent response would garble every later one, and the call returns that
+ * error (-ENOMEM, -ENOTCONN); later calls for the same response return -ENOTCONN. The
+ * handler need do nothing more about it. */
 
 /* Adds a response field (copied). -EINVAL for a name or value that would break the head
  * (CR, LF, NUL, a name that is not a token), -ENOSPC past 4 KiB of fields, -EALREADY
  * once the head is sent. */
 PIER_EXTERN int pier_http_res_header(pier_http_res_t *res, const char *name, const char *value);
 /* Sends a whole response with Content-Length; body is copied. content_type may be NULL.
- * -EALREADY if a response was already sent. */
+ * -EALREADY if a response was already sent, -EINVAL for a status outside 200..999. */
 PIER_EXTERN int pier_http_res_send(pier_http_res_t *res, int status, const char *content_type,
                                    const void *body, size_t len);
+/* As pier_http_res_send, with a body of len bytes of the file fd from offset, sent with
+ * sendfile() without copying (nothing of it for HEAD). Takes fd in every case: it is
+ * closed once sent, or on error. The file must not shrink meanwhile (the connection is
+ * then reset). -EALREADY, -EINVAL as for pier_http_res_send, also for fd < 0. */
+PIER_EXTERN int pier_http_res_sendfile(pier_http_res_t *res, int status, const char *content_type, int fd,
+                                       off_t offset, size_t len);
 /* Streams a response: begin sends the head (chunked for HTTP/1.1; for HTTP/1.0 the end
  * of the body is the end of the connection), write sends a chunk (copied; empty writes
  * are ignored), end finishes it. */

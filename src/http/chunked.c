@@ -38,20 +38,7 @@ enum {
     S_DONE,
 };
 
-static int is_tchar(unsigned char c) {
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && memchr(extra, c, sizeof extra - 1));
-}
-
-static int hexval(unsigned char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
+static int is_tchar(unsigned char c) { return pier__http_tchar[c]; }
 
 static int is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
 
@@ -75,7 +62,7 @@ static int size_line_done(pier__chunked_t *d) {
 static int size_state(pier__chunked_t *d, unsigned char c) {
     switch (d->state) {
     case S_SIZE: {
-        int h = hexval(c);
+        int h = pier__http_hexval(c);
         if (h >= 0) {
             if (d->left >> 60)
                 return 400; /* would overflow 64 bits */

@@ -36,7 +36,7 @@
 #define MAX_EMPTY_LINES 4 /* before the request line */
 #define MAX_METHOD 32     /* longer is answered 501 */
 
-static const uint8_t tchar[256] = {
+const uint8_t pier__http_tchar[256] = {
     0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
     0,1,0,1,1,1,1,1,0,0,1,1,0,1,1,0,1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,
     0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0,0,0,1,1,
@@ -181,7 +181,7 @@ static int valid_authority(const char *s, size_t n) {
     size_t i = 0;
     if (n > 0 && s[0] == '[') {
         for (i = 1; i < n && s[i] != ']'; i++)
-            if (!(tchar[(unsigned char)s[i]] || s[i] == ':') || s[i] == '%')
+            if (!(pier__http_tchar[(unsigned char)s[i]] || s[i] == ':') || s[i] == '%')
                 return 0;
         if (i == n || i == 1)
             return 0;
@@ -417,7 +417,7 @@ static int parse_request_line(const char **pp, const char *end, pass_t *ps) {
             FAIL(400);
         p += 2;
     }
-    for (start = p; p < end && tchar[(unsigned char)*p]; p++)
+    for (start = p; p < end && pier__http_tchar[(unsigned char)*p]; p++)
         if (p - start == MAX_METHOD)
             FAIL(501);
     if (p == end)
@@ -447,7 +447,7 @@ static int parse_request_line(const char **pp, const char *end, pass_t *ps) {
 static int parse_field(const char **pp, const char *end, pass_t *ps) {
     pier__http_request_t *req = ps->req;
     const char *p = *pp, *name = p;
-    while (p < end && tchar[(unsigned char)*p])
+    while (p < end && pier__http_tchar[(unsigned char)*p])
         p++;
     if (p == end)
         return -2;

@@ -34,6 +34,18 @@ enum {
     PIER__HTTP_TRACE = 1u << 8,
 };
 
+/* The HTTP layer's one table of token characters (RFC 9110 5.6.2 tchar): 1 for
+ * "!#$%&'*+-.^_`|~", digits and letters. */
+extern const uint8_t pier__http_tchar[256];
+
+/* The layer's one hex digit decoder: 0..15, or -1. */
+static inline int pier__http_hexval(unsigned char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 typedef struct pier__http_field_s {
     const char *name;
     size_t name_len;

@@ -22,6 +22,7 @@ struct pier__http_route_s {
     unsigned methods;
     pier_http_handler_cb handler;
     void *ud;
+    void (*ud_free)(void *ud);
     char *pattern;
     unsigned nseg;
     int rank;       /* 0 exact, 1 params, 2 wildcard */
@@ -58,7 +59,7 @@ static int split(const char *pattern, seg_t *out, unsigned max) {
 }
 
 int pier__http_router_add(pier__http_router_t *r, unsigned methods, const char *pattern,
-                          pier_http_handler_cb handler, void *ud) {
+                          pier_http_handler_cb handler, void *ud, void (*ud_free)(void *ud)) {
     seg_t segs[64];
     if (!pattern || pattern[0] != '/' || !handler || !methods || (methods & ~(unsigned)PIER_HTTP_ANY))
         return -EINVAL;
@@ -92,6 +93,7 @@ int pier__http_router_add(pier__http_router_t *r, unsigned methods, const char *
     rt->methods = methods;
     rt->handler = handler;
     rt->ud = ud;
+    rt->ud_free = ud_free;
     rt->pattern = copy;
     rt->nseg = (unsigned)n;
     rt->rank = 0;
@@ -181,8 +183,17 @@ pier_http_handler_cb pier__http_route_handler(const pier__http_route_t *rt, void
     return rt->handler;
 }
 
+unsigned pier__http_router_methods(const pier__http_router_t *r) {
+    unsigned m = 0;
+    for (unsigned i = 0; i < r->n; i++)
+        m |= r->routes[i]->methods;
+    return m & PIER_HTTP_GET ? m | PIER_HTTP_HEAD : m;
+}
+
 void pier__http_router_free(pier__http_router_t *r) {
     for (unsigned i = 0; i < r->n; i++) {
+        if (r->routes[i]->ud_free)
+            r->routes[i]->ud_free(r->routes[i]->ud);
         free(r->routes[i]->pattern);
         free(r->routes[i]);
     }

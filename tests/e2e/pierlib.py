@@ -8,9 +8,18 @@
 
     pierlib.run_tests(globals())   # at the bottom of a test file: unittest, exit 1 on failure
 
+HTTP tests speak raw bytes and record expectations as they go:
+
+    srv = pierlib.HttpServer("--root", root)   # pier http on an ephemeral port
+    resp = pierlib.request(srv, "GET", "/plaintext")
+    pierlib.check(resp.status == 200, "plaintext answers")
+    srv.stop()                                  # also checks the exit code is 0
+    pierlib.finish("test_name")                 # exit 1 if any check failed
+
 The binary comes from $PIER_BIN (ctest sets it), else build/pier under the repository root.
 """
 import os
+import re
 import signal as _signal
 import socket
 import subprocess
@@ -227,6 +236,189 @@ def recv_until_eof(sock, limit=1 << 30):
         buf += chunk
         if len(buf) > limit:
             raise AssertionError("more than %d bytes before EOF" % limit)
+
+
+# ---- checks that record a failure and go on (the test exits non-zero at the end) ----
+
+failures = []
+checks = [0]
+
+
+def check(cond, what):
+    """Records a failed expectation; returns cond."""
+    checks[0] += 1
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+def finish(name):
+    """Exits 1 if any check failed, else 0, with a summary line."""
+    if failures:
+        print("%s: %d failure(s)" % (name, len(failures)))
+        sys.exit(1)
+    print("%s: ok (%d checks)" % (name, checks[0]))
+    sys.exit(0)
+
+
+# ---- HTTP ----
+
+class HttpServer(Pier):
+    """`pier http --host 127.0.0.1 --port 0 ARGS...`: the kernel picks the port, read back
+    from the server's start-up line, so no probe connection is ever made. stop() checks
+    (with check()) that the server exits 0."""
+
+    def __init__(self, *args, start_timeout=20.0, env=None):
+        super().__init__("http", *args, port=0, start_timeout=start_timeout, env=env)
+
+    def _start(self, start_timeout):
+        self.argv = [pier_bin(), "http", "--host", self.host, "--port", "0"] + self.args
+        self._err = tempfile.TemporaryFile()
+        self._out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+                                     env=self.env)
+        deadline = time.monotonic() + start_timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"http: listening on [^ ]*:(\d+)", self.stderr())
+            if m:
+                self.port = int(m.group(1))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.kill()
+        raise PierError("%s did not start; stderr:\n%s" % (" ".join(self.argv), self.stderr()))
+
+    def stop(self, timeout=15.0, signo=_signal.SIGTERM):
+        rc = super().stop(timeout, signo)
+        check(rc == 0, "server exits 0 on SIGTERM (got %s); stderr tail:\n%s"
+              % (rc, "".join(self.stderr().splitlines(True)[-20:])))
+        return rc
+
+
+class Response:
+    def __init__(self, status, reason, headers, body, raw_head):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # lower-case name -> list of values
+        self.body = body
+        self.raw_head = raw_head
+
+    def header(self, name):
+        v = self.headers.get(name.lower())
+        return v[0] if v else None
+
+    def __repr__(self):
+        return "<%d %s %r>" % (self.status, self.reason, self.body[:60])
+
+
+class Reader:
+    """Reads HTTP responses from a socket, keeping what is left over between them."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self):
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _until(self, sep):
+        while sep not in self.buf:
+            if not self._fill():
+                return None
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def _exactly(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                return None
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response(self, head_request=False):
+        """The next response, or None at EOF before one."""
+        head = self._until(b"\r\n\r\n")
+        if head is None:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        m = re.match(r"HTTP/1\.1 (\d{3}) (.*)", lines[0])
+        if not m:
+            raise AssertionError("bad status line %r" % lines[0])
+        status = int(m.group(1))
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                k, v = line.split(":", 1)
+                headers.setdefault(k.strip().lower(), []).append(v.strip())
+        body = b""
+        if status == 100:
+            return Response(status, m.group(2), headers, b"", head)
+        te = headers.get("transfer-encoding", [""])[0].lower()
+        if head_request or status in (204, 304):
+            pass
+        elif te == "chunked":
+            while True:
+                size_line = self._until(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    self._until(b"\r\n")
+                    break
+                body += self._exactly(size)
+                self._exactly(2)
+        elif "content-length" in headers:
+            body = self._exactly(int(headers["content-length"][0]))
+        else:
+            while self._fill():
+                pass
+            body, self.buf = self.buf, b""
+        return Response(status, m.group(2), headers, body, head)
+
+    def closed(self, timeout=3):
+        """True if the peer closes (EOF or reset) within timeout with nothing more sent."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return not self.buf
+                self.buf += data
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+
+def exchange(server, raw, head_request=False, timeout=10):
+    """Sends raw bytes on a new connection; returns (first response or None, reader)."""
+    s = server.connect(timeout)
+    s.sendall(raw)
+    r = Reader(s)
+    return r.response(head_request), r
+
+
+def request(server, method, path, headers=None, body=b""):
+    """One request on its own connection (Connection: close); the response or None."""
+    h = "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n" % (method, path)
+    for k, v in (headers or {}).items():
+        h += "%s: %s\r\n" % (k, v)
+    if body:
+        h += "Content-Length: %d\r\n" % len(body)
+    h += "Connection: close\r\n\r\n"
+    resp, r = exchange(server, h.encode() + body, head_request=(method == "HEAD"))
+    r.sock.close()
+    return resp
 
 
 def run_tests(g):

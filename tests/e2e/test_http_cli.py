@@ -10,12 +10,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import PIER_BIN, Server, Reader, check, finish, request  # noqa: E402
+from pierlib import pier_bin, HttpServer, Reader, check, finish, request
 
 
 def run(*args):
-    p = subprocess.run([PIER_BIN, "http"] + list(args), capture_output=True, text=True, timeout=10)
+    p = subprocess.run([pier_bin(), "http"] + list(args), capture_output=True, text=True, timeout=10)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -41,7 +40,7 @@ holder.close()
 
 # ---- --max-conns and --access-log ----
 log = os.path.join(tempfile.mkdtemp(prefix="pier-http-cli-"), "access.log")
-srv = Server("--max-conns", "4", "--access-log", log)
+srv = HttpServer("--max-conns", "4", "--access-log", log)
 held = []
 for _ in range(4):
     s = srv.connect()

@@ -12,14 +12,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, check, finish, request  # noqa: E402
+from pierlib import HttpServer, check, finish, request
 
 SECONDS = float(os.environ.get("PIER_GARBAGE_SECONDS", "12"))
 root = tempfile.mkdtemp(prefix="pier-http-garbage-")
 with open(os.path.join(root, "f.txt"), "wb") as f:
     f.write(b"x" * 100000)
-srv = Server("--root", root, "--max-body", "2000", "--threads", "2")
+srv = HttpServer("--root", root, "--max-body", "2000", "--threads", "2")
 
 seeds = [
     b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, Reader, check, finish  # noqa: E402
+from pierlib import HttpServer, Reader, check, finish
 
-srv = Server("--threads", "2")
+srv = HttpServer("--threads", "2")
 
 
 def echo_req(body, close=False):

@@ -4,10 +4,9 @@ must refuse with the right status and a closed connection (no smuggling)."""
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, Reader, check, exchange, finish  # noqa: E402
+from pierlib import HttpServer, Reader, check, exchange, finish
 
-srv = Server("--max-body", "1000")
+srv = HttpServer("--max-body", "1000")
 
 OK = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -130,6 +129,19 @@ check(resp is not None and resp.header("allow") == "GET, HEAD", "Allow lists GET
 resp = expect(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n", 405, False, "GET on a POST route")
 check(resp is not None and resp.header("allow") == "POST", "Allow: POST")
 expect(b"BREW /plaintext HTTP/1.1\r\nHost: a\r\n\r\n", 501, False, "unknown method")
+
+# OPTIONS * asks about the server itself (RFC 9110 9.3.7): 200, the methods it serves, no body
+resp, r = exchange(srv, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+allow = [m.strip() for m in (resp.header("allow") or "").split(",")] if resp else []
+check(resp is not None and resp.status == 200, "OPTIONS *: 200 (%r)" % resp)
+check(resp is not None and resp.header("content-length") == "0" and resp.body == b"", "OPTIONS *: Content-Length: 0")
+check(all(m in allow for m in ("GET", "HEAD", "POST", "OPTIONS")), "OPTIONS *: Allow lists the methods (%r)" % allow)
+check(not set(allow) & {"TRACE", "CONNECT", ""}, "OPTIONS *: Allow names no method it refuses (%r)" % allow)
+r.sock.sendall(OK)
+nxt = r.response()
+check(nxt is not None and nxt.body == b"Hello, World!", "the connection goes on after OPTIONS *")
+r.sock.close()
+expect(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400, True, "* with another method")
 
 # ---- smuggling: a second request hidden in a body must never be answered ----
 for raw, what in [

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""pier http static files: types, validators and 304, single ranges (206/416), index.html
+"""pier http static files: types, validators and 304 (every HTTP-date form, If-None-Match
+lists), single ranges (206/416) and several (multipart/byteranges), index.html
 or a listing, and traversal attempts (../ and its encodings, %00, symlinks, dotfiles) that must never
 reach a file outside --root."""
+import email.parser
+import email.policy
+import email.utils
 import http.client
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, check, exchange, finish, request  # noqa: E402
+from pierlib import HttpServer, check, exchange, finish, request
 
 base = tempfile.mkdtemp(prefix="pier-http-static-")
 root = os.path.join(base, "root")
@@ -46,7 +50,7 @@ os.symlink(base, os.path.join(root, "linkdir"))
 os.symlink("a.txt", os.path.join(root, "link-in.txt"))
 os.mkfifo(os.path.join(root, "fifo"))
 
-srv = Server("--root", root)
+srv = HttpServer("--root", root)
 
 
 def get(path, headers=None, method="GET"):
@@ -119,6 +123,41 @@ files["a.txt"] += b"!"
 r = get("/static/a.txt", {"If-None-Match": etag})
 check(r.status == 200 and r.header("etag") != etag and r.body == files["a.txt"], "modified file: new ETag, 200")
 etag = r.header("etag")
+lastmod = r.header("last-modified")
+
+# If-None-Match is a list of entity-tags compared weakly, or "*" alone (RFC 9110 13.1.2):
+# a tag that only starts the field, or a malformed list, is no match
+for value, status, what in [
+        (etag, 304, "the tag itself"),
+        (etag + "junk", 200, "the tag followed by junk"),
+        (etag + "," + etag[:-1], 200, "the tag, then an unterminated one"),
+        (etag[:-1] + 'x"', 200, "a longer tag that starts the same"),
+        ('"x",' + etag, 304, "second in a list"),
+        ('"x" , W/' + etag + " ,", 304, "spaces, a weak prefix and an empty element"),
+        ("w/" + etag, 200, "a lower-case w/ is no weak prefix"),
+        ('"x", *', 200, "* inside a list"),
+        ('"a,b", ' + etag, 304, "a comma inside a tag")]:
+    r = get("/static/a.txt", {"If-None-Match": value})
+    check(r.status == status, "If-None-Match %s (%r): %d, got %d" % (what, value, status, r.status))
+
+# If-Modified-Since in all three HTTP-date forms (RFC 9110 5.6.7); invalid dates ignored
+t = email.utils.parsedate_to_datetime(lastmod)
+rfc850 = t.strftime("%A, %d-%b-%y %H:%M:%S GMT")
+asctime = t.strftime("%a %b ") + ("%2d" % t.day) + t.strftime(" %H:%M:%S %Y")
+for value, status, what in [
+        (lastmod, 304, "IMF-fixdate"),
+        (rfc850, 304, "rfc850-date"),
+        (asctime, 304, "asctime-date"),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 200, "an old rfc850-date"),
+        ("Sun Nov  6 08:49:37 1994", 200, "an old asctime-date"),
+        ("Sat, 31 Feb 2099 00:00:00 GMT", 200, "February 31st (invalid, ignored)"),
+        ("Sat, 01 Jan 2099 24:00:00 GMT", 200, "hour 24 (invalid, ignored)"),
+        ("Thu, 01 Jan 2099 00:00:00 GMTx", 200, "trailing junk (invalid, ignored)"),
+        ("Thu, 01 Jan 2099 00:00:00 UTC", 200, "not GMT (invalid, ignored)"),
+        ("Thu Jan  1 00:00:00 2099 junk", 200, "asctime with junk (invalid, ignored)"),
+        ("Thursday, 01-Jan-99 00:00:00 GMTjunk", 200, "rfc850 with junk (invalid, ignored)")]:
+    r = get("/static/a.txt", {"If-Modified-Since": value})
+    check(r.status == status, "If-Modified-Since %s (%r): %d, got %d" % (what, value, status, r.status))
 
 # ---- ranges ----
 size = len(files["a.txt"])
@@ -130,13 +169,81 @@ for spec, lo, hi in [("bytes=0-4", 0, 4), ("bytes=5-", 5, size - 1), ("bytes=-3"
 for spec in ["bytes=%d-" % size, "bytes=1000-2000", "bytes=-0"]:
     r = get("/static/a.txt", {"Range": spec})
     check(r.status == 416 and r.header("content-range") == "bytes */%d" % size, "%s: 416" % spec)
-for spec in ["bytes=0-1,3-4", "items=0-1", "bytes=5-2", "bytes=x-y"]:
+for spec in ["items=0-1", "bytes=5-2", "bytes=x-y", "bytes=0-1,,x", "bytes=0-1;3-4"]:
     r = get("/static/a.txt", {"Range": spec})
     check(r.status == 200 and r.body == files["a.txt"], "%s: ignored, whole file" % spec)
 r = get("/static/a.txt", {"Range": "bytes=0-1", "If-Range": etag})
 check(r.status == 206 and r.body == files["a.txt"][:2], "If-Range with the current ETag: 206")
 r = get("/static/a.txt", {"Range": "bytes=0-1", "If-Range": '"stale"'})
 check(r.status == 200 and r.body == files["a.txt"], "If-Range with an old ETag: whole file")
+
+# ---- several ranges: 206 multipart/byteranges (RFC 9110 14.6), parts in request order ----
+data = files["a.txt"]
+size = len(data)
+
+
+def parts_of(r):
+    """[(content-range, bytes)] of a multipart/byteranges response, checked on the way."""
+    ctype = r.header("content-type") or ""
+    m = re.match(r"multipart/byteranges; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})$", ctype)
+    if not check(m is not None, "multipart content type (%r)" % ctype):
+        return []
+    check(int(r.header("content-length")) == len(r.body), "Content-Length is the body's length")
+    delim = b"--" + m.group(1).encode()
+    body = r.body
+    check(body.startswith(delim + b"\r\n") and body.endswith(b"\r\n" + delim + b"--\r\n"), "framing %r" % body[:80])
+    out = []
+    for chunk in body[len(delim) + 2:-(len(delim) + 6)].split(b"\r\n" + delim + b"\r\n"):
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n"))
+        check(fields.get(b"Content-Type") == b"text/plain; charset=utf-8", "part type %r" % fields)
+        out.append((fields.get(b"Content-Range", b"").decode(), payload))
+    return out
+
+
+def want(*spans):
+    return [("bytes %d-%d/%d" % (a, b, size), data[a:b + 1]) for a, b in spans]
+
+
+for spec, spans in [("bytes=0-1,5-6", [(0, 1), (5, 6)]),
+                    ("bytes=5-6, 0-1", [(5, 6), (0, 1)]),
+                    ("bytes=0-1,3-", [(0, 1), (3, size - 1)]),
+                    ("bytes=-2,0-0", [(size - 2, size - 1), (0, 0)]),
+                    ("bytes=0-1,2-3", [(0, 1), (2, 3)]),
+                    ("bytes=0-0,100-200,4-4", [(0, 0), (4, 4)]),
+                    ("bytes=" + ",".join("%d-%d" % (i, i) for i in range(16)), [(i, i) for i in range(16)])]:
+    r = get("/static/a.txt", {"Range": spec})
+    check(r.status == 206, "%s: 206 (got %d)" % (spec, r.status))
+    got = parts_of(r) if r.status == 206 else []
+    check(got == want(*spans), "%s: the parts (%r)" % (spec, got[:3]))
+r = get("/static/a.txt", {"Range": "bytes=0-1,100-200"})
+check(r.status == 206 and r.body == data[0:2] and r.header("content-range") == "bytes 0-1/%d" % size,
+      "one satisfiable range of two: a single-part 206 (%r)" % r)
+r = get("/static/a.txt", {"Range": "bytes=100-200,300-"})
+check(r.status == 416 and r.header("content-range") == "bytes */%d" % size, "no satisfiable range: 416")
+# amplification: overlapping ranges, or more than 16, get the file once
+for spec, what in [("bytes=0-5,3-8", "overlapping ranges"), ("bytes=" + ",".join(["0-"] * 50), "50 times the whole file"),
+                   ("bytes=-5,10-", "a suffix overlapping an open range"),
+                   ("bytes=" + ",".join("%d-%d" % (i, i) for i in range(17)), "17 ranges")]:
+    r = get("/static/a.txt", {"Range": spec})
+    check(r.status == 200 and r.body == data, "%s: the whole file once (got %d)" % (what, r.status))
+r = get("/static/a.txt", {"Range": "bytes=0-1,5-6"}, method="HEAD")
+check(r.status == 206 and r.body == b"" and r.header("content-type").startswith("multipart/byteranges"),
+      "HEAD with ranges: 206, no body")
+conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+conn.request("GET", "/static/a.txt", headers={"Range": "bytes=0-1,5-6"})
+resp = conn.getresponse()
+raw = resp.read()
+msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+    b"Content-Type: " + resp.getheader("Content-Type").encode() + b"\r\n\r\n" + raw)
+got = [(p["Content-Range"], p.get_payload(decode=True)) for p in msg.iter_parts()] if msg.is_multipart() else []
+check(resp.status == 206 and got == want((0, 1), (5, 6)), "http.client and the email parser read the parts (%r)" % got)
+conn.close()
+
+# ---- an encoded slash is no separator in a file path ----
+for path in ["/static/dir%2Findex.html", "/static/dir%2findex.html", "/static/dir/deeper%2Ffile%20with%20space.txt"]:
+    r = get(path)
+    check(r.status == 404, "%s: 404 (got %d)" % (path, r.status))
 
 # ---- traversal: nothing outside the root, ever ----
 attempts = [
@@ -170,6 +277,11 @@ if shutil.which("curl"):
     out = subprocess.run(["curl", "-s", "--path-as-is", "http://127.0.0.1:%d/static/../secret.txt" % srv.port],
                          capture_output=True, timeout=10).stdout
     check(SECRET not in out, "curl --path-as-is traversal refused")
+    out = subprocess.run(["curl", "-s", "-i", "-r", "0-1,5-6", "http://127.0.0.1:%d/static/a.txt" % srv.port],
+                         capture_output=True, timeout=10).stdout
+    check(out.startswith(b"HTTP/1.1 206 ") and b"multipart/byteranges" in out and
+          b"\r\n\r\n" + data[0:2] + b"\r\n--" in out and b"\r\n\r\n" + data[5:7] + b"\r\n--" in out,
+          "curl -r 0-1,5-6 gets both parts (%r)" % out[-200:])
 
 check(srv.alive(), "server still running")
 srv.stop()

@@ -9,14 +9,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "http"))
-from e2e_helper import Server, Reader, check, finish, request  # noqa: E402
+from pierlib import HttpServer, Reader, check, finish, request
 
 root = tempfile.mkdtemp(prefix="pier-http-timeouts-")
 with open(os.path.join(root, "big.bin"), "wb") as f:
     f.write(os.urandom(1 << 20) * 8)  # 8 MiB, far more than socket buffers hold
 
-srv = Server("--header-timeout", "2", "--keepalive-timeout", "3", "--root", root)
+srv = HttpServer("--header-timeout", "2", "--keepalive-timeout", "3", "--root", root)
 
 
 def healthy(what):
@@ -119,7 +118,7 @@ srv.stop()
 
 # ---- a body dripped one byte every 0.3 s: each byte resets the 3 s idle timeout, and
 # the head is long done, so only the 2 s body timeout (whole request) can cut it off ----
-bsrv = Server("--body-timeout", "2", "--header-timeout", "10", "--keepalive-timeout", "3")
+bsrv = HttpServer("--body-timeout", "2", "--header-timeout", "10", "--keepalive-timeout", "3")
 for head in [b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n",
              b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n"]:
     s = bsrv.connect()

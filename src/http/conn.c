@@ -1,0 +1,403 @@
+/* A connection's state machine (states in http_int.h): request heads and bodies are
+ * framed here, each complete request is routed and its handler run, and the connection
+ * goes on to the next request, waits for a deferred response, or closes.
+ *
+ * Pipelining: on_read handles every complete request in the bytes it is given, in order;
+ * the core sends everything queued in one loop iteration with one writev. A deferred
+ * response stops the line: later bytes wait in `pending` until it is finished, so the
+ * responses leave in request order. Above OUT_HIGH of queued output the rest of the
+ * requests wait, reading paused, until the client has read enough (on_drain).
+ */
+#include "http/http_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRIM_ABOVE 65536 /* per-connection buffers larger than this are freed when idle */
+
+/* ---- dispatch ---- */
+
+static void allow_field(unsigned allow, char *buf, size_t size) {
+    static const unsigned bits[] = {PIER_HTTP_GET,    PIER_HTTP_HEAD,  PIER_HTTP_POST,   PIER_HTTP_PUT,
+                                    PIER_HTTP_DELETE, PIER_HTTP_PATCH, PIER_HTTP_OPTIONS};
+    size_t n = (size_t)snprintf(buf, size, "Allow: ");
+    int first = 1;
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
+        if (!(allow & bits[i]))
+            continue;
+        n += (size_t)snprintf(buf + n, size - n, "%s%s", first ? "" : ", ", pier__http_method_name(bits[i]));
+        first = 0;
+    }
+    snprintf(buf + n, size - n, "\r\n");
+}
+
+/* "OPTIONS *" asks about the server, not a resource (RFC 9110 9.3.7). */
+static void answer_options(pier__http_conn_t *hc) {
+    char allow[128];
+    allow_field(hc->srv->methods | PIER_HTTP_OPTIONS, allow, sizeof allow);
+    pier__http_send(hc, 200, NULL, allow, strlen(allow), "", 0);
+}
+
+/* Routes the request; 0 with the handler to run, or -1 once answered without one. */
+static int route(pier__http_conn_t *hc, pier__http_request_t *req) {
+    pier__http_loop_t *hl = hc->hl;
+    unsigned m = req->method;
+    if (req->path_len == 1 && req->path[0] == '*') { /* the parser allows it for OPTIONS only */
+        answer_options(hc);
+        return -1;
+    }
+    if (pier__http_pct_decode(hl->path, req->path, req->path_len, 0) < 0) {
+        pier__http_send_error(hc, 400);
+        return -1;
+    }
+    if (m == PIER__HTTP_OTHER || m == PIER__HTTP_TRACE) {
+        pier__http_send_status(hc, 501, NULL);
+        return -1;
+    }
+    pier__http_router_match(&hc->srv->router, m, hl->path, &hl->match);
+    if (!hl->match.route) {
+        char allow[128];
+        if (hl->match.allow)
+            allow_field(hl->match.allow, allow, sizeof allow);
+        pier__http_send_status(hc, hl->match.allow ? 405 : 404, hl->match.allow ? allow : NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
+    pier__http_loop_t *hl = hc->hl;
+    pier_http_server_t *srv = hc->srv;
+    pier_timer_stop(&hc->body_timer); /* the request is complete */
+    hc->seq++;
+    hc->keep_alive = req->keep_alive;
+    hc->minor = req->minor;
+    hc->is_head = req->method == PIER_HTTP_HEAD;
+    hc->sent_continue = 0;
+    hc->stream = 0;
+    if (srv->log)
+        snprintf(hc->logline, sizeof hc->logline, "%.*s %.*s HTTP/1.%d", (int)req->method_len, req->method_str,
+                 (int)(req->target_len > 200 ? 200 : req->target_len), req->target, req->minor);
+    if (route(hc, req) < 0)
+        return;
+    hl->hreq = (struct pier_http_req_s){.parsed = req, .path = hl->path, .body = body, .body_len = blen,
+                                        .match = &hl->match, .id = pier_conn_id(hc->c)};
+    pier_http_res_t *res = &hl->res;
+    res->hc = hc;
+    res->state = RES_FRESH;
+    res->fields_len = 0;
+    void *ud;
+    pier_http_handler_cb fn = pier__http_route_handler(hl->match.route, &ud);
+    fn(&hl->hreq, res, ud);
+    if (res->state == RES_FRESH) {
+        /* an application bug, not the peer's: say it once per server, not per request */
+        if (!__atomic_exchange_n(&srv->warned_silent, 1, __ATOMIC_RELAXED))
+            pier_log(PIER_LOG_WARN, "http: handler for %s sent no response (500 sent; said once)", hl->path);
+        res->state = RES_DONE;
+        pier__http_send_status(hc, 500, NULL);
+    } else if (res->state == RES_STREAM) {
+        res->state = RES_DONE;
+        pier__http_stream_end(hc);
+    }
+}
+
+/* ---- reading ---- */
+
+/* 0, or -1 if the interim answer could not be queued (the connection is then reset). */
+static int send_continue(pier__http_conn_t *hc, const pier__http_request_t *req) {
+    if (!req->expect_continue || req->minor != 1 || hc->sent_continue)
+        return 0;
+    hc->sent_continue = 1;
+    struct iovec iov = {(void *)"HTTP/1.1 100 Continue\r\n\r\n", 25};
+    return pier__http_write_unit(hc, &iov, 1) < 0 ? -1 : 0;
+}
+
+/* Both run from a request's first byte (or the accept): the head must arrive within the
+ * header timeout, and the whole request, body included, within the body timeout. The
+ * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
+static void start_header_timer(pier__http_conn_t *hc) {
+    if (!pier_timer_active(&hc->timer))
+        pier_timer_start(&hc->timer, hc->srv->header_timeout_ms, 0);
+    if (!pier_timer_active(&hc->body_timer))
+        pier_timer_start(&hc->body_timer, hc->srv->body_timeout_ms, 0);
+}
+
+/* A chunked body is decoded into a buffer of our own, and the head kept to be parsed
+ * again once the body is complete (the input it came in is gone by then). */
+static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *req, const char *buf, size_t len,
+                            size_t n) {
+    pier__buf_reset(&hc->head_copy);
+    if (pier__buf_append(&hc->head_copy, buf, n) < 0) {
+        pier__http_send_error(hc, 500);
+        return len;
+    }
+    pier__buf_reset(&hc->body);
+    pier__chunked_init(&hc->chunked, hc->srv->max_body);
+    hc->state = ST_CHUNKED;
+    if (n == len && send_continue(hc, req) < 0)
+        return len;
+    return n;
+}
+
+/* A request head is complete (n bytes of buf). Returns bytes consumed, 0 to wait. */
+static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
+    pier__http_request_t *req = &hc->hl->req;
+    pier_timer_stop(&hc->timer);
+    pier__http_parser_init(&hc->parser);
+    if (req->content_length > (int64_t)hc->srv->max_body) {
+        hc->logline[0] = '\0';
+        pier__http_send_error(hc, 413);
+        return len;
+    }
+    if (req->chunked)
+        return start_chunked(hc, req, buf, len, (size_t)n);
+    size_t cl = req->content_length > 0 ? (size_t)req->content_length : 0;
+    if (len - (size_t)n < cl) {
+        if (send_continue(hc, req) < 0)
+            return len;
+        hc->state = ST_BODY;
+        hc->need = (size_t)n + cl;
+        return 0;
+    }
+    dispatch(hc, req, cl ? buf + n : NULL, cl);
+    return (size_t)n + cl;
+}
+
+/* Buffers grown by one large chunked body or a long wait are given back, so an idle
+ * keep-alive connection costs its struct and little more. Never while a handler runs:
+ * the request, body included, is valid for the whole call, also after it has answered. */
+static void trim(pier__buf_t *b) {
+    if (b->len == 0 && b->cap > TRIM_ABOVE)
+        pier__buf_free(b);
+}
+
+static size_t chunked_step(pier__http_conn_t *hc, const char *buf, size_t len) {
+    size_t off = 0;
+    while (off < len && !hc->chunked.done) {
+        const char *data;
+        size_t dl;
+        ssize_t r = pier__chunked_feed(&hc->chunked, buf + off, len - off, &data, &dl);
+        if (r < 0 || (dl && pier__buf_append(&hc->body, data, dl) < 0)) {
+            hc->logline[0] = '\0';
+            pier__http_send_error(hc, r < 0 ? hc->chunked.status : 500);
+            return len;
+        }
+        off += (size_t)r;
+        if (r == 0)
+            break;
+    }
+    if (!hc->chunked.done)
+        return off;
+    pier__http_parser_t p;
+    pier__http_parser_init(&p);
+    pier__http_request_t *req = &hc->hl->req;
+    if (pier__http_parse_request(&p, &hc->srv->lim, hc->head_copy.p, hc->head_copy.len, req) !=
+        (int)hc->head_copy.len) {
+        pier__http_send_error(hc, 500);
+        return len;
+    }
+    hc->state = ST_HEAD;
+    dispatch(hc, req, hc->body.p, hc->body.len);
+    pier__buf_reset(&hc->body);
+    trim(&hc->body);
+    return off;
+}
+
+/* Handles one request or part of one. Returns bytes consumed; *more says whether to go on. */
+static size_t step(pier__http_conn_t *hc, const char *buf, size_t len, int *more) {
+    pier__http_request_t *req = &hc->hl->req;
+    *more = 0;
+    switch (hc->state) {
+    case ST_HEAD: {
+        start_header_timer(hc);
+        int n = pier__http_parse_request(&hc->parser, &hc->srv->lim, buf, len, req);
+        if (n == -2)
+            return 0;
+        if (n < 0) {
+            hc->logline[0] = '\0';
+            pier__http_send_error(hc, req->status);
+            return len;
+        }
+        size_t used = head_done(hc, buf, len, n);
+        *more = used > 0;
+        return used;
+    }
+    case ST_BODY: {
+        if (len < hc->need)
+            return 0;
+        pier__http_parser_t p;
+        pier__http_parser_init(&p);
+        int n = pier__http_parse_request(&p, &hc->srv->lim, buf, len, req);
+        size_t cl = hc->need - (size_t)n;
+        hc->state = ST_HEAD;
+        dispatch(hc, req, cl ? buf + n : NULL, cl);
+        *more = 1;
+        return hc->need;
+    }
+    case ST_CHUNKED: {
+        size_t used = chunked_step(hc, buf, len);
+        *more = hc->state == ST_HEAD;
+        return used;
+    }
+    default:
+        return len; /* CLOSED: drop */
+    }
+}
+
+static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
+    size_t off = 0;
+    int more = 1;
+    while (more && off < len && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+        if (hc->state == ST_HEAD && pier_conn_queued(hc->c) > PIER__HTTP_OUT_HIGH) {
+            /* the rest waits, unconsumed, for on_drain (the core is above its high mark
+             * too, so on_drain comes once the peer has read enough) */
+            if (!hc->held) {
+                hc->held = 1;
+                pier_conn_pause(hc->c);
+            }
+            break;
+        }
+        off += step(hc, buf + off, len - off, &more);
+    }
+    return off;
+}
+
+static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
+    size_t limit = hc->srv->lim.max_head + hc->srv->max_body + 65536;
+    if (hc->pending.len + n > limit)
+        return -EMSGSIZE;
+    return pier__buf_append(&hc->pending, data, n);
+}
+
+void pier__http_process_pending(pier__http_conn_t *hc) {
+    if (!hc->pending.len)
+        return;
+    pier_conn_t *c = hc->c;
+    pier_conn_ref(c);
+    size_t used = process(hc, hc->pending.p, hc->pending.len);
+    if (pier_conn_data(c) == hc) {
+        pier__buf_consume(&hc->pending, used);
+        trim(&hc->pending); /* not before: process() was reading it */
+        /* the peer half-closed: once nothing waits on a deferred response, what is left
+         * is at most an incomplete request that can never complete */
+        if (hc->eof && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
+            hc->state = ST_CLOSED;
+            pier_conn_close(c);
+        }
+    }
+    pier_conn_unref(c);
+}
+
+/* ---- the connection's callbacks ---- */
+
+static void reset(pier__http_conn_t *hc) {
+    hc->state = ST_CLOSED;
+    pier_conn_abort(hc->c);
+}
+
+static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (!hc || hc->state == ST_CLOSED)
+        return len;
+    if (hc->state == ST_WAIT || hc->pending.len) {
+        if (pending_add(hc, data, len) < 0)
+            reset(hc);
+        else if (hc->state != ST_WAIT)
+            pier__http_process_pending(hc);
+        return len;
+    }
+    size_t used = process(hc, data, len);
+    if (hc->state == ST_WAIT && used < len) {
+        if (pending_add(hc, data + used, len - used) < 0)
+            reset(hc);
+        used = len;
+    }
+    return used;
+}
+
+static void on_eof(pier_conn_t *c) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    /* a client may half-close after its last request: answer it, then close */
+    if (hc && hc->state == ST_WAIT) {
+        hc->eof = 1;
+        if (!hc->pending.len)
+            hc->keep_alive = 0; /* the last answer: it says Connection: close */
+        return;
+    }
+    pier_conn_close(c);
+}
+
+/* The answers queued before a pause have drained: go on with the requests that wait. */
+static void on_drain(pier_conn_t *c) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (hc)
+        pier__http_later_note_queued(hc); /* a deferred response may write again */
+    if (!hc || !hc->held)
+        return;
+    hc->held = 0;
+    pier_conn_resume(c); /* the core hands its kept bytes to on_read again */
+    if (hc->state == ST_HEAD)
+        pier__http_process_pending(hc);
+}
+
+static void on_close(pier_conn_t *c, int err) {
+    (void)err;
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (!hc)
+        return;
+    pier_timer_stop(&hc->timer);
+    pier_timer_stop(&hc->body_timer);
+    pier__http_later_detach(hc);
+    pier_conn_set_data(c, NULL);
+    pier__buf_free(&hc->head_copy);
+    pier__buf_free(&hc->body);
+    pier__buf_free(&hc->pending);
+    free(hc);
+}
+
+static void on_header_timeout(pier_timer_t *t) {
+    pier__http_conn_t *hc = t->data;
+    if (hc->state != ST_HEAD && hc->state != ST_BODY)
+        return;
+    hc->logline[0] = '\0';
+    pier__http_send_error(hc, 408);
+}
+
+/* The request, head and body, did not arrive in time (a body trickled byte by byte). */
+static void on_body_timeout(pier_timer_t *t) {
+    pier__http_conn_t *hc = t->data;
+    if (hc->state != ST_HEAD && hc->state != ST_BODY && hc->state != ST_CHUNKED)
+        return;
+    hc->logline[0] = '\0';
+    pier__http_send_error(hc, 408);
+}
+
+static const pier_conn_cbs_t conn_cbs = {
+    .on_read = on_read,
+    .on_drain = on_drain,
+    .on_eof = on_eof,
+    .on_close = on_close,
+};
+
+void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
+    pier_http_server_t *srv = pier_server_data(s);
+    pier__http_loop_t *hl = NULL;
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].loop == pier_conn_loop(c))
+            hl = &srv->loops[i];
+    pier__http_conn_t *hc = hl ? calloc(1, sizeof *hc) : NULL;
+    if (!hc) {
+        pier_conn_abort(c);
+        return;
+    }
+    hc->srv = srv;
+    hc->hl = hl;
+    hc->c = c;
+    hc->state = ST_HEAD;
+    pier__http_parser_init(&hc->parser);
+    pier_timer_init(pier_conn_loop(c), &hc->timer, on_header_timeout, hc);
+    pier_timer_init(pier_conn_loop(c), &hc->body_timer, on_body_timeout, hc);
+    pier_conn_set_cbs(c, &conn_cbs, hc);
+    start_header_timer(hc);
+}
