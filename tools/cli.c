@@ -39,14 +39,14 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
 }
 
 int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
-                        pier_tls_ctx_t **out) {
+                        const char *alpn, pier_tls_ctx_t **out) {
     *out = NULL;
     if (!cert && !key)
         return 0;
     if (!cert || !key) {
         return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
     }
-    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply};
+    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply, .alpn = alpn};
     int err = pier_tls_ctx_new_server(out, &o);
     if (err < 0) {
         fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,

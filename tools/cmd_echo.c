@@ -146,7 +146,7 @@ int pier_cmd_echo(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("echo", "unexpected argument '%s'", argv[optind]);
-    int code = pier_cli_tls_server("echo", cert, key, NULL, &cfg.tls);
+    int code = pier_cli_tls_server("echo", cert, key, NULL, NULL, &cfg.tls);
     if (code)
         return code;
     pier_service_run_t run = {.svc = &pier_echo_service, .cfg = &cfg};
