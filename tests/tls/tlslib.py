@@ -54,7 +54,12 @@ class Certs:
 
 
 def have_openssl():
-    return shutil.which("openssl") is not None
+    """The openssl command is there, and pier was built with TLS (PIER_TLS)."""
+    if shutil.which("openssl") is None:
+        return False
+    import pierlib
+    p = pierlib.run(["echo", "--port", "0", "--tls-cert", "/nonexistent", "--tls-key", "/nonexistent"])
+    return "built without TLS" not in p.stderr
 
 
 def s_client(port, *args, data=b"", timeout=20):
