@@ -29,6 +29,10 @@
 #include <unistd.h>
 
 #define BATCH (64 * 1024) /* ciphertext made per round of a flush */
+/* Reading can make output of its own (alerts, TLS 1.3 key updates). The flush adds at
+ * most BATCH, and only once the socket took the last batch; more than this unsent is a
+ * peer provoking replies it does not read, and its connection is closed. */
+#define READ_OUT_MAX (4 * BATCH)
 
 enum {
     T_READY = 1 << 0,    /* handshake done; the application has the connection */
@@ -244,6 +248,8 @@ static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     tls_conn_t *t = c->tp_state;
     if (t->end != 1)
         return t->end; /* kept from the last read, which returned data */
+    if (t->wbuf.len - t->woff > READ_OUT_MAX)
+        return -ENOBUFS;
     if (!(t->flags & T_READY)) {
         int err = handshake(t);
         if (err < 0 || !(t->flags & T_READY))
