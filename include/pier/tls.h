@@ -38,18 +38,20 @@ extern "C" {
 
 /* on_close error of a TLS connection whose peer closed TCP without close_notify. */
 #define PIER_ETLS_TRUNCATED (-ECONNABORTED)
-/* A client's handshake failed because the server's certificate was not accepted (untrusted,
- * expired, or not for the expected host name). */
+/* A handshake failed because the peer's certificate was not accepted (untrusted, expired,
+ * or, for a client checking its server, not for the expected host name). */
 #define PIER_ETLS_REJECTED (-EKEYREJECTED)
 
 enum { PIER_TLS_1_2 = 0x0303, PIER_TLS_1_3 = 0x0304 };
 
 typedef struct pier_tls_opts_s {
-    /* Server: the certificate chain (PEM, leaf first) and its private key (PEM). Both are
-     * required for a server context. */
+    /* The certificate chain (PEM, leaf first) and its private key (PEM): required for a
+     * server; for a client, optional, the certificate it shows a server that asks (mTLS). */
     const char *cert_file;
     const char *key_file;
-    /* Client: trust the certificates of this PEM file instead of the system store. */
+    /* Client: trust the certificates of this PEM file instead of the system store.
+     * Server: require every client to show a certificate that chains to one of them
+     * (mTLS); a client without one fails its handshake. NULL: no client certificates. */
     const char *ca_file;
     /* Client: accept any certificate and any host name. For tests only. */
     int insecure;
@@ -94,7 +96,8 @@ typedef struct pier_tls_info_s {
     const char *cipher;         /* "TLS_AES_256_GCM_SHA384" */
     char alpn[64];              /* the protocol agreed on, "" for none */
     char sni[256];              /* the server name the client asked for, "" for none */
-    char peer_subject[256];     /* the peer certificate's subject, "" for none */
+    char peer_subject[256];     /* the peer certificate's subject, "" for none (a server
+                                 * sees one only with mTLS) */
     int resumed;                /* 1 if the session was resumed (no full handshake) */
 } pier_tls_info_t;
 

@@ -122,9 +122,39 @@ static int load_cert(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
     return 0;
 }
 
+static int load_ca(pier_tls_ctx_t *ctx, const char *ca_file) {
+    char why[256];
+    int err = readable(ca_file);
+    if (err < 0) {
+        pier_log(PIER_LOG_ERROR, "tls: cannot read %s: %s", ca_file, pier_strerror(err));
+        return err;
+    }
+    if (SSL_CTX_load_verify_locations(ctx->ssl, ca_file, NULL) != 1) {
+        pier_log(PIER_LOG_ERROR, "tls: %s: %s", ca_file, pier__tls_reason(why, sizeof why));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* mTLS: clients must show a certificate from ca_file's CAs, which the server names in
+ * its request so that a client with several can pick. */
+static int require_client_certs(pier_tls_ctx_t *ctx, const char *ca_file) {
+    int err = load_ca(ctx, ca_file);
+    if (err < 0)
+        return err;
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names)
+        return -EINVAL;
+    SSL_CTX_set_client_CA_list(ctx->ssl, names);
+    SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    return 0;
+}
+
 static int setup_server(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
     int err = load_cert(ctx, o);
     if (err < 0)
+        return err;
+    if (o->ca_file && (err = require_client_certs(ctx, o->ca_file)) < 0)
         return err;
     static const unsigned char sid[] = "pier";
     SSL_CTX_set_session_id_context(ctx->ssl, sid, sizeof sid - 1);
@@ -144,22 +174,17 @@ static int setup_client(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
     char why[256];
     if (ctx->alpn && SSL_CTX_set_alpn_protos(ctx->ssl, ctx->alpn, (unsigned)ctx->alpn_len) != 0)
         return -ENOMEM;
+    int err = o->cert_file || o->key_file ? load_cert(ctx, o) : 0;
+    if (err < 0)
+        return err;
     if (o->insecure) {
         SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_NONE, NULL);
         return 0;
     }
     SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_PEER, NULL);
-    if (o->ca_file) {
-        int err = readable(o->ca_file);
-        if (err < 0) {
-            pier_log(PIER_LOG_ERROR, "tls: cannot read %s: %s", o->ca_file, pier_strerror(err));
-            return err;
-        }
-        if (SSL_CTX_load_verify_locations(ctx->ssl, o->ca_file, NULL) != 1) {
-            pier_log(PIER_LOG_ERROR, "tls: %s: %s", o->ca_file, pier__tls_reason(why, sizeof why));
-            return -EINVAL;
-        }
-    } else if (SSL_CTX_set_default_verify_paths(ctx->ssl) != 1) {
+    if (o->ca_file)
+        return load_ca(ctx, o->ca_file);
+    if (SSL_CTX_set_default_verify_paths(ctx->ssl) != 1) {
         pier_log(PIER_LOG_ERROR, "tls: cannot use the system's CA store: %s", pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }

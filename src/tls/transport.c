@@ -192,7 +192,7 @@ static int hs_failed(tls_conn_t *t, int ssl_err) {
     push_out(t); /* the alert, if OpenSSL made one; best effort */
     if (!(t->flags & T_INPUT) && (t->flags & T_EOF) && !(t->flags & T_CLIENT))
         return 0; /* closed before saying anything (a port probe): not a handshake */
-    long verify = (t->flags & T_CLIENT) ? SSL_get_verify_result(t->ssl) : X509_V_OK;
+    long verify = SSL_get_verify_result(t->ssl); /* the server's, or with mTLS the client's */
     if (verify != X509_V_OK) {
         ERR_clear_error();
         snprintf(why, sizeof why, "certificate rejected: %s", X509_verify_cert_error_string(verify));
@@ -224,6 +224,17 @@ static int handshake(tls_conn_t *t) {
     return push_out(t);
 }
 
+/* A failed handshake ends with a graceful close, not a reset: the alert that says why
+ * (an unknown CA, a missing client certificate) reaches the peer before our FIN, where a
+ * reset could destroy it unread. The connection then lingers as any closing one does. */
+static ssize_t refuse(tls_conn_t *t, int err) {
+    if (!t->c->err)
+        t->c->err = err;
+    pier_timer_stop(&t->hs_timer);
+    pier_conn_close(t->c);
+    return -EAGAIN;
+}
+
 /* ---- the transport ---- */
 
 /* Why a read ended without data: 0 for the peer's close_notify, PIER_ETLS_TRUNCATED for
@@ -252,6 +263,8 @@ static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
         return -ENOBUFS;
     if (!(t->flags & T_READY)) {
         int err = handshake(t);
+        if (err < 0 && err != -EAGAIN)
+            return refuse(t, err);
         if (err < 0 || !(t->flags & T_READY))
             return err < 0 ? err : 0;
         pier__conn_ready(c);
