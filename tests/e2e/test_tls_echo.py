@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """pier echo --tls-cert/--tls-key against real TLS clients: Python's ssl module byte-exact
-from 1 B to 8 MiB and on 250 connections open at once, openssl s_client for the protocol
+from 1 B to 8 MiB and on 250 connections open at once, session resumption by ticket in
+TLS 1.2 and 1.3, openssl s_client for the protocol
 versions (1.1 refused; 1.2 and 1.3 accepted), a stalled handshake dropped after the
 default 10 s, random bytes and plain text answered with an error while the server goes on
 serving, and pier echo-client --tls (right and wrong host name, load mode). The server
@@ -94,6 +95,21 @@ class TlsEcho(unittest.TestCase):
         finally:
             for s in conns:
                 s.close()
+
+    def test_resumption(self):
+        # tickets: a second connection resumes the first one's session, in 1.3 and 1.2
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx = self.certs.client_context()
+            ctx.maximum_version = version
+            raw = socket.create_connection(("127.0.0.1", self.srv.port), timeout=TIMEOUT)
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                self.assertEqual(exchange(s, b"one"), b"one")  # the 1.3 tickets come with it
+                session = s.session
+                self.assertFalse(s.session_reused)
+            raw = socket.create_connection(("127.0.0.1", self.srv.port), timeout=TIMEOUT)
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                self.assertEqual(exchange(s, b"two"), b"two")
+                self.assertTrue(s.session_reused, version)
 
     def test_versions(self):
         code, out = tlslib.s_client(self.srv.port, "-tls1_1", data=b"x")
