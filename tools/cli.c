@@ -38,6 +38,21 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
     return 0;
 }
 
+/* Server contexts made from flags, reloaded on SIGHUP while pier_cli_run runs. */
+static pier_tls_ctx_t *reloadable[4];
+static int nreloadable;
+
+static void on_hup(pier_loop_t *loop, int signo, void *arg) {
+    for (int i = 0; i < nreloadable; i++) {
+        int err = pier_tls_ctx_reload(reloadable[i]);
+        if (err < 0)
+            pier_log(PIER_LOG_ERROR, "SIGHUP: certificate not reloaded, the old one stays in use: %s",
+                     pier_strerror(err));
+        else
+            pier_log(PIER_LOG_INFO, "SIGHUP: certificate and key reloaded; open connections carry on");
+    }
+}
+
 int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
                         const char *alpn, pier_tls_ctx_t **out) {
     *out = NULL;
@@ -53,6 +68,8 @@ int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, cons
                 err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
         return 1;
     }
+    if (nreloadable < (int)(sizeof reloadable / sizeof reloadable[0]))
+        reloadable[nreloadable++] = *out;
     return 0;
 }
 
@@ -170,6 +187,8 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     pier_loop_signal(loop0, SIGINT, on_signal, &r);
     pier_loop_signal(loop0, SIGTERM, on_signal, &r);
+    if (nreloadable)
+        pier_loop_signal(loop0, SIGHUP, on_hup, NULL);
     pier_timer_init(loop0, &r.poll, poll_cb, &r);
     int code = 0;
     int started = 0;
@@ -188,6 +207,9 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_timer_stop(&r.poll);
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
+    if (nreloadable)
+        pier_loop_signal_stop(loop0, SIGHUP);
+    nreloadable = 0; /* the contexts are their commands' to free after this returns */
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */
     for (int i = 0; i < started; i++)

@@ -51,8 +51,8 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out);
 int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The --tls-cert/--tls-key pair of a server command: both or neither. *out is a server
- * context (NULL when neither was given), the caller's to free. plain_reply and alpn: see
- * pier_tls_opts_t. Returns 0, or the exit code after one line on stderr (2 for a usage
+ * context (NULL when neither was given), the caller's to free after pier_cli_run, which
+ * reloads its files on SIGHUP. plain_reply and alpn: see pier_tls_opts_t. Returns 0, or the exit code after one line on stderr (2 for a usage
  * error, 1 when the files cannot be used). */
 int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
                         const char *alpn, pier_tls_ctx_t **out);

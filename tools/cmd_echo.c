@@ -90,7 +90,7 @@ static const char echo_help[] =
     "                      of one SO_REUSEPORT listener per loop (the default)\n"
     "  --quiet             log warnings and errors only\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only TLS\n"
-    "  --tls-key FILE      its private key (PEM)\n";
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};

@@ -17,9 +17,9 @@
  * limited log line; the application never sees the connection (for a client, it is an
  * on_connect_error: PIER_ETLS_REJECTED when the server's certificate was refused).
  *
- * Threads: a context is immutable once made and may be shared by every loop of a group
- * and by several servers and clients; the calls below are thread-safe. Each connection's
- * TLS state is touched only by its loop's thread.
+ * Threads: a context may be shared by every loop of a group and by several servers and
+ * clients; the calls below are thread-safe, pier_tls_ctx_reload included. Each
+ * connection's TLS state is touched only by its loop's thread.
  *
  * Built only when the library was configured with PIER_TLS (OpenSSL 3 found); without
  * it the constructors answer -ENOTSUP.
@@ -83,6 +83,12 @@ PIER_EXTERN int pier_tls_ctx_new_client(pier_tls_ctx_t **out, const pier_tls_opt
  * alive until they are done with it, so it may be freed as soon as the servers and
  * clients that use it have been created. NULL is a no-op. */
 PIER_EXTERN void pier_tls_ctx_free(pier_tls_ctx_t *ctx);
+
+/* Reads the context's certificate, key and CA files again (any thread): connections
+ * made from then on use the new ones; established connections carry on untouched, and
+ * sessions issued before still resume. On error (logged) the old files stay in use:
+ * -ENOENT/-EACCES, -EINVAL for unusable PEM or a key that does not match, -ENOMEM. */
+PIER_EXTERN int pier_tls_ctx_reload(pier_tls_ctx_t *ctx);
 
 typedef struct pier_tls_stats_s {
     uint64_t handshakes;        /* completed */

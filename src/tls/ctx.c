@@ -9,7 +9,9 @@
 #include "tls_int.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +47,9 @@ void pier__tls_ctx_unref(pier_tls_ctx_t *ctx) {
     SSL_CTX_free(ctx->ssl);
     free(ctx->plain_reply);
     free(ctx->alpn);
+    for (size_t i = 0; i < sizeof ctx->strings / sizeof ctx->strings[0]; i++)
+        free(ctx->strings[i]);
+    pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
 
@@ -98,7 +103,7 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 
 static int readable(const char *path) { return access(path, R_OK) == 0 ? 0 : -errno; }
 
-static int load_cert(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
+static int load_cert(SSL_CTX *s, const pier_tls_opts_t *o) {
     if (!o->cert_file || !o->key_file)
         return -EINVAL;
     int err = readable(o->cert_file);
@@ -110,26 +115,25 @@ static int load_cert(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
         return err;
     }
     char why[256];
-    if (SSL_CTX_use_certificate_chain_file(ctx->ssl, o->cert_file) != 1) {
+    if (SSL_CTX_use_certificate_chain_file(s, o->cert_file) != 1) {
         pier_log(PIER_LOG_ERROR, "tls: %s: %s", o->cert_file, pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx->ssl, o->key_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx->ssl) != 1) {
+    if (SSL_CTX_use_PrivateKey_file(s, o->key_file, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(s) != 1) {
         pier_log(PIER_LOG_ERROR, "tls: %s: %s", o->key_file, pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
     return 0;
 }
 
-static int load_ca(pier_tls_ctx_t *ctx, const char *ca_file) {
+static int load_ca(SSL_CTX *s, const char *ca_file) {
     char why[256];
     int err = readable(ca_file);
     if (err < 0) {
         pier_log(PIER_LOG_ERROR, "tls: cannot read %s: %s", ca_file, pier_strerror(err));
         return err;
     }
-    if (SSL_CTX_load_verify_locations(ctx->ssl, ca_file, NULL) != 1) {
+    if (SSL_CTX_load_verify_locations(s, ca_file, NULL) != 1) {
         pier_log(PIER_LOG_ERROR, "tls: %s: %s", ca_file, pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
@@ -138,53 +142,47 @@ static int load_ca(pier_tls_ctx_t *ctx, const char *ca_file) {
 
 /* mTLS: clients must show a certificate from ca_file's CAs, which the server names in
  * its request so that a client with several can pick. */
-static int require_client_certs(pier_tls_ctx_t *ctx, const char *ca_file) {
-    int err = load_ca(ctx, ca_file);
+static int require_client_certs(SSL_CTX *s, const char *ca_file) {
+    int err = load_ca(s, ca_file);
     if (err < 0)
         return err;
     STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
     if (!names)
         return -EINVAL;
-    SSL_CTX_set_client_CA_list(ctx->ssl, names);
-    SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_set_client_CA_list(s, names);
+    SSL_CTX_set_verify(s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     return 0;
 }
 
-static int setup_server(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
-    int err = load_cert(ctx, o);
+static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *o) {
+    int err = load_cert(s, o);
     if (err < 0)
         return err;
-    if (o->ca_file && (err = require_client_certs(ctx, o->ca_file)) < 0)
+    if (o->ca_file && (err = require_client_certs(s, o->ca_file)) < 0)
         return err;
     static const unsigned char sid[] = "pier";
-    SSL_CTX_set_session_id_context(ctx->ssl, sid, sizeof sid - 1);
-    SSL_CTX_set_session_cache_mode(ctx->ssl, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
+    SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
     if (ctx->alpn)
-        SSL_CTX_set_alpn_select_cb(ctx->ssl, alpn_select, ctx);
-    if (o->plain_reply) {
-        ctx->plain_len = strlen(o->plain_reply);
-        ctx->plain_reply = strdup(o->plain_reply);
-        if (!ctx->plain_reply)
-            return -ENOMEM;
-    }
+        SSL_CTX_set_alpn_select_cb(s, alpn_select, ctx);
     return 0;
 }
 
-static int setup_client(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
+static int setup_client(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *o) {
     char why[256];
-    if (ctx->alpn && SSL_CTX_set_alpn_protos(ctx->ssl, ctx->alpn, (unsigned)ctx->alpn_len) != 0)
+    if (ctx->alpn && SSL_CTX_set_alpn_protos(s, ctx->alpn, (unsigned)ctx->alpn_len) != 0)
         return -ENOMEM;
-    int err = o->cert_file || o->key_file ? load_cert(ctx, o) : 0;
+    int err = o->cert_file || o->key_file ? load_cert(s, o) : 0;
     if (err < 0)
         return err;
     if (o->insecure) {
-        SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
         return 0;
     }
-    SSL_CTX_set_verify(ctx->ssl, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
     if (o->ca_file)
-        return load_ca(ctx, o->ca_file);
-    if (SSL_CTX_set_default_verify_paths(ctx->ssl) != 1) {
+        return load_ca(s, o->ca_file);
+    if (SSL_CTX_set_default_verify_paths(s) != 1) {
         pier_log(PIER_LOG_ERROR, "tls: cannot use the system's CA store: %s", pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
@@ -204,6 +202,42 @@ static int policy(SSL_CTX *s, int min_version) {
     return 0;
 }
 
+/* A configured SSL_CTX from the context's options, its files read now. */
+static int build(pier_tls_ctx_t *ctx, SSL_CTX **out) {
+    const pier_tls_opts_t *o = &ctx->opts;
+    SSL_CTX *s = SSL_CTX_new(ctx->server ? TLS_server_method() : TLS_client_method());
+    if (!s)
+        return -ENOMEM;
+    int err = policy(s, o->min_version);
+    if (err == 0)
+        err = ctx->server ? setup_server(ctx, s, o) : setup_client(ctx, s, o);
+    ERR_clear_error();
+    if (err < 0) {
+        SSL_CTX_free(s);
+        return err;
+    }
+    *out = s;
+    return 0;
+}
+
+/* The options, with copies of their strings, kept for reloading. */
+static int keep_opts(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
+    ctx->opts = *o;
+    const char **s[] = {&ctx->opts.cert_file, &ctx->opts.key_file, &ctx->opts.ca_file};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        if (*s[i] && !(ctx->strings[i] = strdup(*s[i])))
+            return -ENOMEM;
+        *s[i] = ctx->strings[i];
+    }
+    ctx->opts.alpn = ctx->opts.plain_reply = NULL; /* kept in their own form */
+    if (o->plain_reply) {
+        ctx->plain_len = strlen(o->plain_reply);
+        if (!(ctx->plain_reply = strdup(o->plain_reply)))
+            return -ENOMEM;
+    }
+    return o->alpn ? alpn_wire(ctx, o->alpn) : 0;
+}
+
 static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     if (!out || !o || (o->min_version && o->min_version != PIER_TLS_1_2 && o->min_version != PIER_TLS_1_3))
         return -EINVAL;
@@ -213,25 +247,45 @@ static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     ctx->ops = &pier__tls_ops;
     ctx->server = server;
     atomic_init(&ctx->refs, 1);
+    pthread_mutex_init(&ctx->lock, NULL);
     ctx->handshake_ms = o->handshake_ms ? o->handshake_ms : HANDSHAKE_MS;
-    int err = -ENOMEM;
-    ctx->ssl = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-    if (!ctx->ssl)
-        goto fail;
-    if ((err = policy(ctx->ssl, o->min_version)) < 0)
-        goto fail;
-    if (o->alpn && (err = alpn_wire(ctx, o->alpn)) < 0)
-        goto fail;
-    err = server ? setup_server(ctx, o) : setup_client(ctx, o);
-    if (err < 0)
-        goto fail;
+    int err = keep_opts(ctx, o);
+    if (err == 0)
+        err = build(ctx, &ctx->ssl);
+    if (err < 0) {
+        pier__tls_ctx_unref(ctx);
+        return err;
+    }
     *out = ctx;
     return 0;
-fail:
-    ERR_clear_error();
-    pier__tls_ctx_unref(ctx);
-    return err;
 }
 
 int pier_tls_ctx_new_server(pier_tls_ctx_t **out, const pier_tls_opts_t *opts) { return ctx_new(out, opts, 1); }
 int pier_tls_ctx_new_client(pier_tls_ctx_t **out, const pier_tls_opts_t *opts) { return ctx_new(out, opts, 0); }
+
+SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx) {
+    pthread_mutex_lock(&ctx->lock);
+    SSL_CTX *s = ctx->ssl;
+    SSL_CTX_up_ref(s);
+    pthread_mutex_unlock(&ctx->lock);
+    return s;
+}
+
+/* The new SSL_CTX takes the old one's ticket keys, so that sessions issued before a
+ * reload still resume after it. */
+int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) {
+    SSL_CTX *s;
+    int err = build(ctx, &s);
+    if (err < 0)
+        return err;
+    pthread_mutex_lock(&ctx->lock);
+    SSL_CTX *old = ctx->ssl;
+    unsigned char keys[80];
+    if (ctx->server && SSL_CTX_get_tlsext_ticket_keys(old, keys, sizeof keys) == 1)
+        SSL_CTX_set_tlsext_ticket_keys(s, keys, sizeof keys);
+    ctx->ssl = s;
+    pthread_mutex_unlock(&ctx->lock);
+    OPENSSL_cleanse(keys, sizeof keys);
+    SSL_CTX_free(old); /* connections made with it hold their own references */
+    return 0;
+}

@@ -10,3 +10,4 @@ int pier_tls_ctx_new_client(pier_tls_ctx_t **out, const pier_tls_opts_t *opts) {
 void pier_tls_ctx_free(pier_tls_ctx_t *ctx) {}
 void pier_tls_ctx_stats(const pier_tls_ctx_t *ctx, pier_tls_stats_t *out) { *out = (pier_tls_stats_t){0}; }
 int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) { return -EINVAL; }
+int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) { return -ENOTSUP; }

@@ -5,6 +5,7 @@
 
 #include <pier/tls.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "base/buf.h"
@@ -12,8 +13,11 @@
 
 struct pier_tls_ctx_s {
     const pier__tp_ops_t *ops;  /* first: how net reaches it (net/conn.h) */
+    pthread_mutex_t lock;       /* guards ssl, which a reload replaces */
     SSL_CTX *ssl;
     int server;
+    pier_tls_opts_t opts;       /* as given, for reloading; strings point into strings[] */
+    char *strings[3];
     atomic_uint refs;           /* the creator's, plus one per server, client, connection */
     uint64_t handshake_ms;
     char *plain_reply;
@@ -27,6 +31,9 @@ struct pier_tls_ctx_s {
 extern const pier__tp_ops_t pier__tls_ops;
 
 void pier__tls_ctx_ref(pier_tls_ctx_t *ctx);
+/* The current SSL_CTX, with a reference the caller drops with SSL_CTX_free (a reload may
+ * replace it at any time on another thread). */
+SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx);
 void pier__tls_ctx_unref(pier_tls_ctx_t *ctx);
 /* transport.c: wraps a connection (pier__tp_ops_t.attach). */
 int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);

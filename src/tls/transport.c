@@ -409,7 +409,9 @@ static int expect_name(SSL *ssl, const char *name) {
 static int setup_ssl(tls_conn_t *t, const char *servername) {
     if (pthread_once(&bio_once, bio_method_init) != 0 || !bio_method)
         return -ENOMEM;
-    t->ssl = SSL_new(t->ctx->ssl);
+    SSL_CTX *sctx = pier__tls_ctx_ssl(t->ctx);
+    t->ssl = SSL_new(sctx);
+    SSL_CTX_free(sctx); /* the SSL holds its own reference */
     BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
     if (!b)
         return -ENOMEM;

@@ -8,11 +8,13 @@ over Python's ssl.
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,6 +81,53 @@ class TlsHttp(unittest.TestCase):
         code, out = tlslib.s_client(self.srv.port, "-alpn", "h2", "-CAfile", self.certs.ca)
         self.assertEqual(code, 0, out)  # nothing in common: no ALPN, not a failure
         self.assertIn("No ALPN negotiated", out)
+
+
+@unittest.skipUnless(tlslib.have_openssl() and shutil.which("curl"), "openssl or curl is not installed")
+class TlsReload(unittest.TestCase):
+    def subject(self, port, ctx):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+
+    def test_sighup_reloads_under_load(self):
+        with tlslib.Certs() as certs:
+            cert, key = certs.leaf("live.pem", "live-key.pem", cn="localhost")
+            with pierlib.Pier("http", "--tls-cert", cert, "--tls-key", key) as srv:
+                ctx = certs.client_context()
+                self.assertEqual(self.subject(srv.port, ctx), "localhost")
+                url = "https://localhost:%d/plaintext" % srv.port
+                # curl runs requests, each on a new connection, while the files change
+                args = ["curl", "-sS", "--cacert", certs.ca, "--fail", "-w", "%{http_code}\\n"]
+                for _ in range(300):
+                    args += ["-o", "/dev/null", url]
+                load = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                keep = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=30),
+                                       server_hostname="localhost")
+                for i in range(5):
+                    certs.leaf("next.pem", "next-key.pem", cn="localhost")
+                    os.replace(os.path.join(certs.dir, "next.pem"), cert)
+                    os.replace(os.path.join(certs.dir, "next-key.pem"), key)
+                    srv.signal(signal.SIGHUP)
+                    deadline = time.monotonic() + 10
+                    while srv.stderr().count("certificate and key reloaded") <= i and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                out, err = load.communicate(timeout=120)
+                codes = out.decode().split()
+                self.assertEqual(load.returncode, 0, err)
+                self.assertEqual(codes, ["200"] * 300)
+                self.assertEqual(srv.stderr().count("certificate and key reloaded"), 5, srv.stderr())
+                # a connection made before the reloads still works
+                keep.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertIn(b"Hello, World!", keep.recv(4096))
+                keep.close()
+                # bad files: the last good certificate stays
+                with open(cert, "w") as f:
+                    f.write("not a certificate\n")
+                srv.signal(signal.SIGHUP)
+                self.assertTrue(srv.wait_stderr("old one stays in use", 10), srv.stderr())
+                self.assertEqual(self.subject(srv.port, ctx), "localhost")
+                self.assertEqual(srv.stop(), 0)
 
 
 @unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")

@@ -471,6 +471,74 @@ static void raw_free(SSL *ssl, SSL_CTX *ctx, int fd) {
     ERR_clear_error();
 }
 
+static void copy_file(const char *from, const char *to) {
+    char buf[8192];
+    FILE *in = fopen(from, "r"), *out = fopen(to, "w");
+    assert_non_null(in);
+    assert_non_null(out);
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    fclose(out);
+}
+
+static void *reloader(void *arg) {
+    assert_int_equal(pier_tls_ctx_reload(arg), 0);
+    return NULL;
+}
+
+/* Reloading the files (from another thread, while the loop runs): new connections get
+ * the new certificate, an established one carries on, and bad files keep the old. */
+static void test_reload(void **state) {
+    char cert[160], key[160];
+    snprintf(cert, sizeof cert, "%s/live-cert.pem", certs.dir);
+    snprintf(key, sizeof key, "%s/live-key.pem", certs.dir);
+    copy_file(certs.expired, cert);
+    copy_file(certs.expired_key, key);
+    pier_tls_opts_t o = {.cert_file = cert, .key_file = key};
+    start_server(&o);
+    refused(certs.ca, "localhost");
+    SSL_CTX *rctx;
+    int fd;
+    SSL *old = raw_tls(&rctx, &fd); /* established before the reload */
+
+    copy_file(certs.cert, cert);
+    copy_file(certs.key, key);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, reloader, fx.sctx), 0);
+    for (int i = 0; i < 20; i++)
+        pier_loop_run_once(fx.loop, 1);
+    pthread_join(th, NULL);
+    pier_tls_ctx_t *cctx = client_ctx(certs.ca, 0);
+    pier_client_t *cl = client(cctx, "localhost", 0);
+    run_until_int(&cs.connects, 1, 5000);
+    assert_int_equal(cs.connects, 1);
+    client_free(cl);
+
+    raw_write(old, "still"); /* the old connection echoes on */
+    char buf[8];
+    uint64_t end = pier_test_now_ms() + 5000;
+    int r;
+    while ((r = SSL_read(old, buf, sizeof buf)) <= 0 && pier_test_now_ms() < end)
+        pier_loop_run_once(fx.loop, 5);
+    assert_int_equal(r, 5);
+    raw_free(old, rctx, fd);
+
+    FILE *f = fopen(cert, "w");
+    fputs("not a certificate\n", f);
+    fclose(f);
+    assert_int_equal(pier_tls_ctx_reload(fx.sctx), -EINVAL);
+    cl = client(cctx, "localhost", 0); /* the last good files stay in use */
+    run_until_int(&cs.connects, 1, 5000);
+    assert_int_equal(cs.connects, 1);
+    client_free(cl);
+    pier_tls_ctx_free(cctx);
+    unlink(cert);
+    unlink(key);
+    stop_server();
+}
+
 static void test_truncation(void **state) {
     start_server(NULL);
     fx.s.no_echo = 1;
@@ -666,7 +734,7 @@ int main(void) {
         cmocka_unit_test(test_echo_large),      cmocka_unit_test(test_file),
         cmocka_unit_test(test_send_from_thread), cmocka_unit_test(test_water_marks),
         cmocka_unit_test(test_wrong_name),      cmocka_unit_test(test_expired),
-        cmocka_unit_test(test_mtls),
+        cmocka_unit_test(test_mtls),            cmocka_unit_test(test_reload),
         cmocka_unit_test(test_truncation),      cmocka_unit_test(test_close_notify),
         cmocka_unit_test(test_handshake_timeout), cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_plain_reply),     cmocka_unit_test(test_probe_not_counted),

@@ -29,11 +29,18 @@ class Certs:
         openssl("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
                 "-subj", "/CN=pier test CA", "-addext", "basicConstraints=critical,CA:TRUE",
                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-        openssl("req", *ec, "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost", cwd=d)
         with open(os.path.join(d, "ext.cnf"), "w") as f:
             f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+        self.leaf("cert.pem", "key.pem")
+
+    def leaf(self, cert, key, cn="localhost"):
+        """Another leaf for localhost signed by the CA, written to cert and key (file names
+        in the folder); returns their paths."""
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", *ec, "-keyout", key, "-out", "leaf.csr", "-subj", "/CN=" + cn, cwd=self.dir)
         openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-                "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+                "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", "ext.cnf", cwd=self.dir)
+        return os.path.join(self.dir, cert), os.path.join(self.dir, key)
 
     def client_context(self):
         ctx = ssl.create_default_context(cafile=self.ca)
