@@ -194,7 +194,7 @@ static const char http_help[] =
     "  --quiet             log warnings and errors only\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
-    "  --tls-key FILE      its private key (PEM)\n";
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
