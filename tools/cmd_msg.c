@@ -117,7 +117,7 @@ static const char msg_usage[] =
     "  --quiet           log warnings and errors only\n"
     "  --verbose         log every connection event\n"
     "  --tls-cert FILE   certificate chain (PEM, leaf first): the port speaks only TLS\n"
-    "  --tls-key FILE    its private key (PEM)\n"
+    "  --tls-key FILE    its private key (PEM); SIGHUP reads both files again\n"
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 
