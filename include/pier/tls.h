@@ -90,6 +90,12 @@ PIER_EXTERN void pier_tls_ctx_free(pier_tls_ctx_t *ctx);
  * -ENOENT/-EACCES, -EINVAL for unusable PEM or a key that does not match, -ENOMEM. */
 PIER_EXTERN int pier_tls_ctx_reload(pier_tls_ctx_t *ctx);
 
+/* Writes a new ECDSA P-256 key (mode 0600) and a self-signed certificate for name,
+ * localhost, 127.0.0.1 and ::1, valid for a year, as PEM files: for demos and tests,
+ * which clients must then trust explicitly (or skip verifying). 0, -EINVAL, -ENOMEM, or
+ * the errno of a file that cannot be written. */
+PIER_EXTERN int pier_tls_make_selfsigned(const char *cert_file, const char *key_file, const char *name);
+
 typedef struct pier_tls_stats_s {
     uint64_t handshakes;        /* completed */
     uint64_t failed;            /* failed, timed out, or not TLS at all */
