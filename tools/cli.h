@@ -81,6 +81,10 @@ typedef struct pier_echo_cfg_s {
 extern const pier_service_t pier_echo_service;
 /* The HTTP (port 8888) and message (port 10089) services; cfg NULL means defaults. */
 extern const pier_service_t pier_http_service;
+/* HTTPS on 8443 (cfg: a pier_tls_ctx_t made with pier_http_plain_reply), and the 400
+ * that a plain HTTP request to an HTTPS port gets. */
+extern const pier_service_t pier_https_service;
+extern const char pier_http_plain_reply[];
 extern const pier_service_t pier_msg_service;
 
 #endif

@@ -161,8 +161,19 @@ const pier_service_t pier_http_service = {
     .net = http_net, .freed = http_freed, .finish = free,
 };
 
+/* HTTPS on 8443 for `pier serve`; its cfg is the server's TLS context. */
+static int https_start(pier_group_t *g, void *tls, void **state) {
+    pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8443, .tls = tls};
+    return http_start(g, &cfg, state);
+}
+
+const pier_service_t pier_https_service = {
+    .name = "https", .start = https_start, .drain = http_drain, .active = http_active,
+    .net = http_net, .freed = http_freed, .finish = free,
+};
+
 /* What a plain HTTP request to the HTTPS port gets, raw, before the connection closes. */
-static const char plain_http_reply[] =
+const char pier_http_plain_reply[] =
     "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 60\r\nConnection: close\r\n\r\n"
     "This port speaks HTTPS only: a plain HTTP request was sent.\n";
 
@@ -269,7 +280,7 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
-    int code = pier_cli_tls_server("http", cert, key, plain_http_reply, "http/1.1", &cfg.tls);
+    int code = pier_cli_tls_server("http", cert, key, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;
     pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};
