@@ -38,6 +38,58 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
     return 0;
 }
 
+/* Server contexts made from flags, reloaded on SIGHUP while pier_cli_run runs. */
+static pier_tls_ctx_t *reloadable[4];
+static int nreloadable;
+
+static void on_hup(pier_loop_t *loop, int signo, void *arg) {
+    for (int i = 0; i < nreloadable; i++) {
+        int err = pier_tls_ctx_reload(reloadable[i]);
+        if (err < 0)
+            pier_log(PIER_LOG_ERROR, "SIGHUP: certificate not reloaded, the old one stays in use: %s",
+                     pier_strerror(err));
+        else
+            pier_log(PIER_LOG_INFO, "SIGHUP: certificate and key reloaded; open connections carry on");
+    }
+}
+
+int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
+                        const char *alpn, pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!cert && !key)
+        return 0;
+    if (!cert || !key) {
+        return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
+    }
+    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply, .alpn = alpn};
+    int err = pier_tls_ctx_new_server(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return 1;
+    }
+    if (nreloadable < (int)(sizeof reloadable / sizeof reloadable[0]))
+        reloadable[nreloadable++] = *out;
+    return 0;
+}
+
+int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!tls && (cafile || insecure)) {
+        return pier_cli_usage_error(cmd, "--cafile and --insecure need --tls");
+    }
+    if (!tls)
+        return 0;
+    pier_tls_opts_t o = {.ca_file = cafile, .insecure = insecure};
+    int err = pier_tls_ctx_new_client(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot set up TLS: %s\n", cmd,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return 1;
+    }
+    return 0;
+}
+
 int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms) {
     for (int waited = 0; !done(arg) && waited < max_ms; waited += 5)
         for (unsigned i = 0; i < pier_group_size(g); i++)
@@ -64,13 +116,24 @@ static unsigned still_active(runner_t *r) {
     return open;
 }
 
+/* Connections only, for the log: a service's active() may count other work too. */
+static unsigned still_open(runner_t *r) {
+    unsigned open = 0;
+    for (int i = 0; i < r->n; i++) {
+        const pier_service_t *svc = r->runs[i].svc;
+        if (r->runs[i].state && (svc->conns || svc->active))
+            open += (svc->conns ? svc->conns : svc->active)(r->runs[i].state);
+    }
+    return open;
+}
+
 static void poll_cb(pier_timer_t *t) {
     runner_t *r = t->data;
     pier_loop_t *loop = pier_group_loop(r->group, 0);
     unsigned open = still_active(r);
     if (open == 0 || pier_loop_now(loop) - r->drain_start >= r->drain_ms) {
         if (open)
-            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", open,
+            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", still_open(r),
                      (unsigned long long)r->drain_ms);
         pier_timer_stop(t);
         pier_group_stop(r->group);
@@ -94,6 +157,24 @@ static void on_signal(pier_loop_t *loop, int signo, void *arg) {
     pier_timer_start(&r->poll, 20, 20);
 }
 
+static int run_freed(void *arg) {
+    pier_service_run_t *run = arg;
+    return run->svc->freed(run->state);
+}
+
+/* Resets left over after the drain are finished (their on_close runs) before the
+ * server is freed, so every loop can be freed after it. */
+static void stop_and_free(pier_group_t *g, pier_service_run_t *run) {
+    const pier_service_t *svc = run->svc;
+    pier_server_t *net = svc->net(run->state);
+    pier_server_stop(net);
+    pier_server_abort_all(net);
+    if (!pier_cli_settle(g, run_freed, run, 5000))
+        pier_log(PIER_LOG_ERROR, "%s: server could not be freed", svc->name);
+    svc->finish(run->state);
+    run->state = NULL;
+}
+
 int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t drain_ms) {
     runner_t r = {.runs = runs, .n = n, .drain_ms = drain_ms};
     int err = pier_group_new(&r.group, threads);
@@ -105,10 +186,13 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     /* signals are blocked here, before the loop threads start, so they inherit the mask
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     if ((err = pier_loop_signal(loop0, SIGINT, on_signal, &r)) < 0 ||
-        (err = pier_loop_signal(loop0, SIGTERM, on_signal, &r)) < 0) {
-        /* without them the servers could not be stopped gracefully */
-        fprintf(stderr, "pier: cannot watch SIGINT and SIGTERM: %s\n", pier_strerror(err));
+        (err = pier_loop_signal(loop0, SIGTERM, on_signal, &r)) < 0 ||
+        (nreloadable && (err = pier_loop_signal(loop0, SIGHUP, on_hup, NULL)) < 0)) {
+        /* without them the servers could not be stopped (or reloaded) as documented */
+        fprintf(stderr, "pier: cannot watch SIGINT, SIGTERM and SIGHUP: %s\n", pier_strerror(err));
         pier_loop_signal_stop(loop0, SIGINT);
+        pier_loop_signal_stop(loop0, SIGTERM);
+        nreloadable = 0;
         pier_group_free(r.group);
         return 1;
     }
@@ -130,12 +214,13 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_timer_stop(&r.poll);
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
+    if (nreloadable)
+        pier_loop_signal_stop(loop0, SIGHUP);
+    nreloadable = 0; /* the contexts are their commands' to free after this returns */
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */
-    for (int i = 0; i < started; i++) {
-        runs[i].svc->finish(runs[i].state);
-        runs[i].state = NULL;
-    }
+    for (int i = 0; i < started; i++)
+        stop_and_free(r.group, &runs[i]);
     err = pier_group_free(r.group);
     if (err < 0) {
         pier_log(PIER_LOG_ERROR, "loops still have live handles at exit: %s", pier_strerror(err));

@@ -96,6 +96,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
                    .idle_ms = srv->keepalive_ms},
         .on_accept = pier__http_on_accept,
         .data = srv,
+        .tls = o->tls,
     };
     rc = pier_server_new(&srv->srv, group, &so);
     if (rc < 0)
@@ -134,6 +135,8 @@ void pier_http_server_stop(pier_http_server_t *srv) {
 void pier_http_server_abort_all(pier_http_server_t *srv) { pier_server_abort_all(srv->srv); }
 
 unsigned pier_http_server_conns(const pier_http_server_t *srv) { return pier_server_conns(srv->srv); }
+
+pier_server_t *pier_http_server_net(const pier_http_server_t *srv) { return srv->srv; }
 
 int pier_http_server_free(pier_http_server_t *srv) {
     if (!srv)
