@@ -119,6 +119,14 @@ static void lost_reply(pier_msg_server_t *srv) {
     atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
 }
 
+/* A reply that could not be queued (out of memory) leaves the byte stream whole but a
+ * reply missing, and a client that matches replies to requests in order (pier
+ * msg-client does) would take the next one for it: the connection cannot go on. */
+static void reply_failed(msg_conn_t *mc) {
+    lost_reply(mc->lp->srv);
+    pier_conn_abort(mc->c);
+}
+
 /* 1 if n more bytes may be queued on mc; otherwise applies the policy and returns 0. */
 static int out_admit(msg_conn_t *mc, size_t n) {
     pier_msg_server_t *srv = mc->lp->srv;
@@ -175,7 +183,10 @@ int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *body, size_t le
         return job_add_reply(ctx->job, id, body, len);
     if (!pier_conn_is_open(ctx->mc->c))
         return -ENOTCONN;
-    return write_frame(ctx->mc, id, body, len);
+    int err = write_frame(ctx->mc, id, body, len);
+    if (err == -ENOMEM)
+        reply_failed(ctx->mc);
+    return err;
 }
 
 /* ---- pier_msg_send: any thread, through the id ---- */
@@ -350,12 +361,18 @@ static void job_free(pier__msg_job_t *job) {
 
 /* Queues a finished job's replies on its open connection: all of them as one unit. */
 static void job_output(msg_conn_t *mc, pier__msg_job_t *job) {
+    if (pier__buf_failed(&job->out)) { /* a reply the worker could not add */
+        reply_failed(mc);
+        return;
+    }
     if (!job->out.len || !out_admit(mc, job->out.len))
         return;
     size_t n;
     char *p = pier__buf_steal(&job->out, &n);
-    /* -ENOMEM queued nothing and the connection goes on; -ENOTCONN: it failed under us */
-    if (pier_conn_write_ref(mc->c, p, n, free_base, NULL) < 0)
+    int err = pier_conn_write_ref(mc->c, p, n, free_base, NULL);
+    if (err == -ENOMEM)
+        reply_failed(mc);
+    else if (err < 0) /* -ENOTCONN: it failed under us */
         lost_reply(mc->lp->srv);
 }
 
