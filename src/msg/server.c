@@ -70,6 +70,7 @@ struct msg_loop_s {
     unsigned char *wake;    /* workers given jobs since the last wake-up (one flag each) */
     int any_wake;           /* wake_task is queued */
     pier_task_t wake_task;
+    pier_task_t drain_task;  /* embedded: a drain step lost to -ENOMEM would stall it */
     _Atomic uint64_t n_conns, msgs, handled, unknown, bad_frames, timeouts, out_dropped, out_closed;
 };
 
@@ -90,6 +91,7 @@ struct pier_msg_server_s {
     _Atomic long sends;       /* pier_msg_send frames posted to a loop and not yet run */
     _Atomic uint64_t replies_lost, w_out_dropped, abandoned;
     pier_timer_t shut_timer;  /* loop 0 */
+    pier_task_t shut_task;    /* loop 0; embedded, as the loops' drain tasks are */
     /* finished jobs per (worker, loop), handed to the loop once per worker batch; each
      * list is touched only by its worker thread */
     struct job_list_s {
@@ -809,11 +811,15 @@ static void drain(pier_msg_server_t *srv, int stop_group) {
         return;
     srv->stop_group = stop_group; /* read by loop 0 after the post below */
     pier_server_stop(srv->net);
-    for (unsigned i = 0; i < srv->nloops; i++)
-        if (pier_loop_post(srv->loops[i].loop, drain_task, &srv->loops[i]) < 0)
-            atomic_fetch_add(&srv->drained, 1);
-    if (pier_loop_post(srv->loops[0].loop, shut_start, srv) < 0 && stop_group)
-        pier_group_stop(srv->group);
+    /* embedded tasks, each posted once (shutting): posting them cannot fail, and a lost
+     * one would leave connections reading (drain_task) or never closed (shut_start)
+     * until the caller's deadline */
+    for (unsigned i = 0; i < srv->nloops; i++) {
+        pier_task_init(&srv->loops[i].drain_task, drain_task, &srv->loops[i]);
+        pier_loop_post_task(srv->loops[i].loop, &srv->loops[i].drain_task);
+    }
+    pier_task_init(&srv->shut_task, shut_start, srv);
+    pier_loop_post_task(srv->loops[0].loop, &srv->shut_task);
 }
 
 void pier_msg_server_drain(pier_msg_server_t *srv) {
