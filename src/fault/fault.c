@@ -170,6 +170,12 @@ static int inject(int call) {
         return 0;
     if (draw() >= cfg.threshold)
         return 0;
+    /* looked for again before each fault: another thread may be between its look at the
+     * file and its store of ST_OVER, and no fault may follow the file's creation */
+    if (cfg.stop_file && access(cfg.stop_file, F_OK) == 0) {
+        atomic_store(&state, ST_OVER);
+        return 0;
+    }
     atomic_fetch_add_explicit(&counts[call], 1, memory_order_relaxed);
     return 1;
 }

@@ -2,10 +2,13 @@
  *
  * With -DPIER_FAULTS=ON this header is force-included (-include) into every object of
  * the library, and nowhere else: the tool, the tests and the application keep the real
- * calls. It first includes the system headers that declare the calls, then turns each
- * call into a wrapper of src/fault/fault.c, which is compiled without the macros
- * (PIER_FAULT_IMPL) and calls the real function unless it decides to fail it. With the
- * option off, nothing of this is compiled and the library is the same, byte for byte.
+ * calls. It first includes the system headers that declare the calls, then renames each
+ * call to a wrapper of src/fault/fault.c, which is compiled without the macros
+ * (PIER_FAULT_IMPL) and calls the real function unless it decides to fail it. The macros
+ * are object-like (read, not read(...)): a struct member of the same name, such as a
+ * transport's read, is then renamed alike in every library object, and still works.
+ * With the option off, nothing of this is compiled and the library is the same, byte for
+ * byte.
  *
  * Run time (environment, read once at start-up; nothing is injected without the rate):
  *   PIER_FAULT_RATE   probability that one call fails, 0..1 (e.g. 0.02)
@@ -17,8 +20,9 @@
  *   PIER_FAULT_START  a path: inject only once this file exists (so a server can start
  *                     up without faults)
  *   PIER_FAULT_STOP   a path: stop injecting for good once this file exists (so that
- *                     recovery can be checked in the same process). Both files are
- *                     looked for at most every 10 ms; signals are left to the program.
+ *                     recovery can be checked in the same process): every fault looks
+ *                     for it first, so none follows its creation. The start file is
+ *                     looked for at most every 10 ms. Signals are left to the program.
  *   PIER_FAULT_CALLS  a comma-separated list of call names to fail (default: all)
  *   PIER_FAULT_SKIP   let the first N calls that could fail through (with CALLS and a
  *                     rate of 1, this fails the N+1th call of a kind and all after it)
@@ -131,32 +135,32 @@ int pier__fault_pthread_create(pthread_t *th, const pthread_attr_t *attr, void *
 #undef fstat
 #undef close
 #undef pthread_create
-#define malloc(n) pier__fault_malloc(n)
-#define calloc(n, size) pier__fault_calloc(n, size)
-#define realloc(p, n) pier__fault_realloc(p, n)
-#define strdup(s) pier__fault_strdup(s)
-#define strndup(s, n) pier__fault_strndup(s, n)
-#define read(fd, buf, n) pier__fault_read(fd, buf, n)
-#define recv(fd, buf, n, flags) pier__fault_recv(fd, buf, n, flags)
-#define write(fd, buf, n) pier__fault_write(fd, buf, n)
-#define send(fd, buf, n, flags) pier__fault_send(fd, buf, n, flags)
-#define sendmsg(fd, msg, flags) pier__fault_sendmsg(fd, msg, flags)
-#define writev(fd, iov, iovcnt) pier__fault_writev(fd, iov, iovcnt)
-#define sendfile(out_fd, in_fd, offset, count) pier__fault_sendfile(out_fd, in_fd, offset, count)
-#define accept(fd, addr, len) pier__fault_accept(fd, addr, len)
-#define accept4(fd, addr, len, flags) pier__fault_accept4(fd, addr, len, flags)
-#define socket(domain, type, protocol) pier__fault_socket(domain, type, protocol)
-#define connect(fd, addr, len) pier__fault_connect(fd, addr, len)
-#define epoll_create1(flags) pier__fault_epoll_create1(flags)
-#define epoll_ctl(epfd, op, fd, ev) pier__fault_epoll_ctl(epfd, op, fd, ev)
-#define epoll_wait(epfd, evs, max, timeout) pier__fault_epoll_wait(epfd, evs, max, timeout)
-#define eventfd(initval, flags) pier__fault_eventfd(initval, flags)
-#define signalfd(fd, mask, flags) pier__fault_signalfd(fd, mask, flags)
-#define open(...) pier__fault_open(__VA_ARGS__)
-#define openat(...) pier__fault_openat(__VA_ARGS__)
-#define fstat(fd, sb) pier__fault_fstat(fd, sb)
-#define close(fd) pier__fault_close(fd)
-#define pthread_create(th, attr, fn, arg) pier__fault_pthread_create(th, attr, fn, arg)
+#define malloc pier__fault_malloc
+#define calloc pier__fault_calloc
+#define realloc pier__fault_realloc
+#define strdup pier__fault_strdup
+#define strndup pier__fault_strndup
+#define read pier__fault_read
+#define recv pier__fault_recv
+#define write pier__fault_write
+#define send pier__fault_send
+#define sendmsg pier__fault_sendmsg
+#define writev pier__fault_writev
+#define sendfile pier__fault_sendfile
+#define accept pier__fault_accept
+#define accept4 pier__fault_accept4
+#define socket pier__fault_socket
+#define connect pier__fault_connect
+#define epoll_create1 pier__fault_epoll_create1
+#define epoll_ctl pier__fault_epoll_ctl
+#define epoll_wait pier__fault_epoll_wait
+#define eventfd pier__fault_eventfd
+#define signalfd pier__fault_signalfd
+#define open pier__fault_open
+#define openat pier__fault_openat
+#define fstat pier__fault_fstat
+#define close pier__fault_close
+#define pthread_create pier__fault_pthread_create
 #endif
 
 #endif

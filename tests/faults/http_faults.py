@@ -290,8 +290,9 @@ def check_http(name, conns, need_complete, stats):
         if whole < len(expected):
             stats["cut"] += 1
             if need_complete:
-                raise Failure("%s: after the faults stopped, %d of %d responses came (%s)\n  requests: %s" % (
-                    name, whole, len(expected), c.outcome, "; ".join(desc)))
+                raise Failure("%s: after the faults stopped, %d of %d responses came (%s)\n  requests: %s\n"
+                              "  sent: %s\n  received stream saved in %s" % (
+                                  name, whole, len(expected), c.outcome, "; ".join(desc), c.shape, save(c)))
         if need_complete and errors:
             raise Failure("%s: after the faults stopped, an error response came\n  requests: %s" % (name, "; ".join(desc)))
 
@@ -312,8 +313,11 @@ def run(binary, seed, rate, stats):
         stats["conns"] += len(conns)
         check_http(name, conns, False, stats)
         srv.stop_faults()
-        check_http(name + " (after faults)", run_conns([http_conn(rng, addr, r) for _ in range(8)], parallel=8), True,
-                   collections.Counter())
+        try:
+            check_http(name + " (after faults)", run_conns([http_conn(rng, addr, r) for _ in range(8)], parallel=8),
+                       True, collections.Counter())
+        except Failure as e:
+            raise Failure("%s\n  the server's log ends:\n%s" % (e, srv.stderr()[-1500:].decode(errors="replace")))
         srv.terminate()
         ref.terminate()
     finally:
