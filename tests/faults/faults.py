@@ -17,6 +17,7 @@ import http_faults  # noqa: E402
 import msg_faults  # noqa: E402
 import regress  # noqa: E402
 import startup_faults  # noqa: E402
+import tls_faults  # noqa: E402
 from lib import Failure  # noqa: E402
 
 # Each scenario: its run function, its default seeds and the fault rates its seeds take
@@ -29,6 +30,7 @@ SCENARIOS = collections.OrderedDict([
     ("http", (http_faults.run, list(range(1, 11)), [0.01, 0.02, 0.05])),
     ("msg", (msg_faults.run_server, list(range(1, 8)), [0.01, 0.02, 0.05])),
     ("reconnect", (msg_faults.run_client, list(range(1, 7)), [0.1, 0.2])),
+    ("tls", (tls_faults.run, list(range(1, 7)), [0.01, 0.03, 0.1])),
 ])
 
 
