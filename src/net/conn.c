@@ -527,6 +527,15 @@ static void want_read(pier_conn_t *c) {
         queue_read(c);
 }
 
+/* The read was interrupted, or the transport holds more than the socket shows (records
+ * OpenSSL has read already, a result kept for its next call): read again in the next
+ * pass, even if a read earlier in this iteration found the socket drained. No edge will
+ * come for what the transport holds. */
+static void read_again(pier_conn_t *c) {
+    c->flags |= PIER__C_READABLE;
+    queue_read(c);
+}
+
 /* After a flush: resume below the low water mark, and let a pending close proceed. */
 static void after_flush(pier_conn_t *c) {
     if ((c->flags & PIER__C_WATER_PAUSE) && c->queued <= c->lim.out_low) {
@@ -656,7 +665,7 @@ static void do_read(pier_conn_t *c) {
     ssize_t n = conn_recv(c, buf, room, &more);
     if (n < 0) {
         if (n == -EINTR || more) {
-            want_read(c);
+            read_again(c);
             return;
         }
         c->flags &= ~PIER__C_READABLE;
@@ -674,7 +683,9 @@ static void do_read(pier_conn_t *c) {
     }
     /* A short read drains the socket, and the next edge brings more, except for a FIN
      * that came with this data: that edge is already spent, so read again for it. */
-    if ((size_t)n < room && !(c->flags & PIER__C_RDHUP) && !more)
+    if (more)
+        read_again(c);
+    else if ((size_t)n < room && !(c->flags & PIER__C_RDHUP))
         c->flags &= ~PIER__C_READABLE;
     else
         want_read(c);
