@@ -1,22 +1,17 @@
-/* A WebSocket connection after its handshake: frames read in place from the connection's
- * input, messages assembled and checked, frames sent, the close handshake, and pings.
+/* A WebSocket connection after its handshake: the reader (reader.c) fed from the
+ * connection's input in place, messages and control frames acted on, frames sent, the
+ * close handshake, and pings.
  *
- * Reading: on_read parses each frame header where it lies in the input and returns the
- * bytes it consumed, as any protocol on a pier connection does. A data frame's payload is
- * taken as it arrives, unmasked and (for text) validated on the way, so invalid UTF-8
- * fails the connection at the first impossible byte even inside one large frame, and a
- * frame's declared length is checked against the message limit before any of it is kept.
- * A message whose only frame lies whole in the input is unmasked into the loop's scratch
- * buffer and delivered from there; only a fragmented message, or one still arriving,
- * gets a buffer of the connection's own, freed when it is delivered. A control frame (at
- * most 125 bytes) is taken once it is whole; until then its bytes stay with the core.
+ * on_read hands the input to the reader and returns the bytes it consumed, as any
+ * protocol on a pier connection does: a partial header or control frame stays with the
+ * core until more comes.
  *
  * Writing: every frame is one pier_conn_writev unit (header and payload). A unit that
  * cannot be queued aborts the connection: its stream would be corrupt.
  *
  * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's, nothing more
- * is sent); DONE (the handshake is over or the connection failed; input is dropped and
- * the TCP connection is closing).
+ * is sent or delivered); DONE (the handshake is over or the connection failed; input is
+ * dropped and the TCP connection is closing).
  */
 #include "ws/ws_int.h"
 
@@ -25,7 +20,6 @@
 #include <string.h>
 
 #define WS_MAGIC 0x70776b73u /* tells a pier_ws_t from other connection data */
-#define TRIM_ABOVE 65536     /* buffers larger than this are freed after their message */
 
 enum { WS_OPEN, WS_CLOSE_SENT, WS_DONE };
 
@@ -37,14 +31,7 @@ struct pier_ws_s {
     pier__ws_loop_t *wl;
     const char *protocol;
     void *data;
-    /* the data frame whose payload is arriving */
-    int in_frame;
-    pier__ws_frame_t f;
-    uint64_t frame_done;
-    /* the message being assembled: msg_op 0 when none */
-    int msg_op;
-    uint32_t utf8;
-    pier__buf_t msg;
+    pier__ws_reader_t rd;
     /* liveness: a ping after ping_ms without input, and then pong_ms for an answer */
     pier_timer_t timer;
     uint64_t last_rx;
@@ -91,12 +78,7 @@ static void fail(pier_ws_t *ws, int code) {
     pier_conn_close(ws->c);
 }
 
-/* ---- reading ---- */
-
-static void deliver(pier_ws_t *ws, int opcode, const void *data, size_t len) {
-    if (ws->state == WS_OPEN && ws->ep->cbs.on_message)
-        ws->ep->cbs.on_message(ws, opcode, len ? data : "", len); /* never NULL */
-}
+/* ---- reading (reader.c does the frames) ---- */
 
 static void take_reason(pier_ws_t *ws, const uint8_t *p, size_t n) {
     if (n)
@@ -104,138 +86,39 @@ static void take_reason(pier_ws_t *ws, const uint8_t *p, size_t n) {
     ws->reason[n] = '\0';
 }
 
-/* The peer's close frame (5.5.1): answered with its code, unless it answers ours. */
+static int on_message(void *ctx, int opcode, const void *data, size_t len) {
+    pier_ws_t *ws = ctx;
+    if (ws->state == WS_OPEN && ws->ep->cbs.on_message)
+        ws->ep->cbs.on_message(ws, opcode, data, len);
+    return ws->state == WS_DONE || !pier_conn_is_open(ws->c) ? -1 : 0;
+}
+
+/* The peer's close frame, its code and reason checked by the reader (5.5.1): answered
+ * with its code, unless it answers ours. Ends the reading either way. */
 static int on_close_frame(pier_ws_t *ws, const uint8_t *p, size_t n) {
-    unsigned code = n >= 2 ? (unsigned)p[0] << 8 | p[1] : PIER_WS_NO_STATUS;
-    if (n == 1 || (n >= 2 && !pier__ws_close_code_ok(code))) {
-        fail(ws, PIER_WS_PROTOCOL_ERROR);
-        return -1;
-    }
-    if (n > 2 && !pier__utf8_valid(p + 2, n - 2)) {
-        fail(ws, PIER_WS_INVALID_DATA);
-        return -1;
-    }
+    int code = n >= 2 ? p[0] << 8 | p[1] : PIER_WS_NO_STATUS;
     ws->got_close = 1;
-    ws->peer_code = (int)code;
+    ws->peer_code = code;
     take_reason(ws, p + 2, n > 2 ? n - 2 : 0);
-    if (ws->state == WS_OPEN && put_close(ws, n >= 2 ? (int)code : 0, NULL, 0) < 0)
+    if (ws->state == WS_OPEN && put_close(ws, n >= 2 ? code : 0, NULL, 0) < 0)
         return -1;
     ws->state = WS_DONE;
-    /* 7.1.1: the server closes the TCP connection first */
-    pier_conn_close(ws->c);
+    pier_conn_close(ws->c); /* 7.1.1: the server closes the TCP connection first */
     return -1;
 }
 
-/* A whole control frame, its payload unmasked in p. 0, or -1 once the connection is done. */
-static int on_control(pier_ws_t *ws, int opcode, const uint8_t *p, size_t n) {
+static int on_control(void *ctx, int opcode, const uint8_t *p, size_t n) {
+    pier_ws_t *ws = ctx;
     switch (opcode) {
     case PIER_WS_PING:
         /* a pong answers at once, bypassing the output bound: reading is paused above the
          * high water mark, so a peer cannot pile pongs up by not reading */
-        if (ws->state == WS_OPEN && put_frame(ws, PIER_WS_PONG, p, n) < 0)
-            return -1;
-        return 0;
+        return ws->state == WS_OPEN && put_frame(ws, PIER_WS_PONG, p, n) < 0 ? -1 : 0;
     case PIER_WS_PONG:
         return 0; /* any input proves the peer alive (on_read) */
     default:
         return on_close_frame(ws, p, n);
     }
-}
-
-static void message_done(pier_ws_t *ws) {
-    pier__buf_reset(&ws->msg);
-    if (ws->msg.cap > TRIM_ABOVE)
-        pier__buf_free(&ws->msg);
-    ws->msg_op = 0;
-}
-
-/* The current data frame's payload is complete. */
-static int frame_done(pier_ws_t *ws) {
-    ws->in_frame = 0;
-    if (!ws->f.fin)
-        return 0;
-    if (ws->msg_op == PIER_WS_TEXT && ws->utf8 != PIER__UTF8_ACCEPT) {
-        fail(ws, PIER_WS_INVALID_DATA); /* the message ends inside a character */
-        return -1;
-    }
-    deliver(ws, ws->msg_op, ws->msg.p, ws->msg.len);
-    message_done(ws);
-    return 0;
-}
-
-/* Payload bytes of the current data frame. Returns bytes consumed or -1. */
-static ssize_t payload(pier_ws_t *ws, const uint8_t *p, size_t n) {
-    uint64_t left = ws->f.len - ws->frame_done;
-    size_t k = n < left ? n : (size_t)left;
-    if (pier__buf_reserve(&ws->msg, k) < 0) {
-        fail(ws, PIER_WS_INTERNAL);
-        return -1;
-    }
-    uint8_t *dst = (uint8_t *)ws->msg.p + ws->msg.len;
-    pier__ws_unmask(dst, p, k, ws->f.mask, ws->frame_done);
-    if (ws->msg_op == PIER_WS_TEXT && (ws->utf8 = pier__utf8_feed(ws->utf8, dst, k)) == PIER__UTF8_REJECT) {
-        fail(ws, PIER_WS_INVALID_DATA);
-        return -1;
-    }
-    ws->msg.len += k;
-    ws->frame_done += k;
-    if (ws->frame_done == ws->f.len && frame_done(ws) < 0)
-        return -1;
-    return (ssize_t)k;
-}
-
-/* A one-frame message lying whole in the input: unmasked into the loop's scratch buffer
- * and delivered without a buffer of the connection's own. */
-static int whole_message(pier_ws_t *ws, const pier__ws_frame_t *f, const uint8_t *p) {
-    pier__buf_t *s = &ws->wl->scratch;
-    pier__buf_reset(s);
-    if (pier__buf_reserve(s, (size_t)f->len) < 0) {
-        fail(ws, PIER_WS_INTERNAL);
-        return -1;
-    }
-    pier__ws_unmask((uint8_t *)s->p, p, (size_t)f->len, f->mask, 0);
-    if (f->opcode == PIER_WS_TEXT && !pier__utf8_valid(s->p, (size_t)f->len)) {
-        fail(ws, PIER_WS_INVALID_DATA);
-        return -1;
-    }
-    deliver(ws, f->opcode, s->p, (size_t)f->len);
-    if (s->cap > (1u << 20))
-        pier__buf_free(s); /* one huge message should not pin its size on the loop */
-    return 0;
-}
-
-/* A frame header at p. Returns bytes consumed (0: wait for more) or -1. */
-static ssize_t frame(pier_ws_t *ws, const uint8_t *p, size_t n) {
-    pier__ws_frame_t f;
-    int h = pier__ws_parse(p, n, &f);
-    if (h == 0)
-        return 0;
-    int code = h < 0 ? PIER_WS_PROTOCOL_ERROR
-                     : pier__ws_check(&f, ws->msg_op != 0, ws->msg.len, ws->ep->max_message, 1);
-    if (code) {
-        fail(ws, code);
-        return -1;
-    }
-    size_t avail = n - (size_t)h;
-    if (f.opcode & 0x8) {
-        if (avail < f.len)
-            return 0; /* at most 125 bytes: the core keeps them until the rest comes */
-        uint8_t body[PIER__WS_MAX_CONTROL];
-        pier__ws_unmask(body, p + h, (size_t)f.len, f.mask, 0);
-        return on_control(ws, f.opcode, body, (size_t)f.len) < 0 ? -1 : (ssize_t)(h + f.len);
-    }
-    if (f.fin && !ws->msg_op && avail >= f.len)
-        return whole_message(ws, &f, p + h) < 0 ? -1 : (ssize_t)(h + f.len);
-    if (!ws->msg_op) {
-        ws->msg_op = f.opcode;
-        ws->utf8 = PIER__UTF8_ACCEPT;
-    }
-    ws->f = f;
-    ws->frame_done = 0;
-    ws->in_frame = 1;
-    if (f.len == 0 && frame_done(ws) < 0)
-        return -1;
-    return h;
 }
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
@@ -251,9 +134,12 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
          * core has paused reading too and hands it back once the peer has read */
         if (pier_conn_queued(c) > ws->ep->out_high)
             break;
-        ssize_t r = ws->in_frame ? payload(ws, p + off, len - off) : frame(ws, p + off, len - off);
-        if (r < 0 || ws->state == WS_DONE || !pier_conn_is_open(c))
+        ssize_t r = pier__ws_read(&ws->rd, p + off, len - off);
+        if (r < 0) {
+            if (ws->rd.code)
+                fail(ws, ws->rd.code);
             return len;
+        }
         if (r == 0)
             break;
         off += (size_t)r;
@@ -299,7 +185,7 @@ static void on_conn_close(pier_conn_t *c, int err) {
     if (ws->ep->cbs.on_close)
         ws->ep->cbs.on_close(ws, code, ws->reason);
     pier_conn_set_data(c, NULL);
-    pier__buf_free(&ws->msg);
+    pier__ws_reader_free(&ws->rd);
     ws->magic = 0;
     free(ws);
 }
@@ -318,6 +204,8 @@ pier_ws_t *pier__ws_new(pier__ws_endpoint_t *ep, const char *protocol) {
         ws->magic = WS_MAGIC;
         ws->ep = ep;
         ws->protocol = protocol;
+        ws->rd = (pier__ws_reader_t){.max_message = ep->max_message, .masked = 1, .on_message = on_message,
+                                     .on_control = on_control, .ctx = ws};
     }
     return ws;
 }
@@ -335,6 +223,8 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     pier_loop_t *loop = pier_conn_loop(c);
     ws->c = c;
     ws->wl = loop_state(ep, loop);
+    if (ws->wl)
+        ws->rd.scratch = &ws->wl->scratch;
     pier_conn_set_cbs(c, &ws_conn_cbs, ws);
     /* the core's idle timeout stays only as a backstop behind the ping and its pong */
     pier_conn_limits_t lim = {.out_high = ep->out_high, .out_low = ep->out_low,

@@ -2,6 +2,8 @@
  *
  *   utf8.c       the UTF-8 validator: incremental, failing at the first impossible byte
  *   frame.c      the frame codec: header parsing and checks, headers, masking, close codes
+ *   reader.c     reading a stream: frames checked, payloads unmasked and validated as they
+ *                arrive, fragments joined into messages
  *   sha1.c       SHA-1 and base64, for Sec-WebSocket-Accept
  *   handshake.c  endpoints on the HTTP router and the opening handshake
  *   conn.c       a connection after the handshake: reading frames, messages, sends, the
@@ -12,6 +14,7 @@
 
 #include <pier/ws.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "base/buf.h"
 
@@ -58,6 +61,34 @@ size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *ma
 void pier__ws_unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4], uint64_t off);
 /* 1 if a peer may send code in a close frame (RFC 6455 7.4). */
 int pier__ws_close_code_ok(unsigned code);
+
+/* ---- reading a stream (reader.c) ---- */
+
+/* Zero it, then set the fields above the line. The handlers return 0 to go on, or -1 to
+ * stop reading (the connection is done). */
+typedef struct pier__ws_reader_s {
+    uint64_t max_message;
+    int masked;            /* what the peer must do: 1 for a client's frames */
+    pier__buf_t *scratch;  /* where whole one-frame messages are unmasked (shareable) */
+    /* a whole message: TEXT (valid UTF-8) or BINARY; data is never NULL */
+    int (*on_message)(void *ctx, int opcode, const void *data, size_t len);
+    /* a whole control frame, unmasked; a close frame's code and reason already checked */
+    int (*on_control)(void *ctx, int opcode, const uint8_t *data, size_t len);
+    void *ctx;
+    /* ---- the reader's ---- */
+    int code;              /* the close code that stopped the stream, or 0 */
+    int in_frame, msg_op;  /* a data frame's payload is arriving; the message's opcode */
+    pier__ws_frame_t f;
+    uint64_t frame_done;
+    uint32_t utf8;
+    pier__buf_t msg;       /* the message gathered so far, unmasked */
+} pier__ws_reader_t;
+
+/* One step on the input p[0, n): returns bytes consumed, 0 if more bytes are needed
+ * before anything can be taken, or -1 to stop: code is then the close code to fail the
+ * connection with (1002, 1007, 1009, 1011), or 0 if a handler asked to stop. */
+ssize_t pier__ws_read(pier__ws_reader_t *r, const uint8_t *p, size_t n);
+void pier__ws_reader_free(pier__ws_reader_t *r);
 
 /* ---- handshake helpers (sha1.c) ---- */
 
