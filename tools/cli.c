@@ -64,13 +64,24 @@ static unsigned still_active(runner_t *r) {
     return open;
 }
 
+/* Connections only, for the log: a service's active() may count other work too. */
+static unsigned still_open(runner_t *r) {
+    unsigned open = 0;
+    for (int i = 0; i < r->n; i++) {
+        const pier_service_t *svc = r->runs[i].svc;
+        if (r->runs[i].state && (svc->conns || svc->active))
+            open += (svc->conns ? svc->conns : svc->active)(r->runs[i].state);
+    }
+    return open;
+}
+
 static void poll_cb(pier_timer_t *t) {
     runner_t *r = t->data;
     pier_loop_t *loop = pier_group_loop(r->group, 0);
     unsigned open = still_active(r);
     if (open == 0 || pier_loop_now(loop) - r->drain_start >= r->drain_ms) {
         if (open)
-            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", open,
+            pier_log(PIER_LOG_WARN, "stopping with %u connections still open after %llu ms", still_open(r),
                      (unsigned long long)r->drain_ms);
         pier_timer_stop(t);
         pier_group_stop(r->group);
@@ -92,6 +103,24 @@ static void on_signal(pier_loop_t *loop, int signo, void *arg) {
         if (r->runs[i].state)
             r->runs[i].svc->drain(r->runs[i].state);
     pier_timer_start(&r->poll, 20, 20);
+}
+
+static int run_freed(void *arg) {
+    pier_service_run_t *run = arg;
+    return run->svc->freed(run->state);
+}
+
+/* Resets left over after the drain are finished (their on_close runs) before the
+ * server is freed, so every loop can be freed after it. */
+static void stop_and_free(pier_group_t *g, pier_service_run_t *run) {
+    const pier_service_t *svc = run->svc;
+    pier_server_t *net = svc->net(run->state);
+    pier_server_stop(net);
+    pier_server_abort_all(net);
+    if (!pier_cli_settle(g, run_freed, run, 5000))
+        pier_log(PIER_LOG_ERROR, "%s: server could not be freed", svc->name);
+    svc->finish(run->state);
+    run->state = NULL;
 }
 
 int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t drain_ms) {
@@ -126,10 +155,8 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_loop_signal_stop(loop0, SIGTERM);
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */
-    for (int i = 0; i < started; i++) {
-        runs[i].svc->finish(runs[i].state);
-        runs[i].state = NULL;
-    }
+    for (int i = 0; i < started; i++)
+        stop_and_free(r.group, &runs[i]);
     err = pier_group_free(r.group);
     if (err < 0) {
         pier_log(PIER_LOG_ERROR, "loops still have live handles at exit: %s", pier_strerror(err));

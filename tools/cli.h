@@ -10,12 +10,20 @@
 /* A server a command can run. start() creates and starts it on the group; drain() is
  * called on loop 0's thread at SIGINT/SIGTERM: stop accepting, close connections
  * gracefully; active() reports what is still open; finish() frees it after the group
- * has stopped. */
+ * has stopped. conns() (optional) counts only the open connections, for a service whose
+ * active() counts other work too. */
 typedef struct pier_service_s {
     const char *name;
     int (*start)(pier_group_t *g, void *cfg, void **state);
     void (*drain)(void *state);
     unsigned (*active)(void *state);
+    unsigned (*conns)(void *state);
+    /* The end, after the group has stopped, is the same for every service and is done by
+     * the runner: stop accepting on net(state), reset what is still open, and run the
+     * loops until freed(state) says the service's server has been freed (it tries to
+     * free it, and must be idempotent). finish(state) then logs and frees the state. */
+    pier_server_t *(*net)(void *state);
+    int (*freed)(void *state);
     void (*finish)(void *state);
 } pier_service_t;
 
@@ -47,7 +55,7 @@ int pier_cmd_echo_client(int argc, char **argv);
 int pier_cmd_serve(int argc, char **argv);
 int pier_cmd_http(int argc, char **argv);       /* tools/cmd_http.c */
 int pier_cmd_msg(int argc, char **argv);        /* tools/cmd_msg.c */
-int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg.c */
+int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg_client.c */
 
 /* The echo service (for serve). cfg is a pier_echo_cfg_t, or NULL for the defaults. */
 typedef struct pier_echo_cfg_s {

@@ -7,7 +7,6 @@
 #include <string.h>
 
 typedef struct echo_state_s {
-    pier_group_t *group;
     pier_server_t *srv;
 } echo_state_t;
 
@@ -44,7 +43,6 @@ static int echo_start(pier_group_t *g, void *cfgp, void **state) {
         free(st);
         return err;
     }
-    st->group = g;
     pier_server_start(st->srv);
     pier_log(PIER_LOG_INFO, "echo: listening on %s:%u (%u loops)", cfg->host, pier_server_port(st->srv),
              pier_group_size(g));
@@ -67,17 +65,11 @@ static int echo_freed(void *state) {
     return st->srv == NULL;
 }
 
-static void echo_finish(void *state) {
-    echo_state_t *st = state;
-    pier_server_stop(st->srv);
-    pier_server_abort_all(st->srv);
-    if (!pier_cli_settle(st->group, echo_freed, st, 5000))
-        pier_log(PIER_LOG_ERROR, "echo: server could not be freed");
-    free(st);
-}
+static pier_server_t *echo_net(void *state) { return ((echo_state_t *)state)->srv; }
 
 const pier_service_t pier_echo_service = {
-    .name = "echo", .start = echo_start, .drain = echo_drain, .active = echo_active, .finish = echo_finish,
+    .name = "echo", .start = echo_start, .drain = echo_drain, .active = echo_active,
+    .net = echo_net, .freed = echo_freed, .finish = free,
 };
 
 static const char echo_help[] =

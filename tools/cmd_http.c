@@ -46,7 +46,6 @@ int pier_cmd_http(int argc, char **argv);
 extern const pier_service_t pier_http_service;
 
 typedef struct http_state_s {
-    pier_group_t *group;
     pier_http_server_t *srv;
 } http_state_t;
 
@@ -220,7 +219,6 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
         free(st);
         return err;
     }
-    st->group = g;
     pier_http_server_start(st->srv);
     pier_log(PIER_LOG_INFO, "http: listening on %s:%u (%u loops)", cfg->host, pier_http_server_port(st->srv),
              pier_group_size(g));
@@ -240,17 +238,11 @@ static int http_freed(void *state) {
     return st->srv == NULL;
 }
 
-static void http_finish(void *state) {
-    http_state_t *st = state;
-    pier_http_server_stop(st->srv);
-    pier_http_server_abort_all(st->srv);
-    if (!pier_cli_settle(st->group, http_freed, st, 5000))
-        pier_log(PIER_LOG_ERROR, "http: server could not be freed");
-    free(st);
-}
+static pier_server_t *http_net(void *state) { return pier_http_server_net(((http_state_t *)state)->srv); }
 
 const pier_service_t pier_http_service = {
-    .name = "http", .start = http_start, .drain = http_drain, .active = http_active, .finish = http_finish,
+    .name = "http", .start = http_start, .drain = http_drain, .active = http_active,
+    .net = http_net, .freed = http_freed, .finish = free,
 };
 
 static const char http_help[] =

@@ -111,6 +111,9 @@ PIER_EXTERN void pier_http_server_stop(pier_http_server_t *srv);
 /* Resets every open connection, dropping queued output (thread-safe): for the end of a
  * shutdown's grace period. */
 PIER_EXTERN void pier_http_server_abort_all(pier_http_server_t *srv);
+/* The TCP server underneath (pier_server_stop, pier_server_abort_all...); it stays the
+ * HTTP server's: never free it. */
+PIER_EXTERN pier_server_t *pier_http_server_net(const pier_http_server_t *srv);
 /* Connections open now. */
 PIER_EXTERN unsigned pier_http_server_conns(const pier_http_server_t *srv);
 /* Frees a stopped server whose connections have all closed; -EBUSY before (run the loops

@@ -124,9 +124,17 @@ typedef struct pier_msg_server_opts_s {
     unsigned max_conns;        /* default 100000 */
     pier_msg_codec_t codec;    /* frame limits; {0} is the default protocol */
     unsigned workers;          /* 0: handlers run on the loops; N: on N worker threads */
-    unsigned queue_max;        /* per worker, messages waiting (default 4096); when full, the
-                                * sending connection stops being read until there is room */
-    unsigned inflight_max;     /* per connection, messages waiting in workers (default 256) */
+    /* How far the server reads ahead of its workers. A message counts from the moment its
+     * frame is read until its handler has finished and its replies are queued. A
+     * connection at a bound is not read (its bytes wait in the socket) until there is
+     * room again, so memory stays bounded and a drain has only this much left to do. */
+    unsigned queue_max;        /* per worker, messages waiting (default 4096) */
+    unsigned inflight_max;     /* per connection (default 256); reading resumes once half
+                                * of them are done */
+    unsigned inflight_total;   /* in all, split evenly between the loops (default 256 per
+                                * worker); once half of a loop's share is free, the
+                                * connections waiting for it resume in turn (FIFO), each
+                                * with a part of the room */
     size_t out_max;            /* per connection, queued output bytes (default 1 MiB) */
     int out_policy;            /* PIER_MSG_OUT_CLOSE (default) or PIER_MSG_OUT_DROP */
     uint64_t heartbeat_ms;     /* S: a connection silent for 3*S is closed; 0: never. Time
@@ -149,6 +157,7 @@ typedef struct pier_msg_stats_s {
     uint64_t out_dropped;  /* replies dropped by PIER_MSG_OUT_DROP */
     uint64_t out_closed;   /* connections closed by PIER_MSG_OUT_CLOSE */
     uint64_t replies_lost; /* messages whose replies found their connection gone */
+    uint64_t abandoned;    /* messages read but dropped unhandled: a drain gave up on them */
 } pier_msg_stats_t;
 
 /* Creates a message server on every loop of group and binds its port at once: -EADDRINUSE,
@@ -190,8 +199,10 @@ PIER_EXTERN int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t i
 /* Graceful drain. Any thread (also a signal callback). Stops accepting, stops reading,
  * lets messages already read finish in the handlers, flushes their replies and closes
  * every connection gracefully (connections that cannot flush within the close timeout are
- * aborted by the core). The loops must keep running; pier_msg_server_active() reaches 0
- * when it is done. Idempotent. */
+ * aborted by the core). The inflight bounds keep what is left to handle small. If the
+ * handlers have not finished after 15 s, messages not yet started are dropped (counted
+ * in stats.abandoned) and the connections are closed anyway. The loops must keep
+ * running; pier_msg_server_active() reaches 0 when it is done. Idempotent. */
 PIER_EXTERN void pier_msg_server_drain(pier_msg_server_t *srv);
 
 /* Open connections plus messages still being handled. Any thread. */
@@ -251,8 +262,9 @@ PIER_EXTERN int pier_msg_client_new(pier_msg_client_t **out, pier_loop_t *loop,
 
 /* Queues one frame to the server, whole (as one write) or not at all. Loop thread.
  * -ENOTCONN while not connected (nothing is queued across reconnects: resending is the
- * caller's choice), codec errors, -ENOMEM. A write that fails once the connection may
- * already hold part of the frame aborts the connection (on_down runs, then the client
+ * caller's choice), codec errors. -ENOMEM: nothing of the frame was queued and the
+ * connection goes on, so the frame may be sent again later; but if part of it had
+ * already gone out, the core has aborted the connection (on_down runs, then the client
  * reconnects as usual), since the server could not find the next frame after it. */
 PIER_EXTERN int pier_msg_client_send(pier_msg_client_t *mc, uint16_t id, const void *body, size_t len);
 

@@ -135,6 +135,8 @@ void pier_http_server_abort_all(pier_http_server_t *srv) { pier_server_abort_all
 
 unsigned pier_http_server_conns(const pier_http_server_t *srv) { return pier_server_conns(srv->srv); }
 
+pier_server_t *pier_http_server_net(const pier_http_server_t *srv) { return srv->srv; }
+
 int pier_http_server_free(pier_http_server_t *srv) {
     if (!srv)
         return 0;

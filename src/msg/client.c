@@ -5,7 +5,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
+#include <sys/uio.h>
 
 struct pier_msg_client_s {
     pier_msg_client_opts_t o;
@@ -23,8 +23,10 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
     if (f->id == mc->o.pong_id)
         return 0;
     if (f->id == mc->o.ping_id) {
-        pier_msg_client_send(mc, mc->o.pong_id, NULL, 0);
-        return pier_conn_is_open(mc->c) ? 0 : 1; /* a failed pong aborts the connection */
+        /* a pong that cannot be queued now is not worth the connection: the server pings
+         * again, and its heartbeat counts what we send it anyway */
+        (void)pier_msg_client_send(mc, mc->o.pong_id, NULL, 0);
+        return pier_conn_is_open(mc->c) ? 0 : 1;
     }
     if (mc->o.on_msg)
         mc->o.on_msg(mc, f->id, f->body, f->len);
@@ -84,7 +86,7 @@ static void hb_cb(pier_timer_t *t) {
         return;
     }
     if (now - mc->last_tx >= s)
-        pier_msg_client_send(mc, mc->o.ping_id, NULL, 0);
+        (void)pier_msg_client_send(mc, mc->o.ping_id, NULL, 0); /* if it fails, the next tick retries */
 }
 
 int pier_msg_client_new(pier_msg_client_t **out, pier_loop_t *loop, const pier_msg_client_opts_t *opts) {
@@ -129,37 +131,20 @@ fail:
     return err;
 }
 
-static void free_base(void *base, void *ud) {
-    (void)ud;
-    free(base);
-}
-
 int pier_msg_client_send(pier_msg_client_t *mc, uint16_t id, const void *body, size_t len) {
     if (!mc->c || !pier_conn_is_open(mc->c))
         return -ENOTCONN;
-    /* A frame is always one write, so it is queued whole or not at all: a small one from
-     * the stack, a larger one from one allocation handed over as is. */
-    char stack[1024];
-    size_t need = pier_msg_hdr_size(&mc->codec) + len;
-    char *buf = need <= sizeof stack ? stack : malloc(need);
-    if (!buf)
-        return -ENOMEM; /* nothing queued: the stream is intact */
-    ssize_t n = pier_msg_encode(&mc->codec, id, body, len, buf, need);
-    if (n < 0) {
-        if (buf != stack)
-            free(buf);
-        return (int)n;
-    }
-    int err = buf == stack ? pier_conn_write(mc->c, buf, (size_t)n)
-                           : pier_conn_write_ref(mc->c, buf, (size_t)n, free_base, NULL);
-    if (err) {
-        /* Even one write that fails may have sent or queued the start of the frame, and
-         * the server cannot resync after a partial frame: drop this connection (the
-         * client reconnects as usual). */
-        pier_log(PIER_LOG_WARN, "msg-client: cannot queue a frame (%s), reconnecting", pier_strerror(err));
-        pier_conn_abort(mc->c);
+    unsigned char hdr[PIER_MSG_HDR_WIDE];
+    ssize_t h = pier_msg_encode_hdr(&mc->codec, id, len, hdr);
+    if (h < 0)
+        return (int)h;
+    /* One unit, queued whole or not at all. -ENOMEM leaves the stream intact and the
+     * connection up, so the caller may retry; a frame that went out in part has had its
+     * connection aborted by the core, and the client reconnects. */
+    struct iovec iov[2] = {{.iov_base = hdr, .iov_len = (size_t)h}, {.iov_base = (void *)body, .iov_len = len}};
+    int err = pier_conn_writev(mc->c, iov, len ? 2 : 1);
+    if (err)
         return err;
-    }
     mc->last_tx = pier_loop_now(mc->loop);
     return 0;
 }

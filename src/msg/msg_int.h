@@ -6,31 +6,31 @@
 
 #include <stdatomic.h>
 
+#include "base/buf.h"
 
 /* A message handed to a worker: a copy of the frame plus the replies its handler made.
  * Created on the connection's loop, handled on one worker, finished on the loop again
  * (through the connection id, so a connection that went away costs nothing but a free). */
 typedef struct pier__msg_job_s {
     struct pier__msg_job_s *next;
-    pier_task_t task; /* posts a batch of finished jobs (headed by this one) to the loop
+    pier_task_t task;  /* posts a batch of finished jobs (headed by this one) to the loop
                         * without allocating, so handing results back cannot fail */
     pier_msg_server_t *srv;
-    void *lp;        /* the connection's loop state (server.c) */
+    void *lp;          /* the connection's loop state (server.c) */
     pier_id_t conn;
     uint16_t id;
     uint32_t len;
-    char *out;       /* encoded reply frames, malloc'd; handed to the connection as is */
-    size_t out_len;
-    size_t out_cap;
-    int out_err;     /* first error met while gathering replies */
+    pier__buf_t out;   /* the encoded reply frames, whole frames only */
     char body[];
 } pier__msg_job_t;
 
 typedef struct pier__msg_pool_s pier__msg_pool_t;
 /* run(job, worker, ud) handles one job on worker thread `worker` and owns it from then on;
+ * it returns 1 if a handler ran (counted as handled), 0 if the job was dropped unhandled.
  * flush(worker, ud) runs on that thread after every batch (and every PIER__MSG_FLUSH_EVERY
- * jobs), so results can be handed back in bulk. */
-typedef void (*pier__msg_run_cb)(pier__msg_job_t *job, unsigned worker, void *ud);
+ * jobs, and once a clock tick has passed since the last), so results can be handed back
+ * in bulk. */
+typedef int (*pier__msg_run_cb)(pier__msg_job_t *job, unsigned worker, void *ud);
 typedef void (*pier__msg_flush_cb)(unsigned worker, void *ud);
 #define PIER__MSG_FLUSH_EVERY 64
 

@@ -3,29 +3,34 @@
  * Threads. Everything about a connection (msg_conn_t) lives on its loop. Handlers run on
  * that loop, or on the worker pool; a worker never touches a connection: it gathers the
  * replies into its job and hands its finished jobs back to the loop, one post per batch,
- * where each finds its connection by id in the loop's table. A connection that closed
- * in the meantime is simply not found, and its job costs only a free. Loop and workers
- * wake each other once per read or batch, not once per message.
+ * where each finds its connection by id (pier_conn_from_id). A connection that closed in
+ * the meantime is simply not found, and its job costs only a free. Loop and workers wake
+ * each other once per loop iteration or worker batch, not once per message.
  *
- * Bounds. A connection may have inflight_max messages in the workers; frames read beyond
- * that (at most one read's worth) wait in its `held` list while reading is paused. Output
- * over out_max is refused by policy. A worker queue that is full pauses the connection
- * too, and a short retry timer tries again, since no completion may be coming to wake it.
+ * Bounds. A frame is decoded only when there is room for it: below the connection's
+ * inflight_max, below its loop's share of inflight_total and in its worker's queue.
+ * Otherwise it stays undecoded in the connection's input and reading pauses ("a stall"),
+ * so the server never holds more than the bounds in messages, and a drain never has more
+ * than that left to handle. A connection stalled on its own bound resumes when half of
+ * its messages are done; one stalled on the loop's share waits in the loop's FIFO, from
+ * which connections resume in turn, each with a part of the free room, once half of the
+ * share is free. Output over out_max is refused by policy.
  */
 #include "msg_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <sys/uio.h>
 
 #define RETRY_MS 1
 #define SHUT_TICK_MS 5
 #define SHUT_MAX_MS 15000
+#define INFLIGHT_PER_WORKER 256
+#define ALLOW_MIN 16
+#define READ_SPAN (64 * 1024) /* the most one read of the core delivers anew */
 
 typedef struct {
     pier_msg_handler_cb cb;
@@ -35,18 +40,18 @@ typedef struct {
 typedef struct msg_loop_s msg_loop_t;
 
 typedef struct msg_conn_s {
-    struct msg_conn_s *prev, *next;
-    struct msg_conn_s *hnext; /* in its loop's id table */
+    struct msg_conn_s *prev, *next;   /* the loop's connections */
+    struct msg_conn_s *wprev, *wnext; /* the loop's waiters, while waiting */
     msg_loop_t *lp;
     pier_conn_t *c;
     pier_id_t id;
     pier_timer_t hb;
-    pier_timer_t retry;
     uint64_t last_rx;
-    unsigned inflight;
-    pier__msg_job_t *held, *held_tail;
+    unsigned inflight; /* messages read and not yet back from the workers */
+    unsigned allow;    /* messages it may still take while others wait for the loop */
     unsigned worker;
-    int paused;
+    int paused;        /* reading paused by us: a stall, end of input or a drain */
+    int waiting;       /* in the loop's FIFO of connections waiting for its share */
     int eof;
     int logged_unknown;
 } msg_conn_t;
@@ -56,11 +61,15 @@ struct msg_loop_s {
     pier_msg_server_t *srv;
     pier_loop_t *loop;
     msg_conn_t *conns;
+    msg_conn_t *wait_head, *wait_tail;
+    unsigned nwait;
+    unsigned inflight;      /* this loop's messages in the workers */
+    unsigned share;         /* this loop's share of inflight_total */
+    pier_timer_t retry;     /* wakes the waiters when no finished job will */
     int draining;
-    msg_conn_t **tab;          /* id -> connection, so finished jobs find theirs by id */
-    unsigned tab_bits, tab_count;
-    unsigned char *wake;       /* workers given jobs since the last wake-up (one flag each) */
-    int any_wake;
+    unsigned char *wake;    /* workers given jobs since the last wake-up (one flag each) */
+    int any_wake;           /* wake_task is queued */
+    pier_task_t wake_task;
     _Atomic uint64_t n_conns, msgs, handled, unknown, bad_frames, timeouts, out_dropped, out_closed;
 };
 
@@ -75,10 +84,11 @@ struct pier_msg_server_s {
     msg_loop_t *loops;
     atomic_int started;
     atomic_int shutting;
+    atomic_int abandon;       /* the drain gave up: workers drop jobs not yet started */
     atomic_uint drained;      /* loops that have paused their connections */
     _Atomic long jobs;        /* worker jobs created and not yet finished */
     _Atomic long sends;       /* pier_msg_send frames posted to a loop and not yet run */
-    _Atomic uint64_t replies_lost, w_out_dropped;
+    _Atomic uint64_t replies_lost, w_out_dropped, abandoned;
     pier_timer_t shut_timer;  /* loop 0 */
     /* finished jobs per (worker, loop), handed to the loop once per worker batch; each
      * list is touched only by its worker thread */
@@ -96,66 +106,17 @@ typedef struct {
     pier__msg_job_t *job;
 } reply_ctx_t;
 
-static void conn_read_stop(msg_conn_t *mc);
 static void shut_tick(pier_timer_t *t);
-
-/* ---- the per-loop id table: loop thread only ---- */
-
-static unsigned tab_hash(const msg_loop_t *lp, pier_id_t id) {
-    return (unsigned)((id * 0x9E3779B97F4A7C15ull) >> (64 - lp->tab_bits));
-}
-
-static msg_conn_t *tab_find(const msg_loop_t *lp, pier_id_t id) {
-    msg_conn_t *mc = lp->tab[tab_hash(lp, id)];
-    while (mc && mc->id != id)
-        mc = mc->hnext;
-    return mc;
-}
-
-static void tab_grow(msg_loop_t *lp) {
-    unsigned bits = lp->tab_bits + 1;
-    msg_conn_t **nt = calloc((size_t)1 << bits, sizeof *nt);
-    if (!nt)
-        return; /* longer chains, still correct */
-    msg_conn_t **old = lp->tab;
-    size_t n = (size_t)1 << lp->tab_bits;
-    lp->tab = nt;
-    lp->tab_bits = bits;
-    for (size_t i = 0; i < n; i++) {
-        for (msg_conn_t *mc = old[i], *next; mc; mc = next) {
-            next = mc->hnext;
-            unsigned h = tab_hash(lp, mc->id);
-            mc->hnext = nt[h];
-            nt[h] = mc;
-        }
-    }
-    free(old);
-}
-
-static void tab_add(msg_loop_t *lp, msg_conn_t *mc) {
-    if (lp->tab_count >= (1u << lp->tab_bits))
-        tab_grow(lp);
-    unsigned h = tab_hash(lp, mc->id);
-    mc->hnext = lp->tab[h];
-    lp->tab[h] = mc;
-    lp->tab_count++;
-}
-
-static void tab_del(msg_loop_t *lp, msg_conn_t *mc) {
-    msg_conn_t **pp = &lp->tab[tab_hash(lp, mc->id)];
-    while (*pp && *pp != mc)
-        pp = &(*pp)->hnext;
-    if (*pp) {
-        *pp = mc->hnext;
-        lp->tab_count--;
-    }
-}
 
 /* ---- output ---- */
 
 static void free_base(void *base, void *ud) {
     (void)ud;
     free(base);
+}
+
+static void lost_reply(pier_msg_server_t *srv) {
+    atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
 }
 
 /* 1 if n more bytes may be queued on mc; otherwise applies the policy and returns 0. */
@@ -175,48 +136,36 @@ static int out_admit(msg_conn_t *mc, size_t n) {
     return 0;
 }
 
+/* Queues one frame, header and body as one unit. -ENOMEM leaves the stream intact (the
+ * core aborts the connection itself in the one case where it is not). */
 static int write_frame(msg_conn_t *mc, uint16_t id, const void *body, size_t len) {
-    pier_msg_server_t *srv = mc->lp->srv;
-    char stack[1024];
-    size_t need = pier_msg_hdr_size(&srv->codec) + len;
-    char *buf = need <= sizeof stack ? stack : malloc(need);
-    if (!buf)
-        return -ENOMEM;
-    ssize_t n = pier_msg_encode(&srv->codec, id, body, len, buf, need);
-    int err = n < 0 ? (int)n : 0;
-    if (!err && out_admit(mc, need)) {
-        if (buf == stack)
-            return pier_conn_write(mc->c, buf, need);
-        return pier_conn_write_ref(mc->c, buf, need, free_base, NULL);
-    }
-    if (buf != stack)
-        free(buf);
-    return err;
+    unsigned char hdr[PIER_MSG_HDR_WIDE];
+    ssize_t h = pier_msg_encode_hdr(&mc->lp->srv->codec, id, len, hdr);
+    if (h < 0)
+        return (int)h;
+    if (!out_admit(mc, (size_t)h + len))
+        return 0;
+    struct iovec iov[2] = {{.iov_base = hdr, .iov_len = (size_t)h}, {.iov_base = (void *)body, .iov_len = len}};
+    return pier_conn_writev(mc->c, iov, len ? 2 : 1);
 }
 
-/* Appends a reply frame to a worker job's output. */
+/* Appends a reply frame to a worker job's output, whole or not at all. */
 static int job_add_reply(pier__msg_job_t *job, uint16_t id, const void *body, size_t len) {
     pier_msg_server_t *srv = job->srv;
+    pier__buf_t *out = &job->out;
     size_t need = pier_msg_hdr_size(&srv->codec) + len;
-    if (job->out_len + need > srv->o.out_max) {
+    if (out->len + need > srv->o.out_max) {
         /* one message's replies alone over the limit: the loop cannot take them either */
         atomic_fetch_add_explicit(&srv->w_out_dropped, 1, memory_order_relaxed);
         return 0;
     }
-    if (job->out_len + need > job->out_cap) {
-        size_t cap = job->out_cap ? job->out_cap * 2 : 256;
-        while (cap < job->out_len + need)
-            cap *= 2;
-        char *p = realloc(job->out, cap);
-        if (!p)
-            return -ENOMEM;
-        job->out = p;
-        job->out_cap = cap;
-    }
-    ssize_t n = pier_msg_encode(&srv->codec, id, body, len, job->out + job->out_len, job->out_cap - job->out_len);
+    if (pier__buf_reserve(out, need) < 0)
+        return -ENOMEM;
+    /* encoded in place, into the room just reserved */
+    ssize_t n = pier_msg_encode(&srv->codec, id, body, len, out->p + out->len, out->cap - out->len);
     if (n < 0)
         return (int)n;
-    job->out_len += (size_t)n;
+    out->len += (size_t)n;
     return 0;
 }
 
@@ -248,14 +197,14 @@ static void send_done(pier_conn_t *c, void *arg) {
     msg_conn_t *mc = c ? pier_conn_data(c) : NULL;
     if (!mc || !pier_conn_is_open(c)) {
         /* gone, or closing with its on_close still to run: lost either way */
-        atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
+        lost_reply(srv);
         free(s);
     } else if (!out_admit(mc, s->len)) {
         free(s); /* counted by out_policy */
     } else if (pier_conn_write_ref(c, s->data, s->len, free_ud, s) < 0) {
-        /* free_ud has run. Part of the frame may have gone out: the stream cannot go on */
-        atomic_fetch_add_explicit(&srv->replies_lost, 1, memory_order_relaxed);
-        pier_conn_abort(c);
+        /* free_ud has run. -ENOMEM queued nothing and the stream goes on; a frame that
+         * went out in part has had its connection aborted by the core */
+        lost_reply(srv);
     }
     /* the last touch of srv: pier_msg_server_free() waits for this count */
     atomic_fetch_sub_explicit(&srv->sends, 1, memory_order_acq_rel);
@@ -289,64 +238,97 @@ int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const voi
     return err;
 }
 
-/* ---- worker jobs ---- */
+/* ---- reading and stalls ---- */
 
-static void held_push(msg_conn_t *mc, pier__msg_job_t *job) {
-    job->next = NULL;
-    if (mc->held_tail)
-        mc->held_tail->next = job;
-    else
-        mc->held = job;
-    mc->held_tail = job;
+static void read_stop(msg_conn_t *mc) {
+    if (!mc->paused) {
+        mc->paused = 1;
+        pier_conn_pause(mc->c);
+    }
 }
 
-static void job_free(pier__msg_job_t *job) {
-    pier_msg_server_t *srv = job->srv;
-    free(job->out);
-    free(job);
-    atomic_fetch_sub_explicit(&srv->jobs, 1, memory_order_acq_rel);
-}
-
-/* Moves held jobs to the worker while the connection has room; then resumes reading, or
- * arms the retry timer when the worker queue is full and nothing else will wake us. */
-static void pump(msg_conn_t *mc) {
-    pier_msg_server_t *srv = mc->lp->srv;
-    while (mc->held && mc->inflight < srv->o.inflight_max) {
-        pier__msg_job_t *job = mc->held;
-        pier__msg_job_t *next = job->next;
-        int err = pier__msg_pool_push(srv->pool, mc->worker, job);
-        if (err == -EAGAIN)
-            break;
-        mc->held = next;
-        if (!next)
-            mc->held_tail = NULL;
-        if (err < 0) {
-            job_free(job);
-            continue;
-        }
-        mc->inflight++;
-        msg_loop_t *lp = mc->lp;
-        lp->wake[mc->worker] = 1;
-        lp->any_wake = 1;
-    }
-    if (mc->held) {
-        if (mc->inflight == 0 && !pier_timer_active(&mc->retry))
-            pier_timer_start(&mc->retry, RETRY_MS, 0);
-        return;
-    }
+static void read_start(msg_conn_t *mc) {
     if (mc->paused && !mc->lp->draining && !mc->eof) {
         mc->paused = 0;
         pier_conn_resume(mc->c);
     }
-    if (mc->eof && mc->inflight == 0)
-        pier_conn_close(mc->c);
 }
 
-/* Wakes the workers given jobs since the last call: once per read or batch, not per
- * message, which saves a context switch per message when loop and workers share CPUs. */
-static void wake_workers(msg_loop_t *lp) {
-    if (!lp->any_wake)
+static void wait_unlink(msg_conn_t *mc) {
+    msg_loop_t *lp = mc->lp;
+    if (!mc->waiting)
         return;
+    *(mc->wprev ? &mc->wprev->wnext : &lp->wait_head) = mc->wnext;
+    *(mc->wnext ? &mc->wnext->wprev : &lp->wait_tail) = mc->wprev;
+    mc->wprev = mc->wnext = NULL;
+    mc->waiting = 0;
+    lp->nwait--;
+}
+
+static void wait_add(msg_conn_t *mc) {
+    msg_loop_t *lp = mc->lp;
+    if (mc->waiting)
+        return;
+    mc->wprev = lp->wait_tail;
+    mc->wnext = NULL;
+    *(lp->wait_tail ? &lp->wait_tail->wnext : &lp->wait_head) = mc;
+    lp->wait_tail = mc;
+    mc->waiting = 1;
+    lp->nwait++;
+}
+
+/* Once half of the loop's share is free, resumes waiters in FIFO order, each with an
+ * equal part of the free room (at least ALLOW_MIN, so that stalls stay rare when
+ * thousands of connections wait: a part of one message each would stall them once per
+ * message). While others wait, a connection takes only its part, then queues again at
+ * the tail. Not from inside a connection's on_read (its unconsumed input is not kept
+ * yet): from finished jobs and the retry timer. */
+static void wake_waiters(msg_loop_t *lp) {
+    if (!lp->wait_head || lp->inflight > lp->share / 2)
+        return;
+    pier_timer_stop(&lp->retry);
+    unsigned room = lp->share - lp->inflight;
+    unsigned part = room / lp->nwait;
+    if (part < ALLOW_MIN)
+        part = room < ALLOW_MIN ? room : ALLOW_MIN;
+    while (lp->wait_head && room >= part) {
+        msg_conn_t *mc = lp->wait_head;
+        wait_unlink(mc);
+        mc->allow = part;
+        room -= part;
+        read_start(mc);
+    }
+    /* if none of those resumed takes anything (they may close first), no finished job
+     * will come to wake the rest */
+    if (lp->wait_head && lp->inflight == 0)
+        pier_timer_start(&lp->retry, RETRY_MS, 0);
+}
+
+static void retry_cb(pier_timer_t *t) {
+    wake_waiters(t->data);
+}
+
+/* No room for the frame at hand: leave it unconsumed and pause. own: the connection's
+ * own bound, which its own finished jobs lift; otherwise it waits for the loop. */
+static int stall(msg_conn_t *mc, int own) {
+    msg_loop_t *lp = mc->lp;
+    read_stop(mc);
+    if (!own) {
+        wait_add(mc);
+        /* nothing of this loop in the workers (a full worker queue or no memory): no
+         * finished job will come to wake the waiters */
+        if (lp->inflight == 0 && !pier_timer_active(&lp->retry))
+            pier_timer_start(&lp->retry, RETRY_MS, 0);
+    }
+    mc->allow = 0;
+    return -1;
+}
+
+/* Wakes the workers given jobs in this loop iteration, once, after all of its reads: a
+ * worker woken per read (or per message) would preempt the loop for a handful of jobs
+ * each time when they share a CPU, and a big batch is what makes the hand-off cheap. */
+static void wake_workers(void *arg) {
+    msg_loop_t *lp = arg;
     lp->any_wake = 0;
     unsigned n = pier__msg_pool_size(lp->srv->pool);
     for (unsigned w = 0; w < n; w++) {
@@ -357,30 +339,49 @@ static void wake_workers(msg_loop_t *lp) {
     }
 }
 
-static void retry_cb(pier_timer_t *t) {
-    msg_conn_t *mc = t->data;
-    pump(mc);
-    wake_workers(mc->lp);
+/* ---- worker jobs ---- */
+
+static void job_free(pier__msg_job_t *job) {
+    pier_msg_server_t *srv = job->srv;
+    pier__buf_free(&job->out);
+    free(job);
+    atomic_fetch_sub_explicit(&srv->jobs, 1, memory_order_acq_rel);
 }
 
-/* A finished job back on its connection's loop; mc is NULL if the connection has gone. */
-static void job_finish(msg_conn_t *mc, pier__msg_job_t *job) {
-    if (!mc || !pier_conn_is_open(mc->c)) {
-        if (job->out_len)
-            atomic_fetch_add_explicit(&job->srv->replies_lost, 1, memory_order_relaxed);
-        if (mc)
-            mc->inflight--;
+/* Queues a finished job's replies on its open connection: all of them as one unit. */
+static void job_output(msg_conn_t *mc, pier__msg_job_t *job) {
+    if (!job->out.len || !out_admit(mc, job->out.len))
+        return;
+    size_t n;
+    char *p = pier__buf_steal(&job->out, &n);
+    /* -ENOMEM queued nothing and the connection goes on; -ENOTCONN: it failed under us */
+    if (pier_conn_write_ref(mc->c, p, n, free_base, NULL) < 0)
+        lost_reply(mc->lp->srv);
+}
+
+/* A finished job back on its loop; mc is NULL if the connection has gone or is closing. */
+static void job_finish(msg_loop_t *lp, msg_conn_t *mc, pier__msg_job_t *job) {
+    lp->inflight--;
+    if (!mc) {
+        if (job->out.len)
+            lost_reply(lp->srv);
         job_free(job);
         return;
     }
     mc->inflight--;
-    if (job->out_len && out_admit(mc, job->out_len)) {
-        pier_conn_write_ref(mc->c, job->out, job->out_len, free_base, NULL);
-        job->out = NULL;
-    }
+    job_output(mc, job);
     job_free(job);
-    if (pier_conn_is_open(mc->c))
-        pump(mc);
+    if (!pier_conn_is_open(mc->c))
+        return;
+    if (mc->eof && mc->inflight == 0) {
+        pier_conn_close(mc->c);
+    } else if (mc->paused && !mc->waiting && !mc->eof && mc->inflight <= lp->srv->o.inflight_max / 2) {
+        /* others wait for the loop's share: queue behind them rather than jump ahead */
+        if (lp->wait_head)
+            wait_add(mc);
+        else
+            read_start(mc);
+    }
 }
 
 /* On the loop: a worker's finished jobs for this loop, in the order it handled them.
@@ -390,21 +391,27 @@ static void jobs_back(void *arg) {
     msg_loop_t *lp = job->lp;
     while (job) {
         pier__msg_job_t *next = job->next;
-        job_finish(tab_find(lp, job->conn), job);
+        pier_conn_t *c = pier_conn_from_id(lp->loop, job->conn);
+        job_finish(lp, c ? pier_conn_data(c) : NULL, job);
         job = next;
     }
-    wake_workers(lp);
+    wake_waiters(lp);
 }
 
-static void job_run(pier__msg_job_t *job, unsigned w, void *ud) {
+static int job_run(pier__msg_job_t *job, unsigned w, void *ud) {
     pier_msg_server_t *srv = ud;
-    handler_t *h = &srv->handlers[job->id];
-    reply_ctx_t ctx = {.job = job};
-    pier_msg_t m = {.srv = srv, .conn = job->conn, .id = job->id, .len = job->len, .body = job->body,
-                    .priv_ = &ctx};
-    current_job = job;
-    h->cb(&m, h->ud);
-    current_job = NULL;
+    int run = !atomic_load_explicit(&srv->abandon, memory_order_relaxed);
+    if (run) {
+        handler_t *h = &srv->handlers[job->id];
+        reply_ctx_t ctx = {.job = job};
+        pier_msg_t m = {.srv = srv, .conn = job->conn, .id = job->id, .len = job->len, .body = job->body,
+                        .priv_ = &ctx};
+        current_job = job;
+        h->cb(&m, h->ud);
+        current_job = NULL;
+    } else {
+        atomic_fetch_add_explicit(&srv->abandoned, 1, memory_order_relaxed);
+    }
     struct job_list_s *l = &srv->done_lists[w * srv->nloops + (unsigned)((msg_loop_t *)job->lp - srv->loops)];
     job->next = NULL;
     if (l->tail)
@@ -412,12 +419,13 @@ static void job_run(pier__msg_job_t *job, unsigned w, void *ud) {
     else
         l->head = job;
     l->tail = job;
+    return run;
 }
 
 /* Worker thread, after a batch: one post per loop for all of its finished jobs. The post
- * uses the task node embedded in the first job, so it cannot fail: every job comes back
- * to its loop, which is what keeps each connection's in-flight count right (a connection
- * at end of input closes, and a paused one resumes, only when its count reaches 0). */
+ * uses the task embedded in the first job, so it cannot fail: every job comes back to its
+ * loop, which is what keeps the in-flight counts right (a connection at end of input
+ * closes, and a stalled one resumes, only as its jobs come back). */
 static void jobs_flush(unsigned w, void *ud) {
     pier_msg_server_t *srv = ud;
     for (unsigned i = 0; i < srv->nloops; i++) {
@@ -432,28 +440,41 @@ static void jobs_flush(unsigned w, void *ud) {
     }
 }
 
+/* Hands a frame to the connection's worker if there is room for it; otherwise stalls
+ * (returns -1, the frame stays unconsumed). */
 static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
-    pier_msg_server_t *srv = mc->lp->srv;
+    msg_loop_t *lp = mc->lp;
+    pier_msg_server_t *srv = lp->srv;
+    if (mc->inflight >= srv->o.inflight_max)
+        return stall(mc, 1);
+    if (lp->inflight >= lp->share || (lp->wait_head && mc->allow == 0))
+        return stall(mc, 0);
     pier__msg_job_t *job = malloc(sizeof *job + f->len);
-    if (!job) {
-        pier_log(PIER_LOG_ERROR, "msg: out of memory, closing a connection");
-        pier_conn_abort(mc->c);
-        return 1;
-    }
-    *job = (pier__msg_job_t){.srv = srv, .lp = mc->lp, .conn = mc->id, .id = f->id, .len = f->len};
+    if (!job)
+        return stall(mc, 0); /* nothing is lost: the frame is decoded again on retry */
+    *job = (pier__msg_job_t){.srv = srv, .lp = lp, .conn = mc->id, .id = f->id, .len = f->len};
     memcpy(job->body, f->body, f->len);
     atomic_fetch_add_explicit(&srv->jobs, 1, memory_order_relaxed);
-    held_push(mc, job);
-    if (mc->held == job)
-        pump(mc);
-    if (mc->held && !mc->paused) {
-        mc->paused = 1;
-        pier_conn_pause(mc->c);
+    /* counted before the push: a worker may handle it at once, and stats must never show
+     * more messages handled than read */
+    pier__msg_bump(&lp->msgs, 1);
+    if (pier__msg_pool_push(srv->pool, mc->worker, job) < 0) {
+        pier__msg_bump(&lp->msgs, (uint64_t)-1);
+        job_free(job);
+        return stall(mc, 0);
+    }
+    mc->inflight++;
+    if (mc->allow)
+        mc->allow--;
+    lp->inflight++;
+    lp->wake[mc->worker] = 1;
+    if (!lp->any_wake) {
+        lp->any_wake = 1;
+        /* tasks run after this iteration's reads; from the loop thread, with no wake-up */
+        pier_loop_post_task(lp->loop, &lp->wake_task);
     }
     return 0;
 }
-
-/* ---- reading ---- */
 
 static void unknown_id(msg_conn_t *mc, uint16_t id) {
     pier__msg_bump(&mc->lp->unknown, 1);
@@ -468,20 +489,22 @@ static void unknown_id(msg_conn_t *mc, uint16_t id) {
 static int on_frame(const pier_msg_frame_t *f, void *ud) {
     msg_conn_t *mc = ud;
     pier_msg_server_t *srv = mc->lp->srv;
+    handler_t *h = &srv->handlers[f->id];
+    if (h->cb && srv->pool)
+        return dispatch_worker(mc, f);
     pier__msg_bump(&mc->lp->msgs, 1);
     if (f->id == srv->o.ping_id) {
-        write_frame(mc, srv->o.pong_id, NULL, 0);
+        /* a pong that cannot be queued (-ENOMEM) is not worth a connection: the peer
+         * pings again */
+        (void)write_frame(mc, srv->o.pong_id, NULL, 0);
         return pier_conn_is_open(mc->c) ? 0 : 1;
     }
     if (f->id == srv->o.pong_id)
         return 0;
-    handler_t *h = &srv->handlers[f->id];
     if (!h->cb) {
         unknown_id(mc, f->id);
         return 0;
     }
-    if (srv->pool)
-        return dispatch_worker(mc, f);
     reply_ctx_t ctx = {.mc = mc};
     pier_msg_t m = {.srv = srv, .conn = mc->id, .id = f->id, .len = f->len, .body = f->body, .priv_ = &ctx};
     h->cb(&m, h->ud);
@@ -497,8 +520,6 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     mc->last_rx = pier_loop_now(mc->lp->loop);
     size_t used = 0;
     ssize_t r = pier_msg_decode_all(&srv->codec, data, len, &used, on_frame, mc);
-    if (srv->pool)
-        wake_workers(mc->lp);
     if (r >= 0)
         return used;
     char peer[64];
@@ -506,28 +527,23 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
              r == -EMSGSIZE ? "length over the maximum" : "id out of range");
     pier__msg_bump(&mc->lp->bad_frames, 1);
     /* the frames before the bad one were good: their replies still go out, then close */
-    conn_read_stop(mc);
+    read_stop(mc);
+    wait_unlink(mc);
     mc->eof = 1;
-    if (mc->inflight == 0 && !mc->held)
+    if (mc->inflight == 0)
         pier_conn_close(c);
     return len;
 }
 
-/* The peer half-closed: replies still owed by the workers are sent before closing. */
+/* The peer half-closed, so every whole frame it sent has been read: replies still owed
+ * by the workers are sent before closing. */
 static void on_eof(pier_conn_t *c) {
     msg_conn_t *mc = pier_conn_data(c);
-    if (!mc || (mc->inflight == 0 && !mc->held)) {
+    if (!mc || mc->inflight == 0) {
         pier_conn_close(c);
         return;
     }
     mc->eof = 1;
-}
-
-static void conn_read_stop(msg_conn_t *mc) {
-    if (!mc->paused) {
-        mc->paused = 1;
-        pier_conn_pause(mc->c);
-    }
 }
 
 static void on_close(pier_conn_t *c, int err) {
@@ -536,18 +552,9 @@ static void on_close(pier_conn_t *c, int err) {
         return;
     pier_conn_set_data(c, NULL);
     pier_timer_stop(&mc->hb);
-    pier_timer_stop(&mc->retry);
-    while (mc->held) {
-        pier__msg_job_t *next = mc->held->next;
-        job_free(mc->held);
-        mc->held = next;
-    }
+    wait_unlink(mc);
     msg_loop_t *lp = mc->lp;
-    tab_del(lp, mc);
-    if (mc->prev)
-        mc->prev->next = mc->next;
-    else
-        lp->conns = mc->next;
+    *(mc->prev ? &mc->prev->next : &lp->conns) = mc->next;
     if (mc->next)
         mc->next->prev = mc->prev;
     if (err && err != -ECONNRESET && err != -EPIPE)
@@ -568,7 +575,7 @@ static void hb_cb(pier_timer_t *t) {
     pier_msg_server_t *srv = mc->lp->srv;
     uint64_t limit = 3 * srv->o.heartbeat_ms;
     uint64_t idle = pier_loop_now(t->loop) - mc->last_rx;
-    if (mc->inflight || mc->held || mc->paused)
+    if (mc->inflight || mc->paused)
         idle = 0; /* we are the ones not reading */
     if (idle < limit) {
         pier_timer_start(t, limit - idle, 0);
@@ -604,14 +611,12 @@ static void on_accept(pier_server_t *net, pier_conn_t *c) {
     mc->worker = srv->pool ? (unsigned)((mc->id ^ (mc->id >> 32)) % pier__msg_pool_size(srv->pool)) : 0;
     mc->last_rx = pier_loop_now(lp->loop);
     pier_timer_init(lp->loop, &mc->hb, hb_cb, mc);
-    pier_timer_init(lp->loop, &mc->retry, retry_cb, mc);
     if (srv->o.heartbeat_ms)
         pier_timer_start(&mc->hb, 3 * srv->o.heartbeat_ms, 0);
     mc->next = lp->conns;
     if (lp->conns)
         lp->conns->prev = mc;
     lp->conns = mc;
-    tab_add(lp, mc);
     pier__msg_bump(&lp->n_conns, 1);
     pier_conn_set_cbs(c, &conn_cbs, mc);
 }
@@ -619,10 +624,8 @@ static void on_accept(pier_server_t *net, pier_conn_t *c) {
 /* ---- life cycle ---- */
 
 static void free_tables(pier_msg_server_t *srv) {
-    for (unsigned i = 0; srv->loops && i < srv->nloops; i++) {
-        free(srv->loops[i].tab);
+    for (unsigned i = 0; srv->loops && i < srv->nloops; i++)
         free(srv->loops[i].wake);
-    }
     free(srv->done_lists);
     free(srv->handlers);
     free(srv->loops);
@@ -638,6 +641,8 @@ static int fill_opts(pier_msg_server_t *srv, const pier_msg_server_opts_t *opts)
         o->queue_max = 4096;
     if (!o->inflight_max)
         o->inflight_max = 256;
+    if (!o->inflight_total)
+        o->inflight_total = INFLIGHT_PER_WORKER * (o->workers ? o->workers : 1);
     if (!o->out_max)
         o->out_max = 1 << 20;
     if (!o->ping_id)
@@ -651,6 +656,26 @@ static int fill_opts(pier_msg_server_t *srv, const pier_msg_server_opts_t *opts)
     return 0;
 }
 
+static int loops_init(pier_msg_server_t *srv) {
+    srv->nloops = pier_group_size(srv->group);
+    srv->loops = calloc(srv->nloops, sizeof *srv->loops);
+    if (!srv->loops)
+        return -ENOMEM;
+    unsigned share = (srv->o.inflight_total + srv->nloops - 1) / srv->nloops;
+    for (unsigned i = 0; i < srv->nloops; i++) {
+        msg_loop_t *lp = &srv->loops[i];
+        lp->srv = srv;
+        lp->loop = pier_group_loop(srv->group, i);
+        lp->share = share;
+        pier_timer_init(lp->loop, &lp->retry, retry_cb, lp);
+        pier_task_init(&lp->wake_task, wake_workers, lp);
+        lp->wake = calloc(srv->o.workers ? srv->o.workers : 1, 1);
+        if (!lp->wake)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier_msg_server_opts_t *opts) {
     pier_msg_server_t *srv = calloc(1, sizeof *srv);
     if (!srv)
@@ -659,41 +684,32 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     if (err)
         goto fail;
     srv->group = group;
-    srv->nloops = pier_group_size(group);
-    srv->loops = calloc(srv->nloops, sizeof *srv->loops);
-    srv->handlers = calloc(65536, sizeof *srv->handlers);
-    err = -ENOMEM;
-    if (!srv->loops || !srv->handlers)
+    err = loops_init(srv);
+    if (err)
         goto fail;
-    for (unsigned i = 0; i < srv->nloops; i++) {
-        msg_loop_t *lp = &srv->loops[i];
-        lp->tab_bits = 6;
-        lp->tab = calloc((size_t)1 << lp->tab_bits, sizeof *lp->tab);
-        lp->wake = calloc(srv->o.workers ? srv->o.workers : 1, 1);
-        if (!lp->tab || !lp->wake)
-            goto fail;
-    }
+    err = -ENOMEM;
+    srv->handlers = calloc(65536, sizeof *srv->handlers);
+    if (!srv->handlers)
+        goto fail;
     if (srv->o.workers && !(srv->done_lists = calloc((size_t)srv->o.workers * srv->nloops,
                                                      sizeof *srv->done_lists)))
         goto fail;
-    for (unsigned i = 0; i < srv->nloops; i++) {
-        srv->loops[i].srv = srv;
-        srv->loops[i].loop = pier_group_loop(group, i);
-    }
     pier_timer_init(srv->loops[0].loop, &srv->shut_timer, shut_tick, srv);
     if (srv->o.workers) {
         err = pier__msg_pool_new(&srv->pool, srv->o.workers, srv->o.queue_max, job_run, jobs_flush, srv);
         if (err)
             goto fail;
     }
+    /* Unconsumed input is a partial frame, or the rest of a read that stalled (at most
+     * twice a frame and a read buffer, the core's growth included). */
     size_t frame_max = pier_msg_hdr_size(&srv->codec) + srv->codec.max_body;
+    size_t keep_max = 2 * (frame_max + READ_SPAN);
     pier_server_opts_t no = {
         .host = srv->o.host,
         .port = srv->o.port,
         .backlog = srv->o.backlog,
         .max_conns = srv->o.max_conns,
-        /* a partial frame is all we ever leave unconsumed */
-        .limits = {.read_max = frame_max < (1u << 20) ? 0 : frame_max + 1},
+        .limits = {.read_max = keep_max < (1u << 20) ? 0 : keep_max + 1},
         .on_accept = on_accept,
         .data = srv,
     };
@@ -728,14 +744,17 @@ int pier_msg_server_start(pier_msg_server_t *srv) {
 static void drain_task(void *arg) {
     msg_loop_t *lp = arg;
     lp->draining = 1;
+    pier_timer_stop(&lp->retry);
+    while (lp->wait_head)
+        wait_unlink(lp->wait_head);
     for (msg_conn_t *mc = lp->conns; mc; mc = mc->next)
-        conn_read_stop(mc);
+        read_stop(mc);
     atomic_fetch_add(&lp->srv->drained, 1);
 }
 
-/* Step 2 on loop 0: once every loop has drained and the workers are idle, close every
+/* Step 2 on loop 0: once every loop has drained and the workers are done, close every
  * connection gracefully (which flushes its replies); once they are gone, stop the group
- * if asked to. */
+ * if asked to. Past the deadline the workers drop what they have not started. */
 static void shut_tick(pier_timer_t *t) {
     pier_msg_server_t *srv = t->data;
     uint64_t now = pier_loop_now(t->loop);
@@ -743,8 +762,9 @@ static void shut_tick(pier_timer_t *t) {
         if (atomic_load(&srv->drained) < srv->nloops || atomic_load(&srv->jobs) > 0) {
             if (now < srv->shut_deadline)
                 return;
-            pier_log(PIER_LOG_WARN, "msg: drain: %ld messages still in the workers, giving up on them",
-                     atomic_load(&srv->jobs));
+            pier_log(PIER_LOG_WARN, "msg: drain: %ld messages still in the workers after %d s; dropping those "
+                     "not yet started", atomic_load(&srv->jobs), SHUT_MAX_MS / 1000);
+            atomic_store(&srv->abandon, 1);
         }
         srv->shut_phase = 1;
         pier_server_close_all(srv->net);
@@ -799,7 +819,13 @@ int pier_msg_server_free(pier_msg_server_t *srv) {
      * them (pier_loop_free would, after srv is gone) before srv may go. */
     if (atomic_load(&srv->jobs) > 0 || atomic_load(&srv->sends) > 0)
         return -EBUSY;
-    pier_timer_stop(&srv->shut_timer); /* the loops are not running any more */
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].any_wake)
+            return -EBUSY; /* its wake task is still queued on the loop */
+    /* the loops are not running any more */
+    pier_timer_stop(&srv->shut_timer);
+    for (unsigned i = 0; i < srv->nloops; i++)
+        pier_timer_stop(&srv->loops[i].retry);
     pier_server_stop(srv->net);
     int err = pier_server_free(srv->net);
     if (err)
@@ -841,4 +867,5 @@ void pier_msg_server_stats(const pier_msg_server_t *srv, pier_msg_stats_t *out) 
         out->handled += pier__msg_pool_handled(srv->pool);
     out->out_dropped += LOAD(srv->w_out_dropped);
     out->replies_lost = LOAD(srv->replies_lost);
+    out->abandoned = LOAD(srv->abandoned);
 }

@@ -26,6 +26,8 @@ class Cli(unittest.TestCase):
             ["msg", "--heartbeat", "0"],
             ["msg", "--max-body", "70000"],  # needs --wide
             ["msg", "--out-policy", "sometimes"],
+            ["msg", "--inflight", "0"],
+            ["msg", "--inflight-total", "many"],
             ["msg", "stray"],
             ["msg-client", "--count", "0"],
             ["msg-client", "--port", "0"],

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,9 @@
 #define ID_BIG 102
 #define ID_LATER 103
 #define ID_TICK 104
+#define ID_NAP 105
+#define ID_GATE 106
+#define ID_HUGE 107
 
 typedef struct {
     pier_group_t *g;
@@ -72,6 +76,29 @@ static void on_tick(const pier_msg_t *m, void *ud) {
     assert_int_equal(pier_msg_reply(m, ID_TICK, m->body, m->len), 0);
 }
 
+/* Echoes after a 2 ms sleep: a handler that waits on something, as a database call would. */
+static void on_nap(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    usleep(2000);
+    assert_int_equal(pier_msg_reply(m, ID_NAP, m->body, m->len), 0);
+}
+
+/* Waits until the test opens the gate. */
+static sem_t gate;
+static void on_gate(const pier_msg_t *m, void *ud) {
+    (void)m;
+    (void)ud;
+    sem_wait(&gate);
+}
+
+/* Replies with 20,000 bytes: over the core's direct-write size, so it is sent at once. */
+#define HUGE_LEN 20000
+static void on_huge(const pier_msg_t *m, void *ud) {
+    (void)ud;
+    static const char huge[HUGE_LEN];
+    assert_int_equal(pier_msg_reply(m, ID_HUGE, huge, sizeof huge), 0);
+}
+
 static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o) {
     assert_int_equal(pier_group_new(&e->g, loops), 0);
     assert_int_equal(pier_msg_server_new(&e->srv, e->g, o), 0);
@@ -80,6 +107,9 @@ static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o)
     assert_int_equal(pier_msg_on(e->srv, ID_BIG, on_big, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_LATER, on_later, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_TICK, on_tick, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_NAP, on_nap, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_GATE, on_gate, NULL), 0);
+    assert_int_equal(pier_msg_on(e->srv, ID_HUGE, on_huge, NULL), 0);
     assert_int_equal(pier_msg_server_start(e->srv), 0);
     assert_int_equal(pthread_create(&e->th, NULL, run_group, e->g), 0);
 }
@@ -191,8 +221,8 @@ static void test_workers_keep_per_connection_order(void **state) {
 
 /* Queues far smaller than the load: worker queues of 2, one message in flight per
  * connection, a slow handler and 8 connections pipelining 300 messages each. Frames wait
- * in the connections' held lists with reading paused, a full queue is retried by timer,
- * and still every reply arrives, in order. */
+ * undecoded in the connections' input with reading paused, a full queue is retried by
+ * timer, and still every reply arrives, in order. */
 static void test_full_queues_keep_order_and_lose_nothing(void **state) {
     env_t e;
     pier_msg_server_opts_t o = {.workers = 2, .queue_max = 2, .inflight_max = 1};
@@ -215,6 +245,49 @@ static void test_full_queues_keep_order_and_lose_nothing(void **state) {
     env_stop(&e);
 }
 
+/* Clients pipeline far more than the bounds allow while the test samples the counters:
+ * messages read and not yet handled never exceed the bound, and every client (none may
+ * be starved by the others) still gets every reply, in order. The stats read the read
+ * count before the handled count, so the difference can only understate what is in
+ * flight. */
+static void bounded(const pier_msg_server_opts_t *o, unsigned bound, int nconns) {
+    env_t e;
+    env_start(&e, 1, o);
+    uint16_t port = pier_msg_server_port(e.srv);
+    pthread_t th[8];
+    order_arg_t args[8];
+    for (int i = 0; i < nconns; i++) {
+        args[i] = (order_arg_t){.port = port, .idx = i, .id = ID_NAP, .count = 100};
+        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
+    }
+    pier_msg_stats_t st = {0};
+    int64_t most = 0;
+    while (st.handled < 100 * (uint64_t)nconns) {
+        pier_msg_server_stats(e.srv, &st);
+        int64_t inflight = (int64_t)(st.msgs - st.handled);
+        assert_true(inflight <= (int64_t)bound);
+        if (inflight > most)
+            most = inflight;
+        usleep(500);
+    }
+    assert_true(most > 0); /* the samples did see messages in flight */
+    for (int i = 0; i < nconns; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].bad, 0);
+    }
+    env_stop(&e);
+}
+
+static void test_reading_stops_at_the_connection_bound(void **state) {
+    pier_msg_server_opts_t o = {.workers = 2, .inflight_max = 3};
+    bounded(&o, 3, 1);
+}
+
+static void test_reading_stops_at_the_server_bound_and_is_fair(void **state) {
+    pier_msg_server_opts_t o = {.workers = 1, .inflight_max = 4, .inflight_total = 8};
+    bounded(&o, 8, 6);
+}
+
 /* A handler still running on a worker when its connection goes: the reply is dropped
  * through the id, counted, and nothing else happens. */
 static void test_reply_to_gone_connection(void **state) {
@@ -235,6 +308,45 @@ static void test_reply_to_gone_connection(void **state) {
     }
     assert_int_equal(st.replies_lost, 1);
     env_stop(&e);
+}
+
+/* Replies whose write fails are counted as lost. The client sends a gate message and two
+ * that get 20 KB replies, and closes once the server has read them. The gate opens, both
+ * replies come back to the loop in one batch, and the first, sent at once, meets the
+ * closed socket, whose reset makes the second one's write fail: that reply is lost and
+ * must be counted (it was not). */
+static void test_failed_reply_write_is_counted(void **state) {
+    env_t e;
+    pier_msg_server_opts_t o = {.workers = 1, .codec = {.max_body = 30000}};
+    sem_init(&gate, 0, 0);
+    env_start(&e, 1, &o);
+    int fd = pier_test_connect(pier_msg_server_port(e.srv));
+    assert_true(fd >= 0);
+    char buf[12];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pier_msg_encode(NULL, i ? ID_HUGE : ID_GATE, NULL, 0, buf + 4 * i, 4), 4);
+    assert_int_equal(write(fd, buf, sizeof buf), (ssize_t)sizeof buf);
+    pier_msg_stats_t st = {0};
+    for (int i = 0; i < 500 && st.msgs < 3; i++) {
+        usleep(2000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    assert_int_equal(st.msgs, 3);
+    close(fd); /* nothing unread: a FIN, and every later byte to it draws a reset */
+    usleep(20 * 1000);
+    sem_post(&gate);
+    for (int i = 0; i < 500 && st.handled < 3; i++) {
+        usleep(2000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    assert_int_equal(st.handled, 3);
+    for (int i = 0; i < 100 && st.replies_lost == 0; i++) {
+        usleep(2000);
+        pier_msg_server_stats(e.srv, &st);
+    }
+    assert_int_equal(st.replies_lost, 1);
+    env_stop(&e);
+    sem_destroy(&gate);
 }
 
 /* Replies made during the handler and one sent later by id arrive, in that order. */
@@ -516,7 +628,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_workers_keep_per_connection_order),
         cmocka_unit_test(test_full_queues_keep_order_and_lose_nothing),
+        cmocka_unit_test(test_reading_stops_at_the_connection_bound),
+        cmocka_unit_test(test_reading_stops_at_the_server_bound_and_is_fair),
         cmocka_unit_test(test_reply_to_gone_connection),
+        cmocka_unit_test(test_failed_reply_write_is_counted),
         cmocka_unit_test(test_send_by_id_after_handler),
         cmocka_unit_test(test_send_to_closing_connection_is_counted),
         cmocka_unit_test(test_out_limit_drop_on_loop),
