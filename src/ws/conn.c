@@ -61,7 +61,8 @@ static int put_close(pier_ws_t *ws, int code, const char *reason, size_t rl) {
     uint8_t body[PIER__WS_MAX_CONTROL];
     body[0] = (uint8_t)(code >> 8);
     body[1] = (uint8_t)code;
-    memcpy(body + 2, reason, rl);
+    if (rl) /* reason may be NULL then */
+        memcpy(body + 2, reason, rl);
     ws->our_code = code;
     return put_frame(ws, PIER_WS_CLOSE, body, code ? 2 + rl : 0);
 }
