@@ -38,6 +38,58 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
     return 0;
 }
 
+/* Server contexts made from flags, reloaded on SIGHUP while pier_cli_run runs. */
+static pier_tls_ctx_t *reloadable[4];
+static int nreloadable;
+
+static void on_hup(pier_loop_t *loop, int signo, void *arg) {
+    for (int i = 0; i < nreloadable; i++) {
+        int err = pier_tls_ctx_reload(reloadable[i]);
+        if (err < 0)
+            pier_log(PIER_LOG_ERROR, "SIGHUP: certificate not reloaded, the old one stays in use: %s",
+                     pier_strerror(err));
+        else
+            pier_log(PIER_LOG_INFO, "SIGHUP: certificate and key reloaded; open connections carry on");
+    }
+}
+
+int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
+                        const char *alpn, pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!cert && !key)
+        return 0;
+    if (!cert || !key) {
+        return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
+    }
+    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply, .alpn = alpn};
+    int err = pier_tls_ctx_new_server(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return 1;
+    }
+    if (nreloadable < (int)(sizeof reloadable / sizeof reloadable[0]))
+        reloadable[nreloadable++] = *out;
+    return 0;
+}
+
+int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out) {
+    *out = NULL;
+    if (!tls && (cafile || insecure)) {
+        return pier_cli_usage_error(cmd, "--cafile and --insecure need --tls");
+    }
+    if (!tls)
+        return 0;
+    pier_tls_opts_t o = {.ca_file = cafile, .insecure = insecure};
+    int err = pier_tls_ctx_new_client(out, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier %s: cannot set up TLS: %s\n", cmd,
+                err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
+        return 1;
+    }
+    return 0;
+}
+
 int pier_cli_settle(pier_group_t *g, int (*done)(void *arg), void *arg, int max_ms) {
     for (int waited = 0; !done(arg) && waited < max_ms; waited += 5)
         for (unsigned i = 0; i < pier_group_size(g); i++)
@@ -135,6 +187,8 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     pier_loop_signal(loop0, SIGINT, on_signal, &r);
     pier_loop_signal(loop0, SIGTERM, on_signal, &r);
+    if (nreloadable)
+        pier_loop_signal(loop0, SIGHUP, on_hup, NULL);
     pier_timer_init(loop0, &r.poll, poll_cb, &r);
     int code = 0;
     int started = 0;
@@ -153,6 +207,9 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_timer_stop(&r.poll);
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
+    if (nreloadable)
+        pier_loop_signal_stop(loop0, SIGHUP);
+    nreloadable = 0; /* the contexts are their commands' to free after this returns */
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */
     for (int i = 0; i < started; i++)

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <pier/loop.h>
 #include <pier/net.h>
+#include <pier/tls.h>
 
 /* A server a command can run. start() creates and starts it on the group; drain() is
  * called on loop 0's thread at SIGINT/SIGTERM: stop accepting, close connections
@@ -49,6 +50,17 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out);
 /* "unknown flag", "missing value" and the like: one line and a hint. Returns 2. */
 int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The --tls-cert/--tls-key pair of a server command: both or neither. *out is a server
+ * context (NULL when neither was given), the caller's to free after pier_cli_run, which
+ * reloads its files on SIGHUP. plain_reply and alpn: see pier_tls_opts_t. Returns 0, or the exit code after one line on stderr (2 for a usage
+ * error, 1 when the files cannot be used). */
+int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
+                        const char *alpn, pier_tls_ctx_t **out);
+
+/* The --tls/--cafile/--insecure flags of a client command: *out is a client context
+ * (NULL without --tls), the caller's to free. Returns 0 or an exit code, as above. */
+int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out);
+
 /* Commands. Each takes argc/argv with argv[0] being the command name. */
 int pier_cmd_echo(int argc, char **argv);
 int pier_cmd_echo_client(int argc, char **argv);
@@ -64,10 +76,15 @@ typedef struct pier_echo_cfg_s {
     unsigned max_conns;
     uint64_t idle_ms;
     int single_acceptor;
+    pier_tls_ctx_t *tls;        /* NULL: plain TCP */
 } pier_echo_cfg_t;
 extern const pier_service_t pier_echo_service;
 /* The HTTP (port 8888) and message (port 10089) services; cfg NULL means defaults. */
 extern const pier_service_t pier_http_service;
+/* HTTPS on 8443 (cfg: a pier_tls_ctx_t made with pier_http_plain_reply), and the 400
+ * that a plain HTTP request to an HTTPS port gets. */
+extern const pier_service_t pier_https_service;
+extern const char pier_http_plain_reply[];
 extern const pier_service_t pier_msg_service;
 
 #endif

@@ -36,6 +36,7 @@ static int echo_start(pier_group_t *g, void *cfgp, void **state) {
         .limits = {.idle_ms = cfg->idle_ms},
         .single_acceptor = cfg->single_acceptor,
         .on_accept = echo_accept,
+        .tls = cfg->tls,
     };
     int err = pier_server_new(&st->srv, g, &opts);
     if (err < 0) {
@@ -44,8 +45,8 @@ static int echo_start(pier_group_t *g, void *cfgp, void **state) {
         return err;
     }
     pier_server_start(st->srv);
-    pier_log(PIER_LOG_INFO, "echo: listening on %s:%u (%u loops)", cfg->host, pier_server_port(st->srv),
-             pier_group_size(g));
+    pier_log(PIER_LOG_INFO, "echo: listening on %s:%u%s (%u loops)", cfg->host, pier_server_port(st->srv),
+             cfg->tls ? " with TLS" : "", pier_group_size(g));
     *state = st;
     return 0;
 }
@@ -75,6 +76,7 @@ const pier_service_t pier_echo_service = {
 static const char echo_help[] =
     "usage: pier echo [--host 127.0.0.1] [--port 10088] [--threads N] [--max-conns N]\n"
     "                 [--idle-timeout SECONDS] [--single-acceptor] [--quiet]\n"
+    "                 [--tls-cert FILE --tls-key FILE]\n"
     "\n"
     "Echoes every byte it receives back to its sender, full-duplex, on any number of\n"
     "connections. SIGINT or SIGTERM stops accepting, flushes what is pending, exits 0.\n"
@@ -86,16 +88,20 @@ static const char echo_help[] =
     "  --idle-timeout S    close connections idle for S seconds (default 0: never)\n"
     "  --single-acceptor   one listener hands connections to the loops in turn, instead\n"
     "                      of one SO_REUSEPORT listener per loop (the default)\n"
-    "  --quiet             log warnings and errors only\n";
+    "  --quiet             log warnings and errors only\n"
+    "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only TLS\n"
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};
     uint64_t threads = 1, v;
+    const char *cert = NULL, *key = NULL;
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},      {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},   {"max-conns", required_argument, 0, 'm'},
         {"idle-timeout", required_argument, 0, 'i'}, {"quiet", no_argument, 0, 'q'},
-        {"single-acceptor", no_argument, 0, 'a'},
+        {"single-acceptor", no_argument, 0, 'a'}, {"tls-cert", required_argument, 0, 'C'},
+        {"tls-key", required_argument, 0, 'K'},
         {"help", no_argument, 0, 'H'},            {0, 0, 0, 0},
     };
     int opt;
@@ -123,6 +129,8 @@ int pier_cmd_echo(int argc, char **argv) {
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'a': cfg.single_acceptor = 1; break;
+        case 'C': cert = optarg; break;
+        case 'K': key = optarg; break;
         case 'H': fputs(echo_help, stdout); return 0;
         default:
             return pier_cli_usage_error("echo", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -130,6 +138,11 @@ int pier_cmd_echo(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("echo", "unexpected argument '%s'", argv[optind]);
+    int code = pier_cli_tls_server("echo", cert, key, NULL, NULL, &cfg.tls);
+    if (code)
+        return code;
     pier_service_run_t run = {.svc = &pier_echo_service, .cfg = &cfg};
-    return pier_cli_run((unsigned)threads, &run, 1, 10000);
+    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    pier_tls_ctx_free(cfg.tls);
+    return code;
 }

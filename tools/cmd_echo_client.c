@@ -19,6 +19,7 @@
 static const char client_help[] =
     "usage: pier echo-client [--host 127.0.0.1] [--port 10088] [--timeout SECONDS]\n"
     "       pier echo-client [--host H] [--port P] --conns C --size S --seconds T [--threads N]\n"
+    "       (both also with --tls [--cafile F] [--servername N] [--insecure])\n"
     "\n"
     "Without --conns: reads lines from stdin, sends each to the echo server, reads back\n"
     "exactly as many bytes and prints them.\n"
@@ -34,7 +35,12 @@ static const char client_help[] =
     "  --conns C       connections (1..100000)\n"
     "  --size S        message size in bytes (1..16777216), default 64\n"
     "  --seconds T     how long to run, default 5\n"
-    "  --threads N     client event loops, default 1\n";
+    "  --threads N     client event loops, default 1\n"
+    "  --tls           speak TLS; the server's certificate is checked against the system's\n"
+    "                  CA store and the host name (or --servername)\n"
+    "  --cafile F      trust the certificates in PEM file F instead\n"
+    "  --servername N  the name sent as SNI and expected in the certificate\n"
+    "  --insecure      accept any certificate (for tests only)\n";
 
 /* ---- interactive mode ---- */
 
@@ -124,6 +130,86 @@ done:
     return code;
 }
 
+/* Interactive over TLS: pier's own client, its loop driven on this thread between lines. */
+typedef struct line_client_s {
+    pier_conn_t *c;
+    int failed, closed;
+    size_t got;
+} line_client_t;
+
+static size_t line_read(pier_conn_t *c, const char *data, size_t len) {
+    line_client_t *lc = pier_conn_data(c);
+    fwrite(data, 1, len, stdout);
+    fflush(stdout);
+    lc->got += len;
+    return len;
+}
+
+static void line_close(pier_conn_t *c, int err) {
+    line_client_t *lc = pier_conn_data(c);
+    lc->closed = 1;
+    lc->c = NULL;
+}
+
+static const pier_conn_cbs_t line_cbs = {.on_read = line_read, .on_close = line_close};
+
+static void line_connect(pier_client_t *cl, pier_conn_t *c) {
+    line_client_t *lc = pier_client_data(cl);
+    lc->c = c;
+    pier_conn_set_cbs(c, &line_cbs, lc);
+}
+
+static void line_connect_error(pier_client_t *cl, int err, int will_retry) {
+    line_client_t *lc = pier_client_data(cl);
+    fprintf(stderr, "pier echo-client: cannot connect: %s\n", pier_strerror(err));
+    lc->failed = 1;
+}
+
+/* Runs the loop until cond holds or timeout_ms passes; 1 if it holds. */
+static int run_while(pier_loop_t *loop, line_client_t *lc, size_t want, int timeout_ms) {
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        if (lc->failed || lc->closed || (want ? lc->got >= want : lc->c != NULL))
+            break;
+        pier_loop_run_once(loop, 10);
+    }
+    return !lc->failed && !lc->closed && (want ? lc->got >= want : lc->c != NULL);
+}
+
+static int interactive_tls(const char *host, uint16_t port, int timeout_ms, pier_tls_ctx_t *tls,
+                           const char *servername) {
+    pier_loop_t *loop;
+    if (pier_loop_new(&loop) < 0)
+        return 1;
+    line_client_t lc = {0};
+    pier_client_opts_t co = {.host = host, .port = port, .connect_timeout_ms = (uint64_t)timeout_ms,
+                             .tls = tls, .tls_servername = servername, .on_connect = line_connect,
+                             .on_connect_error = line_connect_error, .data = &lc};
+    pier_client_t *cl;
+    int err = pier_client_new(&cl, loop, &co);
+    if (err < 0) {
+        fprintf(stderr, "pier echo-client: cannot connect to %s:%u: %s\n", host, port, pier_strerror(err));
+        pier_loop_free(loop);
+        return 1;
+    }
+    int code = run_while(loop, &lc, 0, timeout_ms * 2) ? 0 : 1;
+    char *line = NULL;
+    size_t cap = 0, want = 0;
+    ssize_t len;
+    while (code == 0 && (len = getline(&line, &cap, stdin)) > 0) {
+        want += (size_t)len;
+        if (pier_conn_write(lc.c, line, (size_t)len) < 0 || !run_while(loop, &lc, want, timeout_ms)) {
+            fprintf(stderr, "pier echo-client: %s\n", lc.closed ? "server closed the connection" : "no reply in time");
+            code = 1;
+        }
+    }
+    free(line);
+    pier_client_stop(cl);
+    for (int i = 0; i < 500 && pier_client_free(cl) == -EBUSY; i++)
+        pier_loop_run_once(loop, 10);
+    pier_loop_free(loop);
+    return code;
+}
+
 /* ---- load mode ---- */
 
 typedef struct load_s load_t;
@@ -150,6 +236,8 @@ struct load_s {
     pier_group_t *group;
     const char *host;
     uint16_t port;
+    pier_tls_ctx_t *tls;
+    const char *servername;
     size_t size;
     uint64_t seconds;
     atomic_uint loops_done;
@@ -254,9 +342,12 @@ static int all_clients_idle(void *arg) {
     return 1;
 }
 
-static int load(const char *host, uint16_t port, unsigned conns, size_t size, uint64_t seconds, unsigned threads,
-                uint64_t timeout_ms) {
-    load_t lg = {.size = size, .seconds = seconds, .host = host, .port = port};
+static int load(load_t *cfg, unsigned conns, unsigned threads, uint64_t timeout_ms) {
+    load_t lg = {.size = cfg->size, .seconds = cfg->seconds, .host = cfg->host, .port = cfg->port,
+                 .tls = cfg->tls, .servername = cfg->servername};
+    const char *host = lg.host;
+    uint16_t port = lg.port;
+    size_t size = lg.size;
     if (threads > conns)
         threads = conns;
     int err = pier_group_new(&lg.group, threads);
@@ -280,6 +371,7 @@ static int load(const char *host, uint16_t port, unsigned conns, size_t size, ui
                 lc->pattern[b] = (char)((b * 131 + (i * 7919 + k) * 17 + (b >> 8)) & 0xff);
             pier_client_opts_t co = {
                 .host = host, .port = port, .connect_timeout_ms = timeout_ms,
+                .tls = lg.tls, .tls_servername = lg.servername,
                 .limits = {.out_high = size * 2 + 65536},
                 .on_connect = load_connect, .on_connect_error = load_connect_error, .data = lc,
             };
@@ -327,14 +419,17 @@ static int load(const char *host, uint16_t port, unsigned conns, size_t size, ui
 }
 
 int pier_cmd_echo_client(int argc, char **argv) {
-    const char *host = "127.0.0.1";
+    const char *host = "127.0.0.1", *cafile = NULL, *servername = NULL;
     uint16_t port = 10088;
     uint64_t conns = 0, size = 64, seconds = 5, threads = 1, timeout = 5;
+    int tls = 0, insecure = 0;
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},    {"port", required_argument, 0, 'p'},
         {"conns", required_argument, 0, 'c'},   {"size", required_argument, 0, 's'},
         {"seconds", required_argument, 0, 'T'}, {"threads", required_argument, 0, 't'},
         {"timeout", required_argument, 0, 'o'}, {"help", no_argument, 0, 'H'},
+        {"tls", no_argument, 0, 'S'},           {"cafile", required_argument, 0, 'A'},
+        {"insecure", no_argument, 0, 'I'},      {"servername", required_argument, 0, 'N'},
         {0, 0, 0, 0},
     };
     int opt;
@@ -350,6 +445,10 @@ int pier_cmd_echo_client(int argc, char **argv) {
         case 't': bad = pier_cli_u64("echo-client", "--threads", optarg, 1, 256, &threads); break;
         case 'o': bad = pier_cli_u64("echo-client", "--timeout", optarg, 1, 3600, &timeout); break;
         case 'H': fputs(client_help, stdout); return 0;
+        case 'S': tls = 1; break;
+        case 'A': cafile = optarg; break;
+        case 'I': insecure = 1; break;
+        case 'N': servername = optarg; break;
         default:
             return pier_cli_usage_error("echo-client", "unknown or incomplete flag '%s'", argv[optind - 1]);
         }
@@ -360,8 +459,20 @@ int pier_cmd_echo_client(int argc, char **argv) {
         return pier_cli_usage_error("echo-client", "unexpected argument '%s'", argv[optind]);
     if (port == 0)
         return pier_cli_usage_error("echo-client", "--port must not be 0");
-    if (conns == 0)
-        return interactive(host, port, (int)timeout * 1000);
-    pier_log_set_level(PIER_LOG_WARN);
-    return load(host, port, (unsigned)conns, (size_t)size, seconds, (unsigned)threads, timeout * 1000);
+    if (servername && !tls)
+        return pier_cli_usage_error("echo-client", "--servername needs --tls");
+    load_t cfg = {.host = host, .port = port, .size = (size_t)size, .seconds = seconds, .servername = servername};
+    int code = pier_cli_tls_client("echo-client", tls, cafile, insecure, &cfg.tls);
+    if (code)
+        return code;
+    if (conns == 0 && cfg.tls) {
+        code = interactive_tls(host, port, (int)timeout * 1000, cfg.tls, servername);
+    } else if (conns == 0) {
+        code = interactive(host, port, (int)timeout * 1000);
+    } else {
+        pier_log_set_level(PIER_LOG_WARN);
+        code = load(&cfg, (unsigned)conns, (unsigned)threads, timeout * 1000);
+    }
+    pier_tls_ctx_free(cfg.tls);
+    return code;
 }

@@ -40,6 +40,7 @@ typedef struct pier_http_cfg_s {
     uint64_t header_timeout_ms;
     uint64_t body_timeout_ms;
     unsigned max_conns;      /* 0: the library's default */
+    pier_tls_ctx_t *tls;     /* HTTPS; NULL: plain HTTP */
 } pier_http_cfg_t;
 
 int pier_cmd_http(int argc, char **argv);
@@ -202,7 +203,7 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
     pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
                           .access_log = cfg->access_log, .keepalive_ms = cfg->keepalive_ms,
                           .header_timeout_ms = cfg->header_timeout_ms, .body_timeout_ms = cfg->body_timeout_ms,
-                          .max_conns = cfg->max_conns};
+                          .max_conns = cfg->max_conns, .tls = cfg->tls};
     int err = pier_http_server_new(&st->srv, g, &o);
     if (err < 0) {
         if (cfg->access_log && err != -EADDRINUSE)
@@ -220,8 +221,8 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
         return err;
     }
     pier_http_server_start(st->srv);
-    pier_log(PIER_LOG_INFO, "http: listening on %s:%u (%u loops)", cfg->host, pier_http_server_port(st->srv),
-             pier_group_size(g));
+    pier_log(PIER_LOG_INFO, "http: listening on %s:%u%s (%u loops)", cfg->host, pier_http_server_port(st->srv),
+             cfg->tls ? " with TLS (HTTPS only)" : "", pier_group_size(g));
     *state = st;
     return 0;
 }
@@ -245,10 +246,27 @@ const pier_service_t pier_http_service = {
     .net = http_net, .freed = http_freed, .finish = free,
 };
 
+/* HTTPS on 8443 for `pier serve`; its cfg is the server's TLS context. */
+static int https_start(pier_group_t *g, void *tls, void **state) {
+    pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8443, .tls = tls};
+    return http_start(g, &cfg, state);
+}
+
+const pier_service_t pier_https_service = {
+    .name = "https", .start = https_start, .drain = http_drain, .active = http_active,
+    .net = http_net, .freed = http_freed, .finish = free,
+};
+
+/* What a plain HTTP request to the HTTPS port gets, raw, before the connection closes. */
+const char pier_http_plain_reply[] =
+    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 60\r\nConnection: close\r\n\r\n"
+    "This port speaks HTTPS only: a plain HTTP request was sent.\n";
+
 static const char http_help[] =
     "usage: pier http [--host 127.0.0.1] [--port 8888] [--threads N] [--root DIR]\n"
     "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
     "                 [--header-timeout S] [--body-timeout S] [--max-conns N] [--quiet]\n"
+    "                 [--tls-cert FILE --tls-key FILE]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
     "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
@@ -272,13 +290,18 @@ static const char http_help[] =
     "  --body-timeout S    a whole request, head and body, must arrive within S seconds,\n"
     "                      else 408 (default 60)\n"
     "  --max-conns N       open connections at most; more are closed at once (default 10000)\n"
-    "  --quiet             log warnings and errors only\n";
+    "  --quiet             log warnings and errors only\n"
+    "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
+    "                      and answers a plain HTTP request with a 400 that says so\n"
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
     uint64_t threads = 1, v;
+    const char *cert = NULL, *key = NULL;
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
+        {"tls-cert", required_argument, 0, 'C'}, {"tls-key", required_argument, 0, 'K'},
         {"threads", required_argument, 0, 't'},  {"root", required_argument, 0, 'r'},
         {"max-body", required_argument, 0, 'b'}, {"access-log", required_argument, 0, 'l'},
         {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
@@ -336,6 +359,8 @@ int pier_cmd_http(int argc, char **argv) {
             cfg.max_conns = (unsigned)v;
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
+        case 'C': cert = optarg; break;
+        case 'K': key = optarg; break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
             return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -343,6 +368,11 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
+    int code = pier_cli_tls_server("http", cert, key, pier_http_plain_reply, "http/1.1", &cfg.tls);
+    if (code)
+        return code;
     pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};
-    return pier_cli_run((unsigned)threads, &run, 1, 10000);
+    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    pier_tls_ctx_free(cfg.tls);
+    return code;
 }

@@ -16,6 +16,7 @@
 /* The msg service (for serve): cfg is a pier_msg_cfg_t, or NULL for the defaults. */
 typedef struct pier_msg_cfg_s {
     pier_msg_server_opts_t opts;
+    const char *tls_cert, *tls_key; /* --tls-cert/--tls-key, made into opts.tls */
 } pier_msg_cfg_t;
 
 /* ---- the server: JSON service for id 1001 ---- */
@@ -89,6 +90,7 @@ static const char msg_usage[] =
     "usage: pier msg [--host 127.0.0.1] [--port 10089] [--workers N] [--heartbeat S]\n"
     "                [--max-body BYTES] [--threads N] [--out-max BYTES] [--out-policy close|drop]\n"
     "                [--inflight N] [--inflight-total N] [--wide] [--quiet | --verbose]\n"
+    "                [--tls-cert FILE --tls-key FILE]\n"
     "\n"
     "Message server. Frames are [id u16 BE][length u16 BE][body] (--wide: u32 length).\n"
     "Id 1001 carries JSON {\"id\":1001,\"data\":\"...\"} and is answered on id 1001 with\n"
@@ -114,6 +116,8 @@ static const char msg_usage[] =
     "                    blocking call, to see what --workers buys)\n"
     "  --quiet           log warnings and errors only\n"
     "  --verbose         log every connection event\n"
+    "  --tls-cert FILE   certificate chain (PEM, leaf first): the port speaks only TLS\n"
+    "  --tls-key FILE    its private key (PEM); SIGHUP reads both files again\n"
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 
@@ -126,7 +130,8 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         {"wide", no_argument, 0, 'W'},            {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'H'},
         {"delay-us", required_argument, 0, 'D'},  {"inflight", required_argument, 0, 'i'},
-        {"inflight-total", required_argument, 0, 'I'}, {0, 0, 0, 0},
+        {"inflight-total", required_argument, 0, 'I'}, {"tls-cert", required_argument, 0, 'C'},
+        {"tls-key", required_argument, 0, 'K'},   {0, 0, 0, 0},
     };
     pier_msg_server_opts_t *so = &cfg->opts;
     uint64_t v;
@@ -168,6 +173,8 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
             so->inflight_total = (unsigned)v;
             break;
         case 'W': so->codec.wide = 1; break;
+        case 'C': cfg->tls_cert = optarg; break;
+        case 'K': cfg->tls_key = optarg; break;
         case 'D':
             if (pier_cli_u64("msg", "--delay-us", optarg, 0, 1000000, &v) < 0) return 2;
             handler_delay_us = (unsigned)v;
@@ -277,6 +284,11 @@ int pier_cmd_msg(int argc, char **argv) {
     int r = msg_parse(argc, argv, &cfg, &threads);
     if (r)
         return r == 1 ? 0 : r;
+    r = pier_cli_tls_server("msg", cfg.tls_cert, cfg.tls_key, NULL, NULL, &cfg.opts.tls);
+    if (r)
+        return r;
     pier_service_run_t run = {.svc = &pier_msg_service, .cfg = &cfg};
-    return pier_cli_run((unsigned)threads, &run, 1, 20000);
+    r = pier_cli_run((unsigned)threads, &run, 1, 20000);
+    pier_tls_ctx_free(cfg.opts.tls);
+    return r;
 }

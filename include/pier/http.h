@@ -68,6 +68,7 @@ typedef struct pier_http_opts_s {
                                    * (60 s) from its first byte, else 408 and close */
     const char *server_name;      /* Server header value (default "pier") */
     const char *access_log;       /* path to append common-log-format lines to; NULL: none */
+    pier_tls_ctx_t *tls;          /* HTTPS: a server context (tls.h); NULL: plain HTTP */
 } pier_http_opts_t;
 
 /* ---- server ---- */

@@ -33,6 +33,7 @@ typedef struct pier_conn_s pier_conn_t;
 typedef struct pier_server_s pier_server_t;
 typedef struct pier_client_s pier_client_t;
 typedef uint64_t pier_id_t;
+typedef struct pier_tls_ctx_s pier_tls_ctx_t; /* tls.h */
 
 #define PIER_ID_NONE ((pier_id_t)0)
 
@@ -158,9 +159,12 @@ typedef struct pier_server_opts_s {
      * spread, at the cost of a cross-thread hand-off per connection). */
     int single_acceptor;
     pier_conn_limits_t limits;    /* for every accepted connection */
-    /* Called on the connection's loop for each accepted connection, before any read;
-     * set callbacks and data here (pier_conn_set_cbs). A connection left without
-     * callbacks is closed. */
+    /* TLS (tls.h): a server context; every accepted connection then speaks TLS only.
+     * The server keeps its own reference. NULL: plain TCP. */
+    pier_tls_ctx_t *tls;
+    /* Called on the connection's loop for each accepted connection, before any read
+     * (with tls: once the handshake is done); set callbacks and data here
+     * (pier_conn_set_cbs). A connection left without callbacks is closed. */
     void (*on_accept)(pier_server_t *srv, pier_conn_t *c);
     void *data;                   /* pier_server_data() */
 } pier_server_opts_t;
@@ -197,6 +201,13 @@ typedef struct pier_client_opts_s {
     uint64_t backoff_max_ms;      /* default 10000 */
     int max_retries;              /* consecutive failures before giving up; 0: forever */
     pier_conn_limits_t limits;
+    /* TLS (tls.h): a client context; the connection is up only once the handshake is
+     * done, and a failed handshake is a failed connect. The client keeps its own
+     * reference. NULL: plain TCP. */
+    pier_tls_ctx_t *tls;
+    /* The name sent as SNI and checked against the server's certificate; default: host
+     * when it is a name (an IP literal is checked against the certificate's addresses). */
+    const char *tls_servername;
     /* The connection is up; set its callbacks here (pier_conn_set_cbs). */
     void (*on_connect)(pier_client_t *cl, pier_conn_t *c);
     /* A connect attempt failed (err < 0); will_retry says whether another comes. */

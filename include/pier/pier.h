@@ -4,6 +4,7 @@
 
 #include "loop.h"
 #include "net.h"
+#include "tls.h"
 #if __has_include("msg.h")
 #include "msg.h"
 #endif

@@ -55,8 +55,12 @@ static inline void pier__pending_init(pier__pending_t *p, pier__pending_cb cb) {
     p->cb = cb;
 }
 static inline int pier__pending_queued(const pier__pending_t *p) { return pier__queue_linked(&p->q); }
+void pier__pending_insert(pier_loop_t *loop, int pass, pier__pending_t *p);
 /* Queues p in pass (a no-op if it is already queued, in any pass). */
-void pier__pending_add(pier_loop_t *loop, int pass, pier__pending_t *p);
+static inline void pier__pending_add(pier_loop_t *loop, int pass, pier__pending_t *p) {
+    if (!pier__queue_linked(&p->q))
+        pier__pending_insert(loop, pass, p);
+}
 /* Unqueues p; a no-op if it is not queued. */
 static inline void pier__pending_cancel(pier__pending_t *p) {
     if (pier__queue_linked(&p->q))

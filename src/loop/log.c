@@ -60,6 +60,8 @@ const char *pier_strerror(int err) {
     case -ECONNRESET: return "connection reset by peer";
     case -ECONNREFUSED: return "connection refused";
     case -EADDRINUSE: return "address already in use";
+    case -ECONNABORTED: return "peer ended the stream without a TLS close_notify (may be truncated)";
+    case -EKEYREJECTED: return "peer's TLS certificate was rejected";
     default: break;
     }
     const char *s = err < 0 ? strerrordesc_np(-err) : NULL; /* thread-safe, unlike strerror */

@@ -232,9 +232,8 @@ void pier__chunk_put(pier_loop_t *loop, void *chunk) {
 
 /* ---- deferred passes ---- */
 
-void pier__pending_add(pier_loop_t *loop, int pass, pier__pending_t *p) {
-    if (!pier__queue_linked(&p->q))
-        pier__queue_insert_tail(&loop->passes[pass], &p->q);
+void pier__pending_insert(pier_loop_t *loop, int pass, pier__pending_t *p) {
+    pier__queue_insert_tail(&loop->passes[pass], &p->q);
 }
 
 static int passes_pending(pier_loop_t *loop) {

@@ -712,6 +712,7 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
         .limits = {.read_max = keep_max < (1u << 20) ? 0 : keep_max + 1},
         .on_accept = on_accept,
         .data = srv,
+        .tls = srv->o.tls,
     };
     err = pier_server_new(&srv->net, group, &no);
     if (err)

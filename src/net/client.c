@@ -14,17 +14,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { CL_IDLE, CL_CONNECTING, CL_CONNECTED, CL_WAITING };
+enum { CL_IDLE, CL_CONNECTING, CL_HANDSHAKE, CL_CONNECTED, CL_WAITING };
 
 struct pier_client_s {
     pier_client_opts_t opts;
     char host[256];
+    char servername[256];       /* for TLS */
     pier_loop_t *loop;
     struct sockaddr_storage addr;
     socklen_t alen;
     pier__io_t io;              /* the socket while connecting */
     pier_timer_t timer;         /* connect timeout, or the wait before a retry */
     pier_conn_t *conn;
+    pier_conn_t *handshaking;   /* connected over TCP, its transport not yet ready */
     int state;
     int failures;               /* consecutive */
     int stopped;
@@ -35,7 +37,8 @@ struct pier_client_s {
 static void start_connect(pier_client_t *cl);
 static void conn_closed(void *owner, pier_conn_t *c, int err);
 /* The close hook through which the client's connection says it has closed. */
-static const pier__conn_owner_t client_owner = {.closed = conn_closed};
+static void conn_ready(void *owner, pier_conn_t *c);
+static const pier__conn_owner_t client_owner = {.closed = conn_closed, .ready = conn_ready};
 
 pier_client_t *pier_conn_client(const pier_conn_t *c) {
     return c->owner_ops == &client_owner ? c->owner : NULL;
@@ -91,6 +94,22 @@ static void connected(pier_client_t *cl, int fd) {
         return;
     }
     pier__conn_set_owner(c, &client_owner, cl);
+    if (!cl->opts.tls) {
+        conn_ready(cl, c);
+        return;
+    }
+    /* connected only once the transport's handshake is done (conn_ready); a close before
+     * that is a failed connect (conn_closed) */
+    cl->handshaking = c;
+    set_state(cl, CL_HANDSHAKE);
+    err = pier__tp_ops(cl->opts.tls)->attach(cl->opts.tls, c, cl->servername);
+    if (err < 0)
+        pier__conn_fail(c, err);
+}
+
+static void conn_ready(void *owner, pier_conn_t *c) {
+    pier_client_t *cl = owner;
+    cl->handshaking = NULL;
     cl->conn = c;
     cl->failures = 0;
     cl->connects++;
@@ -193,6 +212,9 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
     cl->opts = *opts;
     snprintf(cl->host, sizeof cl->host, "%s", opts->host && *opts->host ? opts->host : "127.0.0.1");
     cl->opts.host = cl->host;
+    snprintf(cl->servername, sizeof cl->servername, "%s",
+             opts->tls_servername && *opts->tls_servername ? opts->tls_servername : cl->host);
+    cl->opts.tls_servername = cl->servername;
     if (!cl->opts.connect_timeout_ms)
         cl->opts.connect_timeout_ms = 5000;
     if (!cl->opts.backoff_min_ms)
@@ -211,6 +233,8 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
         free(cl);
         return err;
     }
+    if (cl->opts.tls)
+        pier__tp_ops(cl->opts.tls)->ref(cl->opts.tls);
     *out = cl;
     start_connect(cl);
     return 0;
@@ -218,6 +242,14 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
 
 static void conn_closed(void *owner, pier_conn_t *c, int err) {
     pier_client_t *cl = owner;
+    if (cl->state == CL_HANDSHAKE) {
+        cl->handshaking = NULL;
+        if (cl->stopped)
+            set_state(cl, CL_IDLE);
+        else
+            connect_failed(cl, err ? err : -ECONNRESET);
+        return;
+    }
     cl->conn = NULL;
     if (cl->opts.reconnect && !cl->stopped) {
         pier_log(PIER_LOG_INFO, "connection to %s:%u closed (%s), reconnecting", cl->host, cl->opts.port,
@@ -239,6 +271,9 @@ void pier_client_stop(pier_client_t *cl) {
         pier_timer_stop(&cl->timer);
         set_state(cl, CL_IDLE);
         break;
+    case CL_HANDSHAKE:
+        pier_conn_abort(cl->handshaking); /* idle once it has closed */
+        break;
     case CL_CONNECTED:
         pier_conn_close(cl->conn); /* idle once its on_close has run */
         break;
@@ -253,6 +288,8 @@ int pier_client_free(pier_client_t *cl) {
     if (cl->state != CL_IDLE)
         return -EBUSY;
     pier_timer_stop(&cl->timer);
+    if (cl->opts.tls)
+        pier__tp_ops(cl->opts.tls)->unref(cl->opts.tls);
     free(cl);
     return 0;
 }

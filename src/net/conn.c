@@ -210,6 +210,17 @@ static void want_flush(pier_conn_t *c) {
     pier__pending_add(c->loop, PIER__PASS_FLUSH, &c->flush_p);
 }
 
+/* Output not yet on the socket: the queue, or a transport's own bytes. */
+static int has_output(const pier_conn_t *c) {
+    return c->ocount > 0 || (c->tp && c->tp->pending(c));
+}
+
+/* Large units skip the queue and go to the socket at once, when nothing waits before
+ * them and no transport has to encode them first. */
+static int can_write_direct(const pier_conn_t *c, size_t len) {
+    return len >= DIRECT_WRITE_MIN && c->ocount == 0 && !c->tp;
+}
+
 static void note_queued(pier_conn_t *c, size_t n) {
     c->queued += n;
     if (c->queued > c->lim.out_high)
@@ -221,6 +232,14 @@ static void fail(pier_conn_t *c, int err) {
     if (!c->err)
         c->err = err;
     pier_conn_abort(c);
+}
+
+void pier__conn_fail(pier_conn_t *c, int err) { fail(c, err); }
+void pier__conn_want_flush(pier_conn_t *c) { want_flush(c); }
+
+void pier__conn_ready(pier_conn_t *c) {
+    if (c->owner_ops && c->owner_ops->ready)
+        c->owner_ops->ready(c->owner, c);
 }
 
 /* Writes a unit straight to the socket while nothing is queued: large units skip the
@@ -256,26 +275,30 @@ static pier__out_t *tail_copy(pier_conn_t *c, size_t *room) {
 static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip, size_t len,
                       uint32_t extra_items) {
     size_t room;
-    tail_copy(c, &room);
-    size_t spill = len > room ? len - room : 0;
+    pier__out_t *tail = tail_copy(c, &room);
     char *buf = NULL;
     size_t cap = 0;
-    if (spill) {
+    uint32_t items = extra_items;
+    if (len > room) {
+        size_t spill = len - room;
         cap = spill > PIER__CHUNK ? spill : PIER__CHUNK;
         buf = cap == PIER__CHUNK ? pier__chunk_get(c->loop) : malloc(cap);
         if (!buf)
             return -ENOMEM;
+        items++;
     }
-    if (out_reserve(c, (spill ? 1 : 0) + extra_items) < 0) {
-        if (buf && cap == PIER__CHUNK)
-            pier__chunk_put(c->loop, buf);
-        else
-            free(buf);
-        return -ENOMEM;
+    if (c->ohead + c->ocount + items > c->ocap) {
+        if (out_reserve(c, items) < 0) {
+            if (cap == PIER__CHUNK)
+                pier__chunk_put(c->loop, buf);
+            else
+                free(buf);
+            return -ENOMEM;
+        }
+        tail = tail_copy(c, &room); /* out_reserve may have moved it */
     }
-    pier__out_t *tail = tail_copy(c, &room); /* again: out_reserve may have moved it */
-    size_t left = len;
-    for (int i = 0; i < iovcnt && left > 0; i++) {
+    /* nothing can fail from here on */
+    for (int i = 0; i < iovcnt; i++) {
         const char *p = iov[i].iov_base;
         size_t n = iov[i].iov_len;
         if (skip >= n) {
@@ -285,22 +308,22 @@ static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_
         p += skip;
         n -= skip;
         skip = 0;
-        while (n > 0) {
-            if (room == 0) {
-                tail = out_push(c);
-                tail->kind = PIER__OUT_COPY;
-                tail->base = buf;
-                tail->ud = (void *)cap;
-                room = cap;
-                buf = NULL;
-            }
-            size_t k = n < room ? n : room;
+        size_t k = n < room ? n : room;
+        if (k) {
             memcpy(tail->base + tail->len, p, k);
             tail->len += k;
             room -= k;
             p += k;
             n -= k;
-            left -= k;
+        }
+        if (n) { /* the tail is full: the rest goes to the new buffer, which holds it all */
+            tail = out_push(c);
+            tail->kind = PIER__OUT_COPY;
+            tail->base = buf;
+            tail->ud = (void *)cap;
+            memcpy(buf, p, n);
+            tail->len = n;
+            room = cap - n;
         }
     }
     note_queued(c, len);
@@ -320,7 +343,7 @@ int pier_conn_writev(pier_conn_t *c, const struct iovec *iov, int iovcnt) {
     if (c->flags & PIER__C_CLOSING)
         return -ENOTCONN;
     size_t total = iov_total(iov, iovcnt), sent = 0;
-    if (total >= DIRECT_WRITE_MIN && c->ocount == 0) {
+    if (can_write_direct(c, total)) {
         ssize_t n = direct_write(c, iov, iovcnt < IOV_BATCH ? iovcnt : IOV_BATCH);
         if (n < 0) {
             fail(c, (int)n);
@@ -338,6 +361,29 @@ int pier_conn_writev(pier_conn_t *c, const struct iovec *iov, int iovcnt) {
 }
 
 int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
+    /* The common case without the general path: a small write that fits the tail chunk,
+     * or starts a new one while the queue array has room. Anything else (a write split
+     * over two chunks, a growing array, a large or refused write) goes the general way. */
+    if (len < DIRECT_WRITE_MIN && !(c->flags & PIER__C_CLOSING)) {
+        size_t room;
+        pier__out_t *tail = tail_copy(c, &room);
+        if (len > room) {
+            if (room || c->ohead + c->ocount == c->ocap)
+                goto general;
+            char *buf = pier__chunk_get(c->loop);
+            if (!buf)
+                return -ENOMEM;
+            tail = out_push(c);
+            tail->kind = PIER__OUT_COPY;
+            tail->base = buf;
+            tail->ud = (void *)(size_t)PIER__CHUNK;
+        }
+        memcpy(tail->base + tail->len, data, len);
+        tail->len += len;
+        note_queued(c, len);
+        return 0;
+    }
+general:;
     struct iovec v = {.iov_base = (void *)data, .iov_len = len};
     return pier_conn_writev(c, &v, 1);
 }
@@ -349,7 +395,7 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
         return -ENOTCONN;
     }
     size_t done = 0;
-    if (len >= DIRECT_WRITE_MIN && c->ocount == 0) {
+    if (can_write_direct(c, len)) {
         struct iovec v = {.iov_base = (void *)base, .iov_len = len};
         ssize_t n = direct_write(c, &v, 1);
         if (n < 0) {
@@ -408,7 +454,7 @@ int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
     return pier_conn_writev_file(c, NULL, 0, fd, offset, len);
 }
 
-static void consume(pier_conn_t *c, size_t n) {
+void pier__conn_consume(pier_conn_t *c, size_t n) {
     c->queued -= n;
     while (n > 0) {
         pier__out_t *o = &c->out[c->ohead];
@@ -426,6 +472,8 @@ static void consume(pier_conn_t *c, size_t n) {
  * the head (up to IOV_BATCH), sendfile for file items. 0 when the queue is empty or the
  * socket is full; a negative errno when the connection failed. */
 static int flush(pier_conn_t *c) {
+    if (c->tp)
+        return c->tp->flush(c);
     while (c->ocount > 0) {
         pier__out_t *o = &c->out[c->ohead];
         if (o->kind == PIER__OUT_FILE) {
@@ -438,7 +486,7 @@ static int flush(pier_conn_t *c) {
             if (n == 0)
                 return -EIO; /* the file shrank under us */
             c->last_io = pier_loop_now(c->loop);
-            consume(c, (size_t)n);
+            pier__conn_consume(c, (size_t)n);
             continue;
         }
         struct iovec iov[IOV_BATCH];
@@ -459,7 +507,7 @@ static int flush(pier_conn_t *c) {
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
         c->last_io = pier_loop_now(c->loop);
-        consume(c, (size_t)n);
+        pier__conn_consume(c, (size_t)n);
         if ((size_t)n < total)
             return 0; /* the socket is full; EPOLLOUT will bring us back */
     }
@@ -493,7 +541,7 @@ static void after_flush(pier_conn_t *c) {
                 c->cbs->on_drain(c);
         }
     }
-    if ((c->flags & PIER__C_CLOSING) && c->ocount == 0)
+    if ((c->flags & PIER__C_CLOSING) && !has_output(c))
         schedule_close(c);
 }
 
@@ -567,6 +615,15 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
     }
 }
 
+/* Bytes for the protocol: from the transport, or from the socket. As the transport's
+ * read: a count, 0 at the end, or a negative errno (-EAGAIN: drained). */
+static ssize_t conn_recv(pier_conn_t *c, char *buf, size_t len, int *more) {
+    if (c->tp)
+        return c->tp->read(c, buf, len, more);
+    ssize_t n = read(c->io.fd, buf, len);
+    return n >= 0 ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+
 static void do_read(pier_conn_t *c) {
     if (c->flags & (PIER__C_CLOSING | PIER__C_USER_PAUSE | PIER__C_WATER_PAUSE))
         return;
@@ -595,15 +652,16 @@ static void do_read(pier_conn_t *c) {
         buf = c->rbuf + c->rlen;
         room = c->rcap - c->rlen;
     }
-    ssize_t n = read(c->io.fd, buf, room);
+    int more = 0;
+    ssize_t n = conn_recv(c, buf, room, &more);
     if (n < 0) {
-        if (errno == EINTR) {
+        if (n == -EINTR || more) {
             want_read(c);
             return;
         }
         c->flags &= ~PIER__C_READABLE;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            fail(c, -errno);
+        if (n != -EAGAIN)
+            fail(c, (int)n);
         return;
     }
     if (n == 0) {
@@ -616,7 +674,7 @@ static void do_read(pier_conn_t *c) {
     }
     /* A short read drains the socket, and the next edge brings more, except for a FIN
      * that came with this data: that edge is already spent, so read again for it. */
-    if ((size_t)n < room && !(c->flags & PIER__C_RDHUP))
+    if ((size_t)n < room && !(c->flags & PIER__C_RDHUP) && !more)
         c->flags &= ~PIER__C_READABLE;
     else
         want_read(c);
@@ -640,7 +698,7 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
         getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
         fail(c, soerr ? -soerr : -EIO);
     } else {
-        if ((events & EPOLLOUT) && c->ocount)
+        if ((events & EPOLLOUT) && has_output(c))
             flush_now(c);
         if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) {
             c->flags |= PIER__C_READABLE;
@@ -767,8 +825,23 @@ static void finalize(pier_conn_t *c) {
         c->cbs->on_close(c, c->err);
     if (c->owner_ops)
         c->owner_ops->closed(c->owner, c, c->err);
+    if (c->tp)
+        c->tp->free(c);
+    c->tp = NULL;
     pier_conn_unref(c);
     pier_conn_unref(c); /* the loop's reference */
+}
+
+/* Flushes during a close: 0 when all is out, -1 when the close must wait (for the
+ * socket: after_flush() brings it back) or is over (a failure finalized it). */
+static int close_flush(pier_conn_t *c) {
+    int err = flush(c);
+    if (err < 0) {
+        fail(c, err);
+        finalize(c);
+        return -1;
+    }
+    return has_output(c) ? -1 : 0;
 }
 
 /* One step of a close: flush, send our FIN, linger for the peer's, then finalize.
@@ -777,15 +850,14 @@ static void close_step(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSED)
         return;
     if (!(c->flags & PIER__C_ABORT)) {
-        if (c->ocount > 0) {
-            int err = flush(c);
-            if (err < 0) {
-                fail(c, err);
-                finalize(c);
+        if (has_output(c) && close_flush(c) < 0)
+            return;
+        if (c->tp && !(c->flags & PIER__C_TP_SHUT)) {
+            /* the transport's goodbye (TLS close_notify) goes after the queue, once */
+            c->flags |= PIER__C_TP_SHUT;
+            c->tp->shutdown(c);
+            if (has_output(c) && close_flush(c) < 0)
                 return;
-            }
-            if (c->ocount > 0)
-                return; /* after_flush() brings us back when the socket drains */
         }
         if (!(c->flags & PIER__C_SHUT)) {
             /* Half-close and wait for the peer's FIN before close(): closing with unread

@@ -16,9 +16,44 @@ enum {
     PIER__C_SHUT = 1 << 7,      /* our FIN is out; lingering until the peer's */
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
     PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
+    PIER__C_TP_SHUT = 1 << 10,  /* the transport's shutdown has run */
 };
 
 enum { PIER__OUT_COPY, PIER__OUT_REF, PIER__OUT_FILE };
+
+/* A transport beneath a connection (TLS, src/tls/): it turns socket bytes into the
+ * plaintext the protocol reads, and the queued plaintext (out[]) into socket bytes. A
+ * connection without one reads and writes the socket itself. All run on the loop thread,
+ * with a reference held by the caller. */
+typedef struct pier__transport_s {
+    /* Reads up to len bytes of plaintext into buf: the count, 0 at a clean end of the
+     * stream, or a negative errno, -EAGAIN when there is nothing to read now. Sets *more
+     * when it may have more without a new edge from epoll (it must then be called again). */
+    ssize_t (*read)(pier_conn_t *c, char *buf, size_t len, int *more);
+    /* Writes what it can of out[] (consuming items with pier__conn_consume) and of its own
+     * output: 0 when done or waiting for the socket, or a negative errno. */
+    int (*flush)(pier_conn_t *c);
+    /* 1 while it holds output of its own that is not on the socket yet. */
+    int (*pending)(const pier_conn_t *c);
+    /* A graceful close has flushed out[]: queue the transport's own goodbye (once). */
+    void (*shutdown)(pier_conn_t *c);
+    /* Frees its state; runs once, after on_close. */
+    void (*free)(pier_conn_t *c);
+} pier__transport_t;
+
+/* What net knows of a transport context such as pier_tls_ctx_t, whose struct starts with
+ * a pointer to this: enough to wrap a new connection without linking to the layer. */
+typedef struct pier__tp_ops_s {
+    /* Wraps c (not yet handed to the application). servername: a client's expected name
+     * (NULL for a server). The owner's ready hook runs once the transport is ready. */
+    int (*attach)(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);
+    void (*ref)(pier_tls_ctx_t *ctx);
+    void (*unref)(pier_tls_ctx_t *ctx);
+} pier__tp_ops_t;
+
+static inline const pier__tp_ops_t *pier__tp_ops(pier_tls_ctx_t *ctx) {
+    return *(const pier__tp_ops_t *const *)(void *)ctx;
+}
 
 typedef struct pier__out_s {
     char *base;
@@ -57,16 +92,29 @@ struct pier_conn_s {
     const struct pier__conn_owner_s *owner_ops;
     void *owner;
     pier__queue_t owner_q;
+
+    const pier__transport_t *tp; /* NULL: the socket itself */
+    void *tp_state;
 };
 
 /* How a connection tells its owner that it closed: closed() runs once, in the close pass,
  * after on_close, with the connection's error; the owner unlinks owner_q there. */
 typedef struct pier__conn_owner_s {
     void (*closed)(void *owner, pier_conn_t *c, int err);
+    /* A connection with a transport is ready for the application (its handshake is
+     * done): the owner hands it over (on_accept, on_connect). */
+    void (*ready)(void *owner, pier_conn_t *c);
 } pier__conn_owner_t;
 
 /* Wraps a connected non-blocking socket. The loop holds the first reference. */
 int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out);
+/* For transports: the owner's ready hook; consuming n bytes of out[] (they have been
+ * taken by the transport); the flush pass; a failure that aborts with err. */
+void pier__conn_ready(pier_conn_t *c);
+void pier__conn_consume(pier_conn_t *c, size_t n);
+void pier__conn_want_flush(pier_conn_t *c);
+void pier__conn_fail(pier_conn_t *c, int err);
+
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);
 

@@ -99,7 +99,19 @@ static void conn_closed(void *owner, pier_conn_t *c, int err) {
     atomic_fetch_sub(&srv->conns, 1);
 }
 
-static const pier__conn_owner_t server_owner = {.closed = conn_closed};
+/* The ready hook: the connection is the application's from here (for TLS, after the
+ * handshake; for plain TCP, at once). */
+static void conn_ready(void *owner, pier_conn_t *c) {
+    pier_server_t *srv = owner;
+    pier_conn_ref(c);
+    if (srv->opts.on_accept)
+        srv->opts.on_accept(srv, c);
+    if (!c->cbs)
+        pier_conn_close(c);
+    pier_conn_unref(c);
+}
+
+static const pier__conn_owner_t server_owner = {.closed = conn_closed, .ready = conn_ready};
 
 pier_server_t *pier_conn_server(const pier_conn_t *c) {
     return c->owner_ops == &server_owner ? c->owner : NULL;
@@ -126,12 +138,16 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
     }
     pier__conn_set_owner(c, &server_owner, srv);
     pier__queue_insert_tail(&l->conns, &c->owner_q);
-    pier_conn_ref(c);
-    if (srv->opts.on_accept)
-        srv->opts.on_accept(srv, c);
-    if (!c->cbs)
-        pier_conn_close(c);
-    pier_conn_unref(c);
+    if (!srv->opts.tls) {
+        conn_ready(srv, c);
+        return;
+    }
+    /* the transport calls conn_ready once its handshake is done */
+    err = pier__tp_ops(srv->opts.tls)->attach(srv->opts.tls, c, NULL);
+    if (err < 0) {
+        pier_log(PIER_LOG_WARN, "cannot set up TLS on an accepted connection: %s", pier_strerror(err));
+        pier_conn_abort(c);
+    }
 }
 
 static void handoff_task(void *arg) {
@@ -211,6 +227,8 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     if (!srv->opts.max_conns)
         srv->opts.max_conns = 100000;
     pier__limits_default(&srv->opts.limits);
+    if (srv->opts.tls)
+        pier__tp_ops(srv->opts.tls)->ref(srv->opts.tls);
     srv->group = group;
     srv->n = pier_group_size(group);
     srv->ls = calloc(srv->n, sizeof *srv->ls);
@@ -268,6 +286,8 @@ fail:
             if (srv->ls[i].io.fd >= 0)
                 close(srv->ls[i].io.fd);
     free(srv->ls);
+    if (srv->opts.tls)
+        pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
     free(srv);
     return err;
 }
@@ -384,6 +404,8 @@ int pier_server_free(pier_server_t *srv) {
         if (srv->ls[i].reserve_fd >= 0)
             close(srv->ls[i].reserve_fd);
     free(srv->ls);
+    if (srv->opts.tls)
+        pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
     free(srv);
     return 0;
 }

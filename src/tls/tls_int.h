@@ -1,0 +1,43 @@
+/* TLS internals shared by the context (ctx.c) and the transport (transport.c), and by
+ * the fuzz target, which drives a server context's handshake through memory BIOs. */
+#ifndef PIER_TLS_INT_H
+#define PIER_TLS_INT_H
+
+#include <pier/tls.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "base/buf.h"
+#include "net/conn.h"
+
+struct pier_tls_ctx_s {
+    const pier__tp_ops_t *ops;  /* first: how net reaches it (net/conn.h) */
+    pthread_mutex_t lock;       /* guards ssl, which a reload replaces */
+    SSL_CTX *ssl;
+    int server;
+    pier_tls_opts_t opts;       /* as given, for reloading; strings point into strings[] */
+    char *strings[3];
+    atomic_uint refs;           /* the creator's, plus one per server, client, connection */
+    uint64_t handshake_ms;
+    char *plain_reply;
+    size_t plain_len;
+    unsigned char *alpn;        /* ALPN preference list in wire format (length-prefixed) */
+    size_t alpn_len;
+    atomic_uint_fast64_t handshakes, failed;
+    atomic_uint_fast64_t log_fail; /* rate limit of the failure log */
+};
+
+extern const pier__tp_ops_t pier__tls_ops;
+
+void pier__tls_ctx_ref(pier_tls_ctx_t *ctx);
+/* The current SSL_CTX, with a reference the caller drops with SSL_CTX_free (a reload may
+ * replace it at any time on another thread). */
+SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx);
+void pier__tls_ctx_unref(pier_tls_ctx_t *ctx);
+/* transport.c: wraps a connection (pier__tp_ops_t.attach). */
+int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);
+/* The first OpenSSL error queued on this thread, as text (and clears the queue). */
+const char *pier__tls_reason(char *buf, size_t size);
+
+#endif

@@ -1,0 +1,480 @@
+/* The TLS transport beneath a connection.
+ *
+ * Why a BIO of pier's own rather than OpenSSL's socket BIO or a pair of memory BIOs:
+ *  - reads go straight from the socket into OpenSSL's record buffer (read_ahead), as the
+ *    socket BIO would, so no ciphertext is copied and none is kept per connection between
+ *    reads; a read that would block tells us the socket is drained, which is exactly
+ *    what edge-triggered epoll needs to know. A memory BIO would need the ciphertext read
+ *    into a buffer first and copied again, and it keeps its own buffer per connection;
+ *  - writes append to the connection's ciphertext buffer (never blocking, so SSL_write
+ *    takes a whole item or fails), and the flush sends it with one send() per batch, as
+ *    plain connections send their queue with one sendmsg. The socket BIO would make one
+ *    send() per record. Ciphertext the socket did not take waits there; the buffer is
+ *    freed as soon as it empties, so an idle connection holds none.
+ *
+ * The plaintext queue (out[]) stays the connection's: it counts against the water marks
+ * as on plain TCP, and items are encrypted in order only when the socket can take them,
+ * at most BATCH bytes at a time, files through a 16 KiB chunk. */
+#include "tls_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BATCH (64 * 1024) /* ciphertext made per round of a flush */
+/* Reading can make output of its own (alerts, TLS 1.3 key updates). The flush adds at
+ * most BATCH, and only once the socket took the last batch; more than this unsent is a
+ * peer provoking replies it does not read, and its connection is closed. */
+#define READ_OUT_MAX (4 * BATCH)
+
+enum {
+    T_READY = 1 << 0,    /* handshake done; the application has the connection */
+    T_FATAL = 1 << 1,    /* OpenSSL failed: no more SSL calls but SSL_free */
+    T_EOF = 1 << 2,      /* the socket read returned 0 */
+    T_INPUT = 1 << 3,    /* the peer has sent at least one byte */
+    T_NOT_TLS = 1 << 4,  /* the first bytes were text, not a TLS record */
+    T_CLIENT = 1 << 5,
+};
+
+typedef struct tls_conn_s {
+    SSL *ssl;
+    pier_tls_ctx_t *ctx;
+    pier_conn_t *c;
+    pier__buf_t wbuf;           /* ciphertext not yet on the socket, from woff */
+    size_t woff;
+    int sock_err;               /* what the socket said, for the error OpenSSL reports */
+    int end;                    /* result kept for the next read, once data came with it */
+    unsigned flags;
+    pier_timer_t hs_timer;
+} tls_conn_t;
+
+static const pier__transport_t tls_transport;
+
+/* ---- the BIO ---- */
+
+static int bio_read(BIO *b, char *out, int len) {
+    tls_conn_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t n;
+    do
+        n = read(t->c->io.fd, out, (size_t)len);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        t->c->last_io = pier_loop_now(t->c->loop);
+        /* A TLS connection starts with a handshake record (22). Text is someone speaking
+         * plain HTTP (or another line protocol) to the TLS port. */
+        if (!(t->flags & (T_INPUT | T_CLIENT)) && out[0] >= 'A' && out[0] <= 'Z') {
+            t->flags |= T_INPUT | T_NOT_TLS;
+            return -1;
+        }
+        t->flags |= T_INPUT;
+        return (int)n;
+    }
+    if (n == 0) {
+        t->flags |= T_EOF;
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    t->sock_err = -errno;
+    return -1;
+}
+
+static int bio_write(BIO *b, const char *in, int len) {
+    tls_conn_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (pier__buf_append(&t->wbuf, in, (size_t)len) < 0) {
+        t->sock_err = -ENOMEM;
+        return -1;
+    }
+    return len;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* flushing is ours, after each OpenSSL call */
+}
+
+static int bio_create(BIO *b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_method_init(void) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pier");
+    if (m && BIO_meth_set_read(m, bio_read) == 1 && BIO_meth_set_write(m, bio_write) == 1 &&
+        BIO_meth_set_ctrl(m, bio_ctrl) == 1 && BIO_meth_set_create(m, bio_create) == 1) {
+        bio_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+/* ---- sending ciphertext ---- */
+
+/* Sends what waits in wbuf: 0 when all is out (the buffer is then freed), 1 when the
+ * socket is full (EPOLLOUT brings the flush back), or a negative errno. */
+static int send_pending(tls_conn_t *t) {
+    pier_conn_t *c = t->c;
+    while (t->woff < t->wbuf.len) {
+        ssize_t n = send(c->io.fd, t->wbuf.p + t->woff, t->wbuf.len - t->woff, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
+        }
+        t->woff += (size_t)n;
+        c->last_io = pier_loop_now(c->loop);
+    }
+    pier__buf_free(&t->wbuf);
+    t->woff = 0;
+    return 0;
+}
+
+/* After an OpenSSL call that may have produced output (handshake messages, alerts,
+ * tickets): send it now, or leave the rest to the flush pass. */
+static int push_out(tls_conn_t *t) {
+    int r = send_pending(t);
+    if (r == 1)
+        pier__conn_want_flush(t->c);
+    return r < 0 ? r : 0;
+}
+
+/* ---- handshake ---- */
+
+static void count_failure(tls_conn_t *t, const char *why) {
+    pier_tls_ctx_t *ctx = t->ctx;
+    char peer[64];
+    atomic_fetch_add(&ctx->failed, 1);
+    pier__log_every(&ctx->log_fail, pier_loop_now(t->c->loop), PIER_LOG_WARN,
+                    "tls: handshake with %s failed: %s (%llu failed so far; logged at most once a second)",
+                    pier_conn_peer(t->c, peer, sizeof peer), why, (unsigned long long)atomic_load(&ctx->failed));
+}
+
+static void hs_timeout(pier_timer_t *timer) {
+    tls_conn_t *t = timer->data;
+    t->flags |= T_FATAL;
+    count_failure(t, "timed out");
+    pier__conn_fail(t->c, -ETIMEDOUT);
+}
+
+/* A peer that spoke text to the TLS port: the context's plain reply goes out raw, then
+ * a graceful close (its FIN after the reply, and the rest of the request read away so
+ * no reset destroys the reply). */
+static int reply_plain(tls_conn_t *t) {
+    count_failure(t, "not TLS (plain text)");
+    t->flags |= T_FATAL;
+    if (!t->ctx->plain_reply)
+        return -EPROTO;
+    if (pier__buf_append(&t->wbuf, t->ctx->plain_reply, t->ctx->plain_len) < 0)
+        return -ENOMEM;
+    pier_timer_stop(&t->hs_timer);
+    pier_conn_close(t->c);
+    return push_out(t) < 0 ? -EPIPE : -EAGAIN;
+}
+
+static int hs_failed(tls_conn_t *t, int ssl_err) {
+    char why[256];
+    t->flags |= T_FATAL;
+    if (t->flags & T_NOT_TLS)
+        return reply_plain(t);
+    push_out(t); /* the alert, if OpenSSL made one; best effort */
+    if (!(t->flags & T_INPUT) && (t->flags & T_EOF) && !(t->flags & T_CLIENT))
+        return 0; /* closed before saying anything (a port probe): not a handshake */
+    long verify = SSL_get_verify_result(t->ssl); /* the server's, or with mTLS the client's */
+    if (verify != X509_V_OK) {
+        ERR_clear_error();
+        snprintf(why, sizeof why, "certificate rejected: %s", X509_verify_cert_error_string(verify));
+        count_failure(t, why);
+        return PIER_ETLS_REJECTED;
+    }
+    if (ssl_err == SSL_ERROR_SSL)
+        pier__tls_reason(why, sizeof why);
+    else
+        snprintf(why, sizeof why, "%s", t->sock_err ? pier_strerror(t->sock_err) : "connection closed");
+    ERR_clear_error();
+    count_failure(t, why);
+    return t->sock_err ? t->sock_err : (t->flags & T_EOF) && ssl_err != SSL_ERROR_SSL ? -ECONNRESET : -EPROTO;
+}
+
+/* One handshake step: 0 once done, -EAGAIN to wait for the peer, 0 at a silent end,
+ * or a negative errno. */
+static int handshake(tls_conn_t *t) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return push_out(t) < 0 ? -EPIPE : -EAGAIN;
+    if (e != SSL_ERROR_NONE)
+        return hs_failed(t, e);
+    pier_timer_stop(&t->hs_timer);
+    t->flags |= T_READY;
+    atomic_fetch_add(&t->ctx->handshakes, 1);
+    return push_out(t);
+}
+
+/* A failed handshake ends with a graceful close, not a reset: the alert that says why
+ * (an unknown CA, a missing client certificate) reaches the peer before our FIN, where a
+ * reset could destroy it unread. The connection then lingers as any closing one does. */
+static ssize_t refuse(tls_conn_t *t, int err) {
+    if (!t->c->err)
+        t->c->err = err;
+    pier_timer_stop(&t->hs_timer);
+    pier_conn_close(t->c);
+    return -EAGAIN;
+}
+
+/* ---- the transport ---- */
+
+/* Why a read ended without data: 0 for the peer's close_notify, PIER_ETLS_TRUNCATED for
+ * a TCP end without one, the socket's error, or -EPROTO. */
+static int read_end(tls_conn_t *t, int e) {
+    t->flags |= T_FATAL;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        t->flags &= ~T_FATAL; /* a clean end: our close_notify may still go out */
+        return 0;
+    }
+    int err = t->sock_err ? t->sock_err : (t->flags & T_EOF) ? PIER_ETLS_TRUNCATED : -EPROTO;
+    if (err == -EPROTO) {
+        char why[256];
+        pier_log(PIER_LOG_DEBUG, "tls: connection %llu: %s", (unsigned long long)t->c->id,
+                 pier__tls_reason(why, sizeof why));
+    }
+    ERR_clear_error();
+    return err;
+}
+
+static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
+    tls_conn_t *t = c->tp_state;
+    if (t->end != 1)
+        return t->end; /* kept from the last read, which returned data */
+    if (t->wbuf.len - t->woff > READ_OUT_MAX)
+        return -ENOBUFS;
+    if (!(t->flags & T_READY)) {
+        int err = handshake(t);
+        if (err < 0 && err != -EAGAIN)
+            return refuse(t, err);
+        if (err < 0 || !(t->flags & T_READY))
+            return err < 0 ? err : 0;
+        pier__conn_ready(c);
+        /* the application has had on_accept/on_connect, and may have paused or closed:
+         * the read pass comes back for the first bytes of data */
+        *more = 1;
+        return -EAGAIN;
+    }
+    size_t got = 0;
+    while (got < len) {
+        size_t n = 0;
+        ERR_clear_error();
+        if (SSL_read_ex(t->ssl, buf + got, len - got, &n) == 1) {
+            got += n;
+            continue;
+        }
+        int e = SSL_get_error(t->ssl, 0);
+        int err = push_out(t);
+        if (e == SSL_ERROR_WANT_READ && err == 0)
+            return got ? (ssize_t)got : -EAGAIN; /* the socket is drained */
+        err = err < 0 ? err : read_end(t, e);
+        if (got == 0)
+            return err;
+        t->end = err;
+        *more = 1;
+        return (ssize_t)got;
+    }
+    *more = 1; /* the buffer is full: OpenSSL or the socket may hold more */
+    return (ssize_t)got;
+}
+
+static int write_failed(tls_conn_t *t) {
+    char why[256];
+    t->flags |= T_FATAL;
+    if (t->sock_err)
+        return t->sock_err;
+    pier_log(PIER_LOG_DEBUG, "tls: connection %llu: cannot encrypt: %s", (unsigned long long)t->c->id,
+             pier__tls_reason(why, sizeof why));
+    return -EPROTO;
+}
+
+static int encrypt(tls_conn_t *t, const void *p, size_t n) {
+    size_t w;
+    ERR_clear_error();
+    return SSL_write_ex(t->ssl, p, n, &w) == 1 ? 0 : write_failed(t);
+}
+
+/* A file item: read and encrypted 16 KiB at a time, through the loop's cached chunk. */
+static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
+    pier_conn_t *c = t->c;
+    char *chunk = pier__chunk_get(c->loop);
+    if (!chunk)
+        return -ENOMEM;
+    size_t want = o->len - o->off < PIER__CHUNK ? o->len - o->off : PIER__CHUNK;
+    ssize_t n;
+    do
+        n = pread(o->fd, chunk, want, o->foff);
+    while (n < 0 && errno == EINTR);
+    int err = n < 0 ? -errno : n == 0 ? -EIO /* the file shrank under us */ : encrypt(t, chunk, (size_t)n);
+    pier__chunk_put(c->loop, chunk);
+    if (err < 0)
+        return err;
+    o->foff += n;
+    pier__conn_consume(c, (size_t)n);
+    return 0;
+}
+
+/* Encrypts queued items, in order, until about BATCH bytes of ciphertext wait. */
+static int encrypt_some(tls_conn_t *t) {
+    pier_conn_t *c = t->c;
+    while (c->ocount > 0 && t->wbuf.len - t->woff < BATCH) {
+        pier__out_t *o = &c->out[c->ohead];
+        if (o->kind == PIER__OUT_FILE) {
+            int err = encrypt_file(t, o);
+            if (err < 0)
+                return err;
+            continue;
+        }
+        size_t n = o->len - o->off < BATCH ? o->len - o->off : BATCH;
+        int err = encrypt(t, o->base + o->off, n);
+        if (err < 0)
+            return err;
+        pier__conn_consume(c, n);
+    }
+    return 0;
+}
+
+static int tls_flush(pier_conn_t *c) {
+    tls_conn_t *t = c->tp_state;
+    for (;;) {
+        int r = send_pending(t);
+        if (r != 0)
+            return r < 0 ? r : 0;
+        if (!(t->flags & T_READY) || (t->flags & T_FATAL) || c->ocount == 0)
+            return 0;
+        if ((r = encrypt_some(t)) < 0)
+            return r;
+    }
+}
+
+static int tls_pending(const pier_conn_t *c) {
+    const tls_conn_t *t = c->tp_state;
+    return t->woff < t->wbuf.len;
+}
+
+/* close_notify, once, without waiting for the peer's: the connection's linger after its
+ * FIN reads away whatever the peer still sends, its close_notify included. */
+static void tls_shutdown(pier_conn_t *c) {
+    tls_conn_t *t = c->tp_state;
+    if ((t->flags & (T_READY | T_FATAL)) != T_READY)
+        return;
+    ERR_clear_error();
+    if (SSL_shutdown(t->ssl) < 0)
+        ERR_clear_error();
+}
+
+static void tls_free(pier_conn_t *c) {
+    tls_conn_t *t = c->tp_state;
+    pier_timer_stop(&t->hs_timer);
+    SSL_free(t->ssl);
+    pier__buf_free(&t->wbuf);
+    pier__tls_ctx_unref(t->ctx);
+    free(t);
+    c->tp_state = NULL;
+}
+
+static const pier__transport_t tls_transport = {
+    .read = tls_read, .flush = tls_flush, .pending = tls_pending, .shutdown = tls_shutdown, .free = tls_free,
+};
+
+/* A client checks the name it connects to: a host name against the certificate's
+ * names (and sends it as SNI), an IP literal against its addresses. */
+static int expect_name(SSL *ssl, const char *name) {
+    unsigned char ip[16];
+    if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1)
+        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1 ? 0 : -EINVAL;
+    if (SSL_set_tlsext_host_name(ssl, name) != 1 || SSL_set1_host(ssl, name) != 1)
+        return -EINVAL;
+    return 0;
+}
+
+static int setup_ssl(tls_conn_t *t, const char *servername) {
+    if (pthread_once(&bio_once, bio_method_init) != 0 || !bio_method)
+        return -ENOMEM;
+    SSL_CTX *sctx = pier__tls_ctx_ssl(t->ctx);
+    t->ssl = SSL_new(sctx);
+    SSL_CTX_free(sctx); /* the SSL holds its own reference */
+    BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
+    if (!b)
+        return -ENOMEM;
+    BIO_set_data(b, t);
+    SSL_set_bio(t->ssl, b, b);
+    if (t->ctx->server) {
+        SSL_set_accept_state(t->ssl);
+        return 0;
+    }
+    SSL_set_connect_state(t->ssl);
+    t->flags |= T_CLIENT;
+    return servername && *servername ? expect_name(t->ssl, servername) : 0;
+}
+
+int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername) {
+    tls_conn_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    t->ctx = ctx;
+    t->c = c;
+    t->end = 1;
+    pier__tls_ctx_ref(ctx);
+    int err = setup_ssl(t, servername);
+    if (err < 0) {
+        ERR_clear_error();
+        SSL_free(t->ssl);
+        pier__tls_ctx_unref(ctx);
+        free(t);
+        return err;
+    }
+    c->tp = &tls_transport;
+    c->tp_state = t;
+    pier_timer_init(c->loop, &t->hs_timer, hs_timeout, t);
+    pier_timer_start(&t->hs_timer, ctx->handshake_ms, 0);
+    if (t->flags & T_CLIENT) {
+        err = handshake(t); /* the ClientHello goes out now */
+        if (err < 0 && err != -EAGAIN)
+            return err;
+    }
+    return 0;
+}
+
+/* ---- information ---- */
+
+int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) {
+    if (c->flags & PIER__C_CLOSED)
+        return -ENOTCONN;
+    if (c->tp != &tls_transport)
+        return -EINVAL;
+    const tls_conn_t *t = c->tp_state;
+    memset(out, 0, sizeof *out);
+    out->version = SSL_get_version(t->ssl);
+    out->cipher = SSL_get_cipher_name(t->ssl);
+    const unsigned char *alpn;
+    unsigned alen;
+    SSL_get0_alpn_selected(t->ssl, &alpn, &alen);
+    if (alpn && alen < sizeof out->alpn)
+        memcpy(out->alpn, alpn, alen);
+    const char *sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    snprintf(out->sni, sizeof out->sni, "%s", sni ? sni : "");
+    X509 *peer = SSL_get0_peer_certificate(t->ssl);
+    if (peer)
+        X509_NAME_oneline(X509_get_subject_name(peer), out->peer_subject, sizeof out->peer_subject);
+    out->resumed = SSL_session_reused(t->ssl);
+    return 0;
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""pier http and pier msg with --tls-cert/--tls-key against real clients: curl --cacert
+(plaintext, keep-alive, a 5 MB static file that goes out through read+encrypt since the
+kernel here has no TLS offload, byte-exact), a plain HTTP request on the HTTPS port
+answered with a 400 that says so, ALPN with openssl s_client, and a message round trip
+over Python's ssl.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tls"))
+import pierlib  # noqa: E402
+import tlslib  # noqa: E402
+
+
+def curl(*args):
+    p = subprocess.run(["curl", "-sS", "--max-time", "60"] + list(args), capture_output=True, timeout=90)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
+@unittest.skipUnless(tlslib.have_openssl() and shutil.which("curl"), "openssl or curl is not installed")
+class TlsHttp(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = tlslib.Certs()
+        cls.root = tempfile.mkdtemp(prefix="pier-tls-www-")
+        cls.big = os.urandom(5 * 1000 * 1000 + 7)
+        with open(os.path.join(cls.root, "big.bin"), "wb") as f:
+            f.write(cls.big)
+        cls.srv = pierlib.Pier("http", "--root", cls.root, *cls.certs.server_flags())
+        cls.url = "https://localhost:%d" % cls.srv.port
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.srv.stop()
+        cls.certs.close()
+        shutil.rmtree(cls.root, ignore_errors=True)
+        assert code == 0, "exit %s; stderr:\n%s" % (code, cls.srv.stderr())
+
+    def test_curl(self):
+        code, out, err = curl("--cacert", self.certs.ca, self.url + "/plaintext", self.url + "/json")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, b'Hello, World!{"message":"Hello, World!"}')
+
+    def test_curl_refuses_without_the_ca(self):
+        code, out, err = curl(self.url + "/plaintext")
+        self.assertNotEqual(code, 0)
+
+    def test_static_file_over_tls(self):
+        code, out, err = curl("--cacert", self.certs.ca, self.url + "/static/big.bin")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(out), len(self.big))
+        self.assertTrue(out == self.big, "the file came back different")
+        code, out, err = curl("--cacert", self.certs.ca, "-r", "1000-1999", self.url + "/static/big.bin")
+        self.assertEqual(out, self.big[1000:2000])
+
+    def test_plain_http_on_the_https_port(self):
+        with socket.create_connection(("127.0.0.1", self.srv.port), timeout=30) as s:
+            s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            reply = pierlib.recv_until_eof(s, limit=4096)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply)
+        self.assertIn(b"HTTPS only", reply)
+        code, out, err = curl("--cacert", self.certs.ca, self.url + "/plaintext")  # still serving
+        self.assertEqual(out, b"Hello, World!")
+
+    def test_alpn(self):
+        code, out = tlslib.s_client(self.srv.port, "-alpn", "h2,http/1.1", "-CAfile", self.certs.ca)
+        self.assertEqual(code, 0, out)
+        self.assertIn("ALPN protocol: http/1.1", out)
+        code, out = tlslib.s_client(self.srv.port, "-alpn", "h2", "-CAfile", self.certs.ca)
+        self.assertEqual(code, 0, out)  # nothing in common: no ALPN, not a failure
+        self.assertIn("No ALPN negotiated", out)
+
+
+@unittest.skipUnless(tlslib.have_openssl() and shutil.which("curl"), "openssl or curl is not installed")
+class TlsReload(unittest.TestCase):
+    def subject(self, port, ctx):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return dict(x[0] for x in s.getpeercert()["subject"])["commonName"]
+
+    def test_sighup_reloads_under_load(self):
+        with tlslib.Certs() as certs:
+            cert, key = certs.leaf("live.pem", "live-key.pem", cn="localhost")
+            with pierlib.Pier("http", "--tls-cert", cert, "--tls-key", key) as srv:
+                ctx = certs.client_context()
+                self.assertEqual(self.subject(srv.port, ctx), "localhost")
+                url = "https://localhost:%d/plaintext" % srv.port
+                # curl runs requests, each on a new connection, while the files change
+                args = ["curl", "-sS", "--cacert", certs.ca, "--fail", "-w", "%{http_code}\\n"]
+                for _ in range(300):
+                    args += ["-o", "/dev/null", url]
+                load = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                keep = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=30),
+                                       server_hostname="localhost")
+                for i in range(5):
+                    certs.leaf("next.pem", "next-key.pem", cn="localhost")
+                    os.replace(os.path.join(certs.dir, "next.pem"), cert)
+                    os.replace(os.path.join(certs.dir, "next-key.pem"), key)
+                    srv.signal(signal.SIGHUP)
+                    deadline = time.monotonic() + 10
+                    while srv.stderr().count("certificate and key reloaded") <= i and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                out, err = load.communicate(timeout=120)
+                codes = out.decode().split()
+                self.assertEqual(load.returncode, 0, err)
+                self.assertEqual(codes, ["200"] * 300)
+                self.assertEqual(srv.stderr().count("certificate and key reloaded"), 5, srv.stderr())
+                # a connection made before the reloads still works
+                keep.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertIn(b"Hello, World!", keep.recv(4096))
+                keep.close()
+                # bad files: the last good certificate stays
+                with open(cert, "w") as f:
+                    f.write("not a certificate\n")
+                srv.signal(signal.SIGHUP)
+                self.assertTrue(srv.wait_stderr("old one stays in use", 10), srv.stderr())
+                self.assertEqual(self.subject(srv.port, ctx), "localhost")
+                self.assertEqual(srv.stop(), 0)
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsMsg(unittest.TestCase):
+    def test_round_trip(self):
+        with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
+            raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+            with certs.client_context().wrap_socket(raw, server_hostname="localhost") as s:
+                body = json.dumps({"id": 1001, "data": "over tls"}).encode()
+                s.sendall(struct.pack(">HH", 1001, len(body)) + body)
+                mid, n = struct.unpack(">HH", pierlib.recv_exact(s, 4))
+                reply = json.loads(pierlib.recv_exact(s, n))
+            self.assertEqual((mid, reply["data"]), (1001, "server has received msg, over tls"))
+            self.assertEqual(srv.stop(), 0)
+
+
+if __name__ == "__main__":
+    pierlib.run_tests(globals())
