@@ -270,13 +270,55 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     return pier__buf_append(&hc->pending, data, n);
 }
 
+/* The HTTP state of the connection goes (at its close, or when it is handed over). */
+static void conn_free(pier__http_conn_t *hc) {
+    pier_timer_stop(&hc->timer);
+    pier_timer_stop(&hc->body_timer);
+    pier__http_later_detach(hc);
+    pier_conn_set_data(hc->c, NULL);
+    pier__buf_free(&hc->head_copy);
+    pier__buf_free(&hc->body);
+    pier__buf_free(&hc->pending);
+    free(hc);
+}
+
+/* An upgrade's 101 is queued and its handler has returned: the connection leaves HTTP.
+ * rest (the bytes after the request) must not point into hc. Returns how many of them
+ * the new owner consumed. */
+static size_t hand_over(pier__http_conn_t *hc, const char *rest, size_t len) {
+    pier_conn_t *c = hc->c;
+    pier_http_upgrade_cb cb = hc->upgrade_cb;
+    void *arg = hc->upgrade_arg;
+    conn_free(hc);
+    pier_conn_set_cbs(c, NULL, NULL);
+    return cb(c, arg, rest, len);
+}
+
+/* The upgrade came from input kept in pending, which the core no longer holds: what the
+ * new owner leaves of it cannot be given back. Only a client that pipelined behind a
+ * deferred response and then sent data before its 101 (RFC 6455 4.1 forbids it) gets
+ * here with bytes left over; its connection is reset. */
+static void hand_over_pending(pier__http_conn_t *hc, size_t used) {
+    pier_conn_t *c = hc->c;
+    pier__buf_t kept = hc->pending;
+    hc->pending = (pier__buf_t){0};
+    size_t rest = kept.len - used;
+    if (hand_over(hc, kept.p + used, rest) < rest) {
+        pier_log(PIER_LOG_DEBUG, "http: data behind an upgrade that waited on a deferred response; reset");
+        pier_conn_abort(c);
+    }
+    pier__buf_free(&kept);
+}
+
 void pier__http_process_pending(pier__http_conn_t *hc) {
     if (!hc->pending.len)
         return;
     pier_conn_t *c = hc->c;
     pier_conn_ref(c);
     size_t used = process(hc, hc->pending.p, hc->pending.len);
-    if (pier_conn_data(c) == hc) {
+    if (pier_conn_data(c) == hc && hc->state == ST_UPGRADE) {
+        hand_over_pending(hc, used);
+    } else if (pier_conn_data(c) == hc) {
         pier__buf_consume(&hc->pending, used);
         trim(&hc->pending); /* not before: process() was reading it */
         /* the peer half-closed: once nothing waits on a deferred response, what is left
@@ -308,6 +350,8 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
         return len;
     }
     size_t used = process(hc, data, len);
+    if (hc->state == ST_UPGRADE)
+        return used + hand_over(hc, data + used, len - used);
     if (hc->state == ST_WAIT && used < len) {
         if (pending_add(hc, data + used, len - used) < 0)
             reset(hc);
@@ -344,16 +388,8 @@ static void on_drain(pier_conn_t *c) {
 static void on_close(pier_conn_t *c, int err) {
     (void)err;
     pier__http_conn_t *hc = pier_conn_data(c);
-    if (!hc)
-        return;
-    pier_timer_stop(&hc->timer);
-    pier_timer_stop(&hc->body_timer);
-    pier__http_later_detach(hc);
-    pier_conn_set_data(c, NULL);
-    pier__buf_free(&hc->head_copy);
-    pier__buf_free(&hc->body);
-    pier__buf_free(&hc->pending);
-    free(hc);
+    if (hc)
+        conn_free(hc);
 }
 
 static void on_header_timeout(pier_timer_t *t) {

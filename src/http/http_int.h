@@ -139,8 +139,9 @@ struct pier_http_server_s {
 /* HEAD: waiting for a request head. BODY: a Content-Length body still arriving (the
  * bytes stay unconsumed in the core's read buffer, so the body is handed over in place).
  * CHUNKED: a chunked body being decoded into body. WAIT: a handler took the response for
- * later. CLOSED: nothing more is read or written. */
-enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED };
+ * later. CLOSED: nothing more is read or written. UPGRADE: a 101 was queued; once the
+ * handler returns the connection is handed to its new owner (pier_http_res_upgrade). */
+enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED, ST_UPGRADE };
 
 struct pier__http_conn_s {
     pier_http_server_t *srv;
@@ -161,6 +162,8 @@ struct pier__http_conn_s {
     int held;                 /* reading paused: the answers so far must drain first */
     uint64_t sent_bytes;
     pier_http_later_t *later; /* the deferred response under way (one reference) */
+    pier_http_upgrade_cb upgrade_cb; /* UPGRADE: the new owner */
+    void *upgrade_arg;
     char logline[300];
 };
 
