@@ -143,6 +143,31 @@ class TlsMsg(unittest.TestCase):
             self.assertEqual((mid, reply["data"]), (1001, "server has received msg, over tls"))
             self.assertEqual(srv.stop(), 0)
 
+    def test_msg_client(self):
+        with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
+            tls = ["msg-client", "--port", str(srv.port), "--tls", "--timeout", "30"]
+            p = pierlib.run(tls + ["--cafile", certs.ca, "--servername", "localhost"], input="one\ntwo\n")
+            self.assertEqual((p.returncode, p.stdout),
+                             (0, "server has received msg, one\nserver has received msg, two\n"), p.stderr)
+            # the load mode, with the same output line as over TCP
+            p = pierlib.run(tls + ["--cafile", certs.ca, "--conns", "20", "--count", "200", "--size", "1000"])
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertRegex(p.stdout, r"20 conns x 200 msgs: 4000 of 4000 replies in .* 0 wrong, 0 reconnects\n")
+            # a refused certificate ends the client at once, in both modes, without retrying
+            for mode in ([], ["--count", "10"]):
+                p = pierlib.run(tls + ["--cafile", certs.ca, "--servername", "wrong.example"] + mode, input="x\n")
+                self.assertEqual(p.returncode, 1, p.stdout)
+                self.assertIn("certificate was rejected", p.stderr)
+                self.assertIn("hostname mismatch", p.stderr)
+            p = pierlib.run(tls, input="x\n")  # the system's CAs do not know the test CA
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("certificate was rejected", p.stderr)
+            p = pierlib.run(tls + ["--insecure"], input="x\n")
+            self.assertEqual((p.returncode, p.stdout), (0, "server has received msg, x\n"), p.stderr)
+            p = pierlib.run(["msg-client", "--servername", "localhost"])
+            self.assertEqual(p.returncode, 2)
+            self.assertEqual(srv.stop(), 0)
+
 
 if __name__ == "__main__":
     pierlib.run_tests(globals())
