@@ -53,18 +53,31 @@ static void on_hup(pier_loop_t *loop, int signo, void *arg) {
     }
 }
 
-int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
-                        const char *alpn, pier_tls_ctx_t **out) {
+int pier_cli_tls_add(const char *cmd, pier_cli_tls_t *f, int key, const char *file) {
+    int *n = key ? &f->nkey : &f->ncert;
+    if (*n == PIER_CLI_TLS_PAIRS)
+        return pier_cli_usage_error(cmd, "at most %d --tls-cert/--tls-key pairs", PIER_CLI_TLS_PAIRS);
+    (key ? f->key : f->cert)[(*n)++] = file;
+    return 0;
+}
+
+int pier_cli_tls_server(const char *cmd, const pier_cli_tls_t *f, const char *plain_reply, const char *alpn,
+                        pier_tls_ctx_t **out) {
     *out = NULL;
-    if (!cert && !key)
+    if (f->ncert == 0 && f->nkey == 0)
         return 0;
-    if (!cert || !key) {
+    if (f->ncert != f->nkey) {
         return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
     }
-    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply, .alpn = alpn};
+    pier_tls_pair_t sni[PIER_CLI_TLS_PAIRS];
+    for (int i = 1; i < f->ncert; i++)
+        sni[i - 1] = (pier_tls_pair_t){f->cert[i], f->key[i]};
+    pier_tls_opts_t o = {.cert_file = f->cert[0], .key_file = f->key[0], .plain_reply = plain_reply, .alpn = alpn,
+                         .sni = sni, .sni_count = (size_t)f->ncert - 1};
     int err = pier_tls_ctx_new_server(out, &o);
     if (err < 0) {
-        fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
+        fprintf(stderr, "pier %s: cannot use certificate %s with key %s%s: %s\n", cmd, f->cert[0], f->key[0],
+                f->ncert > 1 ? " (or another pair)" : "",
                 err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
         return 1;
     }

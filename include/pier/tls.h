@@ -44,6 +44,12 @@ extern "C" {
 
 enum { PIER_TLS_1_2 = 0x0303, PIER_TLS_1_3 = 0x0304 };
 
+/* A certificate chain (PEM, leaf first) and its private key (PEM). */
+typedef struct pier_tls_pair_s {
+    const char *cert_file;
+    const char *key_file;
+} pier_tls_pair_t;
+
 typedef struct pier_tls_opts_s {
     /* The certificate chain (PEM, leaf first) and its private key (PEM): required for a
      * server; for a client, optional, the certificate it shows a server that asks (mTLS). */
@@ -68,7 +74,15 @@ typedef struct pier_tls_opts_s {
      * TLS record but look like text (an HTTP request sent to an HTTPS port); then the
      * connection is closed. NULL: such a peer is just dropped. */
     const char *plain_reply;
+    /* Server: more certificate/key pairs (at most PIER_TLS_SNI_MAX), chosen by the name
+     * a client asks for (SNI): the first whose certificate names it (DNS names, wildcards
+     * included), trying cert_file's first, then these in order; cert_file's pair when
+     * none does or the client sends no name. All are read again by pier_tls_ctx_reload. */
+    const pier_tls_pair_t *sni;
+    size_t sni_count;
 } pier_tls_opts_t;
+
+#define PIER_TLS_SNI_MAX 64
 
 /* A server context: loads cert_file and key_file now and checks that they match. *out is
  * the caller's to free with pier_tls_ctx_free(). -EINVAL for missing files in opts, a

@@ -18,6 +18,7 @@ struct pier_tls_ctx_s {
     int server;
     pier_tls_opts_t opts;       /* as given, for reloading; strings point into strings[] */
     char *strings[3];
+    pier_tls_pair_t *sni;       /* opts.sni, copied; its strings are the context's too */
     atomic_uint refs;           /* the creator's, plus one per server, client, connection */
     uint64_t handshake_ms;
     char *plain_reply;

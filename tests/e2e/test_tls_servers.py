@@ -131,6 +131,47 @@ class TlsReload(unittest.TestCase):
 
 
 @unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsSni(unittest.TestCase):
+    """Several certificate/key pairs on one port (--tls-cert/--tls-key repeated), chosen by
+    the name the client asks for; the first pair when none names it."""
+
+    def test_pair_chosen_by_server_name(self):
+        with tlslib.Certs() as certs:
+            other = certs.leaf("other.pem", "other-key.pem", cn="other",
+                               san="DNS:other.example,DNS:*.wild.example")
+            flags = certs.server_flags() + ["--tls-cert", other[0], "--tls-key", other[1]]
+            with pierlib.Pier("echo", "--threads", "2", *flags) as srv:
+                for args, cn in ((["-servername", "other.example"], "other"),
+                                 (["-servername", "a.wild.example"], "other"),
+                                 (["-servername", "localhost"], "localhost"),
+                                 (["-servername", "unknown.example"], "localhost"),
+                                 (["-noservername"], "localhost")):
+                    code, out = tlslib.s_client(srv.port, "-CAfile", certs.ca, *args)
+                    self.assertEqual(code, 0, out)
+                    self.assertRegex(out, r"subject=\s*CN\s*=\s*%s\n" % cn, args)
+                # pier's own client checks the name it asks for against what it is given
+                for name in ("other.example", "x.wild.example", "localhost"):
+                    p = pierlib.run(["echo-client", "--port", str(srv.port), "--tls", "--cafile", certs.ca,
+                                     "--servername", name], input="hi %s\n" % name)
+                    self.assertEqual((p.returncode, p.stdout), (0, "hi %s\n" % name), p.stderr)
+                p = pierlib.run(["echo-client", "--port", str(srv.port), "--tls", "--cafile", certs.ca,
+                                 "--servername", "unknown.example"], input="x\n")
+                self.assertEqual(p.returncode, 1)
+                self.assertIn("hostname mismatch", p.stderr)
+                self.assertEqual(srv.stop(), 0)
+
+    def test_pairs_must_match(self):
+        with tlslib.Certs() as certs:
+            p = pierlib.run(["echo", "--port", "0"] + certs.server_flags() + ["--tls-cert", certs.cert])
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("go together", p.stderr)
+            p = pierlib.run(["echo", "--port", "0"] + certs.server_flags() +
+                            ["--tls-cert", certs.cert, "--tls-key", "/nonexistent"])
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("cannot use certificate", p.stderr)
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
 class TlsMsg(unittest.TestCase):
     def test_round_trip(self):
         with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
