@@ -53,6 +53,18 @@ static void on_hup(pier_loop_t *loop, int signo, void *arg) {
     }
 }
 
+/* Operators replace the session ticket keys at once (tickets of the key before the last
+ * one stop resuming), say after a leak; the hourly rotation goes on regardless. */
+static void on_usr1(pier_loop_t *loop, int signo, void *arg) {
+    for (int i = 0; i < nreloadable; i++) {
+        int err = pier_tls_ctx_rotate_tickets(reloadable[i]);
+        if (err < 0)
+            pier_log(PIER_LOG_ERROR, "SIGUSR1: ticket key not rotated: %s", pier_strerror(err));
+        else
+            pier_log(PIER_LOG_INFO, "SIGUSR1: new session ticket key; the one before still resumes");
+    }
+}
+
 int pier_cli_tls_add(const char *cmd, pier_cli_tls_t *f, int key, const char *file) {
     int *n = key ? &f->nkey : &f->ncert;
     if (*n == PIER_CLI_TLS_PAIRS)
@@ -200,8 +212,10 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     pier_loop_signal(loop0, SIGINT, on_signal, &r);
     pier_loop_signal(loop0, SIGTERM, on_signal, &r);
-    if (nreloadable)
+    if (nreloadable) {
         pier_loop_signal(loop0, SIGHUP, on_hup, NULL);
+        pier_loop_signal(loop0, SIGUSR1, on_usr1, NULL);
+    }
     pier_timer_init(loop0, &r.poll, poll_cb, &r);
     int code = 0;
     int started = 0;
@@ -220,8 +234,10 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_timer_stop(&r.poll);
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
-    if (nreloadable)
+    if (nreloadable) {
         pier_loop_signal_stop(loop0, SIGHUP);
+        pier_loop_signal_stop(loop0, SIGUSR1);
+    }
     nreloadable = 0; /* the contexts are their commands' to free after this returns */
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */

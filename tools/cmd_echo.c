@@ -92,7 +92,8 @@ static const char echo_help[] =
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only TLS\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
     "                      repeat both for more pairs: each client gets the first whose\n"
-    "                      certificate names the host it asks for (SNI), else the first\n";
+    "                      certificate names the host it asks for (SNI), else the first\n"
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};

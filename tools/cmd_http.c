@@ -207,7 +207,8 @@ static const char http_help[] =
     "                      and answers a plain HTTP request with a 400 that says so\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
     "                      repeat both for more pairs: each client gets the first whose\n"
-    "                      certificate names the host it asks for (SNI), else the first\n";
+    "                      certificate names the host it asks for (SNI), else the first\n"
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};

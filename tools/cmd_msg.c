@@ -120,6 +120,7 @@ static const char msg_usage[] =
     "  --tls-key FILE    its private key (PEM); SIGHUP reads both files again\n"
     "                    repeat both for more pairs: each client gets the first whose\n"
     "                    certificate names the host it asks for (SNI), else the first\n"
+    "                    SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 

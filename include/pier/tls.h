@@ -80,6 +80,11 @@ typedef struct pier_tls_opts_s {
      * none does or the client sends no name. All are read again by pier_tls_ctx_reload. */
     const pier_tls_pair_t *sni;
     size_t sni_count;
+    /* Server: session tickets are sealed with a key made at random and replaced this
+     * often (1 hour); a ticket sealed with the key before the current one still resumes
+     * (and is replaced by a new one), older ones get a full handshake. The keys are the
+     * context's, so every loop and server using it shares them, across reloads too. */
+    uint64_t ticket_rotate_ms;
 } pier_tls_opts_t;
 
 #define PIER_TLS_SNI_MAX 64
@@ -103,6 +108,11 @@ PIER_EXTERN void pier_tls_ctx_free(pier_tls_ctx_t *ctx);
  * sessions issued before still resume. On error (logged) the old files stay in use:
  * -ENOENT/-EACCES, -EINVAL for unusable PEM or a key that does not match, -ENOMEM. */
 PIER_EXTERN int pier_tls_ctx_reload(pier_tls_ctx_t *ctx);
+
+/* Replaces a server context's ticket key now (any thread), as the timer of
+ * ticket_rotate_ms would: tickets of the key before stop resuming. -EINVAL for a client
+ * context, -ENOMEM when no random key could be made (the keys stay as they were). */
+PIER_EXTERN int pier_tls_ctx_rotate_tickets(pier_tls_ctx_t *ctx);
 
 /* Writes a new ECDSA P-256 key (mode 0600) and a self-signed certificate for name,
  * localhost, 127.0.0.1 and ::1, valid for a year, as PEM files: for demos and tests,

@@ -54,6 +54,7 @@ void pier__tls_ctx_unref(pier_tls_ctx_t *ctx) {
         free((char *)ctx->sni[i].key_file);
     }
     free(ctx->sni);
+    OPENSSL_cleanse(ctx->tickets, sizeof ctx->tickets);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
@@ -167,6 +168,7 @@ static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     static const unsigned char sid[] = "pier";
     SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    pier__tls_tickets_use(ctx, s);
     if (ctx->alpn)
         SSL_CTX_set_alpn_select_cb(s, alpn_select, ctx);
     return 0;
@@ -354,6 +356,8 @@ static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     ctx->handshake_ms = o->handshake_ms ? o->handshake_ms : HANDSHAKE_MS;
     int err = keep_opts(ctx, o);
     if (err == 0)
+        err = pier__tls_tickets_init(ctx, o->ticket_rotate_ms);
+    if (err == 0)
         err = build(ctx, &ctx->ssl);
     if (err < 0) {
         pier__tls_ctx_unref(ctx);
@@ -374,8 +378,8 @@ SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx) {
     return s;
 }
 
-/* The new SSL_CTX takes the old one's ticket keys, so that sessions issued before a
- * reload still resume after it. */
+/* Sessions issued before a reload still resume after it: the ticket keys are the
+ * context's, not the SSL_CTX's. */
 int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) {
     SSL_CTX *s = NULL;
     int err = build(ctx, &s);
@@ -383,12 +387,8 @@ int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) {
         return err;
     pthread_mutex_lock(&ctx->lock);
     SSL_CTX *old = ctx->ssl;
-    unsigned char keys[80];
-    if (ctx->server && SSL_CTX_get_tlsext_ticket_keys(old, keys, sizeof keys) == 1)
-        SSL_CTX_set_tlsext_ticket_keys(s, keys, sizeof keys);
     ctx->ssl = s;
     pthread_mutex_unlock(&ctx->lock);
-    OPENSSL_cleanse(keys, sizeof keys);
     SSL_CTX_free(old); /* connections made with it hold their own references */
     return 0;
 }

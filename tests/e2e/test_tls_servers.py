@@ -172,6 +172,56 @@ class TlsSni(unittest.TestCase):
 
 
 @unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsTickets(unittest.TestCase):
+    """Ticket keys rotate (SIGUSR1 forces it now): a ticket of the key before the current
+    one still resumes, one from two rotations ago gets a full handshake; the keys are
+    shared by the server's two loops."""
+
+    def rotate(self, srv, times):
+        srv.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while srv.stderr().count("new session ticket key") < times and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(srv.stderr().count("new session ticket key"), times, srv.stderr())
+
+    def s_client(self, srv, certs, sess, *args):
+        code, out = tlslib.s_client(srv.port, "-tls1_2", "-CAfile", certs.ca, sess[0], sess[1], *args,
+                                    data=b"x")
+        self.assertEqual(code, 0, out)
+        return "Reused" if "\nReused, TLSv1.2" in out else "New" if "\nNew, TLSv1.2" in out else out
+
+    def python_session(self, srv, ctx, session=None):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"ping")
+            self.assertEqual(pierlib.recv_exact(s, 4), b"ping")  # the 1.3 tickets came before it
+            return s.session, s.session_reused
+
+    def test_resumption_across_rotations(self):
+        with tlslib.Certs() as certs, pierlib.Pier("echo", "--threads", "2", *certs.server_flags()) as srv:
+            sess = os.path.join(certs.dir, "sess.pem")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_out", sess)), "New")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "Reused")
+            ctx = certs.client_context()  # TLS 1.3 through Python's ssl, alongside
+            py, reused = self.python_session(srv, ctx)
+            self.assertFalse(reused)
+            self.rotate(srv, 1)
+            # sealed with the key before the current one: still resumes, several times over
+            for _ in range(4):
+                self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "Reused")
+            self.assertTrue(self.python_session(srv, ctx, py)[1])
+            self.rotate(srv, 2)
+            # two rotations ago: a full handshake, which works
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "New")
+            self.assertFalse(self.python_session(srv, ctx, py)[1])
+            # and the tickets of the new key resume again
+            fresh = os.path.join(certs.dir, "fresh.pem")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_out", fresh)), "New")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", fresh)), "Reused")
+            self.assertEqual(srv.stop(), 0)
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
 class TlsMsg(unittest.TestCase):
     def test_round_trip(self):
         with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
