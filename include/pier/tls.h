@@ -120,6 +120,12 @@ PIER_EXTERN int pier_tls_ctx_rotate_tickets(pier_tls_ctx_t *ctx);
  * the errno of a file that cannot be written. */
 PIER_EXTERN int pier_tls_make_selfsigned(const char *cert_file, const char *key_file, const char *name);
 
+/* Whether this kernel offers TLS offload (kTLS): 0 if it does, else the negative errno
+ * of the probe (-ENOENT: no "tls" module in this kernel or container), -ENOTSUP without
+ * TLS support. Any thread; probed once per process. pier does not turn kTLS on yet:
+ * files queued over TLS are read and encrypted in 16 KiB chunks whatever this says. */
+PIER_EXTERN int pier_tls_ktls_check(void);
+
 typedef struct pier_tls_stats_s {
     uint64_t handshakes;        /* completed */
     uint64_t failed;            /* failed, timed out, or not TLS at all */

@@ -221,6 +221,45 @@ class TlsTickets(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
 
+def kernel_ktls():
+    """None if this kernel lets a TCP socket take the "tls" upper-layer protocol (kTLS),
+    else the error that says why not."""
+    with socket.socket() as lst, socket.socket() as a:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        a.connect(lst.getsockname())
+        b, _ = lst.accept()
+        try:
+            a.setsockopt(socket.IPPROTO_TCP, 31, b"tls")  # TCP_ULP
+            return None
+        except OSError as e:
+            return e
+        finally:
+            b.close()
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsKtls(unittest.TestCase):
+    def test_detection_matches_the_kernel(self):
+        # pier says at start whether the kernel has kTLS, as the kernel itself answers
+        with tlslib.Certs() as certs, pierlib.Pier("http", *certs.server_flags()) as srv:
+            err = kernel_ktls()
+            text = "the kernel offers kTLS" if err is None else "no kTLS in this kernel"
+            self.assertTrue(srv.wait_stderr(text), srv.stderr())
+            if err is not None:
+                self.assertIn(os.strerror(err.errno), srv.stderr())
+            self.assertEqual(srv.stop(), 0)
+
+    def test_static_file_by_ktls(self):
+        err = kernel_ktls()
+        if err is not None:
+            self.skipTest("this kernel has no kTLS (setsockopt TCP_ULP \"tls\": %s), so files over TLS "
+                          "cannot go by sendfile here; the read+encrypt path is tested by "
+                          "TlsHttp.test_static_file_over_tls" % err)
+        self.skipTest("this kernel has kTLS, but pier does not turn it on yet (SSL_OP_ENABLE_KTLS): "
+                      "files over TLS are read and encrypted, as TlsHttp.test_static_file_over_tls tests")
+
+
 @unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
 class TlsMsg(unittest.TestCase):
     def test_round_trip(self):
