@@ -518,6 +518,15 @@ static int run_load(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t 
     return L.errors || L.refused || acked != want ? 1 : 0;
 }
 
+static void lines_free(line_t *l) {
+    while (l) {
+        line_t *next = l->next;
+        free(l->req);
+        free(l);
+        l = next;
+    }
+}
+
 static int run_lines(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t *co) {
     lc_t lc = {.loop = loop};
     sem_init(&lc.slots, 0, LINES_MAX);
@@ -550,8 +559,10 @@ static int run_lines(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t
     lc_finish(&lc);
     pier_msg_client_t *mcs[1] = {lc.mc};
     settle(loop, mcs, 1);
-    if (lc.eof)
+    if (lc.eof) {
         pthread_join(th, NULL);
+        lines_free(lc.head); /* unanswered: a timeout or a refused certificate */
+    }
     else
         exit(failed ? 1 : 0); /* the reader still blocks on stdin; the loop must outlive it */
     return failed;
