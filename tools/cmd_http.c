@@ -5,6 +5,9 @@
  *   POST /echo             the request body, with its Content-Type
  *   GET, HEAD /static/...  files under --root (default: the www/ folder shipped with pier)
  *   GET /                  a page about the server and its routes
+ *   GET /ws/echo           WebSocket: each message echoed as it came (text as text)
+ *   GET /ws/chat           WebSocket: a room; every message goes to every member
+ *   GET /chat              the chat page (chat.html under --root) that uses /ws/chat
  *   GET /stream?n=N&size=S[&defer=MS]
  *                          a chunked stream of N chunks of S bytes (a fixed pattern); with
  *                          defer, written after MS ms from the deferral thread through
@@ -12,13 +15,14 @@
  *   GET /defer?ms=MS&size=S
  *                          S bytes of the same pattern, sent after MS ms from the deferral
  *                          thread with pier_http_later_send
- * The last two are for the fault scenarios (tests/faults/): responses finished from
+ * /defer and /stream are for the fault scenarios (tests/faults/): responses finished from
  * another thread, and streams. Their bytes depend only on the query, so a client can
  * check every byte.
  */
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,8 +31,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <pier/http.h>
+#include <pier/ws.h>
 
 #ifndef PIER_SOURCE_DIR
 #define PIER_SOURCE_DIR "."
@@ -307,10 +313,86 @@ static const char home[] =
     "<li><a href=\"/json\">GET /json</a>: a JSON message</li>\n"
     "<li>POST /echo: the request body, echoed with its content type</li>\n"
     "<li><a href=\"/static/\">GET /static/...</a>: files under the --root folder</li>\n"
+    "<li>GET /ws/echo: WebSocket echo; <a href=\"/chat\">GET /chat</a>: a chat room on /ws/chat</li>\n"
     "</ul>\n</body></html>\n";
 
 static void home_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier_http_res_send(res, 200, "text/html; charset=utf-8", home, sizeof home - 1);
+}
+
+/* ---- WebSocket: /ws/echo, and the /ws/chat room with its /chat page ---- */
+
+static void ws_echo(pier_ws_t *ws, int opcode, const void *data, size_t len) {
+    pier_ws_send(ws, opcode, data, len); /* -ENOBUFS cannot happen: reading pauses first */
+}
+
+/* The room spans every loop: members are kept by id, and each message goes to each of
+ * them through pier_ws_send_id, which the member's own loop queues (or drops for a
+ * member too slow to read, by the endpoint's policy). */
+static struct {
+    pthread_mutex_t mu;
+    pier_id_t *ids;
+    size_t n, cap;
+} room = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void chat_open(pier_ws_t *ws) {
+    pthread_mutex_lock(&room.mu);
+    if (room.n == room.cap) {
+        size_t cap = room.cap ? room.cap * 2 : 16;
+        pier_id_t *ids = realloc(room.ids, cap * sizeof *ids);
+        if (ids) {
+            room.ids = ids;
+            room.cap = cap;
+        }
+    }
+    int full = room.n == room.cap;
+    if (!full)
+        room.ids[room.n++] = pier_ws_id(ws);
+    pthread_mutex_unlock(&room.mu);
+    if (full)
+        pier_ws_close(ws, PIER_WS_INTERNAL, "out of memory");
+}
+
+static void chat_close(pier_ws_t *ws, int code, const char *reason) {
+    pier_id_t id = pier_ws_id(ws);
+    pthread_mutex_lock(&room.mu);
+    for (size_t i = 0; i < room.n; i++)
+        if (room.ids[i] == id) {
+            room.ids[i] = room.ids[--room.n];
+            break;
+        }
+    pthread_mutex_unlock(&room.mu);
+}
+
+static void chat_message(pier_ws_t *ws, int opcode, const void *data, size_t len) {
+    pthread_mutex_lock(&room.mu);
+    for (size_t i = 0; i < room.n; i++)
+        pier_ws_send_id(room.ids[i], opcode, data, len); /* -ENOTCONN: leaving now */
+    pthread_mutex_unlock(&room.mu);
+}
+
+static void chat_page(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/chat.html", (const char *)ud);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0) {
+        if (fd >= 0)
+            close(fd);
+        pier_http_res_send(res, 404, "text/plain", "no chat.html under --root\n", 26);
+        return;
+    }
+    pier_http_res_sendfile(res, 200, "text/html; charset=utf-8", fd, 0, (size_t)sb.st_size);
+}
+
+static int add_ws_routes(pier_http_server_t *srv, const char *root) {
+    static const pier_ws_cbs_t echo_cbs = {.on_message = ws_echo};
+    static const pier_ws_cbs_t chat_cbs = {.on_open = chat_open, .on_message = chat_message, .on_close = chat_close};
+    int err = pier_http_ws(srv, "/ws/echo", &echo_cbs, NULL);
+    err = err ? err : pier_http_ws(srv, "/ws/chat", &chat_cbs, NULL);
+    if (!err && root)
+        err = pier_http_route(srv, PIER_HTTP_GET, "/chat", chat_page, (void *)root);
+    return err;
 }
 
 static const char *default_root(void) {
@@ -332,6 +414,8 @@ static int add_routes(pier_http_server_t *srv, const pier_http_cfg_t *cfg, defer
         return err;
     }
     const char *root = cfg->root ? cfg->root : default_root();
+    if ((err = add_ws_routes(srv, root)) < 0)
+        return err;
     if (!root) {
         pier_log(PIER_LOG_WARN, "http: no www/ folder found and no --root given: /static/ is off");
         return 0;
@@ -435,6 +519,9 @@ static const char http_help[] =
     "  POST /echo             the request body, with its Content-Type\n"
     "  GET, HEAD /static/...  files under --root\n"
     "  GET /                  a page about the server\n"
+    "  GET /ws/echo           WebSocket echo (text as text, binary as binary)\n"
+    "  GET /ws/chat           WebSocket chat room: each message goes to every member\n"
+    "  GET /chat              the chat page, chat.html under --root\n"
     "  GET /stream?n=N&size=S[&defer=MS]\n"
     "                         N chunks of S bytes, streamed (after MS ms from another thread)\n"
     "  GET /defer?ms=MS&size=S  S bytes, answered after MS ms from another thread\n"
@@ -454,12 +541,15 @@ static const char http_help[] =
     "  --quiet             log warnings and errors only\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
-    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
+    "                      repeat both for more pairs: each client gets the first whose\n"
+    "                      certificate names the host it asks for (SNI), else the first\n"
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
     uint64_t threads = 1, v;
-    const char *cert = NULL, *key = NULL;
+    pier_cli_tls_t tf = {0};
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
         {"tls-cert", required_argument, 0, 'C'}, {"tls-key", required_argument, 0, 'K'},
@@ -520,8 +610,8 @@ int pier_cmd_http(int argc, char **argv) {
             cfg.max_conns = (unsigned)v;
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
-        case 'C': cert = optarg; break;
-        case 'K': key = optarg; break;
+        case 'C': if (pier_cli_tls_add("http", &tf, 0, optarg)) return 2; break;
+        case 'K': if (pier_cli_tls_add("http", &tf, 1, optarg)) return 2; break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
             return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -529,7 +619,7 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
-    int code = pier_cli_tls_server("http", cert, key, pier_http_plain_reply, "http/1.1", &cfg.tls);
+    int code = pier_cli_tls_server("http", &tf, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;
     pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};

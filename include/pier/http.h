@@ -183,6 +183,30 @@ PIER_EXTERN int pier_http_res_end(pier_http_res_t *res);
  * pier_http_res_header() are kept. NULL on -ENOMEM (then the server answers 500). */
 PIER_EXTERN pier_http_later_t *pier_http_res_later(pier_http_res_t *res);
 
+/* ---- protocol upgrades (WebSocket and the like) ---- */
+
+/* Takes a connection over from the HTTP layer. Runs on the connection's loop, once, after
+ * the handler has returned and the 101 has been queued; by then the HTTP layer has freed
+ * its state of the connection and cleared its callbacks and data. It must set its own
+ * (pier_conn_set_cbs) and may change the limits (pier_conn_set_limits: the server's still
+ * apply). rest holds the bytes the client sent after the upgrade request, len of them
+ * (often none); return how many were consumed, as on_read does: the others are passed
+ * to the new on_read, before anything newer, when more bytes arrive. */
+typedef size_t (*pier_http_upgrade_cb)(pier_conn_t *c, void *arg, const char *rest, size_t len);
+
+/* Answers 101 Switching Protocols with "Connection: Upgrade", "Upgrade: protocol" and
+ * the fields added with pier_http_res_header(), and hands the connection to cb(c, arg)
+ * once the handler returns. On 0, cb runs exactly once, also if the connection has
+ * started to close meanwhile (its new on_close will then follow); on error it never
+ * runs and arg is still the caller's. -EINVAL for an HTTP/1.0 or HEAD request or a
+ * protocol that is not a token, -EALREADY once a response was sent; -ENOMEM and
+ * -ENOTCONN as for pier_http_res_send (the connection is then reset). */
+PIER_EXTERN int pier_http_res_upgrade(pier_http_res_t *res, const char *protocol, pier_http_upgrade_cb cb,
+                                      void *arg);
+
+/* The group the server runs on (for a layer that keeps per-loop state of its own). */
+PIER_EXTERN pier_group_t *pier_http_server_group(const pier_http_server_t *srv);
+
 /* ---- deferred responses: any thread ----
  *
  * Each call posts to the connection's loop. If the client has gone, the calls return

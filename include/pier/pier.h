@@ -11,5 +11,8 @@
 #if __has_include("http.h")
 #include "http.h"
 #endif
+#if __has_include("ws.h")
+#include "ws.h"
+#endif
 
 #endif

@@ -139,15 +139,20 @@ struct pier_http_server_s {
 /* HEAD: waiting for a request head. BODY: a Content-Length body still arriving (the
  * bytes stay unconsumed in the core's read buffer, so the body is handed over in place).
  * CHUNKED: a chunked body being decoded into body. WAIT: a handler took the response for
- * later. CLOSED: nothing more is read or written. */
-enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED };
+ * later. CLOSED: nothing more is read or written. UPGRADE: a 101 was queued; once the
+ * handler returns the connection is handed to its new owner (pier_http_res_upgrade). */
+enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED, ST_UPGRADE };
 
 struct pier__http_conn_s {
     pier_http_server_t *srv;
     pier__http_loop_t *hl;
     pier_conn_t *c;
-    pier_timer_t timer;       /* the request-head timeout */
-    pier_timer_t body_timer;  /* the whole-request (head and body) timeout */
+    /* One timer for both request deadlines, re-armed lazily: a request only writes the
+     * due times (0: none), and the timer, armed at the earliest, looks at them when it
+     * fires. A keep-alive request then costs no timer-heap operation at all. */
+    pier_timer_t timer;
+    uint64_t head_due;        /* the head must have arrived by then (header timeout) */
+    uint64_t body_due;        /* the whole request, body included (body timeout) */
     pier__http_parser_t parser;
     int state;
     size_t need;              /* BODY: head plus body bytes */
@@ -161,6 +166,8 @@ struct pier__http_conn_s {
     int held;                 /* reading paused: the answers so far must drain first */
     uint64_t sent_bytes;
     pier_http_later_t *later; /* the deferred response under way (one reference) */
+    pier_http_upgrade_cb upgrade_cb; /* UPGRADE: the new owner */
+    void *upgrade_arg;
     char logline[300];
 };
 

@@ -362,3 +362,35 @@ int pier_http_res_end(pier_http_res_t *res) {
     res->state = RES_DONE;
     return pier__http_stream_end(res->hc);
 }
+
+/* The 101 is a unit like any response; after it the stream is no longer HTTP, so the
+ * connection is handed over (conn.c) instead of waiting for another request. */
+int pier_http_res_upgrade(pier_http_res_t *res, const char *protocol, pier_http_upgrade_cb cb, void *arg) {
+    if (res->state != RES_FRESH)
+        return -EALREADY;
+    pier__http_conn_t *hc = res->hc;
+    if (!cb || !protocol || !*protocol || hc->minor != 1 || hc->is_head ||
+        !pier__http_valid_field("Upgrade", protocol))
+        return -EINVAL;
+    int err = pier_http_res_header(res, "Connection", "Upgrade");
+    err = err ? err : pier_http_res_header(res, "Upgrade", protocol);
+    if (err < 0)
+        return err;
+    res->state = RES_DONE;
+    hc->keep_alive = 1; /* the head then carries no Connection field of its own */
+    err = build_head(hc, 101, NULL, res->fields, res->fields_len, -1, 0);
+    if (err < 0) {
+        fail_response(hc, err);
+        return err;
+    }
+    struct iovec iov = {hc->hl->out.p, hc->hl->out.len};
+    if ((err = pier__http_write_unit(hc, &iov, 1)) < 0)
+        return err;
+    hc->sent_bytes = 0;
+    __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
+    access_log(hc, 101);
+    hc->state = ST_UPGRADE;
+    hc->upgrade_cb = cb;
+    hc->upgrade_arg = arg;
+    return 0;
+}

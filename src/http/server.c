@@ -148,6 +148,8 @@ int pier_http_server_free(pier_http_server_t *srv) {
     return 0;
 }
 
+pier_group_t *pier_http_server_group(const pier_http_server_t *srv) { return srv->group; }
+
 uint16_t pier_http_server_port(const pier_http_server_t *srv) { return pier_server_port(srv->srv); }
 
 uint64_t pier_http_server_requests(const pier_http_server_t *srv) {

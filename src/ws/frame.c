@@ -1,0 +1,118 @@
+/* The frame codec (RFC 6455 5.2): headers parsed in place from the input and checked
+ * against the rules, headers written for our frames, payloads unmasked.
+ *
+ *   byte 0: FIN, RSV1-3, opcode      byte 1: MASK, length 0..125, or 126 (16-bit length
+ *   follows) or 127 (64-bit length follows); then the 4-byte masking key if MASK.
+ */
+#include "ws/ws_int.h"
+
+#include <string.h>
+
+int pier__ws_parse(const uint8_t *b, size_t len, pier__ws_frame_t *f) {
+    if (len < 2)
+        return 0;
+    f->fin = b[0] >> 7;
+    f->rsv = (b[0] >> 4) & 7;
+    f->opcode = b[0] & 0xF;
+    f->masked = b[1] >> 7;
+    uint64_t n = b[1] & 0x7F;
+    size_t hdr = 2;
+    if (n == 126) {
+        if (len < 4)
+            return 0;
+        n = (uint64_t)b[2] << 8 | b[3];
+        hdr = 4;
+    } else if (n == 127) {
+        if (len < 10)
+            return 0;
+        n = 0;
+        for (int i = 0; i < 8; i++)
+            n = n << 8 | b[2 + i];
+        if (n >> 63)
+            return -1;
+        hdr = 10;
+    }
+    if (f->masked) {
+        if (len < hdr + 4)
+            return 0;
+        memcpy(f->mask, b + hdr, 4);
+        hdr += 4;
+    }
+    f->len = n;
+    f->hdr = (uint8_t)hdr;
+    return (int)hdr;
+}
+
+int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, uint64_t max_message,
+                   int masked) {
+    if (f->rsv || f->masked != masked)
+        return PIER_WS_PROTOCOL_ERROR; /* no extension was negotiated; 5.1 on masking */
+    switch (f->opcode) {
+    case 0x0: /* continuation */
+        if (!in_message)
+            return PIER_WS_PROTOCOL_ERROR;
+        break;
+    case PIER_WS_TEXT:
+    case PIER_WS_BINARY:
+        if (in_message)
+            return PIER_WS_PROTOCOL_ERROR; /* a new message before the last one ended */
+        break;
+    case PIER_WS_CLOSE:
+    case PIER_WS_PING:
+    case PIER_WS_PONG:
+        /* 5.5: control frames are never fragmented and carry at most 125 bytes */
+        return !f->fin || f->len > PIER__WS_MAX_CONTROL ? PIER_WS_PROTOCOL_ERROR : 0;
+    default:
+        return PIER_WS_PROTOCOL_ERROR; /* reserved opcodes */
+    }
+    /* the declared length decides, before a byte of the payload is buffered */
+    return f->len > max_message - msg_len ? PIER_WS_TOO_BIG : 0;
+}
+
+size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask) {
+    size_t n;
+    out[0] = (uint8_t)(0x80 | (opcode & 0xF));
+    if (len < 126) {
+        out[1] = (uint8_t)len;
+        n = 2;
+    } else if (len <= 0xFFFF) {
+        out[1] = 126;
+        out[2] = (uint8_t)(len >> 8);
+        out[3] = (uint8_t)len;
+        n = 4;
+    } else {
+        out[1] = 127;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+        n = 10;
+    }
+    if (mask) {
+        out[1] |= 0x80;
+        memcpy(out + n, mask, 4);
+        n += 4;
+    }
+    return n;
+}
+
+void pier__ws_unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4], uint64_t off) {
+    uint8_t m[8];
+    for (int i = 0; i < 8; i++)
+        m[i] = mask[(off + (uint64_t)i) & 3];
+    uint64_t w8;
+    memcpy(&w8, m, 8);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= w8;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; i++)
+        dst[i] = src[i] ^ m[i & 7];
+}
+
+int pier__ws_close_code_ok(unsigned code) {
+    /* 1004-1006 and 1015 are reserved and never sent; 1016-2999 are unassigned; 3000-4999
+     * belong to libraries and applications */
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}

@@ -1,0 +1,124 @@
+/* Internals of the WebSocket layer, shared by its files:
+ *
+ *   utf8.c       the UTF-8 validator: incremental, failing at the first impossible byte
+ *   frame.c      the frame codec: header parsing and checks, headers, masking, close codes
+ *   reader.c     reading a stream: frames checked, payloads unmasked and validated as they
+ *                arrive, fragments joined into messages
+ *   sha1.c       SHA-1 and base64, for Sec-WebSocket-Accept
+ *   handshake.c  endpoints on the HTTP router and the opening handshake
+ *   conn.c       a connection after the handshake: reading frames, messages, sends, the
+ *                close handshake, pings
+ */
+#ifndef PIER_WS_INT_H
+#define PIER_WS_INT_H
+
+#include <pier/ws.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "base/buf.h"
+
+/* ---- UTF-8 (utf8.c) ---- */
+
+/* The validator's state: ACCEPT between characters, REJECT once the bytes can no longer
+ * be UTF-8 (it stays there), any other value inside a character. */
+enum { PIER__UTF8_ACCEPT = 0, PIER__UTF8_REJECT = 1 };
+
+/* Feeds n bytes; returns the new state. Rejects at the first byte that no valid
+ * continuation could follow (overlong forms, surrogates and code points above U+10FFFF
+ * included), so a stream fed in pieces fails as early as the bytes allow. */
+uint32_t pier__utf8_feed(uint32_t state, const uint8_t *p, size_t n);
+static inline int pier__utf8_valid(const void *p, size_t n) {
+    return pier__utf8_feed(PIER__UTF8_ACCEPT, p, n) == PIER__UTF8_ACCEPT;
+}
+
+/* ---- frames (frame.c) ---- */
+
+#define PIER__WS_MAX_HEADER 14
+#define PIER__WS_MAX_CONTROL 125
+
+typedef struct pier__ws_frame_s {
+    uint64_t len;      /* payload length */
+    uint8_t mask[4];   /* masking key, if masked */
+    uint8_t fin, rsv, opcode, masked;
+    uint8_t hdr;       /* header length */
+} pier__ws_frame_t;
+
+/* Parses the header at buf: its length (2..14), 0 if more bytes are needed, -1 for a
+ * 64-bit length with its top bit set. Nothing else is checked here. */
+int pier__ws_parse(const uint8_t *buf, size_t len, pier__ws_frame_t *f);
+/* The rules of RFC 6455 5 for a frame arriving while in_message (a fragmented message is
+ * under way) with msg_len bytes of it so far: 0 if the frame may be taken, else the code
+ * to fail with (1002, 1009). masked: what the peer must do (a client masks, a server
+ * does not). */
+int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, uint64_t max_message,
+                   int masked);
+/* Writes a final frame's header for opcode and len into out (PIER__WS_MAX_HEADER bytes);
+ * mask NULL for an unmasked frame. Returns its length. */
+size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask);
+/* dst = src XOR mask, for payload bytes starting at offset off of the frame. dst may be
+ * src. */
+void pier__ws_unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4], uint64_t off);
+/* 1 if a peer may send code in a close frame (RFC 6455 7.4). */
+int pier__ws_close_code_ok(unsigned code);
+
+/* ---- reading a stream (reader.c) ---- */
+
+/* Zero it, then set the fields above the line. The handlers return 0 to go on, or -1 to
+ * stop reading (the connection is done). */
+typedef struct pier__ws_reader_s {
+    uint64_t max_message;
+    int masked;            /* what the peer must do: 1 for a client's frames */
+    pier__buf_t *scratch;  /* where whole one-frame messages are unmasked (shareable) */
+    /* a whole message: TEXT (valid UTF-8) or BINARY; data is never NULL */
+    int (*on_message)(void *ctx, int opcode, const void *data, size_t len);
+    /* a whole control frame, unmasked; a close frame's code and reason already checked */
+    int (*on_control)(void *ctx, int opcode, const uint8_t *data, size_t len);
+    void *ctx;
+    /* ---- the reader's ---- */
+    int code;              /* the close code that stopped the stream, or 0 */
+    int in_frame, msg_op;  /* a data frame's payload is arriving; the message's opcode */
+    pier__ws_frame_t f;
+    uint64_t frame_done;
+    uint32_t utf8;
+    pier__buf_t msg;       /* the message gathered so far, unmasked */
+} pier__ws_reader_t;
+
+/* One step on the input p[0, n): returns bytes consumed, 0 if more bytes are needed
+ * before anything can be taken, or -1 to stop: code is then the close code to fail the
+ * connection with (1002, 1007, 1009, 1011), or 0 if a handler asked to stop. */
+ssize_t pier__ws_read(pier__ws_reader_t *r, const uint8_t *p, size_t n);
+void pier__ws_reader_free(pier__ws_reader_t *r);
+
+/* ---- handshake helpers (sha1.c) ---- */
+
+void pier__sha1(const void *data, size_t len, uint8_t out[20]);
+/* Base64 of n bytes into out (4 * ceil(n / 3) + 1 bytes, NUL-terminated). */
+void pier__base64(const uint8_t *in, size_t n, char *out);
+/* Sec-WebSocket-Accept for a key: out needs 29 bytes. */
+void pier__ws_accept(const char *key, size_t len, char out[29]);
+
+/* ---- endpoints and connections ---- */
+
+typedef struct pier__ws_loop_s {
+    pier_loop_t *loop;
+    pier__buf_t scratch; /* unmasked payload of whole messages delivered in place */
+} pier__ws_loop_t;
+
+typedef struct pier__ws_endpoint_s {
+    pier_ws_cbs_t cbs;
+    void *ud;
+    uint64_t max_message, ping_ms, pong_ms, close_ms;
+    size_t out_high, out_low;
+    int slow_policy;
+    char **protocols;
+    unsigned nprotocols, nloops;
+    pier__ws_loop_t *loops;
+} pier__ws_endpoint_t;
+
+/* A connection that completed the handshake as protocol (NULL for none) on ep. */
+pier_ws_t *pier__ws_new(pier__ws_endpoint_t *ep, const char *protocol);
+/* The pier_http_upgrade_cb that makes it live. */
+size_t pier__ws_take_over(pier_conn_t *c, void *ws, const char *rest, size_t len);
+
+#endif
