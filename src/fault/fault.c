@@ -241,12 +241,26 @@ static void rearm(int fd) {
         epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
 }
 
-/* Fails an I/O call with e; a fake EAGAIN re-arms the socket first. */
-static ssize_t fail_io(int fd, int e) {
+/* Decides how a transfer of n bytes on a socket fails: -1 with errno set (a fake EAGAIN
+ * re-arms the socket first), or a shorter length to transfer instead. */
+static ssize_t fault_len(int fd, size_t n, const int *errs, size_t nerrs) {
+    int e = pick(errs, nerrs);
+    if (e == SHORT && n >= 2)
+        return (ssize_t)shorter(n);
+    if (e == SHORT)
+        e = EINTR;
     if (e == EAGAIN)
         rearm(fd);
     errno = e;
     return -1;
+}
+
+/* The result of a short transfer of m bytes: if it got all m, the rest may be ready at
+ * once, and must be reported again. */
+static ssize_t after_short(int fd, ssize_t r, ssize_t m) {
+    if (r == m)
+        rearm(fd);
+    return r;
 }
 
 /* ---- memory ---- */
@@ -291,64 +305,34 @@ char *pier__fault_strndup(const char *s, size_t n) {
     return strndup(s, n);
 }
 
-/* ---- reading ---- */
+/* ---- reading and writing ---- */
 
 ssize_t pier__fault_recv(int fd, void *buf, size_t n, int flags) {
-    if (is_socket(fd) && inject(F_RECV)) {
-        int e = pick(io_read_errs, NERRS(io_read_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        ssize_t r = recv(fd, buf, m, flags);
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return recv(fd, buf, n, flags);
+    if (!is_socket(fd) || !inject(F_RECV))
+        return recv(fd, buf, n, flags);
+    ssize_t m = fault_len(fd, n, io_read_errs, NERRS(io_read_errs));
+    return m < 0 ? -1 : after_short(fd, recv(fd, buf, (size_t)m, flags), m);
 }
 
 ssize_t pier__fault_read(int fd, void *buf, size_t n) {
-    if (is_socket(fd) && inject(F_READ)) {
-        int e = pick(io_read_errs, NERRS(io_read_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        ssize_t r = read(fd, buf, m);
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return read(fd, buf, n);
+    if (!is_socket(fd) || !inject(F_READ))
+        return read(fd, buf, n);
+    ssize_t m = fault_len(fd, n, io_read_errs, NERRS(io_read_errs));
+    return m < 0 ? -1 : after_short(fd, read(fd, buf, (size_t)m), m);
 }
 
-/* ---- writing ---- */
-
 ssize_t pier__fault_write(int fd, const void *buf, size_t n) {
-    if (is_socket(fd) && inject(F_WRITE)) {
-        int e = pick(io_write_errs, NERRS(io_write_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        ssize_t r = write(fd, buf, m);
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return write(fd, buf, n);
+    if (!is_socket(fd) || !inject(F_WRITE))
+        return write(fd, buf, n);
+    ssize_t m = fault_len(fd, n, io_write_errs, NERRS(io_write_errs));
+    return m < 0 ? -1 : after_short(fd, write(fd, buf, (size_t)m), m);
 }
 
 ssize_t pier__fault_send(int fd, const void *buf, size_t n, int flags) {
-    if (is_socket(fd) && inject(F_SEND)) {
-        int e = pick(io_write_errs, NERRS(io_write_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        ssize_t r = send(fd, buf, m, flags);
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return send(fd, buf, n, flags);
+    if (!is_socket(fd) || !inject(F_SEND))
+        return send(fd, buf, n, flags);
+    ssize_t m = fault_len(fd, n, io_write_errs, NERRS(io_write_errs));
+    return m < 0 ? -1 : after_short(fd, send(fd, buf, (size_t)m, flags), m);
 }
 
 #define IOV_COPY 1024
@@ -374,52 +358,33 @@ static size_t iov_total(const struct iovec *iov, int cnt) {
 }
 
 ssize_t pier__fault_sendmsg(int fd, const struct msghdr *msg, int flags) {
-    if (is_socket(fd) && inject(F_SENDMSG)) {
-        size_t n = iov_total(msg->msg_iov, (int)msg->msg_iovlen);
-        int e = pick(io_write_errs, NERRS(io_write_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        struct iovec cut[IOV_COPY];
-        struct msghdr copy = *msg;
-        copy.msg_iov = cut;
-        copy.msg_iovlen = (size_t)iov_cut(msg->msg_iov, (int)msg->msg_iovlen, m, cut);
-        ssize_t r = sendmsg(fd, &copy, flags);
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return sendmsg(fd, msg, flags);
+    if (!is_socket(fd) || !inject(F_SENDMSG))
+        return sendmsg(fd, msg, flags);
+    ssize_t m = fault_len(fd, iov_total(msg->msg_iov, (int)msg->msg_iovlen), io_write_errs, NERRS(io_write_errs));
+    if (m < 0)
+        return -1;
+    struct iovec cut[IOV_COPY];
+    struct msghdr copy = *msg;
+    copy.msg_iov = cut;
+    copy.msg_iovlen = (size_t)iov_cut(msg->msg_iov, (int)msg->msg_iovlen, (size_t)m, cut);
+    return after_short(fd, sendmsg(fd, &copy, flags), m);
 }
 
 ssize_t pier__fault_writev(int fd, const struct iovec *iov, int iovcnt) {
-    if (is_socket(fd) && inject(F_WRITEV)) {
-        size_t n = iov_total(iov, iovcnt);
-        int e = pick(io_write_errs, NERRS(io_write_errs));
-        if (e != SHORT || n < 2)
-            return fail_io(fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(n);
-        struct iovec cut[IOV_COPY];
-        ssize_t r = writev(fd, cut, iov_cut(iov, iovcnt, m, cut));
-        if (r == (ssize_t)m)
-            rearm(fd);
-        return r;
-    }
-    return writev(fd, iov, iovcnt);
+    if (!is_socket(fd) || !inject(F_WRITEV))
+        return writev(fd, iov, iovcnt);
+    ssize_t m = fault_len(fd, iov_total(iov, iovcnt), io_write_errs, NERRS(io_write_errs));
+    if (m < 0)
+        return -1;
+    struct iovec cut[IOV_COPY];
+    return after_short(fd, writev(fd, cut, iov_cut(iov, iovcnt, (size_t)m, cut)), m);
 }
 
 ssize_t pier__fault_sendfile(int out_fd, int in_fd, off_t *offset, size_t count) {
-    if (is_socket(out_fd) && inject(F_SENDFILE)) {
-        int e = pick(sendfile_errs, NERRS(sendfile_errs));
-        if (e != SHORT || count < 2)
-            return fail_io(out_fd, e == SHORT ? EINTR : e);
-        size_t m = shorter(count);
-        ssize_t r = sendfile(out_fd, in_fd, offset, m);
-        if (r == (ssize_t)m)
-            rearm(out_fd);
-        return r;
-    }
-    return sendfile(out_fd, in_fd, offset, count);
+    if (!is_socket(out_fd) || !inject(F_SENDFILE))
+        return sendfile(out_fd, in_fd, offset, count);
+    ssize_t m = fault_len(out_fd, count, sendfile_errs, NERRS(sendfile_errs));
+    return m < 0 ? -1 : after_short(out_fd, sendfile(out_fd, in_fd, offset, (size_t)m), m);
 }
 
 /* ---- descriptors ---- */
