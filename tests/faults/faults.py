@@ -1,8 +1,9 @@
 """Drives the fault-injection build of pier (PIER_FAULTS=ON, ASan+UBSan) through every
 server with many seeds; see tests/faults/run.sh. Exits 0 only if no run found a bug and
-at least --floor faults were injected in all.
+at least --floor faults were injected in all (10,000 for the full run; none required for
+a partial one, --only or --seeds, unless --floor says so).
 
-  faults.py --build build-faults [--only echo,http] [--seeds 1,2,3] [--rate 0.02]
+  faults.py --build build-faults [--only echo,http] [--seeds 1,2,3] [--rate 0.02] [--keep-going]
 """
 import argparse
 import collections
@@ -40,9 +41,11 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--seeds", default="")
     ap.add_argument("--rate", type=float, default=0)
-    ap.add_argument("--floor", type=int, default=10000)
+    ap.add_argument("--floor", type=int, default=None)
     ap.add_argument("--keep-going", action="store_true")
     a = ap.parse_args()
+    if a.floor is None:
+        a.floor = 0 if a.only or a.seeds else 10000
     binary = os.path.abspath(os.path.join(a.build, "pier"))
     if not os.access(binary, os.X_OK):
         print("faults: no %s (build with -DPIER_FAULTS=ON first)" % binary)
