@@ -12,4 +12,4 @@ if ! grep -q 'PIER_FAULTS:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
     echo "tests/faults/run.sh: $build is not configured with -DPIER_FAULTS=ON" >&2
     exit 2
 fi
-exec timeout -k 10 600 /usr/bin/python3 "$here/faults.py" --build "$build" "$@"
+exec env PYTHONDONTWRITEBYTECODE=1 timeout -k 10 600 /usr/bin/python3 "$here/faults.py" --build "$build" "$@"
