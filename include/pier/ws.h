@@ -144,6 +144,28 @@ PIER_EXTERN int pier_ws_send_id(pier_id_t id, int opcode, const void *data, size
 /* As pier_ws_close, through the id. */
 PIER_EXTERN int pier_ws_close_id(pier_id_t id, int code, const char *reason);
 
+/* ---- pub/sub ----
+ *
+ * Topics span every WebSocket endpoint of a server and every loop of its group. A
+ * message published to a topic is framed once and the frame shared, not copied, by the
+ * output queues of its subscribers. A subscriber whose output is above out_high misses
+ * it, by its endpoint's slow_policy: dropped (counted in pier_ws_dropped) or closed with
+ * 1008. A connection that closes leaves its topics; one that closes while a publish is
+ * in flight is simply not reached. */
+
+/* On the connection's loop, while it is open: ws receives what is published to topic
+ * (a NUL-terminated name, copied) from now on. Subscribing twice is one subscription.
+ * -ENOTCONN once a close was sent or received, -EINVAL, -ENOMEM. */
+PIER_EXTERN int pier_ws_subscribe(pier_ws_t *ws, const char *topic);
+/* On the connection's loop: -ENOENT if ws was not subscribed to topic. */
+PIER_EXTERN int pier_ws_unsubscribe(pier_ws_t *ws, const char *topic);
+/* Any thread, between the first pier_http_ws on srv and pier_http_server_free: sends a
+ * message (TEXT or BINARY) to the subscribers of topic, queued by each loop in a later
+ * iteration (also when called on a loop), in the order of the calls made by one thread.
+ * The data is copied once. -ENOENT if srv has no WebSocket endpoint, -EINVAL, -ENOMEM. */
+PIER_EXTERN int pier_ws_publish(pier_http_server_t *srv, const char *topic, int opcode, const void *data,
+                                size_t len);
+
 #ifdef __cplusplus
 }
 #endif

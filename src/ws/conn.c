@@ -19,29 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WS_MAGIC 0x70776b73u /* tells a pier_ws_t from other connection data */
-
-enum { WS_OPEN, WS_CLOSE_SENT, WS_DONE };
-
-struct pier_ws_s {
-    uint32_t magic;
-    int state;
-    pier_conn_t *c;
-    pier__ws_endpoint_t *ep;
-    pier__ws_loop_t *wl;
-    const char *protocol;
-    void *data;
-    pier__ws_reader_t rd;
-    /* liveness: a ping after ping_ms without input, and then pong_ms for an answer */
-    pier_timer_t timer;
-    uint64_t last_rx;
-    int ping_out;
-    /* the close handshake, for on_close */
-    int opened, got_close, peer_code, our_code;
-    uint64_t dropped;
-    char reason[PIER__WS_MAX_CONTROL - 1]; /* the peer's (or ours), NUL-terminated */
-};
-
 static const pier_conn_cbs_t ws_conn_cbs;
 
 /* ---- writing ---- */
@@ -68,7 +45,7 @@ static int put_close(pier_ws_t *ws, int code, const char *reason, size_t rl) {
 }
 
 /* Fails the connection (RFC 6455 7.1.7): a close frame with code, then the TCP close. */
-static void fail(pier_ws_t *ws, int code) {
+void pier__ws_fail(pier_ws_t *ws, int code) {
     if (ws->state == WS_DONE)
         return;
     int was_open = ws->state == WS_OPEN;
@@ -138,7 +115,7 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
         ssize_t r = pier__ws_read(&ws->rd, p + off, len - off);
         if (r < 0) {
             if (ws->rd.code)
-                fail(ws, ws->rd.code);
+                pier__ws_fail(ws, ws->rd.code);
             return len;
         }
         if (r == 0)
@@ -182,6 +159,7 @@ static void on_conn_close(pier_conn_t *c, int err) {
         return;
     pier_timer_stop(&ws->timer);
     ws->state = WS_DONE;
+    pier__ws_unsubscribe_all(ws);
     int code = ws->got_close ? ws->peer_code : ws->our_code ? ws->our_code : PIER_WS_ABNORMAL;
     if (ws->ep->cbs.on_close)
         ws->ep->cbs.on_close(ws, code, ws->reason);
@@ -224,8 +202,10 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     pier_loop_t *loop = pier_conn_loop(c);
     ws->c = c;
     ws->wl = loop_state(ep, loop);
-    if (ws->wl)
+    if (ws->wl) {
         ws->rd.scratch = &ws->wl->scratch;
+        ws->hl = pier__ws_hub_loop(ep->hub, (unsigned)(ws->wl - ep->loops));
+    }
     pier_conn_set_cbs(c, &ws_conn_cbs, ws);
     /* the core's idle timeout stays only as a backstop behind the ping and its pong */
     pier_conn_limits_t lim = {.out_high = ep->out_high, .out_low = ep->out_low,
@@ -236,7 +216,7 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     ws->last_rx = pier_loop_now(loop);
     ws->opened = 1;
     if (!ws->wl) { /* a loop outside the server's group: cannot happen */
-        fail(ws, PIER_WS_INTERNAL);
+        pier__ws_fail(ws, PIER_WS_INTERNAL);
         return len;
     }
     if (ep->cbs.on_open)
@@ -315,7 +295,7 @@ static void id_op_run(pier_conn_t *c, void *arg) {
     } else if (ws && pier_ws_send(ws, op->opcode, op->data, op->len) == -ENOBUFS) {
         ws->dropped++;
         if (ws->ep->slow_policy == PIER_WS_SLOW_CLOSE)
-            fail(ws, PIER_WS_POLICY);
+            pier__ws_fail(ws, PIER_WS_POLICY);
     }
     free(op);
 }

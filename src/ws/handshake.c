@@ -153,6 +153,8 @@ static void endpoint_free(void *arg) {
     for (unsigned i = 0; i < ep->nloops; i++)
         pier__buf_free(&ep->loops[i].scratch);
     free(ep->loops);
+    if (ep->hub)
+        pier__ws_hub_put(ep->hub);
     for (unsigned i = 0; i < ep->nprotocols; i++)
         free(ep->protocols[i]);
     free(ep->protocols);
@@ -198,7 +200,7 @@ static int make_loops(pier__ws_endpoint_t *ep, pier_http_server_t *srv) {
         return -ENOMEM;
     for (unsigned i = 0; i < ep->nloops; i++)
         ep->loops[i].loop = pier_group_loop(g, i);
-    return 0;
+    return pier__ws_hub_get(srv, &ep->hub);
 }
 
 int pier_http_ws_opts(pier_http_server_t *srv, const char *path, const pier_ws_cbs_t *cbs, void *ud,
