@@ -9,8 +9,8 @@
  * Writing: every frame is one pier_conn_writev unit (header and payload). A unit that
  * cannot be queued aborts the connection: its stream would be corrupt.
  *
- * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's, nothing more
- * is sent or delivered); DONE (the handshake is over or the connection failed; input is
+ * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's; nothing more
+ * is sent, but messages still arrive); DONE (the handshake is over or the connection failed; input is
  * dropped and the TCP connection is closing).
  */
 #include "ws/ws_int.h"
@@ -23,10 +23,42 @@ static const pier_conn_cbs_t ws_conn_cbs;
 
 /* ---- writing ---- */
 
+static void free_frame(void *base, void *ud) {
+    (void)ud;
+    free(base);
+}
+
+/* A client's frame (RFC 6455 5.3): a fresh masking key each, so the payload is copied,
+ * masked, behind its header; a large one is handed over rather than copied again. */
+static int put_masked(pier_ws_t *ws, int opcode, const void *data, size_t len) {
+    uint8_t mask[4], small[PIER__WS_MAX_HEADER + 512];
+    size_t cap = PIER__WS_MAX_HEADER + len;
+    uint8_t *buf = cap <= sizeof small ? small : malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    int err = pier__ws_random(mask, sizeof mask);
+    if (err < 0) {
+        if (buf != small)
+            free(buf);
+        return err;
+    }
+    size_t hl = pier__ws_header(buf, opcode, len, mask);
+    if (len)
+        pier__ws_unmask(buf + hl, data, len, mask, 0);
+    if (buf == small)
+        return pier_conn_write(ws->c, buf, hl + len);
+    return pier_conn_write_ref(ws->c, buf, hl + len, free_frame, NULL);
+}
+
 static int put_frame(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     uint8_t h[PIER__WS_MAX_HEADER];
-    struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
-    int err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
+    int err;
+    if (ws->client) {
+        err = put_masked(ws, opcode, data, len);
+    } else {
+        struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
+        err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
+    }
     if (err < 0) {
         ws->state = WS_DONE;
         pier_conn_abort(ws->c);
@@ -66,7 +98,9 @@ static void take_reason(pier_ws_t *ws, const uint8_t *p, size_t n) {
 
 static int on_message(void *ctx, int opcode, const void *data, size_t len) {
     pier_ws_t *ws = ctx;
-    if (ws->state == WS_OPEN && ws->ep->cbs.on_message)
+    /* also after our close: what the peer sent before its answer is still its say (RFC
+     * 6455 1.4) */
+    if (ws->state != WS_DONE && ws->ep->cbs.on_message)
         ws->ep->cbs.on_message(ws, opcode, data, len);
     return ws->state == WS_DONE || !pier_conn_is_open(ws->c) ? -1 : 0;
 }

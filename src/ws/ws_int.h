@@ -145,11 +145,18 @@ struct pier_ws_s {
     /* pub/sub (pubsub.c): this loop's topics, and the subscriptions of this connection */
     struct pier__ws_hub_loop_s *hl;
     struct pier__ws_sub_s *subs;
+    int client;  /* our frames are masked (client.c) */
     char reason[PIER__WS_MAX_CONTROL - 1]; /* the peer's (or ours), NUL-terminated */
 };
 
 /* Fails the connection (RFC 6455 7.1.7): a close frame with code, then the TCP close. */
 void pier__ws_fail(pier_ws_t *ws, int code);
+
+/* ---- random bytes (client.c) ---- */
+
+/* n bytes from the kernel's generator, drawn in bulk and handed out from a per-thread
+ * pool: 0, or -errno of getrandom. */
+int pier__ws_random(void *out, size_t n);
 
 /* ---- pub/sub (pubsub.c) ---- */
 
@@ -159,6 +166,11 @@ void pier__ws_hub_put(pier__ws_hub_t *hub);
 pier__ws_hub_loop_t *pier__ws_hub_loop(pier__ws_hub_t *hub, unsigned i);
 /* Drops every subscription of ws: on its close, before it is freed. */
 void pier__ws_unsubscribe_all(pier_ws_t *ws);
+
+/* The options of an endpoint (or a client's), defaults filled in: -EINVAL, -ENOMEM. */
+int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o);
+/* Frees what pier__ws_take_opts and an endpoint's loops hold, not ep itself. */
+void pier__ws_endpoint_clear(pier__ws_endpoint_t *ep);
 
 /* A connection that completed the handshake as protocol (NULL for none) on ep. */
 pier_ws_t *pier__ws_new(pier__ws_endpoint_t *ep, const char *protocol);
