@@ -2,14 +2,18 @@
 messages (masked, or the server would fail the connection) and the echoes are printed in
 order, a line of 100 kB included; the end of stdin closes with 1000 and exit 0. Errors are
 clear: a bad URL (exit 2), an unreachable server, a refused handshake, and a 101 whose
-Sec-WebSocket-Accept does not match the key (exit 1)."""
+Sec-WebSocket-Accept does not match the key (exit 1). Over TLS: wss:// to `pier http
+--tls-cert`, the certificate checked against a CA file."""
 import os
 import socket
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tls"))
 import pierlib  # noqa: E402
+import tlslib  # noqa: E402
 from pierlib import check  # noqa: E402
 
 
@@ -59,6 +63,22 @@ def wrong_accept():
     srv.close()
 
 
+def wss():
+    if not tlslib.have_openssl():
+        print("test_ws_client_tool: wss:// skipped, the openssl command is not installed")
+        return
+    with tlslib.Certs() as certs:
+        cert, key = certs.leaf("ws.pem", "ws-key.pem", cn="localhost")
+        with pierlib.Pier("http", "--tls-cert", cert, "--tls-key", key) as srv:
+            url = "wss://localhost:%d/ws/echo" % srv.port
+            r = pierlib.run(["ws-client", "--cafile", certs.ca, url], input="over tls\nsecond\n")
+            check(r.returncode == 0 and r.stdout == "over tls\nsecond\n",
+                  "wss:// echoes with a trusted certificate (rc %d, %r, %r)" % (r.returncode, r.stdout, r.stderr))
+            r = pierlib.run(["ws-client", url], input="x\n")
+            check(r.returncode == 1 and "cannot connect" in r.stderr,
+                  "wss:// refuses a certificate it cannot trust (%r)" % r.stderr)
+
+
 def run():
     srv = pierlib.HttpServer("--threads", "2")
     try:
@@ -67,6 +87,7 @@ def run():
     finally:
         srv.stop()
     wrong_accept()
+    wss()
     pierlib.finish("test_ws_client_tool")
 
 
