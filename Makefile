@@ -40,7 +40,7 @@ test-tsan: deps
 	$(CONFIGURE) -B build-tsan -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
 	    -DPIER_WERROR=ON -DPIER_SANITIZE=thread $(CMAKE_ARGS)
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS) -L threads
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" ctest --output-on-failure -j $(JOBS) -L threads
 
 # The library built with its fault injection points, under ASan+UBSan; tests/faults/run.sh
 # (part of the fault module) decides what runs with which faults.

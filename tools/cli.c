@@ -53,23 +53,55 @@ static void on_hup(pier_loop_t *loop, int signo, void *arg) {
     }
 }
 
-int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
-                        const char *alpn, pier_tls_ctx_t **out) {
+/* Operators replace the session ticket keys at once (tickets of the key before the last
+ * one stop resuming), say after a leak; the hourly rotation goes on regardless. */
+static void on_usr1(pier_loop_t *loop, int signo, void *arg) {
+    for (int i = 0; i < nreloadable; i++) {
+        int err = pier_tls_ctx_rotate_tickets(reloadable[i]);
+        if (err < 0)
+            pier_log(PIER_LOG_ERROR, "SIGUSR1: ticket key not rotated: %s", pier_strerror(err));
+        else
+            pier_log(PIER_LOG_INFO, "SIGUSR1: new session ticket key; the one before still resumes");
+    }
+}
+
+int pier_cli_tls_add(const char *cmd, pier_cli_tls_t *f, int key, const char *file) {
+    int *n = key ? &f->nkey : &f->ncert;
+    if (*n == PIER_CLI_TLS_PAIRS)
+        return pier_cli_usage_error(cmd, "at most %d --tls-cert/--tls-key pairs", PIER_CLI_TLS_PAIRS);
+    (key ? f->key : f->cert)[(*n)++] = file;
+    return 0;
+}
+
+int pier_cli_tls_server(const char *cmd, const pier_cli_tls_t *f, const char *plain_reply, const char *alpn,
+                        pier_tls_ctx_t **out) {
     *out = NULL;
-    if (!cert && !key)
+    if (f->ncert == 0 && f->nkey == 0)
         return 0;
-    if (!cert || !key) {
+    if (f->ncert != f->nkey) {
         return pier_cli_usage_error(cmd, "--tls-cert and --tls-key go together");
     }
-    pier_tls_opts_t o = {.cert_file = cert, .key_file = key, .plain_reply = plain_reply, .alpn = alpn};
+    pier_tls_pair_t sni[PIER_CLI_TLS_PAIRS];
+    for (int i = 1; i < f->ncert; i++)
+        sni[i - 1] = (pier_tls_pair_t){f->cert[i], f->key[i]};
+    pier_tls_opts_t o = {.cert_file = f->cert[0], .key_file = f->key[0], .plain_reply = plain_reply, .alpn = alpn,
+                         .sni = sni, .sni_count = (size_t)f->ncert - 1};
     int err = pier_tls_ctx_new_server(out, &o);
     if (err < 0) {
-        fprintf(stderr, "pier %s: cannot use certificate %s with key %s: %s\n", cmd, cert, key,
+        fprintf(stderr, "pier %s: cannot use certificate %s with key %s%s: %s\n", cmd, f->cert[0], f->key[0],
+                f->ncert > 1 ? " (or another pair)" : "",
                 err == -ENOTSUP ? "this pier was built without TLS" : pier_strerror(err));
         return 1;
     }
     if (nreloadable < (int)(sizeof reloadable / sizeof reloadable[0]))
         reloadable[nreloadable++] = *out;
+    int ktls = pier_tls_ktls_check();
+    if (ktls == 0)
+        pier_log(PIER_LOG_INFO, "tls: the kernel offers kTLS, which pier does not use yet: files over TLS are "
+                                "read and encrypted in user space");
+    else
+        pier_log(PIER_LOG_INFO, "tls: no kTLS in this kernel (setsockopt TCP_ULP \"tls\": %s): files over TLS are "
+                                "read and encrypted in user space", pier_strerror(ktls));
     return 0;
 }
 
@@ -187,8 +219,10 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     pier_loop_signal(loop0, SIGINT, on_signal, &r);
     pier_loop_signal(loop0, SIGTERM, on_signal, &r);
-    if (nreloadable)
+    if (nreloadable) {
         pier_loop_signal(loop0, SIGHUP, on_hup, NULL);
+        pier_loop_signal(loop0, SIGUSR1, on_usr1, NULL);
+    }
     pier_timer_init(loop0, &r.poll, poll_cb, &r);
     int code = 0;
     int started = 0;
@@ -207,8 +241,10 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
     pier_timer_stop(&r.poll);
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
-    if (nreloadable)
+    if (nreloadable) {
         pier_loop_signal_stop(loop0, SIGHUP);
+        pier_loop_signal_stop(loop0, SIGUSR1);
+    }
     nreloadable = 0; /* the contexts are their commands' to free after this returns */
     /* connections still open after the drain deadline are reset, so every loop can be
      * freed; their on_close runs in pier_group_free's last iterations */

@@ -50,12 +50,23 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out);
 /* "unknown flag", "missing value" and the like: one line and a hint. Returns 2. */
 int pier_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The --tls-cert/--tls-key pair of a server command: both or neither. *out is a server
- * context (NULL when neither was given), the caller's to free after pier_cli_run, which
- * reloads its files on SIGHUP. plain_reply and alpn: see pier_tls_opts_t. Returns 0, or the exit code after one line on stderr (2 for a usage
- * error, 1 when the files cannot be used). */
-int pier_cli_tls_server(const char *cmd, const char *cert, const char *key, const char *plain_reply,
-                        const char *alpn, pier_tls_ctx_t **out);
+/* The --tls-cert/--tls-key flags of a server command, each repeatable: the i-th key
+ * goes with the i-th certificate; the first pair is the default and the others are
+ * chosen by the name the client asks for (SNI). */
+#define PIER_CLI_TLS_PAIRS 16
+typedef struct pier_cli_tls_s {
+    const char *cert[PIER_CLI_TLS_PAIRS], *key[PIER_CLI_TLS_PAIRS];
+    int ncert, nkey;
+} pier_cli_tls_t;
+/* Adds one flag's file (key: --tls-key, else --tls-cert). 0, or 2 after one line. */
+int pier_cli_tls_add(const char *cmd, pier_cli_tls_t *f, int key, const char *file);
+
+/* The pairs of f: as many keys as certificates, or none. *out is a server context (NULL
+ * when none was given), the caller's to free after pier_cli_run, which reloads its files
+ * on SIGHUP. plain_reply and alpn: see pier_tls_opts_t. Returns 0, or the exit code
+ * after one line on stderr (2 for a usage error, 1 when the files cannot be used). */
+int pier_cli_tls_server(const char *cmd, const pier_cli_tls_t *f, const char *plain_reply, const char *alpn,
+                        pier_tls_ctx_t **out);
 
 /* The --tls/--cafile/--insecure flags of a client command: *out is a client context
  * (NULL without --tls), the caller's to free. Returns 0 or an exit code, as above. */

@@ -90,12 +90,15 @@ static const char echo_help[] =
     "                      of one SO_REUSEPORT listener per loop (the default)\n"
     "  --quiet             log warnings and errors only\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only TLS\n"
-    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
+    "                      repeat both for more pairs: each client gets the first whose\n"
+    "                      certificate names the host it asks for (SNI), else the first\n"
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};
     uint64_t threads = 1, v;
-    const char *cert = NULL, *key = NULL;
+    pier_cli_tls_t tf = {0};
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},      {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},   {"max-conns", required_argument, 0, 'm'},
@@ -129,8 +132,8 @@ int pier_cmd_echo(int argc, char **argv) {
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'a': cfg.single_acceptor = 1; break;
-        case 'C': cert = optarg; break;
-        case 'K': key = optarg; break;
+        case 'C': if (pier_cli_tls_add("echo", &tf, 0, optarg)) return 2; break;
+        case 'K': if (pier_cli_tls_add("echo", &tf, 1, optarg)) return 2; break;
         case 'H': fputs(echo_help, stdout); return 0;
         default:
             return pier_cli_usage_error("echo", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -138,7 +141,7 @@ int pier_cmd_echo(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("echo", "unexpected argument '%s'", argv[optind]);
-    int code = pier_cli_tls_server("echo", cert, key, NULL, NULL, &cfg.tls);
+    int code = pier_cli_tls_server("echo", &tf, NULL, NULL, &cfg.tls);
     if (code)
         return code;
     pier_service_run_t run = {.svc = &pier_echo_service, .cfg = &cfg};

@@ -305,12 +305,15 @@ static const char http_help[] =
     "  --quiet             log warnings and errors only\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
-    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n";
+    "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
+    "                      repeat both for more pairs: each client gets the first whose\n"
+    "                      certificate names the host it asks for (SNI), else the first\n"
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
     uint64_t threads = 1, v;
-    const char *cert = NULL, *key = NULL;
+    pier_cli_tls_t tf = {0};
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},     {"port", required_argument, 0, 'p'},
         {"tls-cert", required_argument, 0, 'C'}, {"tls-key", required_argument, 0, 'K'},
@@ -371,8 +374,8 @@ int pier_cmd_http(int argc, char **argv) {
             cfg.max_conns = (unsigned)v;
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
-        case 'C': cert = optarg; break;
-        case 'K': key = optarg; break;
+        case 'C': if (pier_cli_tls_add("http", &tf, 0, optarg)) return 2; break;
+        case 'K': if (pier_cli_tls_add("http", &tf, 1, optarg)) return 2; break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
             return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -380,7 +383,7 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
-    int code = pier_cli_tls_server("http", cert, key, pier_http_plain_reply, "http/1.1", &cfg.tls);
+    int code = pier_cli_tls_server("http", &tf, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;
     pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};

@@ -16,7 +16,7 @@
 /* The msg service (for serve): cfg is a pier_msg_cfg_t, or NULL for the defaults. */
 typedef struct pier_msg_cfg_s {
     pier_msg_server_opts_t opts;
-    const char *tls_cert, *tls_key; /* --tls-cert/--tls-key, made into opts.tls */
+    pier_cli_tls_t tls; /* --tls-cert/--tls-key, made into opts.tls */
 } pier_msg_cfg_t;
 
 /* ---- the server: JSON service for id 1001 ---- */
@@ -118,6 +118,9 @@ static const char msg_usage[] =
     "  --verbose         log every connection event\n"
     "  --tls-cert FILE   certificate chain (PEM, leaf first): the port speaks only TLS\n"
     "  --tls-key FILE    its private key (PEM); SIGHUP reads both files again\n"
+    "                    repeat both for more pairs: each client gets the first whose\n"
+    "                    certificate names the host it asks for (SNI), else the first\n"
+    "                    SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 
@@ -173,8 +176,8 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
             so->inflight_total = (unsigned)v;
             break;
         case 'W': so->codec.wide = 1; break;
-        case 'C': cfg->tls_cert = optarg; break;
-        case 'K': cfg->tls_key = optarg; break;
+        case 'C': if (pier_cli_tls_add("msg", &cfg->tls, 0, optarg)) return 2; break;
+        case 'K': if (pier_cli_tls_add("msg", &cfg->tls, 1, optarg)) return 2; break;
         case 'D':
             if (pier_cli_u64("msg", "--delay-us", optarg, 0, 1000000, &v) < 0) return 2;
             handler_delay_us = (unsigned)v;
@@ -284,7 +287,7 @@ int pier_cmd_msg(int argc, char **argv) {
     int r = msg_parse(argc, argv, &cfg, &threads);
     if (r)
         return r == 1 ? 0 : r;
-    r = pier_cli_tls_server("msg", cfg.tls_cert, cfg.tls_key, NULL, NULL, &cfg.opts.tls);
+    r = pier_cli_tls_server("msg", &cfg.tls, NULL, NULL, &cfg.opts.tls);
     if (r)
         return r;
     pier_service_run_t run = {.svc = &pier_msg_service, .cfg = &cfg};

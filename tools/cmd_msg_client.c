@@ -18,6 +18,7 @@ static const char client_usage[] =
     "usage: pier msg-client [--host H] [--port 10089] [--heartbeat S]\n"
     "                       [--conns C --count N [--size B] [--window W] [--rate R]]\n"
     "                       [--timeout S] [--max-body BYTES] [--wide]\n"
+    "                       [--tls [--cafile F] [--servername N] [--insecure]]\n"
     "\n"
     "Without --count: sends each line of stdin as an id-1001 JSON message and prints the\n"
     "data of each reply, one per line; exits 0 once stdin ends and every line is answered.\n"
@@ -40,6 +41,12 @@ static const char client_usage[] =
     "  --wide          u32 length field (6-byte header)\n"
     "  --raw           load generator: id-1002 echo, no JSON (the framework's own cost)\n"
     "  --quiet         log warnings and errors only\n"
+    "  --tls           speak TLS; the server's certificate is checked against the system's\n"
+    "                  CA store and the host name (a refused certificate exits 1 at once)\n"
+    "  --cafile F      trust the CA certificates of PEM file F instead\n"
+    "  --servername N  the name to check the certificate against and send as SNI\n"
+    "                  (default: --host)\n"
+    "  --insecure      accept any certificate (tests only)\n"
     "\n"
     "Exit: 0 all answered and correct; 1 wrong replies, timeout or a failure; 2 bad flags.\n";
 
@@ -52,6 +59,8 @@ typedef struct {
     uint64_t backoff_max_ms;
     pier_msg_codec_t codec;
     int raw;
+    int tls, insecure;
+    const char *cafile, *servername;
 } client_args_t;
 
 static int client_parse(int argc, char **argv, client_args_t *a) {
@@ -63,7 +72,9 @@ static int client_parse(int argc, char **argv, client_args_t *a) {
         {"timeout", required_argument, 0, 't'},  {"backoff-max", required_argument, 0, 'B'},
         {"max-body", required_argument, 0, 'm'}, {"wide", no_argument, 0, 'W'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
-        {"raw", no_argument, 0, 'R'},            {0, 0, 0, 0},
+        {"raw", no_argument, 0, 'R'},            {"tls", no_argument, 0, 'S'},
+        {"cafile", required_argument, 0, 'A'},   {"servername", required_argument, 0, 'N'},
+        {"insecure", no_argument, 0, 'I'},       {0, 0, 0, 0},
     };
     *a = (client_args_t){.host = "127.0.0.1", .port = PIER_MSG_DEFAULT_PORT, .conns = 1, .window = 64,
                          .backoff_max_ms = 1000};
@@ -93,6 +104,10 @@ static int client_parse(int argc, char **argv, client_args_t *a) {
             break;
         case 'W': a->codec.wide = 1; break;
         case 'R': a->raw = 1; break;
+        case 'S': a->tls = 1; break;
+        case 'A': a->cafile = optarg; break;
+        case 'N': a->servername = optarg; break;
+        case 'I': a->insecure = 1; break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(client_usage, stdout); return 1;
         default: return pier_cli_usage_error(cmd, "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -100,6 +115,8 @@ static int client_parse(int argc, char **argv, client_args_t *a) {
     }
     if (optind < argc)
         return pier_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (a->servername && !a->tls)
+        return pier_cli_usage_error(cmd, "--servername needs --tls");
     pier_msg_codec_t chk;
     if (pier_msg_codec_check(&a->codec, &chk))
         return pier_cli_usage_error(cmd, "--max-body over 65535 needs --wide");
@@ -272,10 +289,24 @@ static void client_on_down(pier_msg_client_t *mc, int err) {
         pier_log(PIER_LOG_INFO, "msg-client: connection lost (%s), reconnecting", pier_strerror(err));
 }
 
-static void client_on_connect_error(pier_msg_client_t *mc, int err, int will_retry) {
-    (void)mc;
+/* 1 when the failed connect is one that retrying cannot mend: the server's certificate
+ * was refused (the reason is in the TLS log line before). */
+static int connect_failed(int err, int will_retry) {
+    if (err == PIER_ETLS_REJECTED) {
+        fprintf(stderr, "pier msg-client: cannot connect: %s\n", pier_strerror(err));
+        return 1;
+    }
     pier_log(will_retry ? PIER_LOG_DEBUG : PIER_LOG_ERROR, "msg-client: connect failed: %s%s", pier_strerror(err),
              will_retry ? ", retrying" : "");
+    return !will_retry;
+}
+
+static void lc_on_connect_error(pier_msg_client_t *mc, int err, int will_retry) {
+    lc_t *lc = pier_msg_client_data(mc);
+    if (connect_failed(err, will_retry)) {
+        lc->failed = 1;
+        lc_finish(lc);
+    }
 }
 
 /* ---- the load generator ---- */
@@ -301,6 +332,7 @@ struct load_s {
     uint64_t t0, t1;
     int finished;
     int timed_out;
+    int refused; /* the server's certificate was refused: no retry */
 };
 
 /* The data of message seq on connection idx: a tag, padded to --size. */
@@ -383,6 +415,14 @@ static void load_on_up(pier_msg_client_t *mc) {
     load_send(lc);
 }
 
+static void load_on_connect_error(pier_msg_client_t *mc, int err, int will_retry) {
+    lconn_t *lc = pier_msg_client_data(mc);
+    if (connect_failed(err, will_retry)) {
+        lc->L->refused = 1;
+        load_finish(lc->L);
+    }
+}
+
 static void load_tick(pier_timer_t *t) {
     load_t *L = t->data;
     /* refill 10 ms worth, with no more than 100 ms of backlog */
@@ -434,6 +474,7 @@ static int run_load(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t 
         return 1;
     co->on_msg = load_on_msg;
     co->on_up = load_on_up;
+    co->on_connect_error = load_on_connect_error;
     pier_timer_init(loop, &L.tick, load_tick, &L);
     pier_timer_init(loop, &L.deadline, on_deadline, &L);
     if (a->rate)
@@ -474,7 +515,16 @@ static int run_load(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t 
     settle(loop, mcs, a->conns);
     free(mcs);
     free(L.c);
-    return L.errors || acked != want ? 1 : 0;
+    return L.errors || L.refused || acked != want ? 1 : 0;
+}
+
+static void lines_free(line_t *l) {
+    while (l) {
+        line_t *next = l->next;
+        free(l->req);
+        free(l);
+        l = next;
+    }
 }
 
 static int run_lines(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t *co) {
@@ -482,6 +532,7 @@ static int run_lines(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t
     sem_init(&lc.slots, 0, LINES_MAX);
     co->on_msg = lc_on_msg;
     co->on_up = lc_on_up;
+    co->on_connect_error = lc_on_connect_error;
     co->data = &lc;
     pier_timer_t deadline;
     pier_timer_init(loop, &deadline, lc_on_deadline, &lc);
@@ -508,8 +559,10 @@ static int run_lines(client_args_t *a, pier_loop_t *loop, pier_msg_client_opts_t
     lc_finish(&lc);
     pier_msg_client_t *mcs[1] = {lc.mc};
     settle(loop, mcs, 1);
-    if (lc.eof)
+    if (lc.eof) {
         pthread_join(th, NULL);
+        lines_free(lc.head); /* unanswered: a timeout or a refused certificate */
+    }
     else
         exit(failed ? 1 : 0); /* the reader still blocks on stdin; the loop must outlive it */
     return failed;
@@ -520,10 +573,15 @@ int pier_cmd_msg_client(int argc, char **argv) {
     int r = client_parse(argc, argv, &a);
     if (r)
         return r == 1 ? 0 : 2;
+    pier_tls_ctx_t *tls = NULL;
+    r = pier_cli_tls_client("msg-client", a.tls, a.cafile, a.insecure, &tls);
+    if (r)
+        return r;
     pier_loop_t *loop;
     int err = pier_loop_new(&loop);
     if (err) {
         fprintf(stderr, "pier msg-client: cannot start a loop: %s\n", pier_strerror(err));
+        pier_tls_ctx_free(tls);
         return 1;
     }
     pier_loop_signal(loop, SIGINT, on_client_signal, NULL);
@@ -534,10 +592,12 @@ int pier_cmd_msg_client(int argc, char **argv) {
         .codec = a.codec,
         .heartbeat_ms = a.heartbeat_ms,
         .backoff_max_ms = a.backoff_max_ms,
+        .tls = tls,
+        .tls_servername = a.servername,
         .on_down = client_on_down,
-        .on_connect_error = client_on_connect_error,
     };
     r = a.count ? run_load(&a, loop, &co) : run_lines(&a, loop, &co);
+    pier_tls_ctx_free(tls); /* each client keeps its own reference */
     pier_loop_signal_stop(loop, SIGINT);
     pier_loop_signal_stop(loop, SIGTERM);
     if (pier_loop_free(loop) < 0)

@@ -52,7 +52,8 @@ static pier_tls_ctx_t *https_ctx(const char *dir) {
             pier_log(PIER_LOG_INFO, "https: made a self-signed certificate for localhost in %s", dir);
     }
     pier_tls_ctx_t *ctx = NULL;
-    if (err == 0 && pier_cli_tls_server("serve", cert, key, pier_http_plain_reply, "http/1.1", &ctx) != 0)
+    pier_cli_tls_t tf = {.cert = {cert}, .key = {key}, .ncert = 1, .nkey = 1};
+    if (err == 0 && pier_cli_tls_server("serve", &tf, pier_http_plain_reply, "http/1.1", &ctx) != 0)
         err = -EINVAL;
     if (err < 0 || !ctx) {
         pier_log(PIER_LOG_WARN, "https: not started, no certificate in %s: %s", dir, pier_strerror(err));

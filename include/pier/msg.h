@@ -245,6 +245,10 @@ typedef struct pier_msg_client_opts_s {
     uint64_t backoff_min_ms;   /* default 100 */
     uint64_t backoff_max_ms;   /* default 10000 */
     int max_retries;           /* consecutive failed connects before giving up; 0: forever */
+    /* TLS (tls.h): a client context, and the name to check (and send as SNI); as
+     * pier_client_opts_t.tls and .tls_servername. NULL: plain TCP. */
+    pier_tls_ctx_t *tls;
+    const char *tls_servername;
     /* All callbacks run on the client's loop. */
     void (*on_up)(pier_msg_client_t *mc);                 /* connected (again) */
     void (*on_down)(pier_msg_client_t *mc, int err);      /* connection lost; err as on_close */

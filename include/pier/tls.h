@@ -44,6 +44,12 @@ extern "C" {
 
 enum { PIER_TLS_1_2 = 0x0303, PIER_TLS_1_3 = 0x0304 };
 
+/* A certificate chain (PEM, leaf first) and its private key (PEM). */
+typedef struct pier_tls_pair_s {
+    const char *cert_file;
+    const char *key_file;
+} pier_tls_pair_t;
+
 typedef struct pier_tls_opts_s {
     /* The certificate chain (PEM, leaf first) and its private key (PEM): required for a
      * server; for a client, optional, the certificate it shows a server that asks (mTLS). */
@@ -68,7 +74,20 @@ typedef struct pier_tls_opts_s {
      * TLS record but look like text (an HTTP request sent to an HTTPS port); then the
      * connection is closed. NULL: such a peer is just dropped. */
     const char *plain_reply;
+    /* Server: more certificate/key pairs (at most PIER_TLS_SNI_MAX), chosen by the name
+     * a client asks for (SNI): the first whose certificate names it (DNS names, wildcards
+     * included), trying cert_file's first, then these in order; cert_file's pair when
+     * none does or the client sends no name. All are read again by pier_tls_ctx_reload. */
+    const pier_tls_pair_t *sni;
+    size_t sni_count;
+    /* Server: session tickets are sealed with a key made at random and replaced this
+     * often (1 hour); a ticket sealed with the key before the current one still resumes
+     * (and is replaced by a new one), older ones get a full handshake. The keys are the
+     * context's, so every loop and server using it shares them, across reloads too. */
+    uint64_t ticket_rotate_ms;
 } pier_tls_opts_t;
+
+#define PIER_TLS_SNI_MAX 64
 
 /* A server context: loads cert_file and key_file now and checks that they match. *out is
  * the caller's to free with pier_tls_ctx_free(). -EINVAL for missing files in opts, a
@@ -90,11 +109,22 @@ PIER_EXTERN void pier_tls_ctx_free(pier_tls_ctx_t *ctx);
  * -ENOENT/-EACCES, -EINVAL for unusable PEM or a key that does not match, -ENOMEM. */
 PIER_EXTERN int pier_tls_ctx_reload(pier_tls_ctx_t *ctx);
 
+/* Replaces a server context's ticket key now (any thread), as the timer of
+ * ticket_rotate_ms would: tickets of the key before stop resuming. -EINVAL for a client
+ * context, -ENOMEM when no random key could be made (the keys stay as they were). */
+PIER_EXTERN int pier_tls_ctx_rotate_tickets(pier_tls_ctx_t *ctx);
+
 /* Writes a new ECDSA P-256 key (mode 0600) and a self-signed certificate for name,
  * localhost, 127.0.0.1 and ::1, valid for a year, as PEM files: for demos and tests,
  * which clients must then trust explicitly (or skip verifying). 0, -EINVAL, -ENOMEM, or
  * the errno of a file that cannot be written. */
 PIER_EXTERN int pier_tls_make_selfsigned(const char *cert_file, const char *key_file, const char *name);
+
+/* Whether this kernel offers TLS offload (kTLS): 0 if it does, else the negative errno
+ * of the probe (-ENOENT: no "tls" module in this kernel or container), -ENOTSUP without
+ * TLS support. Any thread; probed once per process. pier does not turn kTLS on yet:
+ * files queued over TLS are read and encrypted in 16 KiB chunks whatever this says. */
+PIER_EXTERN int pier_tls_ktls_check(void);
 
 typedef struct pier_tls_stats_s {
     uint64_t handshakes;        /* completed */

@@ -69,7 +69,7 @@ static int route(pier__http_conn_t *hc, pier__http_request_t *req) {
 static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
     pier__http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
-    pier_timer_stop(&hc->body_timer); /* the request is complete */
+    hc->body_due = 0; /* the request is complete */
     hc->seq++;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
@@ -116,11 +116,22 @@ static int send_continue(pier__http_conn_t *hc, const pier__http_request_t *req)
 /* Both run from a request's first byte (or the accept): the head must arrive within the
  * header timeout, and the whole request, body included, within the body timeout. The
  * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
+static void arm_deadline(pier__http_conn_t *hc, uint64_t due) {
+    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
+    if (!pier_timer_active(&hc->timer) || hc->timer.due > due)
+        pier_timer_start(&hc->timer, due > now ? due - now : 0, 0);
+}
+
 static void start_header_timer(pier__http_conn_t *hc) {
-    if (!pier_timer_active(&hc->timer))
-        pier_timer_start(&hc->timer, hc->srv->header_timeout_ms, 0);
-    if (!pier_timer_active(&hc->body_timer))
-        pier_timer_start(&hc->body_timer, hc->srv->body_timeout_ms, 0);
+    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
+    if (!hc->head_due) {
+        hc->head_due = now + hc->srv->header_timeout_ms;
+        arm_deadline(hc, hc->head_due);
+    }
+    if (!hc->body_due) {
+        hc->body_due = now + hc->srv->body_timeout_ms;
+        arm_deadline(hc, hc->body_due);
+    }
 }
 
 /* A chunked body is decoded into a buffer of our own, and the head kept to be parsed
@@ -143,7 +154,7 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
 /* A request head is complete (n bytes of buf). Returns bytes consumed, 0 to wait. */
 static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
     pier__http_request_t *req = &hc->hl->req;
-    pier_timer_stop(&hc->timer);
+    hc->head_due = 0;
     pier__http_parser_init(&hc->parser);
     if (req->content_length > (int64_t)hc->srv->max_body) {
         hc->logline[0] = '\0';
@@ -273,7 +284,6 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
 /* The HTTP state of the connection goes (at its close, or when it is handed over). */
 static void conn_free(pier__http_conn_t *hc) {
     pier_timer_stop(&hc->timer);
-    pier_timer_stop(&hc->body_timer);
     pier__http_later_detach(hc);
     pier_conn_set_data(hc->c, NULL);
     pier__buf_free(&hc->head_copy);
@@ -392,21 +402,28 @@ static void on_close(pier_conn_t *c, int err) {
         conn_free(hc);
 }
 
-static void on_header_timeout(pier_timer_t *t) {
+/* The head (header timeout) or the whole request, body included (body timeout: a body
+ * trickled byte by byte), did not arrive in time: 408. Otherwise the timer fired for a
+ * deadline that a finished request has since cleared, and waits for the next one. */
+static void on_deadline(pier_timer_t *t) {
     pier__http_conn_t *hc = t->data;
-    if (hc->state != ST_HEAD && hc->state != ST_BODY)
+    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
+    int head_late = hc->head_due && now >= hc->head_due && (hc->state == ST_HEAD || hc->state == ST_BODY);
+    int body_late = hc->body_due && now >= hc->body_due &&
+                    (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED);
+    if (head_late || body_late) {
+        hc->head_due = hc->body_due = 0;
+        hc->logline[0] = '\0';
+        pier__http_send_error(hc, 408);
         return;
-    hc->logline[0] = '\0';
-    pier__http_send_error(hc, 408);
-}
-
-/* The request, head and body, did not arrive in time (a body trickled byte by byte). */
-static void on_body_timeout(pier_timer_t *t) {
-    pier__http_conn_t *hc = t->data;
-    if (hc->state != ST_HEAD && hc->state != ST_BODY && hc->state != ST_CHUNKED)
-        return;
-    hc->logline[0] = '\0';
-    pier__http_send_error(hc, 408);
+    }
+    uint64_t next = 0;
+    if (hc->head_due && hc->head_due > now)
+        next = hc->head_due;
+    if (hc->body_due && hc->body_due > now && (!next || hc->body_due < next))
+        next = hc->body_due;
+    if (next)
+        pier_timer_start(t, next - now, 0);
 }
 
 static const pier_conn_cbs_t conn_cbs = {
@@ -432,8 +449,7 @@ void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
     hc->c = c;
     hc->state = ST_HEAD;
     pier__http_parser_init(&hc->parser);
-    pier_timer_init(pier_conn_loop(c), &hc->timer, on_header_timeout, hc);
-    pier_timer_init(pier_conn_loop(c), &hc->body_timer, on_body_timeout, hc);
+    pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
     pier_conn_set_cbs(c, &conn_cbs, hc);
     start_header_timer(hc);
 }

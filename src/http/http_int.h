@@ -147,8 +147,12 @@ struct pier__http_conn_s {
     pier_http_server_t *srv;
     pier__http_loop_t *hl;
     pier_conn_t *c;
-    pier_timer_t timer;       /* the request-head timeout */
-    pier_timer_t body_timer;  /* the whole-request (head and body) timeout */
+    /* One timer for both request deadlines, re-armed lazily: a request only writes the
+     * due times (0: none), and the timer, armed at the earliest, looks at them when it
+     * fires. A keep-alive request then costs no timer-heap operation at all. */
+    pier_timer_t timer;
+    uint64_t head_due;        /* the head must have arrived by then (header timeout) */
+    uint64_t body_due;        /* the whole request, body included (body timeout) */
     pier__http_parser_t parser;
     int state;
     size_t need;              /* BODY: head plus body bytes */

@@ -123,10 +123,15 @@ void pier_timer_init(pier_loop_t *loop, pier_timer_t *t, pier_timer_cb cb, void 
 
 void pier_timer_start(pier_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms) {
     pier_loop_t *loop = t->loop;
-    pier_timer_stop(t);
     t->due = loop->now + timeout_ms;
     t->repeat = repeat_ms;
     t->seq = loop->timer_seq++;
+    if (t->active) {
+        /* re-arming moves the node from where it is: no walk to the last node */
+        sift_down(loop, t);
+        sift_up(loop, t);
+        return;
+    }
     heap_insert(loop, t);
     t->active = 1;
     loop->handles++;

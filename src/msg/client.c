@@ -111,6 +111,8 @@ int pier_msg_client_new(pier_msg_client_t **out, pier_loop_t *loop, const pier_m
         .backoff_max_ms = opts->backoff_max_ms,
         .max_retries = opts->max_retries,
         .limits = {.read_max = frame_max < (1u << 20) ? 0 : frame_max + 1},
+        .tls = opts->tls,
+        .tls_servername = opts->tls_servername,
         .on_connect = on_connect,
         .on_connect_error = on_connect_error,
         .data = mc,

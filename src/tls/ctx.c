@@ -49,6 +49,12 @@ void pier__tls_ctx_unref(pier_tls_ctx_t *ctx) {
     free(ctx->alpn);
     for (size_t i = 0; i < sizeof ctx->strings / sizeof ctx->strings[0]; i++)
         free(ctx->strings[i]);
+    for (size_t i = 0; ctx->sni && i < ctx->opts.sni_count; i++) {
+        free((char *)ctx->sni[i].cert_file);
+        free((char *)ctx->sni[i].key_file);
+    }
+    free(ctx->sni);
+    OPENSSL_cleanse(ctx->tickets, sizeof ctx->tickets);
     pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
@@ -103,24 +109,23 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 
 static int readable(const char *path) { return access(path, R_OK) == 0 ? 0 : -errno; }
 
-static int load_cert(SSL_CTX *s, const pier_tls_opts_t *o) {
-    if (!o->cert_file || !o->key_file)
+static int load_cert(SSL_CTX *s, const char *cert, const char *key) {
+    if (!cert || !key)
         return -EINVAL;
-    int err = readable(o->cert_file);
+    int err = readable(cert);
     if (err == 0)
-        err = readable(o->key_file);
+        err = readable(key);
     if (err < 0) {
-        pier_log(PIER_LOG_ERROR, "tls: cannot read %s: %s", readable(o->cert_file) ? o->cert_file : o->key_file,
-                 pier_strerror(err));
+        pier_log(PIER_LOG_ERROR, "tls: cannot read %s: %s", readable(cert) ? cert : key, pier_strerror(err));
         return err;
     }
     char why[256];
-    if (SSL_CTX_use_certificate_chain_file(s, o->cert_file) != 1) {
-        pier_log(PIER_LOG_ERROR, "tls: %s: %s", o->cert_file, pier__tls_reason(why, sizeof why));
+    if (SSL_CTX_use_certificate_chain_file(s, cert) != 1) {
+        pier_log(PIER_LOG_ERROR, "tls: %s: %s", cert, pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
-    if (SSL_CTX_use_PrivateKey_file(s, o->key_file, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(s) != 1) {
-        pier_log(PIER_LOG_ERROR, "tls: %s: %s", o->key_file, pier__tls_reason(why, sizeof why));
+    if (SSL_CTX_use_PrivateKey_file(s, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(s) != 1) {
+        pier_log(PIER_LOG_ERROR, "tls: %s: %s", key, pier__tls_reason(why, sizeof why));
         return -EINVAL;
     }
     return 0;
@@ -154,8 +159,8 @@ static int require_client_certs(SSL_CTX *s, const char *ca_file) {
     return 0;
 }
 
-static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *o) {
-    int err = load_cert(s, o);
+static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *o, const pier_tls_pair_t *pair) {
+    int err = load_cert(s, pair->cert_file, pair->key_file);
     if (err < 0)
         return err;
     if (o->ca_file && (err = require_client_certs(s, o->ca_file)) < 0)
@@ -163,6 +168,7 @@ static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     static const unsigned char sid[] = "pier";
     SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    pier__tls_tickets_use(ctx, s);
     if (ctx->alpn)
         SSL_CTX_set_alpn_select_cb(s, alpn_select, ctx);
     return 0;
@@ -172,7 +178,7 @@ static int setup_client(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     char why[256];
     if (ctx->alpn && SSL_CTX_set_alpn_protos(s, ctx->alpn, (unsigned)ctx->alpn_len) != 0)
         return -ENOMEM;
-    int err = o->cert_file || o->key_file ? load_cert(s, o) : 0;
+    int err = o->cert_file || o->key_file ? load_cert(s, o->cert_file, o->key_file) : 0;
     if (err < 0)
         return err;
     if (o->insecure) {
@@ -202,21 +208,116 @@ static int policy(SSL_CTX *s, int min_version) {
     return 0;
 }
 
-/* A configured SSL_CTX from the context's options, its files read now. */
-static int build(pier_tls_ctx_t *ctx, SSL_CTX **out) {
+/* One configured SSL_CTX, its files read now; pair: a server's certificate and key. */
+static int build_one(pier_tls_ctx_t *ctx, const pier_tls_pair_t *pair, SSL_CTX **out) {
     const pier_tls_opts_t *o = &ctx->opts;
     SSL_CTX *s = SSL_CTX_new(ctx->server ? TLS_server_method() : TLS_client_method());
     if (!s)
         return -ENOMEM;
     int err = policy(s, o->min_version);
     if (err == 0)
-        err = ctx->server ? setup_server(ctx, s, o) : setup_client(ctx, s, o);
+        err = ctx->server ? setup_server(ctx, s, o, pair) : setup_client(ctx, s, o);
     ERR_clear_error();
     if (err < 0) {
         SSL_CTX_free(s);
         return err;
     }
     *out = s;
+    return 0;
+}
+
+/* ---- SNI: the other pairs hang off the default SSL_CTX, so that they live exactly as
+ * long as the connections that may switch to them (each SSL holds its first SSL_CTX) and
+ * a reload swaps them all at once. ---- */
+
+typedef struct {
+    size_t n;
+    SSL_CTX *alt[];
+} sni_set_t;
+
+static int sni_index = -1;
+static pthread_once_t sni_once = PTHREAD_ONCE_INIT;
+
+static void sni_set_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
+    sni_set_t *set = ptr;
+    for (size_t i = 0; set && i < set->n; i++)
+        SSL_CTX_free(set->alt[i]);
+    free(set);
+}
+
+static void sni_index_init(void) { sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, sni_set_free); }
+
+static int names(SSL_CTX *s, const char *name) {
+    X509 *x = SSL_CTX_get0_certificate(s);
+    return x && X509_check_host(x, name, strlen(name), 0, NULL) == 1;
+}
+
+/* Runs on the connection's loop during the handshake, before the certificate is chosen;
+ * the default pair stays unless another names the host. The session (ticket) context is
+ * still the default SSL_CTX's, so tickets do not depend on the pair. */
+static int sni_select(SSL *ssl, int *alert, void *arg) {
+    const sni_set_t *set = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || names(SSL_get_SSL_CTX(ssl), name))
+        return SSL_TLSEXT_ERR_OK;
+    for (size_t i = 0; i < set->n; i++)
+        if (names(set->alt[i], name)) {
+            SSL_set_SSL_CTX(ssl, set->alt[i]);
+            break;
+        }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int build_sni(pier_tls_ctx_t *ctx, SSL_CTX *def) {
+    size_t n = ctx->opts.sni_count;
+    if (pthread_once(&sni_once, sni_index_init) != 0 || sni_index < 0)
+        return -ENOMEM;
+    sni_set_t *set = calloc(1, sizeof *set + n * sizeof set->alt[0]);
+    if (!set)
+        return -ENOMEM;
+    int err = 0;
+    for (; set->n < n && err == 0; set->n++)
+        err = build_one(ctx, &ctx->sni[set->n], &set->alt[set->n]);
+    if (err < 0)
+        set->n--; /* the failed one made nothing */
+    if (SSL_CTX_set_ex_data(def, sni_index, set) != 1) {
+        sni_set_free(NULL, set, NULL, 0, 0, NULL);
+        return -ENOMEM;
+    }
+    if (err < 0)
+        return err;
+    SSL_CTX_set_tlsext_servername_callback(def, sni_select);
+    SSL_CTX_set_tlsext_servername_arg(def, set);
+    return 0;
+}
+
+/* The context's SSL_CTX from its options, every file read now; the SNI pairs with it. */
+static int build(pier_tls_ctx_t *ctx, SSL_CTX **out) {
+    pier_tls_pair_t pair = {ctx->opts.cert_file, ctx->opts.key_file};
+    SSL_CTX *s = NULL;
+    int err = build_one(ctx, &pair, &s);
+    if (err == 0 && ctx->server && ctx->opts.sni_count > 0 && (err = build_sni(ctx, s)) < 0)
+        SSL_CTX_free(s);
+    if (err == 0)
+        *out = s;
+    return err;
+}
+
+static int keep_sni(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
+    if (o->sni_count == 0)
+        return 0;
+    if (!o->sni || o->sni_count > PIER_TLS_SNI_MAX)
+        return -EINVAL;
+    ctx->sni = calloc(o->sni_count, sizeof *ctx->sni);
+    if (!ctx->sni)
+        return -ENOMEM;
+    for (size_t i = 0; i < o->sni_count; i++) {
+        const pier_tls_pair_t *p = &o->sni[i];
+        if (!p->cert_file || !p->key_file)
+            return -EINVAL;
+        if (!(ctx->sni[i].cert_file = strdup(p->cert_file)) || !(ctx->sni[i].key_file = strdup(p->key_file)))
+            return -ENOMEM;
+    }
     return 0;
 }
 
@@ -230,6 +331,10 @@ static int keep_opts(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
         *s[i] = ctx->strings[i];
     }
     ctx->opts.alpn = ctx->opts.plain_reply = NULL; /* kept in their own form */
+    ctx->opts.sni = NULL;
+    int err = keep_sni(ctx, o);
+    if (err < 0)
+        return err;
     if (o->plain_reply) {
         ctx->plain_len = strlen(o->plain_reply);
         if (!(ctx->plain_reply = strdup(o->plain_reply)))
@@ -251,6 +356,8 @@ static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     ctx->handshake_ms = o->handshake_ms ? o->handshake_ms : HANDSHAKE_MS;
     int err = keep_opts(ctx, o);
     if (err == 0)
+        err = pier__tls_tickets_init(ctx, o->ticket_rotate_ms);
+    if (err == 0)
         err = build(ctx, &ctx->ssl);
     if (err < 0) {
         pier__tls_ctx_unref(ctx);
@@ -271,21 +378,17 @@ SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx) {
     return s;
 }
 
-/* The new SSL_CTX takes the old one's ticket keys, so that sessions issued before a
- * reload still resume after it. */
+/* Sessions issued before a reload still resume after it: the ticket keys are the
+ * context's, not the SSL_CTX's. */
 int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) {
-    SSL_CTX *s;
+    SSL_CTX *s = NULL;
     int err = build(ctx, &s);
     if (err < 0)
         return err;
     pthread_mutex_lock(&ctx->lock);
     SSL_CTX *old = ctx->ssl;
-    unsigned char keys[80];
-    if (ctx->server && SSL_CTX_get_tlsext_ticket_keys(old, keys, sizeof keys) == 1)
-        SSL_CTX_set_tlsext_ticket_keys(s, keys, sizeof keys);
     ctx->ssl = s;
     pthread_mutex_unlock(&ctx->lock);
-    OPENSSL_cleanse(keys, sizeof keys);
     SSL_CTX_free(old); /* connections made with it hold their own references */
     return 0;
 }

@@ -12,3 +12,5 @@ void pier_tls_ctx_stats(const pier_tls_ctx_t *ctx, pier_tls_stats_t *out) { *out
 int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) { return -EINVAL; }
 int pier_tls_ctx_reload(pier_tls_ctx_t *ctx) { return -ENOTSUP; }
 int pier_tls_make_selfsigned(const char *cert_file, const char *key_file, const char *name) { return -ENOTSUP; }
+int pier_tls_ctx_rotate_tickets(pier_tls_ctx_t *ctx) { return -ENOTSUP; }
+int pier_tls_ktls_check(void) { return -ENOTSUP; }

@@ -11,13 +11,19 @@
 #include "base/buf.h"
 #include "net/conn.h"
 
+typedef struct pier__ticket_key_s {
+    unsigned char name[16], aes[32], hmac[32];
+    int set;
+} pier__ticket_key_t;
+
 struct pier_tls_ctx_s {
     const pier__tp_ops_t *ops;  /* first: how net reaches it (net/conn.h) */
-    pthread_mutex_t lock;       /* guards ssl, which a reload replaces */
+    pthread_mutex_t lock;       /* guards ssl, which a reload replaces, and the ticket keys */
     SSL_CTX *ssl;
     int server;
     pier_tls_opts_t opts;       /* as given, for reloading; strings point into strings[] */
     char *strings[3];
+    pier_tls_pair_t *sni;       /* opts.sni, copied; its strings are the context's too */
     atomic_uint refs;           /* the creator's, plus one per server, client, connection */
     uint64_t handshake_ms;
     char *plain_reply;
@@ -26,6 +32,8 @@ struct pier_tls_ctx_s {
     size_t alpn_len;
     atomic_uint_fast64_t handshakes, failed;
     atomic_uint_fast64_t log_fail; /* rate limit of the failure log */
+    pier__ticket_key_t tickets[2]; /* the current key, then the one before (if any) */
+    uint64_t ticket_rotate_ms, ticket_born_ms;
 };
 
 extern const pier__tp_ops_t pier__tls_ops;
@@ -37,6 +45,10 @@ SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx);
 void pier__tls_ctx_unref(pier_tls_ctx_t *ctx);
 /* transport.c: wraps a connection (pier__tp_ops_t.attach). */
 int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);
+/* tickets.c: the first ticket key and the rotation period (0: 1 hour); and the ticket
+ * callback for one of the context's server SSL_CTXs. */
+int pier__tls_tickets_init(pier_tls_ctx_t *ctx, uint64_t rotate_ms);
+void pier__tls_tickets_use(pier_tls_ctx_t *ctx, SSL_CTX *s);
 /* The first OpenSSL error queued on this thread, as text (and clears the queue). */
 const char *pier__tls_reason(char *buf, size_t size);
 

@@ -131,6 +131,136 @@ class TlsReload(unittest.TestCase):
 
 
 @unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsSni(unittest.TestCase):
+    """Several certificate/key pairs on one port (--tls-cert/--tls-key repeated), chosen by
+    the name the client asks for; the first pair when none names it."""
+
+    def test_pair_chosen_by_server_name(self):
+        with tlslib.Certs() as certs:
+            other = certs.leaf("other.pem", "other-key.pem", cn="other",
+                               san="DNS:other.example,DNS:*.wild.example")
+            flags = certs.server_flags() + ["--tls-cert", other[0], "--tls-key", other[1]]
+            with pierlib.Pier("echo", "--threads", "2", *flags) as srv:
+                for args, cn in ((["-servername", "other.example"], "other"),
+                                 (["-servername", "a.wild.example"], "other"),
+                                 (["-servername", "localhost"], "localhost"),
+                                 (["-servername", "unknown.example"], "localhost"),
+                                 (["-noservername"], "localhost")):
+                    code, out = tlslib.s_client(srv.port, "-CAfile", certs.ca, *args)
+                    self.assertEqual(code, 0, out)
+                    self.assertRegex(out, r"subject=\s*CN\s*=\s*%s\n" % cn, args)
+                # pier's own client checks the name it asks for against what it is given
+                for name in ("other.example", "x.wild.example", "localhost"):
+                    p = pierlib.run(["echo-client", "--port", str(srv.port), "--tls", "--cafile", certs.ca,
+                                     "--servername", name], input="hi %s\n" % name)
+                    self.assertEqual((p.returncode, p.stdout), (0, "hi %s\n" % name), p.stderr)
+                p = pierlib.run(["echo-client", "--port", str(srv.port), "--tls", "--cafile", certs.ca,
+                                 "--servername", "unknown.example"], input="x\n")
+                self.assertEqual(p.returncode, 1)
+                self.assertIn("hostname mismatch", p.stderr)
+                self.assertEqual(srv.stop(), 0)
+
+    def test_pairs_must_match(self):
+        with tlslib.Certs() as certs:
+            p = pierlib.run(["echo", "--port", "0"] + certs.server_flags() + ["--tls-cert", certs.cert])
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("go together", p.stderr)
+            p = pierlib.run(["echo", "--port", "0"] + certs.server_flags() +
+                            ["--tls-cert", certs.cert, "--tls-key", "/nonexistent"])
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("cannot use certificate", p.stderr)
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsTickets(unittest.TestCase):
+    """Ticket keys rotate (SIGUSR1 forces it now): a ticket of the key before the current
+    one still resumes, one from two rotations ago gets a full handshake; the keys are
+    shared by the server's two loops."""
+
+    def rotate(self, srv, times):
+        srv.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while srv.stderr().count("new session ticket key") < times and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(srv.stderr().count("new session ticket key"), times, srv.stderr())
+
+    def s_client(self, srv, certs, sess, *args):
+        code, out = tlslib.s_client(srv.port, "-tls1_2", "-CAfile", certs.ca, sess[0], sess[1], *args,
+                                    data=b"x")
+        self.assertEqual(code, 0, out)
+        return "Reused" if "\nReused, TLSv1.2" in out else "New" if "\nNew, TLSv1.2" in out else out
+
+    def python_session(self, srv, ctx, session=None):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            s.sendall(b"ping")
+            self.assertEqual(pierlib.recv_exact(s, 4), b"ping")  # the 1.3 tickets came before it
+            return s.session, s.session_reused
+
+    def test_resumption_across_rotations(self):
+        with tlslib.Certs() as certs, pierlib.Pier("echo", "--threads", "2", *certs.server_flags()) as srv:
+            sess = os.path.join(certs.dir, "sess.pem")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_out", sess)), "New")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "Reused")
+            ctx = certs.client_context()  # TLS 1.3 through Python's ssl, alongside
+            py, reused = self.python_session(srv, ctx)
+            self.assertFalse(reused)
+            self.rotate(srv, 1)
+            # sealed with the key before the current one: still resumes, several times over
+            for _ in range(4):
+                self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "Reused")
+            self.assertTrue(self.python_session(srv, ctx, py)[1])
+            self.rotate(srv, 2)
+            # two rotations ago: a full handshake, which works
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", sess)), "New")
+            self.assertFalse(self.python_session(srv, ctx, py)[1])
+            # and the tickets of the new key resume again
+            fresh = os.path.join(certs.dir, "fresh.pem")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_out", fresh)), "New")
+            self.assertEqual(self.s_client(srv, certs, ("-sess_in", fresh)), "Reused")
+            self.assertEqual(srv.stop(), 0)
+
+
+def kernel_ktls():
+    """None if this kernel lets a TCP socket take the "tls" upper-layer protocol (kTLS),
+    else the error that says why not."""
+    with socket.socket() as lst, socket.socket() as a:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        a.connect(lst.getsockname())
+        b, _ = lst.accept()
+        try:
+            a.setsockopt(socket.IPPROTO_TCP, 31, b"tls")  # TCP_ULP
+            return None
+        except OSError as e:
+            return e
+        finally:
+            b.close()
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
+class TlsKtls(unittest.TestCase):
+    def test_detection_matches_the_kernel(self):
+        # pier says at start whether the kernel has kTLS, as the kernel itself answers
+        with tlslib.Certs() as certs, pierlib.Pier("http", *certs.server_flags()) as srv:
+            err = kernel_ktls()
+            text = "the kernel offers kTLS" if err is None else "no kTLS in this kernel"
+            self.assertTrue(srv.wait_stderr(text), srv.stderr())
+            if err is not None:
+                self.assertIn(os.strerror(err.errno), srv.stderr())
+            self.assertEqual(srv.stop(), 0)
+
+    def test_static_file_by_ktls(self):
+        err = kernel_ktls()
+        if err is not None:
+            self.skipTest("this kernel has no kTLS (setsockopt TCP_ULP \"tls\": %s), so files over TLS "
+                          "cannot go by sendfile here; the read+encrypt path is tested by "
+                          "TlsHttp.test_static_file_over_tls" % err)
+        self.skipTest("this kernel has kTLS, but pier does not turn it on yet (SSL_OP_ENABLE_KTLS): "
+                      "files over TLS are read and encrypted, as TlsHttp.test_static_file_over_tls tests")
+
+
+@unittest.skipUnless(tlslib.have_openssl(), "the openssl command is not installed")
 class TlsMsg(unittest.TestCase):
     def test_round_trip(self):
         with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
@@ -141,6 +271,31 @@ class TlsMsg(unittest.TestCase):
                 mid, n = struct.unpack(">HH", pierlib.recv_exact(s, 4))
                 reply = json.loads(pierlib.recv_exact(s, n))
             self.assertEqual((mid, reply["data"]), (1001, "server has received msg, over tls"))
+            self.assertEqual(srv.stop(), 0)
+
+    def test_msg_client(self):
+        with tlslib.Certs() as certs, pierlib.Pier("msg", *certs.server_flags()) as srv:
+            tls = ["msg-client", "--port", str(srv.port), "--tls", "--timeout", "30"]
+            p = pierlib.run(tls + ["--cafile", certs.ca, "--servername", "localhost"], input="one\ntwo\n")
+            self.assertEqual((p.returncode, p.stdout),
+                             (0, "server has received msg, one\nserver has received msg, two\n"), p.stderr)
+            # the load mode, with the same output line as over TCP
+            p = pierlib.run(tls + ["--cafile", certs.ca, "--conns", "20", "--count", "200", "--size", "1000"])
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertRegex(p.stdout, r"20 conns x 200 msgs: 4000 of 4000 replies in .* 0 wrong, 0 reconnects\n")
+            # a refused certificate ends the client at once, in both modes, without retrying
+            for mode in ([], ["--count", "10"]):
+                p = pierlib.run(tls + ["--cafile", certs.ca, "--servername", "wrong.example"] + mode, input="x\n")
+                self.assertEqual(p.returncode, 1, p.stdout)
+                self.assertIn("certificate was rejected", p.stderr)
+                self.assertIn("hostname mismatch", p.stderr)
+            p = pierlib.run(tls, input="x\n")  # the system's CAs do not know the test CA
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("certificate was rejected", p.stderr)
+            p = pierlib.run(tls + ["--insecure"], input="x\n")
+            self.assertEqual((p.returncode, p.stdout), (0, "server has received msg, x\n"), p.stderr)
+            p = pierlib.run(["msg-client", "--servername", "localhost"])
+            self.assertEqual(p.returncode, 2)
             self.assertEqual(srv.stop(), 0)
 
 

@@ -699,10 +699,23 @@ static void test_ctx_errors(void **state) {
     o.alpn = "h2,,x";
     assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
     o.alpn = NULL;
+    o.sni_count = 1; /* SNI pairs: none given, a missing key, a missing file */
+    assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
+    pier_tls_pair_t pair = {.cert_file = certs.cert};
+    o.sni = &pair;
+    assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
+    pair.key_file = "/nonexistent/key.pem";
+    assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -ENOENT);
+    pair.key_file = certs.key;
     assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), 0);
+    assert_int_equal(pier_tls_ctx_rotate_tickets(ctx), 0);
     pier_tls_ctx_free(ctx);
     pier_tls_opts_t c = {.ca_file = "/nonexistent/ca.pem"};
     assert_int_equal(pier_tls_ctx_new_client(&ctx, &c), -ENOENT);
+    c.ca_file = certs.ca;
+    assert_int_equal(pier_tls_ctx_new_client(&ctx, &c), 0);
+    assert_int_equal(pier_tls_ctx_rotate_tickets(ctx), -EINVAL); /* tickets are a server's */
+    pier_tls_ctx_free(ctx);
 }
 
 /* A connection without TLS answers -EINVAL to pier_conn_tls_info. */

@@ -33,13 +33,18 @@ class Certs:
             f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
         self.leaf("cert.pem", "key.pem")
 
-    def leaf(self, cert, key, cn="localhost"):
-        """Another leaf for localhost signed by the CA, written to cert and key (file names
-        in the folder); returns their paths."""
+    def leaf(self, cert, key, cn="localhost", san=None):
+        """Another leaf signed by the CA, for localhost or for the names of san ("DNS:a,DNS:b"),
+        written to cert and key (file names in the folder); returns their paths."""
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        ext = "ext.cnf"
+        if san:
+            ext = cert + ".cnf"
+            with open(os.path.join(self.dir, ext), "w") as f:
+                f.write("subjectAltName=%s\nbasicConstraints=critical,CA:FALSE\n" % san)
         openssl("req", *ec, "-keyout", key, "-out", "leaf.csr", "-subj", "/CN=" + cn, cwd=self.dir)
         openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-                "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", "ext.cnf", cwd=self.dir)
+                "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext, cwd=self.dir)
         return os.path.join(self.dir, cert), os.path.join(self.dir, key)
 
     def client_context(self):
