@@ -6,12 +6,13 @@
  * protocol on a pier connection does: a partial header or control frame stays with the
  * core until more comes.
  *
- * Writing: every frame is one pier_conn_writev unit (header and payload). A unit that
- * cannot be queued aborts the connection: its stream would be corrupt.
+ * Writing: every frame is one unit (header and payload): a server's through
+ * pier_conn_writev, a client's masked copy as one buffer. A unit that cannot be queued
+ * aborts the connection: its stream would be corrupt.
  *
  * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's; nothing more
- * is sent, but messages still arrive); DONE (the handshake is over or the connection failed; input is
- * dropped and the TCP connection is closing).
+ * is sent, but messages still arrive); DONE (the handshake is over or the connection
+ * failed; input is dropped and the TCP connection is closing).
  */
 #include "ws/ws_int.h"
 
