@@ -79,6 +79,7 @@ int pier_cmd_serve(int argc, char **argv);
 int pier_cmd_http(int argc, char **argv);       /* tools/cmd_http.c */
 int pier_cmd_msg(int argc, char **argv);        /* tools/cmd_msg.c */
 int pier_cmd_msg_client(int argc, char **argv); /* tools/cmd_msg_client.c */
+int pier_cmd_ws_client(int argc, char **argv);  /* tools/cmd_ws_client.c */
 
 /* The echo service (for serve). cfg is a pier_echo_cfg_t, or NULL for the defaults. */
 typedef struct pier_echo_cfg_s {

@@ -326,55 +326,41 @@ static void ws_echo(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     pier_ws_send(ws, opcode, data, len); /* -ENOBUFS cannot happen: reading pauses first */
 }
 
-/* The room spans every loop: members are kept by id, and each message goes to each of
- * them through pier_ws_send_id, which the member's own loop queues (or drops for a
- * member too slow to read, by the endpoint's policy). */
+/* The room is the topic "chat" of pub/sub, which spans every loop of a server; for pier
+ * serve it spans the HTTP and the HTTPS server too, since a message is published on each
+ * server that serves the room. A member too slow to read misses messages (the endpoint's
+ * slow-consumer policy) rather than growing the server's memory. A server leaves the
+ * list as it is freed: the list is the ud of its /chat route. */
+#define ROOM_MAX_SERVERS 4
+
 static struct {
     pthread_mutex_t mu;
-    pier_id_t *ids;
-    size_t n, cap;
+    pier_http_server_t *srvs[ROOM_MAX_SERVERS];
+    unsigned n;
 } room = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static void chat_open(pier_ws_t *ws) {
-    pthread_mutex_lock(&room.mu);
-    if (room.n == room.cap) {
-        size_t cap = room.cap ? room.cap * 2 : 16;
-        pier_id_t *ids = realloc(room.ids, cap * sizeof *ids);
-        if (ids) {
-            room.ids = ids;
-            room.cap = cap;
-        }
-    }
-    int full = room.n == room.cap;
-    if (!full)
-        room.ids[room.n++] = pier_ws_id(ws);
-    pthread_mutex_unlock(&room.mu);
-    if (full)
-        pier_ws_close(ws, PIER_WS_INTERNAL, "out of memory");
-}
+typedef struct {
+    pier_http_server_t *srv;
+    const char *root;
+} chat_route_t;
 
-static void chat_close(pier_ws_t *ws, int code, const char *reason) {
-    pier_id_t id = pier_ws_id(ws);
-    pthread_mutex_lock(&room.mu);
-    for (size_t i = 0; i < room.n; i++)
-        if (room.ids[i] == id) {
-            room.ids[i] = room.ids[--room.n];
-            break;
-        }
-    pthread_mutex_unlock(&room.mu);
+static void chat_open(pier_ws_t *ws) {
+    if (pier_ws_subscribe(ws, "chat") < 0)
+        pier_ws_close(ws, PIER_WS_INTERNAL, "out of memory");
 }
 
 static void chat_message(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     pthread_mutex_lock(&room.mu);
-    for (size_t i = 0; i < room.n; i++)
-        pier_ws_send_id(room.ids[i], opcode, data, len); /* -ENOTCONN: leaving now */
+    for (unsigned i = 0; i < room.n; i++)
+        pier_ws_publish(room.srvs[i], "chat", opcode, data, len); /* -ENOMEM: lost */
     pthread_mutex_unlock(&room.mu);
 }
 
 static void chat_page(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    const chat_route_t *cr = ud;
     char path[4096];
-    snprintf(path, sizeof path, "%s/chat.html", (const char *)ud);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/chat.html", cr->root ? cr->root : "");
+    int fd = cr->root ? open(path, O_RDONLY | O_CLOEXEC) : -1;
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) < 0) {
         if (fd >= 0)
@@ -385,14 +371,40 @@ static void chat_page(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier_http_res_sendfile(res, 200, "text/html; charset=utf-8", fd, 0, (size_t)sb.st_size);
 }
 
+static void chat_route_free(void *ud) {
+    chat_route_t *cr = ud;
+    pthread_mutex_lock(&room.mu);
+    for (unsigned i = 0; i < room.n; i++)
+        if (room.srvs[i] == cr->srv)
+            room.srvs[i] = room.srvs[--room.n];
+    pthread_mutex_unlock(&room.mu);
+    free(cr);
+}
+
+static int join_room(pier_http_server_t *srv, const char *root) {
+    chat_route_t *cr = malloc(sizeof *cr);
+    if (!cr)
+        return -ENOMEM;
+    *cr = (chat_route_t){srv, root};
+    pthread_mutex_lock(&room.mu);
+    int full = room.n == ROOM_MAX_SERVERS;
+    if (!full)
+        room.srvs[room.n++] = srv;
+    pthread_mutex_unlock(&room.mu);
+    if (full) {
+        free(cr);
+        return -ENOSPC;
+    }
+    /* the server owns cr from here, also on error: chat_route_free leaves the room */
+    return pier_http_route_ud(srv, PIER_HTTP_GET, "/chat", chat_page, cr, chat_route_free);
+}
+
 static int add_ws_routes(pier_http_server_t *srv, const char *root) {
     static const pier_ws_cbs_t echo_cbs = {.on_message = ws_echo};
-    static const pier_ws_cbs_t chat_cbs = {.on_open = chat_open, .on_message = chat_message, .on_close = chat_close};
+    static const pier_ws_cbs_t chat_cbs = {.on_open = chat_open, .on_message = chat_message};
     int err = pier_http_ws(srv, "/ws/echo", &echo_cbs, NULL);
     err = err ? err : pier_http_ws(srv, "/ws/chat", &chat_cbs, NULL);
-    if (!err && root)
-        err = pier_http_route(srv, PIER_HTTP_GET, "/chat", chat_page, (void *)root);
-    return err;
+    return err ? err : join_room(srv, root);
 }
 
 static const char *default_root(void) {

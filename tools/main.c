@@ -18,6 +18,7 @@ static const command_t commands[] = {
     {"http", pier_cmd_http, "HTTP/1.1 server with static files (port 8888)"},
     {"msg", pier_cmd_msg, "message server: frames, dispatch by id, heartbeat (port 10089)"},
     {"msg-client", pier_cmd_msg_client, "message client and checked load generator"},
+    {"ws-client", pier_cmd_ws_client, "WebSocket client: stdin lines out, messages printed"},
 };
 
 static void usage(FILE *out) {

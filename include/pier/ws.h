@@ -144,6 +144,78 @@ PIER_EXTERN int pier_ws_send_id(pier_id_t id, int opcode, const void *data, size
 /* As pier_ws_close, through the id. */
 PIER_EXTERN int pier_ws_close_id(pier_id_t id, int code, const char *reason);
 
+/* ---- pub/sub ----
+ *
+ * Topics span every WebSocket endpoint of a server and every loop of its group. A
+ * message published to a topic is framed once and the frame shared, not copied, by the
+ * output queues of its subscribers. A subscriber whose output is above out_high misses
+ * it, by its endpoint's slow_policy: dropped (counted in pier_ws_dropped) or closed with
+ * 1008. A connection that closes leaves its topics; one that closes while a publish is
+ * in flight is simply not reached. */
+
+/* On the connection's loop, while it is open: ws receives what is published to topic
+ * (a NUL-terminated name, copied) from now on. Subscribing twice is one subscription.
+ * -ENOTCONN once a close was sent or received, -EINVAL, -ENOMEM. */
+PIER_EXTERN int pier_ws_subscribe(pier_ws_t *ws, const char *topic);
+/* On the connection's loop: -ENOENT if ws was not subscribed to topic. */
+PIER_EXTERN int pier_ws_unsubscribe(pier_ws_t *ws, const char *topic);
+/* Any thread, between the first pier_http_ws on srv and pier_http_server_free: sends a
+ * message (TEXT or BINARY) to the subscribers of topic, queued by each loop in a later
+ * iteration (also when called on a loop), in the order of the calls made by one thread.
+ * The data is copied once. -ENOENT if srv has no WebSocket endpoint, -EINVAL, -ENOMEM. */
+PIER_EXTERN int pier_ws_publish(pier_http_server_t *srv, const char *topic, int opcode, const void *data,
+                                size_t len);
+
+/* ---- client ----
+ *
+ *   pier_ws_client_opts_t o = {.url = "ws://127.0.0.1:8888/ws/echo"};
+ *   pier_ws_client_new(&cl, loop, &o, &cbs, NULL);     on_open, then messages as above
+ *
+ * A client connects (pier_client_t beneath: connect timeout, reconnect with backoff),
+ * sends the opening handshake with a random key and checks the server's
+ * Sec-WebSocket-Accept, then runs the same connection as the server side, with the
+ * same callbacks and calls (pier_ws_send, pier_ws_close, the *_id calls), except that its
+ * frames are masked (with keys from getrandom) and the server's must not be. Each
+ * connection is a new pier_ws_t: on_open, ..., on_close; with reconnect, the client then
+ * connects again after a backoff. Everything runs on the client's loop. */
+
+typedef struct pier_ws_client_s pier_ws_client_t;
+
+typedef struct pier_ws_client_opts_s {
+    /* ws://host[:port][/path] (port 80) or wss://... (port 443, needs tls); host a name,
+     * an IPv4 address or [an IPv6 address]. Copied. */
+    const char *url;
+    /* wss://: a client context (tls.h), whose certificate checks apply to the URL's
+     * host. The client keeps its own reference. */
+    pier_tls_ctx_t *tls;
+    /* As pier_client_opts_t: 0 means its default. reconnect: connect again after a
+     * failed connect or handshake, and after a close. */
+    uint64_t connect_timeout_ms;
+    int reconnect;
+    uint64_t backoff_min_ms, backoff_max_ms;
+    int max_retries;
+    /* The connection's rules (max_message, ping_ms, ...); protocols: offered, in order,
+     * and the one the server chose is pier_ws_protocol(). */
+    pier_ws_opts_t ws;
+    /* A connect or handshake failed (err: the connect's error, -EPROTO for a response
+     * that is not a valid 101); will_retry says whether another attempt comes. */
+    void (*on_connect_error)(pier_ws_client_t *cl, int err, int will_retry);
+} pier_ws_client_opts_t;
+
+/* Creates a client on loop and starts connecting; cbs (which must outlive the client)
+ * and ud as for pier_http_ws. *out is the caller's: pier_ws_client_stop, then
+ * pier_ws_client_free. -EINVAL for a bad URL or option (wss:// without tls included),
+ * -ENOMEM, and the errors of pier_client_new. Loop thread. */
+PIER_EXTERN int pier_ws_client_new(pier_ws_client_t **out, pier_loop_t *loop, const pier_ws_client_opts_t *opts,
+                                   const pier_ws_cbs_t *cbs, void *ud);
+/* The open connection, or NULL (connecting, or between connections). */
+PIER_EXTERN pier_ws_t *pier_ws_client_ws(const pier_ws_client_t *cl);
+/* Stops reconnecting and ends the connection: a close handshake with 1000 when it is
+ * open, else a plain close. */
+PIER_EXTERN void pier_ws_client_stop(pier_ws_client_t *cl);
+/* Frees a stopped client once its connection has closed; -EBUSY before. */
+PIER_EXTERN int pier_ws_client_free(pier_ws_client_t *cl);
+
 #ifdef __cplusplus
 }
 #endif

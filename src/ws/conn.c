@@ -6,12 +6,13 @@
  * protocol on a pier connection does: a partial header or control frame stays with the
  * core until more comes.
  *
- * Writing: every frame is one pier_conn_writev unit (header and payload). A unit that
- * cannot be queued aborts the connection: its stream would be corrupt.
+ * Writing: every frame is one unit (header and payload): a server's through
+ * pier_conn_writev, a client's masked copy as one buffer. A unit that cannot be queued
+ * aborts the connection: its stream would be corrupt.
  *
- * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's, nothing more
- * is sent or delivered); DONE (the handshake is over or the connection failed; input is
- * dropped and the TCP connection is closing).
+ * States: OPEN; CLOSE_SENT (our close frame is out, we wait for the peer's; nothing more
+ * is sent, but messages still arrive); DONE (the handshake is over or the connection
+ * failed; input is dropped and the TCP connection is closing).
  */
 #include "ws/ws_int.h"
 
@@ -19,37 +20,46 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WS_MAGIC 0x70776b73u /* tells a pier_ws_t from other connection data */
-
-enum { WS_OPEN, WS_CLOSE_SENT, WS_DONE };
-
-struct pier_ws_s {
-    uint32_t magic;
-    int state;
-    pier_conn_t *c;
-    pier__ws_endpoint_t *ep;
-    pier__ws_loop_t *wl;
-    const char *protocol;
-    void *data;
-    pier__ws_reader_t rd;
-    /* liveness: a ping after ping_ms without input, and then pong_ms for an answer */
-    pier_timer_t timer;
-    uint64_t last_rx;
-    int ping_out;
-    /* the close handshake, for on_close */
-    int opened, got_close, peer_code, our_code;
-    uint64_t dropped;
-    char reason[PIER__WS_MAX_CONTROL - 1]; /* the peer's (or ours), NUL-terminated */
-};
-
 static const pier_conn_cbs_t ws_conn_cbs;
 
 /* ---- writing ---- */
 
+static void free_frame(void *base, void *ud) {
+    (void)ud;
+    free(base);
+}
+
+/* A client's frame (RFC 6455 5.3): a fresh masking key each, so the payload is copied,
+ * masked, behind its header; a large one is handed over rather than copied again. */
+static int put_masked(pier_ws_t *ws, int opcode, const void *data, size_t len) {
+    uint8_t mask[4], small[PIER__WS_MAX_HEADER + 512];
+    size_t cap = PIER__WS_MAX_HEADER + len;
+    uint8_t *buf = cap <= sizeof small ? small : malloc(cap);
+    if (!buf)
+        return -ENOMEM;
+    int err = pier__ws_random(mask, sizeof mask);
+    if (err < 0) {
+        if (buf != small)
+            free(buf);
+        return err;
+    }
+    size_t hl = pier__ws_header(buf, opcode, len, mask);
+    if (len)
+        pier__ws_unmask(buf + hl, data, len, mask, 0);
+    if (buf == small)
+        return pier_conn_write(ws->c, buf, hl + len);
+    return pier_conn_write_ref(ws->c, buf, hl + len, free_frame, NULL);
+}
+
 static int put_frame(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     uint8_t h[PIER__WS_MAX_HEADER];
-    struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
-    int err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
+    int err;
+    if (ws->client) {
+        err = put_masked(ws, opcode, data, len);
+    } else {
+        struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
+        err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
+    }
     if (err < 0) {
         ws->state = WS_DONE;
         pier_conn_abort(ws->c);
@@ -68,7 +78,7 @@ static int put_close(pier_ws_t *ws, int code, const char *reason, size_t rl) {
 }
 
 /* Fails the connection (RFC 6455 7.1.7): a close frame with code, then the TCP close. */
-static void fail(pier_ws_t *ws, int code) {
+void pier__ws_fail(pier_ws_t *ws, int code) {
     if (ws->state == WS_DONE)
         return;
     int was_open = ws->state == WS_OPEN;
@@ -89,7 +99,9 @@ static void take_reason(pier_ws_t *ws, const uint8_t *p, size_t n) {
 
 static int on_message(void *ctx, int opcode, const void *data, size_t len) {
     pier_ws_t *ws = ctx;
-    if (ws->state == WS_OPEN && ws->ep->cbs.on_message)
+    /* also after our close: what the peer sent before its answer is still its say (RFC
+     * 6455 1.4) */
+    if (ws->state != WS_DONE && ws->ep->cbs.on_message)
         ws->ep->cbs.on_message(ws, opcode, data, len);
     return ws->state == WS_DONE || !pier_conn_is_open(ws->c) ? -1 : 0;
 }
@@ -138,7 +150,7 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
         ssize_t r = pier__ws_read(&ws->rd, p + off, len - off);
         if (r < 0) {
             if (ws->rd.code)
-                fail(ws, ws->rd.code);
+                pier__ws_fail(ws, ws->rd.code);
             return len;
         }
         if (r == 0)
@@ -182,6 +194,7 @@ static void on_conn_close(pier_conn_t *c, int err) {
         return;
     pier_timer_stop(&ws->timer);
     ws->state = WS_DONE;
+    pier__ws_unsubscribe_all(ws);
     int code = ws->got_close ? ws->peer_code : ws->our_code ? ws->our_code : PIER_WS_ABNORMAL;
     if (ws->ep->cbs.on_close)
         ws->ep->cbs.on_close(ws, code, ws->reason);
@@ -224,8 +237,10 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     pier_loop_t *loop = pier_conn_loop(c);
     ws->c = c;
     ws->wl = loop_state(ep, loop);
-    if (ws->wl)
+    if (ws->wl) {
         ws->rd.scratch = &ws->wl->scratch;
+        ws->hl = pier__ws_hub_loop(ep->hub, (unsigned)(ws->wl - ep->loops));
+    }
     pier_conn_set_cbs(c, &ws_conn_cbs, ws);
     /* the core's idle timeout stays only as a backstop behind the ping and its pong */
     pier_conn_limits_t lim = {.out_high = ep->out_high, .out_low = ep->out_low,
@@ -236,7 +251,7 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     ws->last_rx = pier_loop_now(loop);
     ws->opened = 1;
     if (!ws->wl) { /* a loop outside the server's group: cannot happen */
-        fail(ws, PIER_WS_INTERNAL);
+        pier__ws_fail(ws, PIER_WS_INTERNAL);
         return len;
     }
     if (ep->cbs.on_open)
@@ -315,7 +330,7 @@ static void id_op_run(pier_conn_t *c, void *arg) {
     } else if (ws && pier_ws_send(ws, op->opcode, op->data, op->len) == -ENOBUFS) {
         ws->dropped++;
         if (ws->ep->slow_policy == PIER_WS_SLOW_CLOSE)
-            fail(ws, PIER_WS_POLICY);
+            pier__ws_fail(ws, PIER_WS_POLICY);
     }
     free(op);
 }

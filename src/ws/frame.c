@@ -37,6 +37,8 @@ int pier__ws_parse(const uint8_t *b, size_t len, pier__ws_frame_t *f) {
             return 0;
         memcpy(f->mask, b + hdr, 4);
         hdr += 4;
+    } else {
+        memset(f->mask, 0, sizeof f->mask); /* a server's frames: unmasking keeps them */
     }
     f->len = n;
     f->hdr = (uint8_t)hdr;

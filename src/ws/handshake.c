@@ -148,15 +148,20 @@ static void handshake(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
 
 /* ---- endpoints ---- */
 
-static void endpoint_free(void *arg) {
-    pier__ws_endpoint_t *ep = arg;
+void pier__ws_endpoint_clear(pier__ws_endpoint_t *ep) {
     for (unsigned i = 0; i < ep->nloops; i++)
         pier__buf_free(&ep->loops[i].scratch);
     free(ep->loops);
+    if (ep->hub)
+        pier__ws_hub_put(ep->hub);
     for (unsigned i = 0; i < ep->nprotocols; i++)
         free(ep->protocols[i]);
     free(ep->protocols);
-    free(ep);
+}
+
+static void endpoint_free(void *arg) {
+    pier__ws_endpoint_clear(arg);
+    free(arg);
 }
 
 static int take_protocols(pier__ws_endpoint_t *ep, const char *const *list) {
@@ -178,7 +183,7 @@ static int take_protocols(pier__ws_endpoint_t *ep, const char *const *list) {
     return 0;
 }
 
-static int take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o) {
+int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o) {
     ep->max_message = o->max_message ? o->max_message : DEFAULT_MAX_MESSAGE;
     ep->ping_ms = o->ping_ms ? o->ping_ms : DEFAULT_PING_MS;
     ep->pong_ms = o->pong_ms ? o->pong_ms : DEFAULT_PONG_MS;
@@ -198,7 +203,7 @@ static int make_loops(pier__ws_endpoint_t *ep, pier_http_server_t *srv) {
         return -ENOMEM;
     for (unsigned i = 0; i < ep->nloops; i++)
         ep->loops[i].loop = pier_group_loop(g, i);
-    return 0;
+    return pier__ws_hub_get(srv, &ep->hub);
 }
 
 int pier_http_ws_opts(pier_http_server_t *srv, const char *path, const pier_ws_cbs_t *cbs, void *ud,
@@ -211,7 +216,7 @@ int pier_http_ws_opts(pier_http_server_t *srv, const char *path, const pier_ws_c
         return -ENOMEM;
     ep->cbs = *cbs;
     ep->ud = ud;
-    int err = take_opts(ep, opts ? opts : &none);
+    int err = pier__ws_take_opts(ep, opts ? opts : &none);
     if (!err)
         err = make_loops(ep, srv);
     if (err < 0) {

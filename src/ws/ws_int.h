@@ -100,6 +100,10 @@ void pier__ws_accept(const char *key, size_t len, char out[29]);
 
 /* ---- endpoints and connections ---- */
 
+typedef struct pier__ws_hub_s pier__ws_hub_t;
+typedef struct pier__ws_hub_loop_s pier__ws_hub_loop_t;
+
+
 typedef struct pier__ws_loop_s {
     pier_loop_t *loop;
     pier__buf_t scratch; /* unmasked payload of whole messages delivered in place */
@@ -114,7 +118,59 @@ typedef struct pier__ws_endpoint_s {
     char **protocols;
     unsigned nprotocols, nloops;
     pier__ws_loop_t *loops;
+    pier__ws_hub_t *hub;
 } pier__ws_endpoint_t;
+
+/* A connection; conn.c runs it, pubsub.c reads its state and output bound. */
+#define WS_MAGIC 0x70776b73u /* tells a pier_ws_t from other connection data */
+
+enum { WS_OPEN, WS_CLOSE_SENT, WS_DONE };
+
+struct pier_ws_s {
+    uint32_t magic;
+    int state;
+    pier_conn_t *c;
+    pier__ws_endpoint_t *ep;
+    pier__ws_loop_t *wl;
+    const char *protocol;
+    void *data;
+    pier__ws_reader_t rd;
+    /* liveness: a ping after ping_ms without input, and then pong_ms for an answer */
+    pier_timer_t timer;
+    uint64_t last_rx;
+    int ping_out;
+    /* the close handshake, for on_close */
+    int opened, got_close, peer_code, our_code;
+    uint64_t dropped;
+    /* pub/sub (pubsub.c): this loop's topics, and the subscriptions of this connection */
+    struct pier__ws_hub_loop_s *hl;
+    struct pier__ws_sub_s *subs;
+    int client;  /* our frames are masked (client.c) */
+    char reason[PIER__WS_MAX_CONTROL - 1]; /* the peer's (or ours), NUL-terminated */
+};
+
+/* Fails the connection (RFC 6455 7.1.7): a close frame with code, then the TCP close. */
+void pier__ws_fail(pier_ws_t *ws, int code);
+
+/* ---- random bytes (client.c) ---- */
+
+/* n bytes from the kernel's generator, drawn in bulk and handed out from a per-thread
+ * pool: 0, or -errno of getrandom. */
+int pier__ws_random(void *out, size_t n);
+
+/* ---- pub/sub (pubsub.c) ---- */
+
+/* The hub of srv's endpoints (shared by all of them, made by the first): -ENOMEM. */
+int pier__ws_hub_get(pier_http_server_t *srv, pier__ws_hub_t **out);
+void pier__ws_hub_put(pier__ws_hub_t *hub);
+pier__ws_hub_loop_t *pier__ws_hub_loop(pier__ws_hub_t *hub, unsigned i);
+/* Drops every subscription of ws: on its close, before it is freed. */
+void pier__ws_unsubscribe_all(pier_ws_t *ws);
+
+/* The options of an endpoint (or a client's), defaults filled in: -EINVAL, -ENOMEM. */
+int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o);
+/* Frees what pier__ws_take_opts and an endpoint's loops hold, not ep itself. */
+void pier__ws_endpoint_clear(pier__ws_endpoint_t *ep);
 
 /* A connection that completed the handshake as protocol (NULL for none) on ep. */
 pier_ws_t *pier__ws_new(pier__ws_endpoint_t *ep, const char *protocol);

@@ -5,6 +5,7 @@
  * pier-test: threads */
 #include "support.h"
 #include "../http/server_util.h"
+#include "raw_ws.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -104,12 +105,7 @@ static int teardown(void **state) {
  * response head goes to head. Returns the socket. */
 static int ws_connect_to(const char *path, const char *protocols, char *head, size_t size) {
     int fd = pier_test_connect(port);
-    char req[512];
-    int n = snprintf(req, sizeof req,
-                     "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
-                     path, protocols ? "Sec-WebSocket-Protocol: " : "", protocols ? protocols : "", protocols ? "\r\n" : "");
-    assert_int_equal(write(fd, req, (size_t)n), n);
+    raw_ws_request(fd, path, protocols);
     size_t got = 0;
     char *end = NULL;
     while (!end && got < size - 1) {
@@ -132,23 +128,7 @@ static int ws_connect(const char *protocols, char *head, size_t size) {
     return ws_connect_to("/ws", protocols, head, size);
 }
 
-static void ws_send(int fd, int opcode, const void *data, size_t len) {
-    unsigned char h[14] = {(unsigned char)(0x80 | opcode)};
-    size_t hl = 2;
-    assert_true(len < 65536);
-    if (len < 126) {
-        h[1] = (unsigned char)(0x80 | len);
-    } else {
-        h[1] = 0x80 | 126;
-        h[2] = (unsigned char)(len >> 8);
-        h[3] = (unsigned char)len;
-        hl = 4;
-    }
-    memset(h + hl, 0, 4); /* a zero mask leaves the payload as it is */
-    assert_int_equal(write(fd, h, hl + 4), (ssize_t)(hl + 4));
-    if (len)
-        assert_int_equal(write(fd, data, len), (ssize_t)len);
-}
+static void ws_send(int fd, int opcode, const void *data, size_t len) { raw_ws_send(fd, opcode, data, len); }
 
 static size_t read_full(int fd, void *buf, size_t len) {
     if (!pump)
@@ -167,25 +147,8 @@ static size_t read_full(int fd, void *buf, size_t len) {
     return got;
 }
 
-/* Reads one frame into buf; returns its payload length, *opcode its opcode. */
 static size_t ws_recv(int fd, int *opcode, void *buf, size_t cap) {
-    unsigned char h[10];
-    assert_int_equal(read_full(fd, h, 2), 2);
-    *opcode = h[0] & 0xF;
-    assert_false(h[1] & 0x80); /* a server never masks */
-    size_t len = h[1] & 0x7F;
-    if (len == 126) {
-        assert_int_equal(read_full(fd, h + 2, 2), 2);
-        len = (size_t)h[2] << 8 | h[3];
-    } else if (len == 127) {
-        assert_int_equal(read_full(fd, h + 2, 8), 8);
-        len = 0;
-        for (int i = 0; i < 8; i++)
-            len = len << 8 | h[2 + i];
-    }
-    assert_true(len <= cap);
-    assert_int_equal(read_full(fd, buf, len), len);
-    return len;
+    return raw_ws_recv(fd, opcode, buf, cap, read_full);
 }
 
 /* ---- sends by id from other threads ---- */

@@ -1,0 +1,295 @@
+/* Pub/sub through the public API, on a group of two loops running on their own threads,
+ * with raw clients: a publish from another thread reaches every subscriber on both
+ * loops exactly once and in order, unsubscribing stops it, slow subscribers are dropped
+ * or closed by the endpoint's policy, and subscribers that close while publishes are in
+ * flight (run under ASan) leave nothing behind.
+ * pier-test: threads */
+#include "support.h"
+#include "raw_ws.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <pier/ws.h>
+
+#define LOOPS 2
+
+static pier_group_t *group;
+static pier_http_server_t *srv;
+static pthread_t runner;
+static uint16_t port;
+
+/* what the server side saw, written on the loops */
+static int opened, closed, closed_1008, on_loop[LOOPS];
+static uint64_t dropped;
+
+static int load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static void bump(int *p) { __atomic_fetch_add(p, 1, __ATOMIC_SEQ_CST); }
+
+static void on_open(pier_ws_t *ws) {
+    assert_int_equal(pier_ws_subscribe(ws, "news"), 0);
+    assert_int_equal(pier_ws_subscribe(ws, "news"), 0); /* still one subscription */
+    for (int i = 0; i < LOOPS; i++)
+        if (pier_conn_loop(pier_ws_conn(ws)) == pier_group_loop(group, (unsigned)i))
+            bump(&on_loop[i]);
+    bump(&opened);
+}
+
+/* "sub:T" and "unsub:T" change the subscriptions and are answered "ok"; "bye" asks the
+ * server to close. */
+static void on_message(pier_ws_t *ws, int opcode, const void *data, size_t len) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "%.*s", (int)len, (const char *)data);
+    int rc = -1;
+    if (!strncmp(cmd, "sub:", 4))
+        rc = pier_ws_subscribe(ws, cmd + 4);
+    else if (!strncmp(cmd, "unsub:", 6))
+        rc = pier_ws_unsubscribe(ws, cmd + 6);
+    else if (!strcmp(cmd, "bye"))
+        pier_ws_close(ws, PIER_WS_NORMAL, NULL);
+    if (rc == 0)
+        pier_ws_send(ws, PIER_WS_TEXT, "ok", 2);
+}
+
+static void on_close(pier_ws_t *ws, int code, const char *reason) {
+    __atomic_fetch_add(&dropped, pier_ws_dropped(ws), __ATOMIC_SEQ_CST);
+    if (code == PIER_WS_POLICY)
+        bump(&closed_1008);
+    bump(&closed);
+}
+
+static const pier_ws_cbs_t cbs = {.on_open = on_open, .on_message = on_message, .on_close = on_close};
+
+static void *run_group(void *arg) {
+    (void)arg;
+    pier_group_run(group);
+    return NULL;
+}
+
+static int setup(void **state) {
+    (void)state;
+    opened = closed = closed_1008 = 0;
+    dropped = 0;
+    memset(on_loop, 0, sizeof on_loop);
+    assert_int_equal(pier_group_new(&group, LOOPS), 0);
+    pier_http_opts_t o = {.port = 0};
+    assert_int_equal(pier_http_server_new(&srv, group, &o), 0);
+    assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, "x", 1), -ENOENT);
+    assert_int_equal(pier_http_ws(srv, "/ws", &cbs, NULL), 0);
+    pier_ws_opts_t strict = {.out_high = 65536, .slow_policy = PIER_WS_SLOW_CLOSE};
+    assert_int_equal(pier_http_ws_opts(srv, "/ws-strict", &cbs, NULL, &strict), 0);
+    pier_ws_opts_t lax = {.out_high = 65536, .slow_policy = PIER_WS_SLOW_DROP};
+    assert_int_equal(pier_http_ws_opts(srv, "/ws-lax", &cbs, NULL, &lax), 0);
+    assert_int_equal(pier_http_server_start(srv), 0);
+    assert_int_equal(pthread_create(&runner, NULL, run_group, NULL), 0);
+    for (int i = 0; i < 1000 && !(port = pier_http_server_port(srv)); i++)
+        usleep(1000);
+    assert_true(port > 0);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    pier_http_server_stop(srv);
+    for (int i = 0; i < 5000 && pier_http_server_conns(srv) > 0; i++)
+        usleep(1000);
+    pier_group_stop(group);
+    pthread_join(runner, NULL);
+    int rc = -EBUSY;
+    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
+        for (unsigned l = 0; l < LOOPS; l++)
+            pier_loop_run_once(pier_group_loop(group, l), 1);
+        rc = pier_http_server_free(srv);
+    }
+    assert_int_equal(rc, 0);
+    for (int i = 0; i < 100 && pier_group_free(group) == -EBUSY; i++)
+        for (unsigned l = 0; l < LOOPS; l++)
+            pier_loop_run_once(pier_group_loop(group, l), 1);
+    return 0;
+}
+
+/* ---- clients ---- */
+
+static void wait_for(int *counter, int n) {
+    for (int i = 0; i < 10000 && load(counter) < n; i++)
+        usleep(1000);
+    assert_int_equal(load(counter), n);
+}
+
+/* A subscriber on path, once the server has run its on_open. */
+static int subscriber(const char *path, int rcvbuf) {
+    int before = load(&opened);
+    int fd = pier_test_connect_rcvbuf(port, rcvbuf);
+    assert_true(fd >= 0);
+    raw_ws_request(fd, path, NULL);
+    char head[512];
+    size_t got = 0;
+    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+        assert_true(got < sizeof head);
+        assert_int_equal(pier_test_read_full(fd, head + got, 1), 1); /* frames stay unread */
+        got++;
+    }
+    assert_memory_equal(head, "HTTP/1.1 101 ", 13);
+    wait_for(&opened, before + 1);
+    return fd;
+}
+
+static size_t recv_text(int fd, char *buf, size_t cap) {
+    int op;
+    size_t n = raw_ws_recv(fd, &op, buf, cap - 1, pier_test_read_full);
+    assert_int_equal(op, PIER_WS_TEXT);
+    buf[n] = '\0';
+    return n;
+}
+
+static void expect_text(int fd, const char *want) {
+    char buf[256];
+    recv_text(fd, buf, sizeof buf);
+    assert_string_equal(buf, want);
+}
+
+/* ---- delivery ---- */
+
+#define MAX_SUBS 64
+#define MESSAGES 300
+
+typedef struct {
+    const char *topic;
+    int n, errors;
+} publisher_t;
+
+static void *publisher(void *arg) {
+    publisher_t *p = arg;
+    char msg[32];
+    for (int i = 0; i < p->n; i++) {
+        int len = snprintf(msg, sizeof msg, "%d", i);
+        p->errors += pier_ws_publish(srv, p->topic, PIER_WS_TEXT, msg, (size_t)len) != 0;
+        /* a topic nobody has is no error, and must reach nobody */
+        p->errors += pier_ws_publish(srv, "nobody", PIER_WS_TEXT, "no", 2) != 0;
+    }
+    return NULL;
+}
+
+static void publish_reaches_every_subscriber_once_in_order(void **state) {
+    (void)state;
+    int fds[MAX_SUBS], n = 0;
+    /* the kernel spreads connections over the loops by their ports: connect until both
+     * loops have subscribers (at least 4 in all) */
+    while (n < MAX_SUBS && (n < 4 || !load(&on_loop[0]) || !load(&on_loop[1])))
+        fds[n++] = subscriber("/ws", 0);
+    assert_true(load(&on_loop[0]) > 0 && load(&on_loop[1]) > 0);
+    pthread_t th;
+    publisher_t p = {.topic = "news", .n = MESSAGES};
+    assert_int_equal(pthread_create(&th, NULL, publisher, &p), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(p.errors, 0);
+    assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, "end", 3), 0);
+    for (int i = 0; i < n; i++) {
+        char buf[64], want[32];
+        for (int m = 0; m < MESSAGES; m++) {
+            snprintf(want, sizeof want, "%d", m);
+            recv_text(fds[i], buf, sizeof buf);
+            assert_string_equal(buf, want);
+        }
+        expect_text(fds[i], "end"); /* nothing twice, nothing of another topic */
+        close(fds[i]);
+    }
+    wait_for(&closed, n);
+}
+
+static void unsubscribe_stops_delivery(void **state) {
+    (void)state;
+    int a = subscriber("/ws", 0), b = subscriber("/ws-lax", 0);
+    raw_ws_send(a, PIER_WS_TEXT, "sub:other", 9);
+    expect_text(a, "ok");
+    raw_ws_send(a, PIER_WS_TEXT, "unsub:news", 10);
+    expect_text(a, "ok");
+    raw_ws_send(a, PIER_WS_TEXT, "unsub:news", 10); /* -ENOENT: no answer */
+    /* one thread's publishes reach each loop in order: "other" after "news" */
+    assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, "n1", 2), 0);
+    assert_int_equal(pier_ws_publish(srv, "other", PIER_WS_TEXT, "o1", 2), 0);
+    expect_text(a, "o1");
+    expect_text(b, "n1"); /* topics span the endpoints */
+    close(a);
+    close(b);
+    wait_for(&closed, 2);
+}
+
+/* ---- slow subscribers ---- */
+
+#define BIG (64 * 1024)
+
+/* Publishes far more than the kernel's buffers and out_high hold to a subscriber that
+ * never reads. */
+static void flood_news(void) {
+    char *big = calloc(1, BIG);
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_BINARY, big, BIG), 0);
+    free(big);
+}
+
+static void slow_subscriber_is_closed_with_1008(void **state) {
+    (void)state;
+    int fd = subscriber("/ws-strict", 4096);
+    flood_news();
+    /* what was queued before the policy struck, then the close frame that says why */
+    static char buf[BIG];
+    int op;
+    size_t n;
+    while ((n = raw_ws_recv(fd, &op, buf, sizeof buf, pier_test_read_full)), op == PIER_WS_BINARY)
+        assert_int_equal(n, BIG);
+    assert_int_equal(op, PIER_WS_CLOSE);
+    assert_true(n == 2 && ((unsigned char)buf[0] << 8 | (unsigned char)buf[1]) == 1008);
+    close(fd);
+    wait_for(&closed_1008, 1);
+}
+
+static void slow_subscriber_misses_messages(void **state) {
+    (void)state;
+    int fd = subscriber("/ws-lax", 4096);
+    flood_news();
+    close(fd);
+    wait_for(&closed, 1);
+    assert_true(__atomic_load_n(&dropped, __ATOMIC_SEQ_CST) > 0);
+    assert_int_equal(closed_1008, 0);
+}
+
+/* ---- closing while publishes are in flight ---- */
+
+static void subscribers_closing_during_publishes(void **state) {
+    (void)state;
+    enum { SUBS = 40 };
+    int fds[SUBS];
+    for (int i = 0; i < SUBS; i++)
+        fds[i] = subscriber(i % 2 ? "/ws" : "/ws-lax", 0);
+    pthread_t th;
+    publisher_t p = {.topic = "news", .n = 3000};
+    assert_int_equal(pthread_create(&th, NULL, publisher, &p), 0);
+    for (int i = 0; i < SUBS; i++) {
+        if (i % 3 == 0)
+            raw_ws_send(fds[i], PIER_WS_TEXT, "bye", 3); /* the server closes */
+        else if (i % 3 == 1)
+            shutdown(fds[i], SHUT_RDWR);
+        close(fds[i]);
+        usleep(200);
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(p.errors, 0);
+    wait_for(&closed, SUBS);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(publish_reaches_every_subscriber_once_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(unsubscribe_stops_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(slow_subscriber_is_closed_with_1008, setup, teardown),
+        cmocka_unit_test_setup_teardown(slow_subscriber_misses_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(subscribers_closing_during_publishes, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
