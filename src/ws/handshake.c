@@ -198,9 +198,11 @@ int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o) {
 
 static int make_loops(pier__ws_endpoint_t *ep, pier_http_server_t *srv) {
     pier_group_t *g = pier_http_server_group(srv);
-    ep->nloops = pier_group_size(g);
-    if (!(ep->loops = calloc(ep->nloops, sizeof *ep->loops)))
+    unsigned n = pier_group_size(g);
+    /* nloops only once loops exists: pier__ws_endpoint_clear walks loops[0..nloops) */
+    if (!(ep->loops = calloc(n, sizeof *ep->loops)))
         return -ENOMEM;
+    ep->nloops = n;
     for (unsigned i = 0; i < ep->nloops; i++)
         ep->loops[i].loop = pier_group_loop(g, i);
     return pier__ws_hub_get(srv, &ep->hub);

@@ -383,11 +383,45 @@ def tls_read_kept(binary):
             srv.kill()
 
 
+STARTUP_CALLS = ("malloc", "calloc", "realloc", "strdup", "open", "socket", "eventfd", "epoll_create1", "epoll_ctl",
+                 "signalfd", "pthread_create")
+
+
+def startup_each_call_fails(binary):
+    """Each allocation and system call a server makes while starting fails in turn (the
+    call kind at rate 1 from its k-th call on, k = 0, 1, ... until the server starts
+    anyway): every start-up that fails must fail cleanly (exit 1, a reason, no leak or
+    sanitizer report), and one that starts must stop cleanly. Found: the WebSocket
+    endpoint set its loop count before allocating the loops, so its clean-up walked a NULL
+    array when that allocation failed (UBSan: applying zero offset to null pointer)."""
+    for cmd in (["http", "--threads", "2"], ["msg", "--threads", "2", "--workers", "2"]):
+        for call in STARTUP_CALLS:
+            for k in range(200):
+                name = "regress: %s start-up, %s failing from its call %d" % (cmd[0], call, k)
+                srv = Pier(binary, cmd + ["--port", "0"], name, faults={"rate": 1, "calls": call, "skip": k},
+                           start_now=True, listen=False)
+                try:
+                    try:
+                        srv.wait_listening(timeout=20)
+                    except Failure:
+                        if srv.proc.poll() is None:
+                            raise
+                        code = srv.wait(10)
+                        if code != 1 or not srv.stderr().strip():
+                            raise Failure("%s: exit %s, want 1 with a reason:\n%s" % (
+                                name, code, srv.stderr()[-800:].decode(errors="replace")))
+                        continue
+                    srv.terminate(codes=(0, 1))
+                    break  # past its start-up calls of this kind
+                finally:
+                    srv.kill()
+
+
 CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enomem, listing_out_of_memory,
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
           unwatched_listener, http_start_fails_late, loop_thread_fails,
           signal_watch_fails, server_signals_fail, deferred_abort_out_of_memory, msg_drain_out_of_memory,
-          tls_read_kept]
+          tls_read_kept, startup_each_call_fails]
 
 
 def run(binary, seed, rate, stats):
