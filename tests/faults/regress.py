@@ -1,6 +1,7 @@
 """Bugs the fault scenarios found, each replayed as a fixed exchange that provokes it
-every time (through fault injection narrowed to one call where it needs a fault).
-Run by faults.py before the random scenarios."""
+(through fault injection narrowed to one kind of call where it needs a fault; every time,
+but for tls_read_kept, which says how often). Each failed before its fix. Run by
+faults.py before the random scenarios."""
 import os
 import re
 import socket
