@@ -364,6 +364,8 @@ int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
     /* The common case without the general path: a small write that fits the tail chunk,
      * or starts a new one while the queue array has room. Anything else (a write split
      * over two chunks, a growing array, a large or refused write) goes the general way. */
+    if (len == 0)
+        return c->flags & PIER__C_CLOSING ? -ENOTCONN : 0;
     if (len < DIRECT_WRITE_MIN && !(c->flags & PIER__C_CLOSING)) {
         size_t room;
         pier__out_t *tail = tail_copy(c, &room);

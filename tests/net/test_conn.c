@@ -574,6 +574,9 @@ static void test_writev_units(void **state) {
     assert_memory_equal(in + 18 + big, "end", 3);
     run_ms(5);
     assert_int_equal(pier_conn_queued(s->c), 0);
+    /* an empty write with nothing queued (no tail chunk to copy into) */
+    assert_int_equal(pier_conn_write(s->c, "", 0), 0);
+    assert_int_equal(pier_conn_queued(s->c), 0);
 
     /* with nothing queued a large unit goes straight to the socket; what the socket
      * does not take is queued, and the bytes still arrive in order */
