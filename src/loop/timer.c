@@ -163,9 +163,12 @@ void pier__timers_run(pier_loop_t *loop) {
         pier_timer_t *t = loop->heap_min;
         if (t->due > loop->now || t->seq >= limit)
             break;
-        pier_timer_stop(t);
+        /* a repeating timer moves in place to its next due time (its new seq keeps it
+         * out of this pass); a one-shot one leaves the heap */
         if (t->repeat)
             pier_timer_start(t, t->repeat, t->repeat);
+        else
+            pier_timer_stop(t);
         t->cb(t);
     }
 }
