@@ -4,7 +4,7 @@
 #                                          bench: also the peer servers, load and profiling tools)
 set -eu
 want=(gcc clang cmake ninja-build make pkg-config libjansson-dev libcmocka-dev libssl-dev openssl curl wrk python3
-      python3-websockets libclang-rt-14-dev)
+      python3-websockets libclang-rt-14-dev zlib1g-dev node-ws chromium haproxy prometheus nghttp2-client)
 if [ "${1:-build}" = bench ]; then
     want+=(g++ libuv1-dev libevent-dev libboost-dev libboost-system-dev nginx-light h2o util-linux iproute2 procps linux-perf valgrind)
 fi
