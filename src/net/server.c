@@ -266,6 +266,15 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     int err = -ENOMEM;
     if (!srv->ls)
         goto fail;
+    /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
+    for (unsigned i = 0; i < srv->n; i++) {
+        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+        pier__queue_init(&srv->ls[i].conns);
+        tasks_init(&srv->ls[i]);
+        pier__proxy_wait_init(&srv->ls[i].pw, pier_group_loop(group, i), &srv->proxy);
+        srv->ls[i].pw.done = proxy_done;
+        srv->ls[i].pw.dropped = proxy_dropped;
+    }
     srv->opts.proxy.from = NULL; /* the caller's string: only its parsed form is kept */
     if ((err = pier__proxy_cfg_init(&srv->proxy, &opts->proxy)) < 0)
         goto fail;
@@ -274,14 +283,6 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     if (len < 0) {
         err = len;
         goto fail;
-    }
-    for (unsigned i = 0; i < srv->n; i++) {
-        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        pier__queue_init(&srv->ls[i].conns);
-        tasks_init(&srv->ls[i]);
-        pier__proxy_wait_init(&srv->ls[i].pw, pier_group_loop(group, i), &srv->proxy);
-        srv->ls[i].pw.done = proxy_done;
-        srv->ls[i].pw.dropped = proxy_dropped;
     }
     if ((err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -590,13 +591,24 @@ static void test_server_close_all_drops_waiting(void **state) {
     close(fd);
 }
 
+/* A bad allow-list (or host) fails pier_server_new with -EINVAL, and its clean-up closes
+ * no descriptor it did not open: it used to close fd 0, once per loop, taking the
+ * listeners' zeroed fd fields for sockets. */
 static void test_server_bad_from(void **state) {
+    int null = open("/dev/null", O_RDONLY);
+    assert_true(null >= 0);
+    assert_int_equal(dup2(null, 0), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
+    assert_int_equal(pier_group_new(&g, 2), 0);
     pier_server_t *srv;
     pier_server_opts_t o = {.on_accept = on_accept, .proxy = {.on = 1, .from = "10.0.0.0/40"}};
     assert_int_equal(pier_server_new(&srv, g, &o), -EINVAL);
+    assert_true(fcntl(0, F_GETFD) >= 0);
+    pier_server_opts_t bad_host = {.host = "no.such.host", .on_accept = on_accept};
+    assert_int_equal(pier_server_new(&srv, g, &bad_host), -EINVAL);
+    assert_true(fcntl(0, F_GETFD) >= 0);
     assert_int_equal(pier_group_free(g), 0);
+    close(null);
 }
 
 int main(void) {
