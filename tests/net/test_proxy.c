@@ -185,7 +185,8 @@ static size_t v2(unsigned char *buf, unsigned vc, unsigned fp, const void *body,
     buf[13] = (unsigned char)fp;
     buf[14] = (unsigned char)(blen >> 8);
     buf[15] = (unsigned char)blen;
-    memcpy(buf + 16, body, blen);
+    if (blen)
+        memcpy(buf + 16, body, blen);
     return 16 + blen;
 }
 
