@@ -1,5 +1,5 @@
-/* The PROXY header stage: an accepted socket waits here, with its own watcher, until its
- * header is in; then it becomes a connection as any other.
+/* The PROXY header stage: an accepted socket whose header is not in yet waits here, with
+ * its own watcher, until it is; then it becomes a connection as any other.
  *
  * Why the socket is peeked rather than read: the header is consumed exactly (one recv of
  * its length once it has all arrived), so whatever follows it, a TLS ClientHello or a
@@ -77,9 +77,14 @@ static void unlink_waiting(waiting_t *e) {
         pier_timer_stop(&e->w->timer);
 }
 
+/* A peer that closes before its header (a balancer's plain TCP check, say) is counted
+ * but not logged, unless pier itself was the reason (why). */
 static void log_drop(pier__proxy_wait_t *w, int fd, int what, const char *why) {
-    if (what < 0 || !cause[what])
+    if (what < 0 || (!cause[what] && !why))
         return;
+    const char *text = cause[what] ? cause[what] : why;
+    if (!cause[what])
+        why = NULL;
     pier__sockaddr_t peer;
     socklen_t len = sizeof peer;
     char addr[64] = "-";
@@ -87,7 +92,7 @@ static void log_drop(pier__proxy_wait_t *w, int fd, int what, const char *why) {
         pier__addr_str(&peer, addr, sizeof addr);
     pier__log_every(&w->cfg->log_key[what], pier_loop_now(w->loop), PIER_LOG_WARN,
                     "proxy: closed a connection from %s: %s%s%s (%llu so far on this loop; at most one such "
-                    "line a second)", addr, cause[what], why ? ": " : "", why ? why : "",
+                    "line a second)", addr, text, why ? ": " : "", why ? why : "",
                     (unsigned long long)atomic_load_explicit(&w->stats[what], memory_order_relaxed));
 }
 
