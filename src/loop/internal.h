@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "layer.h"
+#include "metrics/metrics.h"
 
 #define PIER__BATCH 256            /* epoll events fetched per wait */
 #define PIER__CHUNK_CACHE 256      /* chunks kept per loop for reuse */
@@ -43,6 +44,9 @@ struct pier_loop_s {
     pier__io_t sig;                /* signalfd, -1 when no signal is watched */
     sigset_t sigmask;
     struct { pier_signal_cb cb; void *arg; } sigs[65];
+
+    /* last, away from the hot fields above: other threads read them at scrapes */
+    pier__metrics_t metrics;
 };
 
 /* Timer heap internals (timer.c). */

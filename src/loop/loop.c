@@ -337,3 +337,4 @@ void pier_loop_update_time(pier_loop_t *loop) { loop->now = pier__clock_ms(); }
 unsigned pier_loop_handles(const pier_loop_t *loop) { return loop->handles; }
 void pier_loop_set_data(pier_loop_t *loop, void *data) { loop->data = data; }
 void *pier_loop_data(const pier_loop_t *loop) { return loop->data; }
+pier__metrics_t *pier__loop_metrics(pier_loop_t *loop) { return &loop->metrics; }

@@ -17,6 +17,8 @@
  * share is free. Output over out_max is refused by policy.
  */
 #include "msg_int.h"
+#include "loop/layer.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -381,6 +383,7 @@ static void job_output(msg_conn_t *mc, pier__msg_job_t *job) {
 /* A finished job back on its loop; mc is NULL if the connection has gone or is closing. */
 static void job_finish(msg_loop_t *lp, msg_conn_t *mc, pier__msg_job_t *job) {
     lp->inflight--;
+    pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_jobs_done));
     if (!mc) {
         if (job->out.len)
             lost_reply(lp->srv);
@@ -486,6 +489,7 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
     if (mc->allow)
         mc->allow--;
     lp->inflight++;
+    pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_jobs_queued));
     lp->wake[mc->worker] = 1;
     if (!lp->any_wake) {
         lp->any_wake = 1;
@@ -509,6 +513,8 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
     msg_conn_t *mc = ud;
     pier_msg_server_t *srv = mc->lp->srv;
     handler_t *h = &srv->handlers[f->id];
+    unsigned slot = f->id < PIER_METRICS_MSG_IDS - 1 ? f->id : PIER_METRICS_MSG_IDS - 1;
+    pier__mx_inc(pier__loop_metrics(mc->lp->loop), PIER__MX(msg_frames) + slot);
     if (h->cb && srv->pool)
         return dispatch_worker(mc, f);
     pier__msg_bump(&mc->lp->msgs, 1);
@@ -604,6 +610,7 @@ static void hb_cb(pier_timer_t *t) {
     pier_log(PIER_LOG_INFO, "msg: closing %s: silent for %" PRIu64 " ms (heartbeat %" PRIu64 " ms)",
              pier_conn_peer(mc->c, peer, sizeof peer), idle, srv->o.heartbeat_ms);
     pier__msg_bump(&mc->lp->timeouts, 1);
+    pier__mx_inc(pier__loop_metrics(mc->lp->loop), PIER__MX(msg_heartbeat_drops));
     pier_conn_close(mc->c);
 }
 

@@ -8,6 +8,7 @@
  * The server is the application's; it never owns the group or its loops. Listener
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -143,6 +144,7 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
         close(fd);
         return;
     }
+    pier__mx_inc(pier__loop_metrics(l->loop), PIER__MX(conns_accepted));
     pier__conn_set_owner(c, &server_owner, srv);
     pier__queue_insert_tail(&l->conns, &c->owner_q);
     if (!srv->opts.tls) {
