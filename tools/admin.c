@@ -1,0 +1,252 @@
+/* The admin listener: see admin.h. */
+#include "admin.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pier/http.h>
+#include <pier/metrics.h>
+
+#ifndef PIER_SOURCE_DIR
+#define PIER_SOURCE_DIR "."
+#endif
+
+typedef struct admin_s {
+    pier_group_t *pub;         /* the public servers' loops: the ones counted */
+    pier_group_t *own;         /* one loop, run by th: scrapes never wait on a busy public loop */
+    pier_http_server_t *srv;
+    pthread_t th;
+    int running;
+    atomic_int draining;
+} admin_t;
+
+int pier_admin_parse(const char *cmd, const char *arg, pier_admin_cfg_t *out) {
+    if (strcmp(arg, "off") == 0) {
+        out->on = 0;
+        return 0;
+    }
+    const char *colon = strrchr(arg, ':');
+    const char *host = arg;
+    size_t hl = colon ? (size_t)(colon - arg) : 0;
+    if (hl >= 2 && arg[0] == '[' && arg[hl - 1] == ']') {
+        host++;
+        hl -= 2;
+    }
+    if (!colon || hl == 0 || hl >= sizeof out->host)
+        return pier_cli_usage_error(cmd, "--admin wants HOST:PORT (or off), not '%s'", arg);
+    uint64_t port;
+    if (pier_cli_u64(cmd, "--admin's port", colon + 1, 0, 65535, &port) < 0)
+        return 2;
+    memcpy(out->host, host, hl);
+    out->host[hl] = '\0';
+    out->port = (uint16_t)port;
+    out->on = 1;
+    return 0;
+}
+
+void pier_admin_add(pier_service_run_t *runs, int *n, pier_admin_cfg_t *cfg) {
+    if (cfg->on)
+        runs[(*n)++] = (pier_service_run_t){.svc = &pier_admin_service, .cfg = cfg};
+}
+
+/* ---- the routes ---- */
+
+static void metrics_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    admin_t *a = ud;
+    pier_metrics_t m;
+    pier_metrics_snapshot_group(a->pub, &m);
+    char small[16384];
+    size_t need = pier_metrics_prometheus(&m, small, sizeof small);
+    char *buf = need < sizeof small ? small : malloc(need + 1);
+    if (!buf)
+        return; /* 500 */
+    if (buf != small)
+        pier_metrics_prometheus(&m, buf, need + 1);
+    pier_http_res_send(res, 200, "text/plain; version=0.0.4; charset=utf-8", buf, need);
+    if (buf != small)
+        free(buf);
+}
+
+static void healthz_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    admin_t *a = ud;
+    if (atomic_load(&a->draining))
+        pier_http_res_send(res, 503, "text/plain", "draining\n", 9);
+    else
+        pier_http_res_send(res, 200, "text/plain", "ok\n", 3);
+}
+
+static size_t json_array(char *p, size_t room, const uint64_t *v, size_t n) {
+    size_t len = 0;
+    for (size_t i = 0; i < n && len < room; i++)
+        len += (size_t)snprintf(p + len, room - len, "%s%llu", i ? "," : "[", (unsigned long long)v[i]);
+    if (len < room)
+        len += (size_t)snprintf(p + len, room - len, "]");
+    return len;
+}
+
+/* Cumulative counters and gauges: the page takes differences between two reads for the
+ * rates and the latency percentiles of each second. */
+static void status_json_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    admin_t *a = ud;
+    pier_metrics_t m;
+    pier_metrics_snapshot_group(a->pub, &m);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    static const uint64_t bounds[] = PIER_METRICS_DURATION_BOUNDS_MS;
+    uint64_t classes[PIER_METRICS_CLASSES] = {0};
+    for (int i = 0; i < PIER_METRICS_METHODS; i++)
+        for (int k = 0; k < PIER_METRICS_CLASSES; k++)
+            classes[k] += m.http_requests[i][k];
+    char buf[2048];
+    size_t n = (size_t)snprintf(buf, sizeof buf,
+                                "{\"t_ms\":%llu,\"draining\":%s,\"requests\":%llu,\"open\":%llu,\"accepted\":%llu,"
+                                "\"bytes_in\":%llu,\"bytes_out\":%llu,\"ws_in\":%llu,\"ws_out\":%llu,"
+                                "\"msg_queue\":%llu,\"tls_ok\":%llu,\"tls_failed\":%llu,\"classes\":",
+                                (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000ull,
+                                atomic_load(&a->draining) ? "true" : "false",
+                                (unsigned long long)pier_metrics_http_total(&m), (unsigned long long)pier_metrics_open(&m),
+                                (unsigned long long)m.conns_accepted, (unsigned long long)m.bytes_in,
+                                (unsigned long long)m.bytes_out, (unsigned long long)m.ws_messages_in,
+                                (unsigned long long)m.ws_messages_out,
+                                (unsigned long long)pier_metrics_msg_queue_depth(&m),
+                                (unsigned long long)m.tls_handshakes_ok, (unsigned long long)m.tls_handshakes_failed);
+    n += json_array(buf + n, sizeof buf - n, classes, PIER_METRICS_CLASSES);
+    n += (size_t)snprintf(buf + n, sizeof buf - n, ",\"bounds_ms\":");
+    n += json_array(buf + n, sizeof buf - n, bounds, PIER_METRICS_BUCKETS - 1);
+    n += (size_t)snprintf(buf + n, sizeof buf - n, ",\"buckets\":");
+    n += json_array(buf + n, sizeof buf - n, m.http_duration, PIER_METRICS_BUCKETS);
+    n += (size_t)snprintf(buf + n, sizeof buf - n, "}\n");
+    pier_http_res_header(res, "Cache-Control", "no-store");
+    pier_http_res_send(res, 200, "application/json", buf, n < sizeof buf ? n : sizeof buf - 1);
+}
+
+/* The page is read from the source tree's www/ at each request, as the demo's chat page
+ * is: editing it needs no rebuild. */
+static void status_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    int fd = open(PIER_SOURCE_DIR "/www/status.html", O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) < 0) {
+        if (fd >= 0)
+            close(fd);
+        static const char msg[] = "status.html is not in " PIER_SOURCE_DIR "/www\n";
+        pier_http_res_send(res, 404, "text/plain", msg, sizeof msg - 1);
+        return;
+    }
+    pier_http_res_header(res, "Cache-Control", "no-store");
+    pier_http_res_sendfile(res, 200, "text/html; charset=utf-8", fd, 0, (size_t)sb.st_size);
+}
+
+static int add_routes(admin_t *a) {
+    int err = pier_http_route(a->srv, PIER_HTTP_GET, "/metrics", metrics_route, a);
+    err = err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/healthz", healthz_route, a);
+    err = err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/status", status_route, a);
+    return err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/status.json", status_json_route, a);
+}
+
+/* ---- the service ---- */
+
+static void *admin_main(void *arg) {
+    admin_t *a = arg;
+    pier_group_run(a->own);
+    return NULL;
+}
+
+/* Signals stay with loop 0's signalfd of the public group. */
+static int start_thread(admin_t *a) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&a->th, NULL, admin_main, a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    a->running = err == 0;
+    return -err;
+}
+
+static int srv_freed(void *arg) {
+    admin_t *a = arg;
+    if (a->srv && pier_http_server_free(a->srv) == 0)
+        a->srv = NULL;
+    return a->srv == NULL;
+}
+
+/* Idempotent. The runner has stopped the server and reset its connections (posted to
+ * the admin loop): the loop's thread ends, and the loop runs here until they are done. */
+static int admin_freed(void *state) {
+    admin_t *a = state;
+    if (a->running) {
+        pier_group_stop(a->own);
+        pthread_join(a->th, NULL);
+        a->running = 0;
+    }
+    if (a->srv) {
+        pier_http_server_stop(a->srv);
+        pier_cli_settle(a->own, srv_freed, a, 5000);
+    }
+    return a->srv == NULL;
+}
+
+static void admin_finish(void *state) {
+    admin_t *a = state;
+    if (a->srv || pier_group_free(a->own) < 0)
+        pier_log(PIER_LOG_ERROR, "admin: its loop could not be freed");
+    free(a);
+}
+
+static int admin_open(admin_t *a, const pier_admin_cfg_t *cfg) {
+    pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_conns = cfg->max_conns,
+                          .keepalive_ms = cfg->keepalive_ms, .header_timeout_ms = cfg->header_timeout_ms,
+                          .body_timeout_ms = cfg->body_timeout_ms};
+    int err = pier_http_server_new(&a->srv, a->own, &o);
+    if (err < 0) {
+        fprintf(stderr, "pier: --admin %s:%u: cannot listen: %s\n", cfg->host, cfg->port, pier_strerror(err));
+        return err;
+    }
+    if ((err = add_routes(a)) == 0 && (err = pier_http_server_start(a->srv)) == 0 && (err = start_thread(a)) == 0)
+        return 0;
+    fprintf(stderr, "pier: --admin: cannot start: %s\n", pier_strerror(err));
+    return err;
+}
+
+static int admin_start(pier_group_t *g, void *cfgp, void **state) {
+    const pier_admin_cfg_t *cfg = cfgp;
+    admin_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return -ENOMEM;
+    a->pub = g;
+    int err = pier_group_new(&a->own, 1);
+    if (err < 0) {
+        fprintf(stderr, "pier: --admin: cannot create its loop: %s\n", pier_strerror(err));
+        free(a);
+        return err;
+    }
+    if ((err = admin_open(a, cfg)) < 0) {
+        admin_freed(a);
+        admin_finish(a);
+        return err;
+    }
+    pier_log(PIER_LOG_INFO, "admin: /metrics, /healthz and /status on %s:%u", cfg->host,
+             pier_http_server_port(a->srv));
+    *state = a;
+    return 0;
+}
+
+static void admin_drain(void *state) { atomic_store(&((admin_t *)state)->draining, 1); }
+
+/* Nothing of the admin port holds up the drain: it is reset once the public servers end. */
+static unsigned admin_active(void *state) { return 0; }
+
+static pier_server_t *admin_net(void *state) { return pier_http_server_net(((admin_t *)state)->srv); }
+
+const pier_service_t pier_admin_service = {
+    .name = "admin", .start = admin_start, .drain = admin_drain, .active = admin_active,
+    .net = admin_net, .freed = admin_freed, .finish = admin_finish,
+};
