@@ -13,7 +13,8 @@
  * loop and never adds work to it.
  *
  * Ownership: the snapshot is the caller's plain struct. The loops (or the group) passed
- * must stay alive for the length of the call.
+ * must stay alive for the length of the call. Later versions may add fields at the end of
+ * pier_metrics_t: a program is built against the header of the library it runs with.
  *
  * Errors: functions return 0 or a negative errno.
  */

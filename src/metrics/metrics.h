@@ -23,6 +23,7 @@ typedef struct pier__metrics_s {
 } pier__metrics_t;
 
 _Static_assert(sizeof(_Atomic uint64_t) == sizeof(uint64_t), "a counter is one 64-bit word");
+_Static_assert(sizeof(pier_metrics_t) % sizeof(uint64_t) == 0, "pier_metrics_t holds counters only");
 
 /* The slot of a field of pier_metrics_t: PIER__MX(bytes_in), PIER__MX(conns_closed) + i. */
 #define PIER__MX(field) (offsetof(pier_metrics_t, field) / sizeof(uint64_t))
