@@ -47,8 +47,9 @@ enum {
  * in which its response was complete, on the loop's cached clock. */
 #define PIER_METRICS_DURATION_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000}
 #define PIER_METRICS_BUCKETS 14
-/* Message frames by id: ids 0 .. PIER_METRICS_MSG_IDS-2 each, and every other id in the
- * last slot, so the label set stays bounded whatever ids peers send. */
+/* Message frames by id: the first 16 ids the process's message servers registered
+ * (handlers, ping and pong) have a slot each, and every other id shares the last one, so
+ * the label set stays bounded whatever ids peers send. */
 #define PIER_METRICS_MSG_IDS 17
 
 typedef struct pier_metrics_s {
@@ -59,7 +60,9 @@ typedef struct pier_metrics_s {
     uint64_t http_requests[PIER_METRICS_METHODS][PIER_METRICS_CLASSES]; /* by response status */
     uint64_t http_duration[PIER_METRICS_BUCKETS]; /* per bucket, not cumulative */
     uint64_t http_duration_ms_sum;
-    uint64_t msg_frames[PIER_METRICS_MSG_IDS];    /* frames read by servers */
+    uint64_t msg_frames[PIER_METRICS_MSG_IDS];    /* frames read by servers, by slot */
+    uint64_t msg_frame_ids[PIER_METRICS_MSG_IDS - 1]; /* the id of each slot, UINT64_MAX if
+                                                   * none (set by the snapshot, not summed) */
     uint64_t msg_heartbeat_drops; /* connections closed for silence */
     uint64_t msg_jobs_queued, msg_jobs_done;      /* to the worker pool and back */
     uint64_t tls_handshakes_ok, tls_handshakes_failed, tls_handshakes_resumed;

@@ -2,6 +2,7 @@
 #include "metrics/metrics.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,12 +35,41 @@ void pier__mx_http(pier__metrics_t *m, unsigned method, int status, uint64_t ms)
     pier__mx_add(m, PIER__MX(http_duration_ms_sum), ms);
 }
 
+/* ---- message frame ids ---- */
+
+_Atomic uint8_t pier__mx_msg_slots[65536];
+static _Atomic uint64_t slot_ids[PIER_METRICS_MSG_IDS - 1];
+static unsigned nslots;
+static pthread_mutex_t slots_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void pier__mx_msg_track(uint16_t id) {
+    pthread_mutex_lock(&slots_mu);
+    if (!atomic_load_explicit(&pier__mx_msg_slots[id], memory_order_relaxed) && nslots < PIER_METRICS_MSG_IDS - 1) {
+        atomic_store_explicit(&slot_ids[nslots], id, memory_order_relaxed);
+        nslots++;
+        atomic_store_explicit(&pier__mx_msg_slots[id], (uint8_t)nslots, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&slots_mu);
+}
+
 /* ---- reading, from any thread ---- */
 
 static void add_loop(uint64_t *sum, pier_loop_t *loop) {
     const pier__metrics_t *m = pier__loop_metrics(loop);
     for (size_t k = 0; k < PIER__MX_N; k++)
         sum[k] += atomic_load_explicit(&m->c[k], memory_order_relaxed);
+}
+
+/* The ids are the process's, not the loops': they replace the sums. */
+static void finish(uint64_t *sum, pier_metrics_t *out) {
+    memcpy(out, sum, sizeof *out);
+    for (int i = 0; i < PIER_METRICS_MSG_IDS - 1; i++) {
+        uint8_t has = 0;
+        uint64_t id = atomic_load_explicit(&slot_ids[i], memory_order_relaxed);
+        if (id < 65536)
+            has = atomic_load_explicit(&pier__mx_msg_slots[id], memory_order_relaxed) == i + 1;
+        out->msg_frame_ids[i] = has ? id : UINT64_MAX;
+    }
 }
 
 int pier_metrics_snapshot(pier_loop_t *const *loops, size_t n, pier_metrics_t *out) {
@@ -51,7 +81,7 @@ int pier_metrics_snapshot(pier_loop_t *const *loops, size_t n, pier_metrics_t *o
             return -EINVAL;
         add_loop(sum, loops[i]);
     }
-    memcpy(out, sum, sizeof *out);
+    finish(sum, out);
     return 0;
 }
 
@@ -61,7 +91,7 @@ int pier_metrics_snapshot_group(const pier_group_t *g, pier_metrics_t *out) {
     uint64_t sum[PIER__MX_N] = {0};
     for (unsigned i = 0; i < pier_group_size(g); i++)
         add_loop(sum, pier_group_loop(g, i));
-    memcpy(out, sum, sizeof *out);
+    finish(sum, out);
     return 0;
 }
 
@@ -145,13 +175,12 @@ static void http(out_t *o, const pier_metrics_t *m) {
 }
 
 static void msg(out_t *o, const pier_metrics_t *m) {
-    family(o, "msg_frames_total", "counter", "Message frames read by servers, by id (other: every id past 15).");
-    for (int i = 0; i < PIER_METRICS_MSG_IDS; i++) {
-        if (i < PIER_METRICS_MSG_IDS - 1)
-            put(o, "pier_msg_frames_total{id=\"%d\"} %llu\n", i, (unsigned long long)m->msg_frames[i]);
-        else
-            put(o, "pier_msg_frames_total{id=\"other\"} %llu\n", (unsigned long long)m->msg_frames[i]);
-    }
+    family(o, "msg_frames_total", "counter", "Message frames read by servers, by id (other: past the first 16 ids).");
+    for (int i = 0; i < PIER_METRICS_MSG_IDS - 1; i++)
+        if (m->msg_frame_ids[i] != UINT64_MAX)
+            put(o, "pier_msg_frames_total{id=\"%llu\"} %llu\n", (unsigned long long)m->msg_frame_ids[i],
+                (unsigned long long)m->msg_frames[i]);
+    put(o, "pier_msg_frames_total{id=\"other\"} %llu\n", (unsigned long long)m->msg_frames[PIER_METRICS_MSG_IDS - 1]);
     one(o, "msg_heartbeat_drops_total", "counter", "Message connections closed for silence.",
         m->msg_heartbeat_drops);
     one(o, "msg_worker_queue_depth", "gauge", "Messages handed to workers and not answered yet.",

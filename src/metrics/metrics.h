@@ -34,6 +34,15 @@ static inline void pier__mx_add(pier__metrics_t *m, size_t slot, uint64_t n) {
 }
 static inline void pier__mx_inc(pier__metrics_t *m, size_t slot) { pier__mx_add(m, slot, 1); }
 
+/* Message frame ids with a slot of their own: slot + 1, or 0 for "other". */
+extern _Atomic uint8_t pier__mx_msg_slots[65536];
+/* Gives id a slot if one is left and it has none (any thread; at registration). */
+void pier__mx_msg_track(uint16_t id);
+static inline void pier__mx_msg_frame(pier__metrics_t *m, uint16_t id) {
+    unsigned s = atomic_load_explicit(&pier__mx_msg_slots[id], memory_order_relaxed);
+    pier__mx_inc(m, PIER__MX(msg_frames) + (s ? s - 1 : PIER_METRICS_MSG_IDS - 1));
+}
+
 /* The close reason of an on_close error (PIER_CLOSE_*). */
 int pier__mx_close_reason(int err);
 /* Counts an HTTP response: method (a PIER_METRICS_* index), status and duration. */

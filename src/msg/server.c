@@ -513,8 +513,7 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
     msg_conn_t *mc = ud;
     pier_msg_server_t *srv = mc->lp->srv;
     handler_t *h = &srv->handlers[f->id];
-    unsigned slot = f->id < PIER_METRICS_MSG_IDS - 1 ? f->id : PIER_METRICS_MSG_IDS - 1;
-    pier__mx_inc(pier__loop_metrics(mc->lp->loop), PIER__MX(msg_frames) + slot);
+    pier__mx_msg_frame(pier__loop_metrics(mc->lp->loop), f->id);
     if (h->cb && srv->pool)
         return dispatch_worker(mc, f);
     pier__msg_bump(&mc->lp->msgs, 1);
@@ -743,6 +742,8 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
     err = pier_server_new(&srv->net, group, &no);
     if (err)
         goto fail;
+    pier__mx_msg_track(srv->o.ping_id);
+    pier__mx_msg_track(srv->o.pong_id);
     *out = srv;
     return 0;
 fail:
@@ -759,6 +760,8 @@ int pier_msg_on(pier_msg_server_t *srv, uint16_t id, pier_msg_handler_cb handler
         id > srv->codec.id_max)
         return -EINVAL;
     srv->handlers[id] = (handler_t){handler, handler ? ud : NULL};
+    if (handler)
+        pier__mx_msg_track(id);
     return 0;
 }
 

@@ -52,7 +52,7 @@ def echo_counts():
 
 
 def msg_counts():
-    srv = pierlib.Pier("msg", "--admin", "127.0.0.1:0")
+    srv = pierlib.Pier("msg", "--admin", "127.0.0.1:0")  # ids 1001 and 1002, ping 1, pong 2
     try:
         aport = admin_port(srv)
         s = srv.connect(10)
@@ -63,6 +63,13 @@ def msg_counts():
         pierlib.check(got == struct.pack(">HH", 2, 0) * 3, "msg: three pongs")
         n = wait_metric(aport, 'pier_msg_frames_total{id="1"}', 3)
         pierlib.check(n == 3, "msg: three frames of id 1 counted (got %r)" % n)
+        body = b'{"id":1001,"data":"hi"}'
+        s.sendall(struct.pack(">HH", 1002, 2) + b"ab" + struct.pack(">HH", 1001, len(body)) + body +
+                  struct.pack(">HH", 999, 0))
+        for name in ('pier_msg_frames_total{id="1002"}', 'pier_msg_frames_total{id="1001"}',
+                     'pier_msg_frames_total{id="other"}'):
+            n = wait_metric(aport, name, 1)
+            pierlib.check(n == 1, "msg: %s counts one frame (got %r)" % (name, n))
         s.close()
     finally:
         code = srv.stop()

@@ -78,6 +78,28 @@ static void test_snapshot_sums_loops(void **state) {
     pier_test_free_loop(loops[1]);
 }
 
+static void test_msg_ids_bounded(void **state) {
+    pier_loop_t *loop;
+    assert_int_equal(pier_loop_new(&loop), 0);
+    pier__metrics_t *m = pier__loop_metrics(loop);
+    for (unsigned id = 5000; id < 5020; id++) /* more ids than slots */
+        pier__mx_msg_track((uint16_t)id);
+    pier__mx_msg_track(5000); /* again: keeps its slot */
+    pier__mx_msg_frame(m, 5000);
+    pier__mx_msg_frame(m, 5000);
+    pier__mx_msg_frame(m, 5015);
+    pier__mx_msg_frame(m, 5016); /* no slot left for it */
+    pier__mx_msg_frame(m, 7);    /* never registered */
+    pier_metrics_t s;
+    assert_int_equal(pier_metrics_snapshot(&loop, 1, &s), 0);
+    assert_int_equal(s.msg_frame_ids[0], 5000);
+    assert_int_equal(s.msg_frames[0], 2);
+    assert_int_equal(s.msg_frame_ids[15], 5015);
+    assert_int_equal(s.msg_frames[15], 1);
+    assert_int_equal(s.msg_frames[PIER_METRICS_MSG_IDS - 1], 2);
+    pier_test_free_loop(loop);
+}
+
 /* ---- the text format ---- */
 
 static int has_line(const char *text, const char *line) {
@@ -100,6 +122,9 @@ static void test_prometheus_text(void **state) {
     m.http_duration[3] = 2;
     m.http_duration[PIER_METRICS_BUCKETS - 1] = 1;
     m.http_duration_ms_sum = 12345;
+    for (int i = 0; i < PIER_METRICS_MSG_IDS - 1; i++)
+        m.msg_frame_ids[i] = UINT64_MAX;
+    m.msg_frame_ids[1] = 1001;
     m.msg_frames[1] = 9;
     m.msg_frames[PIER_METRICS_MSG_IDS - 1] = 4;
     m.tls_handshakes_resumed = 3;
@@ -122,7 +147,8 @@ static void test_prometheus_text(void **state) {
     assert_true(has_line(buf, "pier_http_request_duration_seconds_bucket{le=\"+Inf\"} 43"));
     assert_true(has_line(buf, "pier_http_request_duration_seconds_count 43"));
     assert_true(has_line(buf, "pier_http_request_duration_seconds_sum 12.345"));
-    assert_true(has_line(buf, "pier_msg_frames_total{id=\"1\"} 9"));
+    assert_true(has_line(buf, "pier_msg_frames_total{id=\"1001\"} 9"));
+    assert_false(strstr(buf, "pier_msg_frames_total{id=\"0\"}")); /* unused slots are left out */
     assert_true(has_line(buf, "pier_msg_frames_total{id=\"other\"} 4"));
     assert_true(has_line(buf, "pier_tls_handshakes_total{result=\"resumed\"} 3"));
     assert_int_equal(buf[n - 1], '\n');
@@ -262,6 +288,7 @@ int main(void) {
         cmocka_unit_test(test_close_reasons),
         cmocka_unit_test(test_http_buckets_and_classes),
         cmocka_unit_test(test_snapshot_sums_loops),
+        cmocka_unit_test(test_msg_ids_bounded),
         cmocka_unit_test(test_prometheus_text),
         cmocka_unit_test(test_read_while_loops_write),
         cmocka_unit_test(test_http_exchange_counted),
