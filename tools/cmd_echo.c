@@ -148,6 +148,7 @@ int pier_cmd_echo(int argc, char **argv) {
     int code = pier_cli_tls_server("echo", &tf, NULL, NULL, &cfg.tls);
     if (code)
         return code;
+    admin.max_conns = cfg.max_conns; /* the admin port takes no more than the public one */
     pier_service_run_t runs[2] = {{.svc = &pier_echo_service, .cfg = &cfg}};
     int n = 1;
     pier_admin_add(runs, &n, &admin);
