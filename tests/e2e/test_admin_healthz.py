@@ -1,4 +1,4 @@
-"""GET /healthz on the admin port: 200 while serving, 503 once SIGTERM has begun the
+"""(pier-test: threads: the drain and the end cross the admin thread.) GET /healthz on the admin port: 200 while serving, 503 once SIGTERM has begun the
 drain, which a load balancer reads to stop sending traffic. The admin port keeps answering
 while a request in flight on the public port finishes, and the server still exits 0."""
 import signal

@@ -1,4 +1,4 @@
-"""1,000 concurrent scrapes of /metrics on the admin port do not disturb served traffic:
+"""(pier-test: threads: the admin thread reads what the loop writes.) 1,000 concurrent scrapes of /metrics on the admin port do not disturb served traffic:
 while they all connect and read at once, a keep-alive client on the public port goes on
 being answered, every request, and every scrape gets the whole text."""
 import asyncio
