@@ -1,6 +1,7 @@
-"""(pier-test: threads: the drain and the end cross the admin thread.) GET /healthz on the admin port: 200 while serving, 503 once SIGTERM has begun the
+"""GET /healthz on the admin port: 200 while serving, 503 once SIGTERM has begun the
 drain, which a load balancer reads to stop sending traffic. The admin port keeps answering
-while a request in flight on the public port finishes, and the server still exits 0."""
+while a response in flight on the public port finishes, and the server still exits 0.
+The drain and the end cross the admin thread (pier-test: threads)."""
 import signal
 import socket
 import time

@@ -1,6 +1,7 @@
-"""(pier-test: threads: the admin thread reads what the loop writes.) 1,000 concurrent scrapes of /metrics on the admin port do not disturb served traffic:
+"""1,000 concurrent scrapes of /metrics on the admin port do not disturb served traffic:
 while they all connect and read at once, a keep-alive client on the public port goes on
-being answered, every request, and every scrape gets the whole text."""
+being answered, every request, and every scrape gets the whole text. The admin thread
+reads what the loop writes, so CI runs this under TSan too (pier-test: threads)."""
 import asyncio
 import threading
 import time
