@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,13 +85,29 @@ static void healthz_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) 
         pier_http_res_send(res, 200, "text/plain", "ok\n", 3);
 }
 
-static size_t json_array(char *p, size_t room, const uint64_t *v, size_t n) {
-    size_t len = 0;
-    for (size_t i = 0; i < n && len < room; i++)
-        len += (size_t)snprintf(p + len, room - len, "%s%llu", i ? "," : "[", (unsigned long long)v[i]);
-    if (len < room)
-        len += (size_t)snprintf(p + len, room - len, "]");
-    return len;
+typedef struct {
+    char buf[2048];
+    size_t len; /* clamped to the buffer: a text that did not fit is cut, never overrun */
+} json_t;
+
+__attribute__((format(printf, 2, 3))) static void jput(json_t *j, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(j->buf + j->len, sizeof j->buf - j->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        j->len = j->len + (size_t)n < sizeof j->buf ? j->len + (size_t)n : sizeof j->buf - 1;
+}
+
+static void jarray(json_t *j, const char *name, const uint64_t *v, size_t n) {
+    jput(j, ",\"%s\":[", name);
+    for (size_t i = 0; i < n; i++)
+        jput(j, "%s%llu", i ? "," : "", (unsigned long long)v[i]);
+    jput(j, "]");
+}
+
+static void jnum(json_t *j, const char *name, uint64_t v) {
+    jput(j, ",\"%s\":%llu", name, (unsigned long long)v);
 }
 
 /* Cumulative counters and gauges: the page takes differences between two reads for the
@@ -106,27 +123,25 @@ static void status_json_route(pier_http_req_t *req, pier_http_res_t *res, void *
     for (int i = 0; i < PIER_METRICS_METHODS; i++)
         for (int k = 0; k < PIER_METRICS_CLASSES; k++)
             classes[k] += m.http_requests[i][k];
-    char buf[2048];
-    size_t n = (size_t)snprintf(buf, sizeof buf,
-                                "{\"t_ms\":%llu,\"draining\":%s,\"requests\":%llu,\"open\":%llu,\"accepted\":%llu,"
-                                "\"bytes_in\":%llu,\"bytes_out\":%llu,\"ws_in\":%llu,\"ws_out\":%llu,"
-                                "\"msg_queue\":%llu,\"tls_ok\":%llu,\"tls_failed\":%llu,\"classes\":",
-                                (unsigned long long)ts.tv_sec * 1000ull + (unsigned long long)ts.tv_nsec / 1000000ull,
-                                atomic_load(&a->draining) ? "true" : "false",
-                                (unsigned long long)pier_metrics_http_total(&m), (unsigned long long)pier_metrics_open(&m),
-                                (unsigned long long)m.conns_accepted, (unsigned long long)m.bytes_in,
-                                (unsigned long long)m.bytes_out, (unsigned long long)m.ws_messages_in,
-                                (unsigned long long)m.ws_messages_out,
-                                (unsigned long long)pier_metrics_msg_queue_depth(&m),
-                                (unsigned long long)m.tls_handshakes_ok, (unsigned long long)m.tls_handshakes_failed);
-    n += json_array(buf + n, sizeof buf - n, classes, PIER_METRICS_CLASSES);
-    n += (size_t)snprintf(buf + n, sizeof buf - n, ",\"bounds_ms\":");
-    n += json_array(buf + n, sizeof buf - n, bounds, PIER_METRICS_BUCKETS - 1);
-    n += (size_t)snprintf(buf + n, sizeof buf - n, ",\"buckets\":");
-    n += json_array(buf + n, sizeof buf - n, m.http_duration, PIER_METRICS_BUCKETS);
-    n += (size_t)snprintf(buf + n, sizeof buf - n, "}\n");
+    json_t j = {.len = 0};
+    jput(&j, "{\"draining\":%s", atomic_load(&a->draining) ? "true" : "false");
+    jnum(&j, "t_ms", (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+    jnum(&j, "requests", pier_metrics_http_total(&m));
+    jnum(&j, "open", pier_metrics_open(&m));
+    jnum(&j, "accepted", m.conns_accepted);
+    jnum(&j, "bytes_in", m.bytes_in);
+    jnum(&j, "bytes_out", m.bytes_out);
+    jnum(&j, "ws_in", m.ws_messages_in);
+    jnum(&j, "ws_out", m.ws_messages_out);
+    jnum(&j, "msg_queue", pier_metrics_msg_queue_depth(&m));
+    jnum(&j, "tls_ok", m.tls_handshakes_ok);
+    jnum(&j, "tls_failed", m.tls_handshakes_failed);
+    jarray(&j, "classes", classes, PIER_METRICS_CLASSES);
+    jarray(&j, "bounds_ms", bounds, PIER_METRICS_BUCKETS - 1);
+    jarray(&j, "buckets", m.http_duration, PIER_METRICS_BUCKETS);
+    jput(&j, "}\n");
     pier_http_res_header(res, "Cache-Control", "no-store");
-    pier_http_res_send(res, 200, "application/json", buf, n < sizeof buf ? n : sizeof buf - 1);
+    pier_http_res_send(res, 200, "application/json", j.buf, j.len);
 }
 
 /* The page is read from the source tree's www/ at each request, as the demo's chat page
