@@ -160,8 +160,19 @@ static void status_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier_http_res_sendfile(res, 200, "text/html; charset=utf-8", fd, 0, (size_t)sb.st_size);
 }
 
+static void index_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
+    static const char page[] = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pier admin</title>"
+                               "</head><body><h1>pier admin</h1><ul><li><a href=\"/status\">/status</a>: live charts</li>"
+                               "<li><a href=\"/metrics\">/metrics</a>: Prometheus text format</li>"
+                               "<li><a href=\"/healthz\">/healthz</a>: 200, or 503 while draining</li>"
+                               "<li><a href=\"/status.json\">/status.json</a>: the counters the charts read</li>"
+                               "</ul></body></html>\n";
+    pier_http_res_send(res, 200, "text/html; charset=utf-8", page, sizeof page - 1);
+}
+
 static int add_routes(admin_t *a) {
-    int err = pier_http_route(a->srv, PIER_HTTP_GET, "/metrics", metrics_route, a);
+    int err = pier_http_route(a->srv, PIER_HTTP_GET, "/", index_route, a);
+    err = err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/metrics", metrics_route, a);
     err = err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/healthz", healthz_route, a);
     err = err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/status", status_route, a);
     return err ? err : pier_http_route(a->srv, PIER_HTTP_GET, "/status.json", status_json_route, a);

@@ -5,6 +5,7 @@
  *   GET /healthz      200 "ok", or 503 "draining" once SIGTERM/SIGINT began the drain
  *   GET /status       a page with live charts (www/status.html), drawn from
  *   GET /status.json  the counters as JSON, read by the page once a second
+ *   GET /             links to the above
  *
  * It is one more service for pier_cli_run (cli.h), listed after the public ones: its
  * drain only turns /healthz to 503, so a load balancer sees the drain while it runs; it

@@ -89,6 +89,16 @@ def bad_values():
             pierlib.check("127.0.0.1:9901" in r.stdout, "pier serve --help names the default admin port")
 
 
+def index_page():
+    srv = pierlib.HttpServer("--admin", "127.0.0.1:0")
+    try:
+        status, _, body = get(admin_port(srv), "/")
+        pierlib.check(status == 200 and all(p in body for p in (b'"/status"', b'"/metrics"', b'"/healthz"')),
+                      "the admin port's / links its pages (got %d)" % status)
+    finally:
+        srv.stop()
+
+
 def port_in_use():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -104,6 +114,7 @@ def main():
     echo_counts()
     msg_counts()
     bad_values()
+    index_page()
     port_in_use()
     pierlib.finish("test_admin_flags")
 
