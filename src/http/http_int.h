@@ -105,6 +105,7 @@ struct pier_http_res_s {
  * handler at a time. */
 typedef struct pier__http_loop_s {
     pier_loop_t *loop;
+    pier__metrics_t *mx;   /* the loop's counters, looked up once */
     pier_http_server_t *srv;
     uint64_t date_sec;
     char date[30];

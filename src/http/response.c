@@ -176,9 +176,8 @@ static void response_done(pier__http_conn_t *hc, int status) {
     if (hc->later)
         pier__http_later_detach(hc);
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
-    pier_loop_t *loop = hc->hl->loop;
-    uint32_t ms = hc->mx_method ? (uint32_t)pier_loop_now(loop) - hc->mx_t0 : 0;
-    pier__mx_http(pier__loop_metrics(loop), hc->mx_method ? hc->mx_method - 1u : PIER_METRICS_OTHER, status, ms);
+    uint32_t ms = hc->mx_method ? (uint32_t)pier_loop_now(hc->hl->loop) - hc->mx_t0 : 0;
+    pier__mx_http(hc->hl->mx, hc->mx_method ? hc->mx_method - 1u : PIER_METRICS_OTHER, status, ms);
     hc->mx_method = 0;
     access_log(hc, status);
     hc->stream = 0;

@@ -17,6 +17,7 @@
 enum { PIER__TASK_QUEUED = 1u << 0, PIER__TASK_OWNED = 1u << 1 };
 
 struct pier_loop_s {
+    pier__metrics_t *mx;           /* &metrics; first, as layer.h reads it inline */
     int epfd;
     pier__io_t wake;               /* eventfd */
     uint64_t now;
