@@ -489,7 +489,9 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
     if (mc->allow)
         mc->allow--;
     lp->inflight++;
-    pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_jobs_queued));
+    pier__metrics_t *m = pier__loop_metrics(lp->loop);
+    pier__mx_inc(m, PIER__MX(msg_jobs_queued));
+    pier__mx_msg_frame(m, f->id);
     lp->wake[mc->worker] = 1;
     if (!lp->any_wake) {
         lp->any_wake = 1;
@@ -513,9 +515,10 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
     msg_conn_t *mc = ud;
     pier_msg_server_t *srv = mc->lp->srv;
     handler_t *h = &srv->handlers[f->id];
-    pier__mx_msg_frame(pier__loop_metrics(mc->lp->loop), f->id);
     if (h->cb && srv->pool)
         return dispatch_worker(mc, f);
+    /* counted here and at the push, not above: a stalled frame is decoded again */
+    pier__mx_msg_frame(pier__loop_metrics(mc->lp->loop), f->id);
     pier__msg_bump(&mc->lp->msgs, 1);
     if (f->id == srv->o.ping_id) {
         /* a pong that cannot be queued (-ENOMEM) is not worth a connection: the peer

@@ -76,6 +76,28 @@ def msg_counts():
     pierlib.check(code == 0, "msg with --admin exits 0 (got %r)" % code)
 
 
+def msg_stalled_frames_counted_once():
+    """A frame that waits for room at the workers is decoded again when room comes: it is
+    still one frame."""
+    srv = pierlib.Pier("msg", "--workers", "1", "--inflight", "1", "--delay-us", "2000", "--admin", "127.0.0.1:0")
+    try:
+        aport = admin_port(srv)
+        s = srv.connect(20)
+        s.sendall((struct.pack(">HH", 1002, 1) + b"x") * 50)
+        got = b""
+        while len(got) < 50 * 5:
+            data = s.recv(4096)
+            if not data:
+                break
+            got += data
+        pierlib.check(len(got) == 250, "msg: 50 echoes back (%d bytes)" % len(got))
+        n = metric(get(aport, "/metrics")[2], 'pier_msg_frames_total{id="1002"}')
+        pierlib.check(n == 50, "msg: 50 frames counted once each, stalls or not (got %r)" % n)
+        s.close()
+    finally:
+        srv.stop()
+
+
 def bad_values():
     for cmd in ("http", "echo", "msg", "serve"):
         for value in ("nonsense", "127.0.0.1:70000", ":80", "127.0.0.1:"):
@@ -113,6 +135,7 @@ def port_in_use():
 def main():
     echo_counts()
     msg_counts()
+    msg_stalled_frames_counted_once()
     bad_values()
     index_page()
     port_in_use()
