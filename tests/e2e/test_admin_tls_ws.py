@@ -50,6 +50,8 @@ def main():
             pierlib.check(got == 3, "3 WebSocket messages in (got %r)" % got)
             got = wait_metric(aport, 'pier_ws_messages_total{direction="out"}', 3)
             pierlib.check(got == 3, "3 WebSocket messages out (got %r)" % got)
+            got = wait_metric(aport, 'pier_http_requests_total{method="GET",status="1xx"}', 1)
+            pierlib.check(got == 1, "the upgrade is a GET answered 101 (got %r)" % got)
             got = wait_metric(aport, 'pier_tls_handshakes_total{result="ok"}', 1)
             pierlib.check(got == 1, "one TLS handshake ok (got %r)" % got)
             with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
