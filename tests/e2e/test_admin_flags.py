@@ -98,6 +98,22 @@ def msg_stalled_frames_counted_once():
         srv.stop()
 
 
+def msg_heartbeat_drop():
+    srv = pierlib.Pier("msg", "--heartbeat", "0.1", "--admin", "127.0.0.1:0")
+    try:
+        aport = admin_port(srv)
+        s = srv.connect(20)
+        s.settimeout(20)
+        pierlib.check(s.recv(16) == b"", "msg: a silent connection is closed by the heartbeat")
+        s.close()
+        n = wait_metric(aport, "pier_msg_heartbeat_drops_total", 1)
+        pierlib.check(n == 1, "msg: the heartbeat drop is counted (got %r)" % n)
+        n = metric(get(aport, "/metrics")[2], "pier_msg_worker_queue_depth")
+        pierlib.check(n == 0, "msg: nothing waits at the workers (got %r)" % n)
+    finally:
+        srv.stop()
+
+
 def bad_values():
     for cmd in ("http", "echo", "msg", "serve"):
         for value in ("nonsense", "127.0.0.1:70000", ":80", "127.0.0.1:"):
@@ -136,6 +152,7 @@ def main():
     echo_counts()
     msg_counts()
     msg_stalled_frames_counted_once()
+    msg_heartbeat_drop()
     bad_values()
     index_page()
     port_in_use()
