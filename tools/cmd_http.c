@@ -20,6 +20,7 @@
  * check every byte.
  */
 #include "cli.h"
+#include "admin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -553,6 +554,7 @@ static const char http_help[] =
     "                      else 408 (default 60)\n"
     "  --max-conns N       open connections at most; more are closed at once (default 10000)\n"
     "  --quiet             log warnings and errors only\n"
+    "  --admin HOST:PORT   /metrics, /healthz and /status on a port of their own (off: none)\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
@@ -563,6 +565,7 @@ static const char http_help[] =
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
+    pier_admin_cfg_t admin = {0};
     uint64_t threads = 1, v;
     pier_cli_tls_t tf = {0};
     static const struct option longopts[] = {
@@ -573,7 +576,8 @@ int pier_cmd_http(int argc, char **argv) {
         {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
         {"body-timeout", required_argument, 0, 'B'}, {"max-conns", required_argument, 0, 'm'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
-        PIER_CLI_PROXY_LONGOPTS,                 {0, 0, 0, 0},
+        PIER_CLI_PROXY_LONGOPTS,                 {"admin", required_argument, 0, 'A'},
+        {0, 0, 0, 0},
     };
     int opt;
     opterr = 0;
@@ -585,6 +589,7 @@ int pier_cmd_http(int argc, char **argv) {
             if (pier_cli_port("http", optarg, &cfg.port) < 0)
                 return 2;
             break;
+        case 'A': if (pier_admin_parse("http", optarg, &admin)) return 2; break;
         case 't':
             if (pier_cli_u64("http", "--threads", optarg, 0, 256, &threads) < 0)
                 return 2;
@@ -643,8 +648,14 @@ int pier_cmd_http(int argc, char **argv) {
     int code = pier_cli_tls_server("http", &tf, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;
-    pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};
-    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    admin.max_conns = cfg.max_conns;
+    admin.keepalive_ms = cfg.keepalive_ms;
+    admin.header_timeout_ms = cfg.header_timeout_ms;
+    admin.body_timeout_ms = cfg.body_timeout_ms;
+    pier_service_run_t runs[2] = {{.svc = &pier_http_service, .cfg = &cfg}};
+    int n = 1;
+    pier_admin_add(runs, &n, &admin);
+    code = pier_cli_run((unsigned)threads, runs, n, 10000);
     pier_tls_ctx_free(cfg.tls);
     return code;
 }

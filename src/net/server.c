@@ -9,6 +9,7 @@
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
 #include "proxy.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -140,6 +141,7 @@ static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
         return;
     }
     c->peer_addr = client;
+    pier__mx_inc(pier__loop_metrics(l->loop), PIER__MX(conns_accepted));
     pier__conn_set_owner(c, &server_owner, srv);
     pier__queue_insert_tail(&l->conns, &c->owner_q);
     if (!srv->opts.tls) {
