@@ -144,20 +144,16 @@ static void status_json_route(pier_http_req_t *req, pier_http_res_t *res, void *
     pier_http_res_send(res, 200, "application/json", j.buf, j.len);
 }
 
-/* The page is read from the source tree's www/ at each request, as the demo's chat page
- * is: editing it needs no rebuild. */
+/* The page is built into the binary (cmake/embed.cmake), so an installed pier serves it
+ * too; it loads nothing from another host. */
+extern const unsigned char pier_status_html[];
+extern const unsigned long pier_status_html_len;
+
 static void status_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
-    int fd = open(PIER_SOURCE_DIR "/www/status.html", O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) < 0) {
-        if (fd >= 0)
-            close(fd);
-        static const char msg[] = "status.html is not in " PIER_SOURCE_DIR "/www\n";
-        pier_http_res_send(res, 404, "text/plain", msg, sizeof msg - 1);
-        return;
-    }
+    (void)req;
+    (void)ud;
     pier_http_res_header(res, "Cache-Control", "no-store");
-    pier_http_res_sendfile(res, 200, "text/html; charset=utf-8", fd, 0, (size_t)sb.st_size);
+    pier_http_res_send(res, 200, "text/html; charset=utf-8", pier_status_html, pier_status_html_len);
 }
 
 static void index_route(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
