@@ -7,7 +7,7 @@
  * server, so that both protocols see the same load.
  *
  *   wsload: proto=ws conns=100 size=64 window=16 seconds=5.00 messages=... msgs_per_sec=...
- *           mb_per_sec=... errors=0 server_cpu_s=...
+ *           mb_per_sec=... errors=0 load_cpu_s=... server_cpu_s=...
  *
  * Fan-out (--fanout N): N subscribers on PATH, connecting from source addresses
  * 127.0.0.2 ... 127.0.0.(1+K) (--sources K), and one publisher on the same PATH, a room
@@ -16,7 +16,7 @@
  * checks that sequence numbers only grow, and counts gaps as dropped.
  *
  *   wsload: fanout subs=10000 size=64 window=4 seconds=5.00 published=... delivered=...
- *           deliveries_per_sec=... dropped=0 errors=0 server_cpu_s=...
+ *           deliveries_per_sec=... dropped=0 errors=0 load_cpu_s=... server_cpu_s=...
  *
  * Idle (--idle N): opens N WebSocket connections, prints "wsload: idle conns=N deflate=D
  * open" once every handshake is done (D: how many the server accepted permessage-deflate
@@ -24,7 +24,7 @@
  *
  * The timed window starts once every handshake is done, so connection set-up is not in
  * the numbers. --pid PID reads that process's CPU time (utime+stime, all threads) at the
- * start and the end of the window: server_cpu_s.
+ * start and the end of the window: server_cpu_s; load_cpu_s is wsload's own.
  *
  * Usage: wsload [--host 127.0.0.1] [--port P] [--proto ws|tcp] [--path /ws/echo]
  *               [--conns 100] [--size 64] [--window 16] [--seconds 5] [--pid PID]
@@ -79,6 +79,12 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double self_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static double proc_cpu_s(int pid) {
@@ -395,10 +401,11 @@ static void parse_args(int argc, char **argv) {
         usage();
 }
 
-static void report(double secs, double cpu) {
-    char srv[64] = "";
+static void report(double secs, double cpu, double self) {
+    char srv[96];
+    int n = snprintf(srv, sizeof srv, " load_cpu_s=%.3f", self);
     if (cpu >= 0)
-        snprintf(srv, sizeof srv, " server_cpu_s=%.3f", cpu);
+        snprintf(srv + n, sizeof srv - (size_t)n, " server_cpu_s=%.3f", cpu);
     if (cfg.fanout)
         printf("wsload: fanout subs=%d size=%zu window=%d seconds=%.2f published=%llu delivered=%llu "
                "deliveries_per_sec=%.1f dropped=%llu errors=%llu%s\n",
@@ -452,7 +459,7 @@ int main(int argc, char **argv) {
             poll_once(200);
         return errors ? 1 : 0;
     }
-    double cpu0 = cfg.pid ? proc_cpu_s(cfg.pid) : -1, t0 = now_s(), end = t0 + cfg.seconds;
+    double cpu0 = cfg.pid ? proc_cpu_s(cfg.pid) : -1, self0 = self_cpu_s(), t0 = now_s(), end = t0 + cfg.seconds;
     measuring = 1;
     conn_t *pub = cfg.fanout ? &conns[nconns - 1] : NULL;
     for (int i = 0; !cfg.fanout && i < nconns; i++) {
@@ -468,6 +475,6 @@ int main(int argc, char **argv) {
             break;
     }
     double t1 = now_s(), cpu1 = cfg.pid ? proc_cpu_s(cfg.pid) : -1;
-    report(t1 - t0, cfg.pid && cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1);
+    report(t1 - t0, cfg.pid && cpu0 >= 0 && cpu1 >= 0 ? cpu1 - cpu0 : -1, self_cpu_s() - self0);
     return errors ? 1 : 0;
 }
