@@ -20,7 +20,9 @@
  *
  * Idle (--idle N): opens N WebSocket connections, prints "wsload: idle conns=N deflate=D
  * open" once every handshake is done (D: how many the server accepted permessage-deflate
- * on, offered with --deflate), and holds them until SIGTERM or SIGINT.
+ * on, offered with --deflate), and holds them until SIGTERM or SIGINT. With --warm each
+ * connection first sends one message ("Hello", compressed where deflate was agreed) and
+ * waits for its echo, so that state made at the first message is counted too.
  *
  * The timed window starts once every handshake is done, so connection set-up is not in
  * the numbers. --pid PID reads that process's CPU time (utime+stime, all threads) at the
@@ -28,7 +30,7 @@
  *
  * Usage: wsload [--host 127.0.0.1] [--port P] [--proto ws|tcp] [--path /ws/echo]
  *               [--conns 100] [--size 64] [--window 16] [--seconds 5] [--pid PID]
- *               [--fanout N [--sources 8]] [--idle N [--deflate]]
+ *               [--fanout N [--sources 8]] [--idle N [--deflate] [--warm]]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -56,7 +58,7 @@ typedef struct {
 } buf_t;
 
 typedef struct {
-    int fd, state, want_out, publisher;
+    int fd, state, want_out, publisher, deflate;
     buf_t in, out;
     uint64_t next_out, next_in; /* sequence numbers: the next to send, the next expected */
     uint32_t rng;
@@ -64,13 +66,13 @@ typedef struct {
 
 static struct {
     const char *host, *path;
-    int port, ws, conns, window, fanout, sources, idle, pid, deflate;
+    int port, ws, conns, window, fanout, sources, idle, warm, pid, deflate;
     size_t size;
     double seconds;
-} cfg = {"127.0.0.1", "/ws/echo", 8080, 1, 100, 16, 0, 8, 0, 0, 0, 64, 5};
+} cfg = {"127.0.0.1", "/ws/echo", 8080, 1, 100, 16, 0, 8, 0, 0, 0, 0, 64, 5};
 
 static conn_t *conns;
-static int nconns, epfd, opened, running, measuring, deflated;
+static int nconns, epfd, opened, running, measuring, deflated, warmed;
 static uint64_t messages, errors, published, delivered, dropped;
 static char pattern[1 << 16];
 static volatile sig_atomic_t stop_now;
@@ -196,9 +198,30 @@ static void flush(conn_t *c) {
     want_out(c, c->out.off < c->out.len);
 }
 
+/* "Hello" as one masked frame: compressed (RFC 7692 7.2.3.1, RSV1 set) where deflate was
+ * agreed, so that the server's inflate and deflate both come into use, else plain. */
+static void put_hello(conn_t *c) {
+    static const unsigned char z[] = {0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00};
+    const unsigned char *p = c->deflate ? z : (const unsigned char *)"Hello";
+    size_t n = c->deflate ? sizeof z : 5;
+    unsigned char f[2 + 4 + sizeof z] = {c->deflate ? 0xc1 : 0x81, (unsigned char)(0x80 | n)};
+    uint32_t key = xorshift(&c->rng);
+    memcpy(f + 2, &key, 4);
+    for (size_t i = 0; i < n; i++)
+        f[6 + i] = p[i] ^ f[2 + (i & 3)];
+    reserve(&c->out, 6 + n);
+    memcpy(c->out.p + c->out.len, f, 6 + n);
+    c->out.len += 6 + n;
+    flush(c);
+}
+
 /* A message's payload arrived: check it, count it, and in echo mode send the next. */
 static void got_message(conn_t *c, const unsigned char *p, size_t n) {
     uint64_t seq = 0;
+    if (cfg.idle) {
+        warmed++; /* the answer to put_hello */
+        return;
+    }
     memcpy(&seq, p, n < 8 ? n : 8);
     if (n != cfg.size || (n > 8 && memcmp(p + 8, pattern + 8, n - 8) != 0)) {
         errors++;
@@ -269,11 +292,15 @@ static void handshake_done(conn_t *c) {
         fprintf(stderr, "wsload: handshake refused: %.40s\n", c->in.p + c->in.off);
         exit(1);
     }
-    if (memmem(c->in.p + c->in.off, (size_t)(e - c->in.p) - c->in.off, "permessage-deflate", 18))
+    if (memmem(c->in.p + c->in.off, (size_t)(e - c->in.p) - c->in.off, "permessage-deflate", 18)) {
+        c->deflate = 1;
         deflated++;
+    }
     c->in.off = (size_t)(e + 4 - c->in.p);
     c->state = OPEN;
     opened++;
+    if (cfg.warm)
+        put_hello(c);
 }
 
 static void on_readable(conn_t *c) {
@@ -366,7 +393,7 @@ static void on_signal(int sig) {
 
 static void usage(void) {
     fprintf(stderr, "usage: wsload [--host H] [--port P] [--proto ws|tcp] [--path PATH] [--conns C] [--size S]\n"
-                    "              [--window M] [--seconds T] [--pid PID] [--fanout N [--sources K]] [--idle N [--deflate]]\n");
+                    "              [--window M] [--seconds T] [--pid PID] [--fanout N [--sources K]] [--idle N [--deflate] [--warm]]\n");
     exit(2);
 }
 
@@ -375,7 +402,7 @@ static void parse_args(int argc, char **argv) {
         {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},   {"proto", 1, 0, 'P'},   {"path", 1, 0, 'u'},
         {"conns", 1, 0, 'c'},   {"size", 1, 0, 's'},   {"window", 1, 0, 'w'},  {"seconds", 1, 0, 't'},
         {"pid", 1, 0, 'i'},     {"fanout", 1, 0, 'f'}, {"sources", 1, 0, 'k'}, {"idle", 1, 0, 'I'},
-        {"deflate", 0, 0, 'D'}, {0, 0, 0, 0},
+        {"deflate", 0, 0, 'D'}, {"warm", 0, 0, 'W'}, {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", o, NULL)) != -1) {
@@ -393,6 +420,7 @@ static void parse_args(int argc, char **argv) {
         case 'k': cfg.sources = atoi(optarg); break;
         case 'I': cfg.idle = atoi(optarg); break;
         case 'D': cfg.deflate = 1; break;
+        case 'W': cfg.warm = 1; break;
         default: usage();
         }
     }
@@ -446,14 +474,14 @@ int main(int argc, char **argv) {
             poll_once(0); /* take handshake answers as they come */
     }
     double deadline = now_s() + 60;
-    while (opened < nconns && running && !stop_now && now_s() < deadline)
+    while ((opened < nconns || (cfg.warm && warmed < nconns)) && running && !stop_now && now_s() < deadline)
         poll_once(100);
     if (opened < nconns) {
         fprintf(stderr, "wsload: only %d of %d connections opened\n", opened, nconns);
         return 1;
     }
     if (cfg.idle) {
-        printf("wsload: idle conns=%d deflate=%d open\n", nconns, deflated);
+        printf("wsload: idle conns=%d deflate=%d warm=%d open\n", nconns, deflated, warmed);
         fflush(stdout);
         while (!stop_now && running)
             poll_once(200);
