@@ -10,7 +10,12 @@ pier ws-client as the client of a Node `ws` server (test_ws_node.js server): lin
 out as text messages and the echoes are printed; the server's ping is answered, its
 fragmented message and a 1 MiB message are printed whole; the end of stdin closes with
 1000, which the server sees; a close from the server with 4002 makes the client exit 1
-and say so."""
+and say so.
+
+pier ws-client's load (--url --conns --size --seconds) against the Node server and
+against pier http's /ws/echo prints echo-client's line with no errors, and against the
+/ws/chat room, where every message comes back once per member, it reports errors and
+exits 1."""
 import json
 import os
 import queue
@@ -155,6 +160,31 @@ def pier_client_against_node():
         node.stop()
 
 
+def load_line(url, *args):
+    r = subprocess.run([pierlib.pier_bin(), "ws-client", "--url", url] + list(args), capture_output=True, text=True,
+                       timeout=60)
+    fields = dict(kv.split("=", 1) for kv in r.stdout.split()[1:] if "=" in kv)
+    return r.returncode, fields, r.stdout + r.stderr
+
+
+def pier_load():
+    node = NodeServer()
+    srv = pierlib.HttpServer()
+    try:
+        for what, url in (("Node", "ws://127.0.0.1:%d/" % node.port), ("pier", "ws://127.0.0.1:%d/ws/echo" % srv.port)):
+            for size in ("64", "70000"):
+                rc, f, out = load_line(url, "--conns", "4", "--size", size, "--seconds", "1")
+                check(rc == 0 and f.get("conns") == "4" and f.get("size") == size and f.get("errors") == "0"
+                      and int(f.get("messages", "0")) > 0,
+                      "load of %s-byte messages against %s's echo: a clean line (rc %d: %r)" % (size, what, rc, out))
+        rc, f, out = load_line("ws://127.0.0.1:%d/ws/chat" % srv.port, "--conns", "2", "--seconds", "1")
+        check(rc == 1 and int(f.get("errors", "0")) > 0,
+              "load against a room, where echoes come twice: errors reported, exit 1 (rc %d: %r)" % (rc, out))
+    finally:
+        node.stop()
+        srv.stop()
+
+
 def main():
     missing = have_node_ws()
     if missing:
@@ -162,6 +192,7 @@ def main():
         sys.exit(0)
     node_clients_against_pier()
     pier_client_against_node()
+    pier_load()
     pierlib.finish("test_ws_node")
 
 
