@@ -23,7 +23,6 @@ static const char ws_client_help[] =
     "answered. Exits 1 if the server cannot be reached, refuses the handshake or ends the\n"
     "connection with another code, 2 for a usage error.\n"
     "\n"
-    "\n"
     "With --conns, --size or --seconds it is a load against an echo endpoint (such as pier\n"
     "http's /ws/echo): C connections each send a binary message of S bytes, check that the\n"
     "same bytes come back, and send the next, for T seconds once all are open; then it\n"
@@ -193,7 +192,7 @@ static void load_open(pier_ws_t *ws) {
 
 static void load_message(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     load_conn_t *c = pier_ws_endpoint_ud(ws);
-    uint64_t seq;
+    uint64_t seq = 0;
     memcpy(&seq, data, len < sizeof seq ? len : sizeof seq);
     if (opcode != PIER_WS_BINARY || len != lg.size || seq != c->next_in++ ||
         memcmp((const char *)data + 8, lg.msg + 8, lg.size - 8) != 0) {
