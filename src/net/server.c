@@ -8,6 +8,7 @@
  * The server is the application's; it never owns the group or its loops. Listener
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
+#include "inherit.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -239,21 +240,30 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     srv->group = group;
     srv->n = pier_group_size(group);
     srv->ls = calloc(srv->n, sizeof *srv->ls);
-    int err = -ENOMEM;
+    int *inh = NULL, err = -ENOMEM;
     if (!srv->ls)
         goto fail;
+    for (unsigned i = 0; i < srv->n; i++) {
+        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+        pier__queue_init(&srv->ls[i].conns);
+        tasks_init(&srv->ls[i]);
+    }
+    /* after the fds are marked unused: the failure path closes those that are used */
     struct sockaddr_storage ss;
     int len = pier__addr_parse(srv->host, opts->port, &ss);
     if (len < 0) {
         err = len;
         goto fail;
     }
-    for (unsigned i = 0; i < srv->n; i++) {
-        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        pier__queue_init(&srv->ls[i].conns);
-        tasks_init(&srv->ls[i]);
+    /* sockets handed over by systemd or an upgrade are already bound: no probe, no bind */
+    int ninh = -ENOMEM;
+    if ((inh = calloc(srv->n, sizeof *inh)))
+        ninh = pier__inherit_fds(&ss, inh, srv->opts.single_acceptor ? 1 : srv->n);
+    if (ninh < 0) {
+        err = ninh;
+        goto fail;
     }
-    if ((err = probe_port(&ss, (socklen_t)len)) < 0)
+    if (ninh == 0 && (err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
     for (unsigned i = 0; i < srv->n; i++) {
         if (i > 0 && srv->opts.single_acceptor) {
@@ -262,7 +272,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
             continue;
         }
         /* every socket binds the port the first one got, so port 0 works with N loops */
-        int fd = listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
+        int fd = ninh ? inh[i] : listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
         if (fd < 0) {
             err = fd;
             goto fail;
@@ -286,9 +296,11 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     }
     for (unsigned i = 0; i < srv->n; i++)
         srv->ls[i].reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    free(inh);
     *out = srv;
     return 0;
 fail:
+    free(inh);
     if (srv->ls)
         for (unsigned i = 0; i < srv->n; i++)
             if (srv->ls[i].io.fd >= 0)
@@ -430,5 +442,17 @@ int pier_server_free(pier_server_t *srv) {
 
 
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
+
+unsigned pier_server_listen_fds(const pier_server_t *srv, int *fds, unsigned max) {
+    unsigned n = 0;
+    for (unsigned i = 0; i < srv->n; i++) {
+        if (srv->ls[i].io.fd < 0)
+            continue;
+        if (n < max)
+            fds[n] = srv->ls[i].io.fd;
+        n++;
+    }
+    return n;
+}
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
 unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
