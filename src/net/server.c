@@ -48,6 +48,8 @@ struct pier_server_s {
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
+    int (*close_now)(pier_conn_t *c); /* the close-all task's filter (NULL: all); set
+                                       * before the task is posted, which orders it */
 };
 
 static void tasks_init(listener_t *l);
@@ -375,18 +377,19 @@ void pier_server_stop(pier_server_t *srv) {
     }
 }
 
-static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
+static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c), int (*only)(pier_conn_t *c)) {
     /* close and abort only mark and queue: no connection leaves the list under us */
     pier__queue_t *q = l->conns.next;
     while (q != &l->conns) {
         pier_conn_t *c = pier__container_of(q, pier_conn_t, owner_q);
         q = q->next;
-        fn(c);
+        if (!only || only(c))
+            fn(c);
     }
 }
 
-static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
-static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
+static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close, l->srv->close_now); }
+static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort, NULL); }
 
 static void run_start(void *arg) {
     start_task(arg);
@@ -411,7 +414,10 @@ static void tasks_init(listener_t *l) {
         pier_task_init(&l->tasks[i], run[i], l);
 }
 
-void pier_server_close_all(pier_server_t *srv) {
+void pier_server_close_all(pier_server_t *srv) { pier_server_close_if(srv, NULL); }
+
+void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c)) {
+    srv->close_now = close_now;
     for (unsigned i = 0; i < srv->n; i++)
         post_to(&srv->ls[i], TASK_CLOSE_ALL);
 }
