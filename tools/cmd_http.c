@@ -53,6 +53,7 @@ typedef struct pier_http_cfg_s {
     uint64_t body_timeout_ms;
     unsigned max_conns;      /* 0: the library's default */
     pier_tls_ctx_t *tls;     /* HTTPS; NULL: plain HTTP */
+    pier_proxy_opts_t proxy;
 } pier_http_cfg_t;
 
 int pier_cmd_http(int argc, char **argv);
@@ -455,7 +456,7 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
     pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
                           .access_log = cfg->access_log, .keepalive_ms = cfg->keepalive_ms,
                           .header_timeout_ms = cfg->header_timeout_ms, .body_timeout_ms = cfg->body_timeout_ms,
-                          .max_conns = cfg->max_conns, .tls = cfg->tls};
+                          .max_conns = cfg->max_conns, .tls = cfg->tls, .proxy = cfg->proxy};
     int err = pier_http_server_new(&st->srv, g, &o);
     if (err < 0) {
         if (cfg->access_log && err != -EADDRINUSE)
@@ -524,6 +525,7 @@ static const char http_help[] =
     "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
     "                 [--header-timeout S] [--body-timeout S] [--max-conns N] [--quiet]\n"
     "                 [--tls-cert FILE --tls-key FILE]\n"
+    "                 [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
     "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
@@ -556,7 +558,9 @@ static const char http_help[] =
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
     "                      repeat both for more pairs: each client gets the first whose\n"
     "                      certificate names the host it asks for (SNI), else the first\n"
-    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
+    PIER_CLI_PROXY_HELP
+    "                      (--access-log then shows the client's address from the header)\n";
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
@@ -570,7 +574,7 @@ int pier_cmd_http(int argc, char **argv) {
         {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
         {"body-timeout", required_argument, 0, 'B'}, {"max-conns", required_argument, 0, 'm'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
-        {0, 0, 0, 0},
+        PIER_CLI_PROXY_LONGOPTS,                 {0, 0, 0, 0},
     };
     int opt;
     opterr = 0;
@@ -624,6 +628,10 @@ int pier_cmd_http(int argc, char **argv) {
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'C': if (pier_cli_tls_add("http", &tf, 0, optarg)) return 2; break;
         case 'K': if (pier_cli_tls_add("http", &tf, 1, optarg)) return 2; break;
+        case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:
+            if (pier_cli_proxy_flag("http", opt, optarg, &cfg.proxy))
+                return 2;
+            break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
             return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -631,6 +639,8 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
+    if (pier_cli_proxy_check("http", &cfg.proxy))
+        return 2;
     int code = pier_cli_tls_server("http", &tf, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;

@@ -91,6 +91,7 @@ static const char msg_usage[] =
     "                [--max-body BYTES] [--threads N] [--out-max BYTES] [--out-policy close|drop]\n"
     "                [--inflight N] [--inflight-total N] [--wide] [--quiet | --verbose]\n"
     "                [--tls-cert FILE --tls-key FILE]\n"
+    "                [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "Message server. Frames are [id u16 BE][length u16 BE][body] (--wide: u32 length).\n"
     "Id 1001 carries JSON {\"id\":1001,\"data\":\"...\"} and is answered on id 1001 with\n"
@@ -121,6 +122,7 @@ static const char msg_usage[] =
     "                    repeat both for more pairs: each client gets the first whose\n"
     "                    certificate names the host it asks for (SNI), else the first\n"
     "                    SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
+    PIER_CLI_PROXY_HELP
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 
@@ -134,7 +136,8 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'H'},
         {"delay-us", required_argument, 0, 'D'},  {"inflight", required_argument, 0, 'i'},
         {"inflight-total", required_argument, 0, 'I'}, {"tls-cert", required_argument, 0, 'C'},
-        {"tls-key", required_argument, 0, 'K'},   {0, 0, 0, 0},
+        {"tls-key", required_argument, 0, 'K'},   PIER_CLI_PROXY_LONGOPTS,
+        {0, 0, 0, 0},
     };
     pier_msg_server_opts_t *so = &cfg->opts;
     uint64_t v;
@@ -185,6 +188,10 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         case 'v': pier_log_set_level(PIER_LOG_DEBUG); break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(msg_usage, stdout); return 1;
+        case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:
+            if (pier_cli_proxy_flag("msg", ch, optarg, &so->proxy))
+                return 2;
+            break;
         default: return pier_cli_usage_error("msg", "unknown or incomplete flag '%s'", argv[optind - 1]);
         }
     }
@@ -192,7 +199,7 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         return pier_cli_usage_error("msg", "unexpected argument '%s'", argv[optind]);
     if (!so->codec.wide && so->codec.max_body > 65535)
         return pier_cli_usage_error("msg", "--max-body over 65535 needs --wide");
-    return 0;
+    return pier_cli_proxy_check("msg", &so->proxy);
 }
 
 /* ---- the msg service, for `pier msg` and `pier serve` ---- */

@@ -97,6 +97,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
         .on_accept = pier__http_on_accept,
         .data = srv,
         .tls = o->tls,
+        .proxy = o->proxy,
     };
     rc = pier_server_new(&srv->srv, group, &so);
     if (rc < 0)

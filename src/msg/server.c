@@ -732,6 +732,7 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
         .on_accept = on_accept,
         .data = srv,
         .tls = srv->o.tls,
+        .proxy = srv->o.proxy,
     };
     err = pier_server_new(&srv->net, group, &no);
     if (err)

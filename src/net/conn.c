@@ -115,6 +115,8 @@ pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id) {
 }
 
 const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size) {
+    if (c->peer_addr)
+        return pier__addr_str(c->peer_addr, buf, size);
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     if ((c->flags & PIER__C_CLOSED) || getpeername(c->io.fd, (struct sockaddr *)&ss, &len) < 0) {
@@ -137,6 +139,7 @@ void pier_conn_unref(pier_conn_t *c) {
         c->refs = 1;
         return;
     }
+    free(c->peer_addr);
     free(c);
 }
 
