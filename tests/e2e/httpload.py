@@ -1,6 +1,6 @@
 """A bounded HTTP/1.1 load client for the restart and scale-out tests (stdlib only).
 
-    load = httpload.Load("127.0.0.1", port, keepalive=2, fresh=2)
+    load = httpload.Load("127.0.0.1", port, keepalive=2, fresh=2, source="127.0.0.2")
     load.start()
     ... restart, upgrade, drain ...
     st = load.stop()          # a Stats: ok, failures (a list of strings), retried, reused
@@ -91,8 +91,9 @@ def _read_response(sock):
 
 class Load:
     def __init__(self, host, port, keepalive=2, fresh=2, path="/plaintext", expect=b"Hello, World!",
-                 timeout=10.0, pause=0.0):
+                 timeout=10.0, pause=0.0, source=None):
         self.addr = (host, port)
+        self.source = (source, 0) if source else None
         self.path = path
         self.expect = expect
         self.timeout = timeout
@@ -125,7 +126,7 @@ class Load:
         return self.stats.ok >= goal
 
     def _connect(self):
-        s = socket.create_connection(self.addr, timeout=self.timeout)
+        s = socket.create_connection(self.addr, timeout=self.timeout, source_address=self.source)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
 
