@@ -269,6 +269,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     int *inh = NULL, err = -ENOMEM;
     if (!srv->ls)
         goto fail;
+    /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
     for (unsigned i = 0; i < srv->n; i++) {
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
         pier__queue_init(&srv->ls[i].conns);
@@ -277,7 +278,6 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
         srv->ls[i].pw.done = proxy_done;
         srv->ls[i].pw.dropped = proxy_dropped;
     }
-    /* after the fds are marked unused: the failure path closes those that are used */
     srv->opts.proxy.from = NULL; /* the caller's string: only its parsed form is kept */
     if ((err = pier__proxy_cfg_init(&srv->proxy, &opts->proxy)) < 0)
         goto fail;
