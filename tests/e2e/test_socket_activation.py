@@ -93,6 +93,35 @@ class SocketActivation(unittest.TestCase):
                 proc.kill()
                 proc.wait()
 
+    def test_two_processes_share_one_socket(self):
+        """Several processes on one port: each is given the same socket (as systemd does
+        for every service that names one socket unit in Sockets=). One drains and exits
+        while the other goes on serving, and nothing fails."""
+        sock = listening_socket()
+        port = sock.getsockname()[1]
+        a, aerr = activated(sock, "http", "--host", "127.0.0.1", "--port", port)
+        b, berr = activated(sock, "http", "--host", "127.0.0.1", "--port", port)
+        sock.close()
+        try:
+            for err in (aerr, berr):  # both run (and watch their signals) before SIGTERM
+                self.assertTrue(wait_text(err, "http: listening on 127.0.0.1:%d" % port), text(err))
+            load = httpload.Load("127.0.0.1", port, keepalive=2, fresh=2).start()
+            try:
+                self.assertTrue(load.wait_more(300), text(aerr) + text(berr))
+                a.send_signal(signal.SIGTERM)
+                self.assertEqual(a.wait(15), 0, text(aerr))
+                self.assertTrue(load.wait_more(300), "the other process serves on: " + text(berr))
+            finally:
+                st = load.stop()
+            print("two processes, one socket:", st)
+            self.assertEqual(st.failures, [])
+        finally:
+            for p in (a, b):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(15)
+        self.assertEqual(b.returncode, 0, text(berr))
+
     def test_socket_for_another_address_is_closed(self):
         other = listening_socket()
         port = pierlib.free_port()
