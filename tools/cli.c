@@ -227,17 +227,19 @@ static void upgrade_done(void *arg, int ok) {
 }
 
 static void on_usr2(pier_loop_t *loop, int signo, void *arg) {
+    enum { MAX = 256 };
     runner_t *r = arg;
-    int fds[256];
+    int fds[MAX];
     unsigned n = 0;
     if (r->draining) {
         pier_log(PIER_LOG_WARN, "SIGUSR2 ignored: this process is already stopping");
         return;
     }
+    /* n counts them all, so that pier_upgrade_start refuses rather than hands on a part */
     for (int i = 0; i < r->n; i++)
         if (r->runs[i].state)
-            n += pier_server_listen_fds(r->runs[i].svc->net(r->runs[i].state), fds + n,
-                                        n < 256 ? 256 - n : 0);
+            n += pier_server_listen_fds(r->runs[i].svc->net(r->runs[i].state), fds + (n < MAX ? n : MAX),
+                                        n < MAX ? MAX - n : 0);
     if (pier_upgrade_start(loop, fds, n, upgrade_done, r) == -EBUSY)
         pier_log(PIER_LOG_WARN, "SIGUSR2 ignored: an upgrade is already under way");
 }
