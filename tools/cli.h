@@ -83,7 +83,8 @@ enum { PIER_CLI_PROXY_ON = 0x100, PIER_CLI_PROXY_FROM, PIER_CLI_PROXY_TIMEOUT };
 #define PIER_CLI_PROXY_HELP                                                                                         \
     "  --proxy-protocol    every connection starts with a PROXY header (v1 or v2, as\n"                              \
     "                      HAProxy's send-proxy/send-proxy-v2 send): the client's address\n"                         \
-    "                      is taken from it; one without a valid header is closed\n"                                 \
+    "                      is taken from it (and logged); one without a valid header is\n"                           \
+    "                      closed\n"                                                                                  \
     "  --proxy-from CIDR,...  with --proxy-protocol: only these sources may connect\n"                              \
     "                      (IPv4 or IPv6 addresses or CIDRs, e.g. 10.0.0.0/8,::1)\n"                                 \
     "  --proxy-timeout S   the PROXY header must arrive within S seconds (default 3)\n"

@@ -559,8 +559,7 @@ static const char http_help[] =
     "                      repeat both for more pairs: each client gets the first whose\n"
     "                      certificate names the host it asks for (SNI), else the first\n"
     "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
-    PIER_CLI_PROXY_HELP
-    "                      (--access-log then shows the client's address from the header)\n";
+    PIER_CLI_PROXY_HELP;
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};

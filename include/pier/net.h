@@ -159,7 +159,8 @@ PIER_EXTERN int pier_id_alive(pier_id_t id);
  * balancer's health check), v1 "UNKNOWN" and v2 families that carry no TCP address
  * keep the socket's own peer. A connection without a valid header in time, or from a
  * source not in `from`, is closed before on_accept and counted (pier_server_proxy_stats),
- * with a log line at most once a second per cause. */
+ * with a log line at most once a second per cause. A socket waiting for its header
+ * counts in pier_server_conns() and against max_conns. */
 typedef struct pier_proxy_opts_s {
     int on;                       /* 1: every connection must start with a PROXY header */
     uint64_t timeout_ms;          /* the whole header must arrive within (default 3000) */

@@ -2,8 +2,8 @@
  *
  * Both versions of the header are bounded before anything is trusted: v1 must end in
  * CRLF within 107 bytes, v2 declares its length up front and pier takes no more than
- * PIER__PROXY_MAX of it. v2 TLVs are walked only to check that each lies inside the
- * declared length; pier uses none of them. */
+ * PIER__PROXY_MAX of it. v2 TLVs are walked to check that each lies inside the declared
+ * length, and a CRC32C one is verified, as the spec asks; pier uses none of them. */
 #include "proxy.h"
 
 #include <arpa/inet.h>
@@ -121,14 +121,41 @@ static size_t v2_addr_len(unsigned family) {
     return lens[family];
 }
 
-static int v2_tlvs(const unsigned char *p, size_t len, pier__proxy_hdr_t *h) {
-    size_t off = 0;
-    while (off < len) {
-        if (len - off < 3)
+uint32_t pier__crc32c(const void *data, size_t len, uint32_t crc) {
+    const unsigned char *p = data;
+    crc = ~crc;
+    while (len--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+#define PP2_TYPE_CRC32C 0x03
+
+/* The spec's check of a CRC32C TLV: over the whole header with the checksum's own four
+ * bytes taken as zeros. */
+static int v2_crc_ok(const unsigned char *hdr, size_t total, size_t value_off) {
+    static const unsigned char zeros[4] = {0};
+    uint32_t want = (uint32_t)hdr[value_off] << 24 | (uint32_t)hdr[value_off + 1] << 16 |
+                    (uint32_t)hdr[value_off + 2] << 8 | hdr[value_off + 3];
+    uint32_t crc = pier__crc32c(hdr, value_off, 0);
+    crc = pier__crc32c(zeros, 4, crc);
+    crc = pier__crc32c(hdr + value_off + 4, total - value_off - 4, crc);
+    return crc == want;
+}
+
+/* The TLVs are hdr[off, total): each must lie inside it; a CRC32C one must match. */
+static int v2_tlvs(const unsigned char *hdr, size_t off, size_t total, pier__proxy_hdr_t *h) {
+    while (off < total) {
+        if (total - off < 3)
             return fail(h, "v2: truncated TLV");
-        size_t vlen = (size_t)p[off + 1] << 8 | p[off + 2];
-        if (vlen > len - off - 3)
+        size_t vlen = (size_t)hdr[off + 1] << 8 | hdr[off + 2];
+        if (vlen > total - off - 3)
             return fail(h, "v2: TLV runs past the header's length");
+        if (hdr[off] == PP2_TYPE_CRC32C && (vlen != 4 || !v2_crc_ok(hdr, total, off + 3)))
+            return fail(h, "v2: CRC32C does not match");
         off += 3 + vlen;
     }
     return 0;
@@ -185,7 +212,7 @@ static int parse_v2(const unsigned char *b, size_t len, pier__proxy_hdr_t *h, si
         h->local = 1;
         return (int)total;
     }
-    if (v2_tlvs(a + alen, total - PIER__PROXY_V2_FIXED - alen, h) < 0)
+    if (v2_tlvs(b, PIER__PROXY_V2_FIXED + alen, total, h) < 0)
         return -1;
     /* only TCP over IPv4 or IPv6 carries an address a connection can have; the rest
      * (UNSPEC, unix, UDP) falls back to the socket's own, as the spec asks */

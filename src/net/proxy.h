@@ -45,6 +45,9 @@ typedef struct pier__proxy_hdr_s {
  * when it is malformed (h->why says how). Never reads past len. */
 int pier__proxy_parse(const char *buf, size_t len, pier__proxy_hdr_t *h, size_t *need);
 
+/* CRC-32C (Castagnoli) of data, continuing from crc (0 to start). */
+uint32_t pier__crc32c(const void *data, size_t len, uint32_t crc);
+
 /* ---- source allow-list ---- */
 
 typedef struct pier__cidr_s {

@@ -1,5 +1,5 @@
-/* The PROXY header stage: an accepted socket waits here, with its own watcher, until its
- * header is in; then it becomes a connection as any other.
+/* The PROXY header stage: an accepted socket whose header is not in yet waits here, with
+ * its own watcher, until it is; then it becomes a connection as any other.
  *
  * Why the socket is peeked rather than read: the header is consumed exactly (one recv of
  * its length once it has all arrived), so whatever follows it, a TLS ClientHello or a
@@ -77,9 +77,14 @@ static void unlink_waiting(waiting_t *e) {
         pier_timer_stop(&e->w->timer);
 }
 
+/* A peer that closes before its header (a balancer's plain TCP check, say) is counted
+ * but not logged, unless pier itself was the reason (why). */
 static void log_drop(pier__proxy_wait_t *w, int fd, int what, const char *why) {
-    if (what < 0 || !cause[what])
+    if (what < 0 || (!cause[what] && !why))
         return;
+    const char *text = cause[what] ? cause[what] : why;
+    if (!cause[what])
+        why = NULL;
     pier__sockaddr_t peer;
     socklen_t len = sizeof peer;
     char addr[64] = "-";
@@ -87,7 +92,7 @@ static void log_drop(pier__proxy_wait_t *w, int fd, int what, const char *why) {
         pier__addr_str(&peer, addr, sizeof addr);
     pier__log_every(&w->cfg->log_key[what], pier_loop_now(w->loop), PIER_LOG_WARN,
                     "proxy: closed a connection from %s: %s%s%s (%llu so far on this loop; at most one such "
-                    "line a second)", addr, cause[what], why ? ": " : "", why ? why : "",
+                    "line a second)", addr, text, why ? ": " : "", why ? why : "",
                     (unsigned long long)atomic_load_explicit(&w->stats[what], memory_order_relaxed));
 }
 
@@ -104,82 +109,97 @@ static void drop_fd(pier__proxy_wait_t *w, int fd, int what, const char *why) {
     w->dropped(w);
 }
 
-static void drop(waiting_t *e, int what, const char *why) {
-    pier__proxy_wait_t *w = e->w;
-    int fd = e->io.fd;
-    unlink_waiting(e);
-    free(e);
-    drop_fd(w, fd, what, why);
-}
+/* What became of a header: HDR_WAIT (more is to come), or an outcome of the stats enum,
+ * with the client's address for PIER__PROXY_OK. */
+enum { HDR_WAIT = -1 };
 
-/* The header is whole: consume exactly its bytes and hand the socket over. */
-static void finish(waiting_t *e, char *buf, int hlen, const pier__proxy_hdr_t *h) {
-    pier__proxy_wait_t *w = e->w;
-    pier__sockaddr_t *client = NULL;
-    if (!h->local && !(client = malloc(sizeof *client))) {
-        drop(e, PIER__PROXY_ABORTED, "out of memory");
-        return;
+typedef struct outcome_s {
+    int what;
+    const char *why;
+    pier__sockaddr_t *client;
+} outcome_t;
+
+/* The header is whole: consume exactly its bytes. */
+static int consume(int fd, char *buf, int hlen, const pier__proxy_hdr_t *h, int lowat, outcome_t *o) {
+    if (!h->local && !(o->client = malloc(sizeof *o->client))) {
+        o->why = "out of memory";
+        return o->what = PIER__PROXY_ABORTED;
     }
-    ssize_t n = recv(e->io.fd, buf, (size_t)hlen, 0);
-    if (n != hlen) { /* peeked bytes are in the socket: this cannot come short */
-        free(client);
-        drop(e, PIER__PROXY_ABORTED, NULL);
-        return;
+    if (recv(fd, buf, (size_t)hlen, 0) != hlen) { /* peeked bytes are in the socket: cannot be short */
+        free(o->client);
+        o->client = NULL;
+        return o->what = PIER__PROXY_ABORTED;
     }
-    if (e->lowat) {
+    if (lowat) {
         int one = 1;
-        setsockopt(e->io.fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
     }
-    if (client)
-        *client = h->src;
-    count(w, client ? PIER__PROXY_OK : PIER__PROXY_LOCAL);
-    int fd = e->io.fd;
-    unlink_waiting(e);
-    free(e);
-    w->done(w, fd, client);
+    if (o->client)
+        *o->client = h->src;
+    return o->what = o->client ? PIER__PROXY_OK : PIER__PROXY_LOCAL;
 }
 
 /* Peeks as much as the header is known to need, so a long v2 header already in the
- * socket takes two peeks and no more. */
-static void try_header(waiting_t *e, uint32_t events) {
-    char *buf = pier__loop_rbuf(e->w->loop);
+ * socket takes two peeks and no more. *lowat: SO_RCVLOWAT has been raised on fd. */
+static int try_header(pier_loop_t *loop, int fd, uint32_t events, int *lowat, outcome_t *o) {
+    char *buf = pier__loop_rbuf(loop);
     size_t want = PIER__PROXY_PEEK, need;
     pier__proxy_hdr_t h;
+    *o = (outcome_t){0};
     for (;;) {
-        ssize_t n = recv(e->io.fd, buf, want, MSG_PEEK);
-        if (n <= 0) {
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
-                return;
-            drop(e, PIER__PROXY_ABORTED, NULL);
-            return;
-        }
+        ssize_t n = recv(fd, buf, want, MSG_PEEK);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return HDR_WAIT;
+        if (n <= 0)
+            return o->what = PIER__PROXY_ABORTED;
         int r = pier__proxy_parse(buf, (size_t)n, &h, &need);
-        if (r > 0) {
-            finish(e, buf, r, &h);
-            return;
-        }
+        if (r > 0)
+            return consume(fd, buf, r, &h, *lowat, o);
         if (r == -1) {
-            drop(e, PIER__PROXY_BAD, h.why);
-            return;
+            o->why = h.why;
+            return o->what = PIER__PROXY_BAD;
         }
-        if ((size_t)n == want && need > want) {
-            want = need; /* more may be in already */
-            continue;
-        }
-        break;
+        if ((size_t)n < want || need <= want)
+            break;
+        want = need; /* more may be in already */
     }
-    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) { /* no more is coming */
-        drop(e, PIER__PROXY_ABORTED, NULL);
+    if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) /* no more is coming */
+        return o->what = PIER__PROXY_ABORTED;
+    if (need > PIER__PROXY_PEEK && !*lowat) {
+        int v = (int)need;
+        *lowat = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &v, sizeof v) == 0;
+    }
+    return HDR_WAIT;
+}
+
+/* fd is out of the stage (or never entered it): hand it over or close it. */
+static void conclude(pier__proxy_wait_t *w, int fd, const outcome_t *o) {
+    if (o->what != PIER__PROXY_OK && o->what != PIER__PROXY_LOCAL) {
+        drop_fd(w, fd, o->what, o->why);
         return;
     }
-    if (need > PIER__PROXY_PEEK && !e->lowat) {
-        int lowat = (int)need;
-        e->lowat = setsockopt(e->io.fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) == 0;
-    }
+    count(w, o->what);
+    w->done(w, fd, o->client);
+}
+
+static void drop(waiting_t *e, int what) {
+    pier__proxy_wait_t *w = e->w;
+    int fd = e->io.fd;
+    unlink_waiting(e);
+    free(e);
+    drop_fd(w, fd, what, NULL);
 }
 
 static void io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
-    try_header(pier__container_of(io, waiting_t, io), events);
+    waiting_t *e = pier__container_of(io, waiting_t, io);
+    outcome_t o;
+    if (try_header(loop, io->fd, events, &e->lowat, &o) == HDR_WAIT)
+        return;
+    pier__proxy_wait_t *w = e->w;
+    int fd = io->fd;
+    unlink_waiting(e); /* before the connection registers the same fd */
+    free(e);
+    conclude(w, fd, &o);
 }
 
 static void timer_cb(pier_timer_t *t) {
@@ -191,7 +211,7 @@ static void timer_cb(pier_timer_t *t) {
             pier_timer_start(&w->timer, e->due - now, 0);
             return;
         }
-        drop(e, PIER__PROXY_TIMEOUT, NULL);
+        drop(e, PIER__PROXY_TIMEOUT);
     }
 }
 
@@ -208,6 +228,14 @@ void pier__proxy_wait_add(pier__proxy_wait_t *w, int fd) {
         drop_fd(w, fd, PIER__PROXY_REFUSED, NULL);
         return;
     }
+    /* a balancer sends the header with its connect, so it is often in already: then the
+     * socket never enters the stage (no watcher to add and remove, no wait for an edge) */
+    outcome_t o;
+    int lowat = 0;
+    if (try_header(w->loop, fd, 0, &lowat, &o) != HDR_WAIT) {
+        conclude(w, fd, &o);
+        return;
+    }
     waiting_t *e = calloc(1, sizeof *e);
     if (!e) {
         drop_fd(w, fd, PIER__PROXY_ABORTED, "out of memory");
@@ -216,6 +244,7 @@ void pier__proxy_wait_add(pier__proxy_wait_t *w, int fd) {
     e->w = w;
     e->io.fd = fd;
     e->io.cb = io_cb;
+    e->lowat = lowat;
     e->due = pier_loop_now(w->loop) + w->cfg->timeout_ms;
     if (pier__io_add(w->loop, &e->io, EPOLLIN | EPOLLRDHUP | EPOLLET) < 0) {
         free(e);
@@ -226,12 +255,11 @@ void pier__proxy_wait_add(pier__proxy_wait_t *w, int fd) {
     if (pier__queue_empty(&w->waiting))
         pier_timer_start(&w->timer, w->cfg->timeout_ms, 0);
     pier__queue_insert_tail(&w->waiting, &e->q);
-    /* epoll reports a socket that is readable when added: its first edge comes anyway */
 }
 
 void pier__proxy_wait_drop_all(pier__proxy_wait_t *w) {
     while (!pier__queue_empty(&w->waiting))
-        drop(pier__container_of(w->waiting.next, waiting_t, q), -1, NULL);
+        drop(pier__container_of(w->waiting.next, waiting_t, q), -1);
 }
 
 void pier__proxy_wait_stats(pier__proxy_wait_t *w, pier_proxy_stats_t *out) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A real HAProxy (Debian's haproxy, run in the foreground by this test) in front of one
 pier http --proxy-protocol: one frontend forwards with send-proxy (v1), another with
-send-proxy-v2, both with health checks that carry a PROXY header too. Clients connect from
+send-proxy-v2 (with a CRC32C TLV, which pier checks, and a unique-id TLV), both with
+health checks that carry a PROXY header too. Clients connect from
 127.0.0.2 and 127.0.0.3 while HAProxy reaches pier from 127.0.0.1, so pier's access log
 shows the clients' own addresses only if it took them from the headers.
 """
@@ -36,7 +37,7 @@ backend b1
     server pier 127.0.0.1:{port} send-proxy check check-send-proxy inter 300ms
 backend b2
     option httpchk GET /json
-    server pier 127.0.0.1:{port} send-proxy-v2 check check-send-proxy inter 300ms
+    server pier 127.0.0.1:{port} send-proxy-v2 proxy-v2-options crc32c,unique-id check check-send-proxy inter 300ms
 """
 
 REQUESTS = 20

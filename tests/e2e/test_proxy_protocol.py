@@ -47,6 +47,7 @@ def inet6(src, dst, sport, dport):
             + struct.pack(">HH", sport, dport))
 
 
+SILENT = 200
 TLVS = b"\x01\x00\x02h2" + b"\x05\x00\x04abcd" + b"\x04\x00\x00"  # ALPN, unique id, NOOP
 
 
@@ -153,14 +154,16 @@ def test_slow_and_silent():
     check(served(keep), "the keep-alive connection is served")
     slow = srv.connect()
     slow.sendall(b"PROXY TCP4 192.0.2.2 ")
-    silent = srv.connect()
+    silent = [srv.connect() for _ in range(SILENT)]
+    check(served(keep), "the other connection is served while %d wait for their headers" % (SILENT + 1))
     check(closed_without_reply(slow), "a header that stops half-way is dropped at the deadline")
-    check(closed_without_reply(silent), "a connection that sends nothing is dropped at the deadline")
+    check(all(closed_without_reply(s) for s in silent), "connections that send nothing are dropped at the deadline")
     check(served(keep), "the other connection is still served")
-    for s in (keep, slow, silent):
+    for s in [keep, slow] + silent:
         s.close()
     srv.stop()
-    check("closed: 0 bad, 2 timeout" in srv.stderr(), "both counted as timeouts:\n%s" % srv.stderr()[-600:])
+    check("closed: 0 bad, %d timeout" % (SILENT + 1) in srv.stderr(),
+          "all counted as timeouts:\n%s" % srv.stderr()[-600:])
     check("no whole PROXY header in time" in srv.stderr(), "a log line says why")
 
 

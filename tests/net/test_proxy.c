@@ -185,7 +185,8 @@ static size_t v2(unsigned char *buf, unsigned vc, unsigned fp, const void *body,
     buf[13] = (unsigned char)fp;
     buf[14] = (unsigned char)(blen >> 8);
     buf[15] = (unsigned char)blen;
-    memcpy(buf + 16, body, blen);
+    if (blen)
+        memcpy(buf + 16, body, blen);
     return 16 + blen;
 }
 
@@ -308,6 +309,35 @@ static void test_v2_tlv_overrun_and_signature(void **state) {
         assert_int_equal(parse_at_guard(buf, i + 1, &h, &need), -1); /* known bad at once */
         buf[i] ^= 0x20;
     }
+}
+
+/* A CRC32C TLV is checked over the whole header (its own value taken as zeros): the
+ * right one is taken, a wrong one or one of the wrong size is refused. */
+static void test_v2_crc32c(void **state) {
+    assert_int_equal(pier__crc32c("123456789", 9, 0), 0xE3069283u); /* the standard check value */
+    assert_int_equal(pier__crc32c("6789", 4, pier__crc32c("12345", 5, 0)), 0xE3069283u);
+    unsigned char body[64], buf[128];
+    size_t n = inet_block(body, "203.0.113.1", "10.0.0.1", 1000, 443);
+    static const unsigned char tlvs[] = {0x01, 0x00, 0x02, 'h', '2', 0x03, 0x00, 0x04, 0, 0, 0, 0};
+    memcpy(body + n, tlvs, sizeof tlvs);
+    size_t len = v2(buf, 0x21, 0x11, body, n + sizeof tlvs);
+    uint32_t crc = pier__crc32c(buf, len, 0);
+    unsigned char *v = buf + len - 4;
+    v[0] = (unsigned char)(crc >> 24), v[1] = (unsigned char)(crc >> 16), v[2] = (unsigned char)(crc >> 8);
+    v[3] = (unsigned char)crc;
+    pier__proxy_hdr_t h;
+    size_t need;
+    assert_int_equal(parse_at_guard(buf, len, &h, &need), (int)len);
+    assert_addr(&h.src, "203.0.113.1:1000");
+    buf[20] ^= 1; /* an address byte */
+    assert_int_equal(parse_at_guard(buf, len, &h, &need), -1);
+    buf[20] ^= 1;
+    v[3] ^= 0x80;
+    assert_int_equal(parse_at_guard(buf, len, &h, &need), -1);
+    static const unsigned char short_crc[] = {0x03, 0x00, 0x03, 0, 0, 0};
+    memcpy(body + n, short_crc, sizeof short_crc);
+    len = v2(buf, 0x21, 0x11, body, n + sizeof short_crc);
+    assert_int_equal(parse_at_guard(buf, len, &h, &need), -1);
 }
 
 /* The largest header pier takes is PIER__PROXY_MAX bytes; one over is refused as soon as
@@ -625,6 +655,7 @@ int main(void) {
         cmocka_unit_test(test_v2_fallback_families),
         cmocka_unit_test(test_v2_bad),
         cmocka_unit_test(test_v2_tlv_overrun_and_signature),
+        cmocka_unit_test(test_v2_crc32c),
         cmocka_unit_test(test_v2_size_limit),
         cmocka_unit_test(test_cidr_match),
         cmocka_unit_test(test_cidr_bad),
