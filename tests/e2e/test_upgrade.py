@@ -87,6 +87,7 @@ class Upgrade(unittest.TestCase):
             self.assertTrue(load.wait_more(200), "traffic flows before the upgrade")
             first = self.upgrade(srv.pid)
             self.assertEqual(srv.wait(30), 0, "the old process exits 0 after its drain:\n" + srv.stderr())
+            self.assertEqual(read_pid(self.pid_file, 1.0), first, "the old one left the new one's pid file")
             self.assertTrue(load.wait_more(200), "the new process serves")
             second = self.upgrade(first)
             self.assertTrue(wait_gone(first), "the first new process exits after the second upgrade")
