@@ -1,7 +1,8 @@
 /* Listening sockets made outside the server (systemd socket activation, a binary
  * upgrade): pier_net_inherit, matching by address, sharing one socket between loops,
- * closing the ones nobody takes; and a connection's socket that has a second reference
- * (a child between fork and exec) when the connection closes. */
+ * closing the ones nobody takes; the drain's pier_server_close_if; and a connection's
+ * socket that has a second reference (a child between fork and exec) when the
+ * connection closes. */
 #include "support.h"
 
 #include <pier/net.h>
@@ -144,6 +145,74 @@ static void test_unused_socket_closed(void **state) {
     free_all(g, srv);
 }
 
+/* ListenStream=8080 in a socket unit is a dual-stack [::]:8080, while the command line
+ * says --host 0.0.0.0: both mean every address, and the server takes it. */
+static void test_wildcards_match(void **state) {
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    int zero = 0;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    struct sockaddr_in6 sa = {.sin6_family = AF_INET6, .sin6_addr = in6addr_any};
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        if (fd >= 0)
+            close(fd);
+        skip(); /* no IPv6 here */
+    }
+    assert_int_equal(listen(fd, 16), 0);
+    socklen_t len = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    uint16_t port = ntohs(sa.sin6_port);
+    assert_int_equal(pier_net_inherit(fd), 0);
+    pier_group_t *g;
+    assert_int_equal(pier_group_new(&g, 1), 0);
+    pier_server_t *srv;
+    pier_server_opts_t o = {.host = "127.0.0.2", .port = port, .on_accept = on_accept};
+    assert_int_equal(pier_server_new(&srv, g, &o), -EADDRINUSE); /* not a wildcard: no match */
+    o.host = "0.0.0.0";
+    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    int fds[1];
+    assert_int_equal(pier_server_listen_fds(srv, fds, 1), 1);
+    assert_int_equal(fds[0], fd);
+    assert_int_equal(pier_server_start(srv), 0);
+    accepted = closes = 0;
+    int c = pier_test_connect(port); /* IPv4 loopback, into the dual-stack socket */
+    echo_check(pier_group_loop(g, 0), c);
+    close(c);
+    pier_test_run_until(pier_group_loop(g, 0), &closes, 5000);
+    free_all(g, srv);
+}
+
+/* pier_server_close_if closes only the connections its filter names; the others stay
+ * open and served. */
+static pier_conn_t *keep;
+static int close_unless_kept(pier_conn_t *c) { return c != keep; }
+
+static void test_close_if(void **state) {
+    pier_group_t *g;
+    assert_int_equal(pier_group_new(&g, 1), 0);
+    pier_loop_t *loop = pier_group_loop(g, 0);
+    pier_server_t *srv;
+    pier_server_opts_t o = {.host = "127.0.0.1", .on_accept = on_accept};
+    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    assert_int_equal(pier_server_start(srv), 0);
+    accepted = closes = 0;
+    int a = pier_test_connect(pier_server_port(srv));
+    echo_check(loop, a);
+    keep = last;
+    int b = pier_test_connect(pier_server_port(srv));
+    echo_check(loop, b);
+    pier_server_close_if(srv, close_unless_kept);
+    pier_test_run_until(loop, &closes, 5000);
+    assert_int_equal(closes, 1);
+    char byte;
+    assert_int_equal(recv(b, &byte, 1, 0), 0); /* closed gracefully: EOF */
+    echo_check(loop, a);                         /* still served */
+    assert_int_equal(pier_server_conns(srv), 1);
+    close(a);
+    close(b);
+    pier_test_run_until(loop, &closes, 5000);
+    free_all(g, srv);
+}
+
 static void test_refuses_what_is_not_a_listener(void **state) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
     assert_int_equal(pier_net_inherit(s), -ENOTSOCK); /* not listening */
@@ -191,6 +260,8 @@ int main(void) {
         cmocka_unit_test(test_server_takes_inherited_socket),
         cmocka_unit_test(test_loops_share_one_socket),
         cmocka_unit_test(test_unused_socket_closed),
+        cmocka_unit_test(test_wildcards_match),
+        cmocka_unit_test(test_close_if),
         cmocka_unit_test(test_refuses_what_is_not_a_listener),
         cmocka_unit_test(test_close_with_a_second_reference),
     };
