@@ -3,8 +3,9 @@ listening sockets, the old one drains and exits 0, the pid file names the new on
 no request fails (the retry rule of httpload.py applies: a request that crossed the
 close of an idle keep-alive connection is sent again, as RFC 9112 lets clients do).
 Done twice in a row, so the copy that an upgrade started can itself be upgraded.
-Also checked for pier echo: a connection opened before the upgrade keeps echoing until
-the old process closes it, and connections opened during and after it are answered."""
+Also: pier http's drain closes an idle keep-alive connection but answers the first
+request of one accepted just before it; and pier echo upgrades too (its old connection
+is closed by the old process's drain, new ones are echoed by the new process)."""
 # pier-test: threads (two loops per process)
 import os
 import signal
@@ -126,7 +127,7 @@ class Upgrade(unittest.TestCase):
         fresh.close()
         used.close()
 
-    def test_echo_connection_survives(self):
+    def test_echo_old_connection_drains_new_ones_served(self):
         srv = pierlib.Pier("echo", "--threads", "2", "--pid-file", self.pid_file)
         before = srv.connect()
         before.sendall(b"before\n")
