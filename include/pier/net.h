@@ -219,7 +219,9 @@ PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
 /* A drain for protocols that know which connections are between requests: closes
  * gracefully each open connection for which close_now(c) answers 1, on its own loop
  * (thread-safe); the others stay open for their owner to close once done. close_now
- * runs on each connection's loop and must not close or free anything itself. */
+ * runs on each connection's loop and must not close or free anything itself. A call
+ * made before an earlier close_all or close_if has run on some loop replaces its
+ * filter there. */
 PIER_EXTERN void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c));
 /* Aborts (resets, dropping queued output) every open connection of this server
  * (thread-safe): what a shutdown does once its grace period is over. */

@@ -50,8 +50,7 @@ struct pier_server_s {
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
-    int (*close_now)(pier_conn_t *c); /* the close-all task's filter (NULL: all); set
-                                       * before the task is posted, which orders it */
+    _Atomic(int (*)(pier_conn_t *c)) close_now; /* the close-all task's filter (NULL: all) */
     pier__proxy_cfg_t proxy;
 };
 
@@ -422,9 +421,10 @@ static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c), int (*only)(pie
 /* A filtered drain lets connections still waiting for their PROXY header go on: like
  * those just accepted, their first request may be on its way. */
 static void close_all_task(listener_t *l) {
-    if (!l->srv->close_now)
+    int (*close_now)(pier_conn_t *c) = atomic_load(&l->srv->close_now);
+    if (!close_now)
         pier__proxy_wait_drop_all(&l->pw);
-    each_conn(l, pier_conn_close, l->srv->close_now);
+    each_conn(l, pier_conn_close, close_now);
 }
 static void abort_all_task(listener_t *l) {
     pier__proxy_wait_drop_all(&l->pw);
@@ -457,7 +457,7 @@ static void tasks_init(listener_t *l) {
 void pier_server_close_all(pier_server_t *srv) { pier_server_close_if(srv, NULL); }
 
 void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c)) {
-    srv->close_now = close_now;
+    atomic_store(&srv->close_now, close_now);
     for (unsigned i = 0; i < srv->n; i++)
         post_to(&srv->ls[i], TASK_CLOSE_ALL);
 }
