@@ -22,9 +22,10 @@ static struct {
     char exe[PATH_MAX];
     const char *pid_file;
     int ready_fd;                /* the pipe to the process that started us, or -1 */
-    /* an upgrade under way */
+    /* an upgrade under way (child > 0) */
     pid_t child;
-    int pipe_fd;
+    int pipe_fd;                 /* until it says it listens, or closes */
+    int exec_failed;
     uint64_t deadline;
     pier_timer_t poll;
     pier_loop_t *loop;
@@ -51,11 +52,11 @@ static void adopt_env(void) {
                      pier_strerror(err));
         p = *end == ',' ? end + 1 : "";
     }
-    if (ready) {
-        up.ready_fd = atoi(ready);
-        if (fcntl(up.ready_fd, F_SETFD, FD_CLOEXEC) < 0)
-            up.ready_fd = -1;
-    }
+    char *end;
+    long fd = ready ? strtol(ready, &end, 10) : -1;
+    /* never 0 to 2: a garbled variable must not make us write to, or close, stdio */
+    if (fd > 2 && fd <= INT_MAX && !*end && fcntl((int)fd, F_SETFD, FD_CLOEXEC) == 0)
+        up.ready_fd = (int)fd;
     unsetenv("PIER_LISTEN_FDS");
     unsetenv("PIER_UPGRADE_FD");
     pier_net_inherit_systemd();
@@ -183,56 +184,75 @@ static void exec_child(const int *fds, unsigned nfds, int pipe_w, char **env) {
     _exit(127);
 }
 
-static void reap(const char *why) {
-    int st = 0;
-    if (why)
-        kill(up.child, SIGKILL);
-    while (waitpid(up.child, &st, 0) < 0 && errno == EINTR)
-        ;
-    if (why)
-        pier_log(PIER_LOG_ERROR, "SIGUSR2: the new process %ld %s: killed; this one keeps serving", (long)up.child,
-                 why);
+static void report(int st, int killed) {
+    long pid = (long)up.child;
+    if (killed)
+        pier_log(PIER_LOG_ERROR, "SIGUSR2: the new process %ld did not listen in time: killed; this one keeps "
+                                 "serving", pid);
+    else if (up.exec_failed)
+        return; /* said when its errno came */
     else if (WIFEXITED(st))
         pier_log(PIER_LOG_ERROR, "SIGUSR2: the new process %ld exited with status %d before it listened "
-                                 "(its stderr says why); this one keeps serving", (long)up.child, WEXITSTATUS(st));
+                                 "(its stderr says why); this one keeps serving", pid, WEXITSTATUS(st));
     else
         pier_log(PIER_LOG_ERROR, "SIGUSR2: the new process %ld died of signal %d before it listened; this one "
-                                 "keeps serving", (long)up.child, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+                                 "keeps serving", pid, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
 static void end_upgrade(int ok) {
     pier_timer_stop(&up.poll);
-    close(up.pipe_fd);
+    if (up.pipe_fd >= 0)
+        close(up.pipe_fd);
     up.pipe_fd = -1;
     up.child = 0;
+    up.exec_failed = 0;
     up.done(up.arg, ok);
 }
 
-static void poll_cb(pier_timer_t *t) {
+/* -EAGAIN: nothing yet; 1: the new process listens; 0: the pipe closed without that
+ * (the exec failed, logged here, or the process is on its way out). */
+static int read_pipe(void) {
     char buf[1 + sizeof(int)];
     ssize_t n = read(up.pipe_fd, buf, sizeof buf);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        if (pier_loop_now(up.loop) >= up.deadline) {
-            reap("did not listen in time");
-            end_upgrade(0);
-        }
-        return;
-    }
-    if (n > 0 && buf[0] == 'R') {
-        pier_log(PIER_LOG_INFO, "SIGUSR2: the new process %ld listens", (long)up.child);
-        end_upgrade(1);
-        return;
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return -EAGAIN;
+    if (n > 0 && buf[0] == 'R')
+        return 1;
     if (n == (ssize_t)sizeof buf && buf[0] == 'X') {
         int err;
         memcpy(&err, buf + 1, sizeof err);
         pier_log(PIER_LOG_ERROR, "SIGUSR2: cannot run %s: %s; this one keeps serving", up.exe,
                  pier_strerror(-err));
-        while (waitpid(up.child, NULL, 0) < 0 && errno == EINTR)
-            ;
-    } else {
-        reap(NULL);
+        up.exec_failed = 1;
     }
+    return 0;
+}
+
+/* Never a blocking wait for a process that may still run: a closed pipe usually means
+ * it is exiting, which the next ticks see, and the deadline kills whatever still runs. */
+static void poll_cb(pier_timer_t *t) {
+    int late = pier_loop_now(up.loop) >= up.deadline, st = 0;
+    if (up.pipe_fd >= 0) {
+        int r = read_pipe();
+        if (r == 1) {
+            pier_log(PIER_LOG_INFO, "SIGUSR2: the new process %ld listens", (long)up.child);
+            end_upgrade(1);
+            return;
+        }
+        if (r < 0 && !late)
+            return;
+        close(up.pipe_fd);
+        up.pipe_fd = -1;
+    }
+    pid_t got = waitpid(up.child, &st, WNOHANG);
+    if (got == 0 && !late)
+        return;
+    if (got == 0) {
+        kill(up.child, SIGKILL);
+        while (waitpid(up.child, &st, 0) < 0 && errno == EINTR)
+            ;
+    }
+    report(st, got == 0);
     end_upgrade(0);
 }
 
@@ -245,13 +265,13 @@ static int spawn(const int *fds, unsigned nfds, int pipe_w) {
         exec_child(fds, nfds, pipe_w, env);
     int err = pid < 0 ? -errno : 0;
     free_env(env);
-    up.child = pid;
+    up.child = pid > 0 ? pid : 0;
     return err;
 }
 
 int pier_upgrade_start(pier_loop_t *loop, const int *fds, unsigned nfds, void (*done)(void *arg, int ok),
                        void *arg) {
-    if (up.pipe_fd >= 0)
+    if (up.child > 0)
         return -EBUSY;
     int p[2] = {-1, -1}, err = 0;
     if (!up.argv || !up.exe[0])
@@ -295,11 +315,17 @@ static int pid_file_is_mine(void) {
 }
 
 void pier_upgrade_finish(void) {
-    if (up.pipe_fd >= 0) {
-        reap("was still starting when this one stopped");
+    if (up.child > 0) {
+        pier_log(PIER_LOG_WARN, "SIGUSR2: the new process %ld was still starting when this one stopped: killed",
+                 (long)up.child);
+        kill(up.child, SIGKILL);
+        while (waitpid(up.child, NULL, 0) < 0 && errno == EINTR)
+            ;
         pier_timer_stop(&up.poll);
-        close(up.pipe_fd);
+        if (up.pipe_fd >= 0)
+            close(up.pipe_fd);
         up.pipe_fd = -1;
+        up.child = 0;
     }
     if (up.pid_file && pid_file_is_mine())
         unlink(up.pid_file);

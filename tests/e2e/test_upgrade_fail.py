@@ -1,8 +1,9 @@
 """A SIGUSR2 upgrade that cannot happen leaves the old pier serving, says why, and a
 later upgrade still works: the binary made unexecutable (exec fails), then replaced by a
-program that exits before it listens, then a good binary installed again (by rename, as
-a package manager does): that one takes over, and it is the newly installed file that
-runs, not the old inode."""
+program that exits before it listens, then by one that closes the pipe and hangs (killed
+at the 15 s deadline; the old process never blocks on it), then a good binary installed
+again (by rename, as a package manager does): that one takes over, and it is the newly
+installed file that runs, not the old inode."""
 import os
 import shutil
 import signal
@@ -36,7 +37,8 @@ class FailedUpgrade(unittest.TestCase):
         install(real, exe)
         os.environ["PIER_BIN"] = exe
         srv = pierlib.Pier("http", "--threads", "2", "--pid-file", pid_file)
-        load = httpload.Load(srv.host, srv.port, keepalive=2, fresh=1).start()
+        # paced: the hung copy takes 15 s, a shared machine need not spin meanwhile
+        load = httpload.Load(srv.host, srv.port, keepalive=2, fresh=1, pause=0.005).start()
         new = None
         try:
             self.assertTrue(load.wait_more(100))
@@ -57,7 +59,15 @@ class FailedUpgrade(unittest.TestCase):
             self.assertTrue(load.wait_more(100), "still serving after a new copy that failed")
             self.assertTrue(srv.alive())
             self.assertEqual(read_pid(pid_file), srv.pid, "the pid file still names the old process")
-            # 3. a good binary again: the upgrade goes through
+            # 3. the new program closes the pipe but never exits: killed at the deadline
+            with open(fake, "w") as f:
+                f.write('#!/bin/bash\neval "exec ${PIER_UPGRADE_FD}>&-"\nexec sleep 120\n')
+            install(fake, exe)
+            srv.signal(signal.SIGUSR2)
+            self.assertTrue(srv.wait_stderr("did not listen in time: killed; this one keeps serving", 40),
+                            srv.stderr())
+            self.assertTrue(load.wait_more(100), "still serving after a new copy that hung")
+            # 4. a good binary again: the upgrade goes through
             install(real, exe)
             srv.signal(signal.SIGUSR2)
             new = wait_pid_change(pid_file, srv.pid)
