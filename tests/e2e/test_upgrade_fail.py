@@ -5,6 +5,7 @@ at the 15 s deadline; the old process never blocks on it), then a good binary in
 again (by rename, as a package manager does): that one takes over, and it is the newly
 installed file that runs, not the old inode."""
 import os
+import re
 import shutil
 import signal
 import stat
@@ -82,8 +83,33 @@ class FailedUpgrade(unittest.TestCase):
                 os.kill(new, signal.SIGTERM)
                 wait_gone(new)
             srv.kill()
+            os.environ["PIER_BIN"] = real
             tmp.cleanup()
         self.assertEqual(st.failures, [], "no request fails")
+
+    def test_stop_during_upgrade(self):
+        """SIGTERM while the new copy is still starting: the old process drains and exits
+        0, and takes the new copy with it rather than leave a second server behind."""
+        tmp = tempfile.TemporaryDirectory()
+        exe = os.path.join(tmp.name, "pier")
+        real = pierlib.pier_bin()
+        install(real, exe)
+        os.environ["PIER_BIN"] = exe
+        try:
+            srv = pierlib.Pier("http")
+            fake = os.path.join(tmp.name, "fake")
+            with open(fake, "w") as f:
+                f.write("#!/bin/sh\necho \"fake pier $$ starting\" >&2\nexec sleep 120\n")
+            install(fake, exe)
+            srv.signal(signal.SIGUSR2)
+            self.assertTrue(srv.wait_stderr("fake pier"), srv.stderr())
+            child = int(re.search(r"fake pier (\d+) starting", srv.stderr()).group(1))
+            self.assertEqual(srv.stop(15), 0, srv.stderr())
+            self.assertIn("was still starting when this one stopped: killed", srv.stderr())
+            self.assertTrue(wait_gone(child), "the unfinished new copy is gone")
+        finally:
+            os.environ["PIER_BIN"] = real
+            tmp.cleanup()
 
 
 if __name__ == "__main__":
