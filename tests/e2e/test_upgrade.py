@@ -107,6 +107,15 @@ class Upgrade(unittest.TestCase):
         self.assertTrue(wait_gone(second), "the last process stops on SIGTERM")
         self.assertFalse(os.path.exists(self.pid_file), "its owner removes the pid file at exit")
 
+    def test_pid_file_errors(self):
+        out = pierlib.run(["http", "--port", "0", "--pid-file"], timeout=30)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("pier http: --pid-file wants a file name", out.stderr)
+        bad = os.path.join(self.tmp.name, "no", "such", "dir", "pier.pid")
+        out = pierlib.run(["echo", "--port", "0", "--pid-file", bad], timeout=30)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("cannot write pid file %s: No such file or directory" % bad, out.stderr)
+
     def test_http_drain_answers_new_connection(self):
         """The drain that SIGUSR2 and SIGTERM start closes a keep-alive connection that
         is between requests, but answers the first request of one accepted just before
