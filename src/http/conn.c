@@ -448,7 +448,7 @@ int pier__http_close_at_drain(pier_conn_t *c) {
     if (hc->state != ST_HEAD)
         return hc->state == ST_CLOSED || hc->state == ST_UPGRADE;
     int idle = !hc->parser.scanned && !hc->parser.first_line_end && !hc->parser.empty_lines &&
-               !hc->pending.len && !c->rlen && !hc->stream && !hc->later && !hc->held;
+               !hc->pending.len && !hc->stream && !hc->later && !hc->held;
     return hc->seq > 0 && idle;
 }
 
