@@ -121,13 +121,22 @@ class Upgrade(unittest.TestCase):
         is between requests, but answers the first request of one accepted just before
         (nobody would send that request again), with Connection: close."""
         srv = pierlib.Pier("http", "--threads", "1")
-        fresh = srv.connect()  # accepted before `used` (one listener, FIFO), no request yet
+        get = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n"
+        fresh = srv.connect()  # accepted before the others (one listener, FIFO), no request yet
+        partial = srv.connect()
+        partial.sendall(get)
+        self.assertEqual(pierlib.Reader(partial).response().status, 200)
+        partial.sendall(get[:10])  # the next request, half sent
         used = srv.connect()
-        used.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        used.sendall(get)  # answered after the loop has read partial's bytes (one loop, in order)
         self.assertEqual(pierlib.Reader(used).response().status, 200)
         srv.signal(signal.SIGTERM)
         self.assertEqual(used.recv(100), b"", "the idle keep-alive connection is closed at once")
-        fresh.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+        partial.sendall(get[10:])
+        resp = pierlib.Reader(partial).response()
+        self.assertEqual((resp.status, resp.header("Connection")), (200, "close"), "a half-sent request is answered")
+        partial.close()
+        fresh.sendall(get)
         resp = pierlib.Reader(fresh).response()
         self.assertEqual((resp.status, resp.body), (200, b"Hello, World!"), "the new connection is answered")
         self.assertEqual(resp.header("Connection"), "close")
