@@ -833,6 +833,10 @@ static void finalize(pier_conn_t *c) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+    /* close() alone leaves the socket in epoll while another reference to it lives (a
+     * child between fork and exec, as an upgrade makes, or a dup), and its events
+     * would then name this freed connection */
+    pier__io_del(loop, &c->io);
     close(c->io.fd);
     pier__id_release(c->id);
     pier__loop_handle_del(loop);
