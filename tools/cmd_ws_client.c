@@ -13,7 +13,7 @@
 #include <pier/ws.h>
 
 static const char ws_client_help[] =
-    "usage: pier ws-client [--timeout SECONDS] [--cafile F] [--insecure] URL\n"
+    "usage: pier ws-client [--timeout SECONDS] [--cafile F] [--insecure] [--no-deflate] URL\n"
     "\n"
     "Connects to URL (ws://host[:port]/path, or wss://... over TLS), sends each line read\n"
     "from stdin as a text message and prints each message received on a line of its own.\n"
@@ -23,7 +23,8 @@ static const char ws_client_help[] =
     "\n"
     "  --timeout S     connect timeout in seconds, default 5\n"
     "  --cafile F      wss://: trust the certificates in PEM file F instead of the system's\n"
-    "  --insecure      wss://: accept any certificate (for tests only)\n";
+    "  --insecure      wss://: accept any certificate (for tests only)\n"
+    "  --no-deflate    do not offer permessage-deflate (offered by default)\n";
 
 typedef struct {
     pier_loop_t *loop;
@@ -114,10 +115,14 @@ static void on_close(pier_ws_t *ws, int code, const char *reason) {
 }
 
 static void on_connect_error(pier_ws_client_t *cl, int err, int will_retry) {
-    (void)cl;
     (void)will_retry;
-    fprintf(stderr, "pier ws-client: cannot connect to %s: %s\n", app.url,
-            err == -EPROTO ? "the server refused the WebSocket handshake" : pier_strerror(err));
+    int st = pier_ws_client_status(cl);
+    if (err == -EPROTO && st && st != 101)
+        fprintf(stderr, "pier ws-client: cannot connect to %s: the server refused the WebSocket handshake with %d\n",
+                app.url, st);
+    else
+        fprintf(stderr, "pier ws-client: cannot connect to %s: %s\n", app.url,
+                err == -EPROTO ? "the server refused the WebSocket handshake" : pier_strerror(err));
     app.status = 1;
     pier_loop_stop(app.loop);
 }
@@ -130,7 +135,7 @@ static int parse_args(int argc, char **argv, pier_ws_client_opts_t *o, const cha
     static const struct option longopts[] = {
         {"timeout", required_argument, 0, 't'}, {"cafile", required_argument, 0, 'A'},
         {"insecure", no_argument, 0, 'I'},      {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"no-deflate", no_argument, 0, 'Z'},    {0, 0, 0, 0},
     };
     int ch;
     optind = 1;
@@ -139,6 +144,7 @@ static int parse_args(int argc, char **argv, pier_ws_client_opts_t *o, const cha
         case 't': o->connect_timeout_ms = (uint64_t)(strtod(optarg, NULL) * 1000); break;
         case 'A': *cafile = optarg; break;
         case 'I': *insecure = 1; break;
+        case 'Z': o->ws.deflate = 0; break;
         case 'h': fputs(ws_client_help, stdout); return -1;
         default: return pier_cli_usage_error("ws-client", "unknown flag");
         }
@@ -188,7 +194,8 @@ static void finish(pier_tls_ctx_t *tls) {
 }
 
 int pier_cmd_ws_client(int argc, char **argv) {
-    pier_ws_client_opts_t o = {.connect_timeout_ms = 5000, .on_connect_error = on_connect_error};
+    pier_ws_client_opts_t o = {.connect_timeout_ms = 5000, .on_connect_error = on_connect_error,
+                               .ws = {.deflate = 1}};
     const char *cafile = NULL;
     int insecure = 0;
     int code = parse_args(argc, argv, &o, &cafile, &insecure);

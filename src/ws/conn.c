@@ -84,6 +84,8 @@ static int put_frame(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     return err;
 }
 
+int pier__ws_put(pier_ws_t *ws, int opcode, const void *data, size_t len) { return put_frame(ws, opcode, data, len); }
+
 static int put_close(pier_ws_t *ws, int code, const char *reason, size_t rl) {
     uint8_t body[PIER__WS_MAX_CONTROL];
     body[0] = (uint8_t)(code >> 8);

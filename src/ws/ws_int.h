@@ -231,6 +231,10 @@ struct pier_ws_s {
 
 /* Fails the connection (RFC 6455 7.1.7): a close frame with code, then the TCP close. */
 void pier__ws_fail(pier_ws_t *ws, int code);
+/* Queues one message or control frame as one unit, compressed if negotiated and worth
+ * it, with no check of state or output bound; a failure aborts the connection. 0 or the
+ * error. */
+int pier__ws_put(pier_ws_t *ws, int opcode, const void *data, size_t len);
 
 /* ---- random bytes (client.c) ---- */
 
