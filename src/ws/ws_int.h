@@ -120,6 +120,8 @@ extern const int pier__ws_zlib;
 /* A loop's shared zlib streams and buffers (zlib.c), made on first use. */
 typedef struct pier__ws_zloop_s pier__ws_zloop_t;
 void pier__ws_zloop_free(pier__ws_zloop_t *zl);
+/* Bytes the loop's inflate output buffer holds (for the tests of the bound). */
+size_t pier__ws_zloop_inflate_cap(const pier__ws_zloop_t *zl);
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd);
 
 /* Compresses the message in[0, n) for pmd's peer (RFC 7692 7.2.1: a sync flush, its

@@ -83,6 +83,8 @@ void pier__ws_zloop_free(pier__ws_zloop_t *zl) {
     free(zl);
 }
 
+size_t pier__ws_zloop_inflate_cap(const pier__ws_zloop_t *zl) { return zl ? zl->inf.cap : 0; }
+
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd) {
     deflater_free(pmd->tx);
     inflater_free(pmd->rx);
