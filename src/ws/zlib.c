@@ -210,7 +210,7 @@ int pier__ws_inflate(pier__ws_zloop_t **zlp, pier__ws_pmd_t *pmd, const uint8_t 
         return PIER_WS_INTERNAL;
     pier__buf_t *b = &zl->inf;
     buf_fresh(b);
-    int code = run_inflate(*sp, b, in, n, max);
+    int code = run_inflate(*sp, b, in ? in : tail, n, max); /* an empty message may have no buffer */
     if (!code)
         code = run_inflate(*sp, b, tail, sizeof tail, max);
     if (pmd->rx_reset || code)

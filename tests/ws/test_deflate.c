@@ -411,6 +411,13 @@ static void reader_rules_for_compressed_messages(void **state) {
     n = put(wire, 0x40 | PIER_WS_BINARY, z, 4);
     n += put(wire + n, 0x80 | 0x40, z + 4, zl - 4);
     assert_int_equal(read_one(wire, n, 1 << 20, 1, &seen), PIER_WS_PROTOCOL_ERROR);
+    /* a compressed message of empty fragments: nothing gathered, nothing to inflate (the
+     * fuzzer found an offset applied to the missing buffer here) */
+    n = put(wire, 0x40 | PIER_WS_BINARY, NULL, 0);
+    n += put(wire + n, 0x80, NULL, 0);
+    seen.messages = 0;
+    assert_int_equal(read_one(wire, n, 1 << 20, 1, &seen), 0);
+    assert_true(seen.messages == 1 && seen.len == 0);
     /* a bomb in one frame: 1009 though its compressed size is well under the limit */
     size_t bl;
     uint8_t *bomb = zeros_compressed(16u << 20, &bl);
