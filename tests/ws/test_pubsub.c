@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -134,6 +136,9 @@ static int subscriber_ext(const char *path, int rcvbuf, const char *extensions) 
     int before = load(&opened);
     int fd = pier_test_connect_rcvbuf(port, rcvbuf);
     assert_true(fd >= 0);
+    /* a frame's header and payload are two writes: without this, each waits for an ACK */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     raw_ws_request_ext(fd, path, NULL, extensions);
     char head[512];
     size_t got = 0;
