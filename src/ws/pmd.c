@@ -159,8 +159,10 @@ static void agree(const pier__ws_pmd_params_t *o, const pier__ws_pmd_cfg_t *cfg,
 
 int pier__ws_pmd_accept(const char *v, size_t n, const pier__ws_pmd_cfg_t *cfg, pier__ws_pmd_t *pmd, char *resp,
                         size_t size) {
+    if (!v)
+        return 0; /* no offer */
     const char *p = v, *end = v + n;
-    while (v && p < end) {
+    while (p < end) {
         pier__ws_pmd_params_t o;
         int r = pier__ws_pmd_parse(&p, end, &o);
         if (r < 0)
