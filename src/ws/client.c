@@ -28,7 +28,7 @@ struct pier_ws_client_s {
     uint16_t port;
     int secure, reconnect, stopped, reported;
     int max_retries, refusals; /* handshakes refused in a row */
-    int status;               /* of the last response that was not a 101, or 0 */
+    int status;               /* of the last handshake response, or 0 */
     char accept[29];          /* what the server must answer this attempt's key with */
     void (*on_connect_error)(pier_ws_client_t *cl, int err, int will_retry);
 };

@@ -77,6 +77,8 @@ static int put_frame(pier_ws_t *ws, int opcode, const void *data, size_t len) {
         struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
         err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
     }
+    if (opcode & PIER__WS_RSV1) /* the compressed bytes are copied by now */
+        pier__ws_zloop_trim_tx(ws->wl->z);
     if (err < 0) {
         ws->state = WS_DONE;
         pier_conn_abort(ws->c);

@@ -206,7 +206,8 @@ int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o) {
     ep->out_high = o->out_high ? o->out_high : DEFAULT_OUT_HIGH;
     ep->out_low = o->out_low ? o->out_low : ep->out_high / 4;
     ep->slow_policy = o->slow_policy;
-    ep->pmd = (pier__ws_pmd_cfg_t){.on = o->deflate && pier__ws_zlib, .bits = o->deflate_window_bits ? o->deflate_window_bits : 15,
+    ep->pmd = (pier__ws_pmd_cfg_t){.on = o->deflate && pier__ws_zlib,
+                                   .bits = o->deflate_window_bits ? o->deflate_window_bits : 15,
                                    .takeover = o->deflate_takeover};
     if (ep->out_low > ep->out_high || (o->slow_policy != PIER_WS_SLOW_DROP && o->slow_policy != PIER_WS_SLOW_CLOSE))
         return -EINVAL;

@@ -322,6 +322,7 @@ static zframe_t *compress_for(msg_t *m, pier_ws_t *ws) {
     size_t hl = pier__ws_header(f->frame, m->opcode | PIER__WS_RSV1, zl, NULL);
     memcpy(f->frame + hl, z, zl);
     f->len = hl + zl;
+    pier__ws_zloop_trim_tx(ws->wl->z);
     return f;
 }
 

@@ -46,7 +46,9 @@ static ssize_t complete(pier__ws_reader_t *r, int opcode, int compressed, const 
             return fail(r, code);
         if (opcode == PIER_WS_TEXT && !pier__utf8_valid(p, len))
             return fail(r, PIER_WS_INVALID_DATA);
-        data = p;
+        ssize_t rc = deliver(r, opcode, p, len);
+        pier__ws_zloop_trim_rx(*r->zl);
+        return rc;
     }
     return deliver(r, opcode, data, len);
 }

@@ -120,6 +120,12 @@ extern const int pier__ws_zlib;
 /* A loop's shared zlib streams and buffers (zlib.c), made on first use. */
 typedef struct pier__ws_zloop_s pier__ws_zloop_t;
 void pier__ws_zloop_free(pier__ws_zloop_t *zl);
+/* After a compressed message was sent (tx) or delivered (rx): the loop's buffer for it
+ * is freed if a large message grew it, so one large message does not pin its size on the
+ * loop. Only what is no longer in use: an rx message may still be read while a tx one is
+ * made from it. */
+void pier__ws_zloop_trim_tx(pier__ws_zloop_t *zl);
+void pier__ws_zloop_trim_rx(pier__ws_zloop_t *zl);
 /* Bytes the loop's inflate output buffer holds (for the tests of the bound). */
 size_t pier__ws_zloop_inflate_cap(const pier__ws_zloop_t *zl);
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd);

@@ -83,6 +83,16 @@ void pier__ws_zloop_free(pier__ws_zloop_t *zl) {
     free(zl);
 }
 
+void pier__ws_zloop_trim_tx(pier__ws_zloop_t *zl) {
+    if (zl && zl->def.cap > KEEP_ABOVE)
+        pier__buf_free(&zl->def);
+}
+
+void pier__ws_zloop_trim_rx(pier__ws_zloop_t *zl) {
+    if (zl && zl->inf.cap > KEEP_ABOVE)
+        pier__buf_free(&zl->inf);
+}
+
 size_t pier__ws_zloop_inflate_cap(const pier__ws_zloop_t *zl) { return zl ? zl->inf.cap : 0; }
 
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd) {

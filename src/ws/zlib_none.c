@@ -6,6 +6,8 @@ const int pier__ws_zlib = 0;
 
 void pier__ws_zloop_free(pier__ws_zloop_t *zl) { (void)zl; }
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd) { (void)pmd; }
+void pier__ws_zloop_trim_tx(pier__ws_zloop_t *zl) { (void)zl; }
+void pier__ws_zloop_trim_rx(pier__ws_zloop_t *zl) { (void)zl; }
 size_t pier__ws_zloop_inflate_cap(const pier__ws_zloop_t *zl) { (void)zl; return 0; }
 
 int pier__ws_deflate(pier__ws_zloop_t **zl, pier__ws_pmd_t *pmd, const void *in, size_t n, const uint8_t **out,
