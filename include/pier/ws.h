@@ -128,8 +128,8 @@ PIER_EXTERN int pier_http_ws_opts(pier_http_server_t *srv, const char *path, con
 /* ---- on the connection's loop ---- */
 
 /* Sends one message (TEXT, BINARY) or control frame (PING, PONG; at most 125 bytes) as
- * one frame, header and payload queued as one unit. TEXT must be valid UTF-8 (not
- * checked). -ENOBUFS when the output is above out_high (nothing queued; on_drain
+ * one frame, header and payload queued as one unit; a message compressed if
+ * permessage-deflate was agreed and it pays. TEXT must be valid UTF-8 (not checked). -ENOBUFS when the output is above out_high (nothing queued; on_drain
  * follows), -ENOTCONN once a close was sent or received, -EINVAL for a bad opcode or
  * size. A frame that cannot be queued (-ENOMEM) aborts the connection. */
 PIER_EXTERN int pier_ws_send(pier_ws_t *ws, int opcode, const void *data, size_t len);
@@ -165,7 +165,8 @@ PIER_EXTERN int pier_ws_close_id(pier_id_t id, int code, const char *reason);
  *
  * Topics span every WebSocket endpoint of a server and every loop of its group. A
  * message published to a topic is framed once and the frame shared, not copied, by the
- * output queues of its subscribers. A subscriber whose output is above out_high misses
+ * output queues of its subscribers; with permessage-deflate, compressed once per window
+ * size and shared by the subscribers without server context takeover (the default). A subscriber whose output is above out_high misses
  * it, by its endpoint's slow_policy: dropped (counted in pier_ws_dropped) or closed with
  * 1008. A connection that closes leaves its topics; one that closes while a publish is
  * in flight is simply not reached. */
