@@ -17,6 +17,7 @@
 #define PIER_WS_INT_H
 
 #include <pier/ws.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -116,6 +117,9 @@ int pier__ws_pmd_parse(const char **pp, const char *end, pier__ws_pmd_params_t *
 
 /* 1 if pier was built with zlib, else 0 (permessage-deflate is then never negotiated). */
 extern const int pier__ws_zlib;
+/* Messages compressed so far, by every loop (the tests count how often a published
+ * message is compressed). */
+extern atomic_ulong pier__ws_deflate_count;
 
 /* A loop's shared zlib streams and buffers (zlib.c), made on first use. */
 typedef struct pier__ws_zloop_s pier__ws_zloop_t;

@@ -21,6 +21,7 @@
 #include <zlib.h>
 
 const int pier__ws_zlib = 1;
+atomic_ulong pier__ws_deflate_count;
 
 #define DEFLATE_MIN 32        /* shorter messages go as they are: too little to gain */
 #define STEP (1u << 16)       /* the first output size, and the most zlib gets per call */
@@ -145,6 +146,7 @@ int pier__ws_deflate(pier__ws_zloop_t **zlp, pier__ws_pmd_t *pmd, const void *in
     buf_fresh(b);
     if ((!*sp && !(*sp = deflater(pmd->tx_bits))) || pier__buf_reserve(b, deflateBound(*sp, n) + 16) < 0)
         return 1;
+    atomic_fetch_add_explicit(&pier__ws_deflate_count, 1, memory_order_relaxed);
     int err = run_deflate(*sp, b, in, n);
     if (pmd->tx_reset)
         deflateReset(*sp);

@@ -3,6 +3,7 @@
 #include "ws/ws_int.h"
 
 const int pier__ws_zlib = 0;
+atomic_ulong pier__ws_deflate_count;
 
 void pier__ws_zloop_free(pier__ws_zloop_t *zl) { (void)zl; }
 void pier__ws_pmd_free(pier__ws_pmd_t *pmd) { (void)pmd; }

@@ -334,6 +334,39 @@ static void deflate_subscribers_get_their_form(void **state) {
     wait_for(&closed, N);
 }
 
+static void a_published_message_is_compressed_once(void **state) {
+    (void)state;
+    if (!pier__ws_zlib)
+        skip();
+    enum { SUBS = 20, MESSAGES_Z = 3, SIZE = 12000 };
+    int fds[SUBS];
+    for (int i = 0; i < SUBS; i++)
+        fds[i] = subscriber_ext("/ws-z", 0, "permessage-deflate");
+    unsigned long before = atomic_load(&pier__ws_deflate_count);
+    static char msg[SIZE], out[SIZE], wire[SIZE];
+    for (int i = 0; i < SIZE; i++)
+        msg[i] = "one for all "[i % 12];
+    for (int m = 0; m < MESSAGES_Z; m++)
+        assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_BINARY, msg, SIZE), 0);
+    pier__ws_pmd_t rx = {.rx_bits = 15, .rx_reset = 1};
+    pier__ws_zloop_t *zl = NULL;
+    for (int i = 0; i < SUBS; i++) {
+        for (int m = 0; m < MESSAGES_Z; m++) {
+            int op;
+            size_t wl, n = recv_message(fds[i], &op, out, sizeof out, &rx, &zl, wire, &wl);
+            assert_int_equal(op, PIER_WS_BINARY | PIER__WS_RSV1);
+            assert_true(n == SIZE && !memcmp(out, msg, SIZE));
+        }
+        close(fds[i]);
+    }
+    /* once per message, or once per loop when two loops race for it; never per subscriber */
+    unsigned long done = atomic_load(&pier__ws_deflate_count) - before;
+    assert_true(done >= MESSAGES_Z && done <= MESSAGES_Z * LOOPS);
+    pier__ws_pmd_free(&rx);
+    pier__ws_zloop_free(zl);
+    wait_for(&closed, SUBS);
+}
+
 /* ---- slow subscribers ---- */
 
 #define BIG (64 * 1024)
@@ -403,6 +436,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(unsubscribe_stops_delivery, setup, teardown),
         cmocka_unit_test_setup_teardown(a_thousand_topics, setup, teardown),
         cmocka_unit_test_setup_teardown(deflate_subscribers_get_their_form, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_published_message_is_compressed_once, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_subscriber_is_closed_with_1008, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_subscriber_misses_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(subscribers_closing_during_publishes, setup, teardown),
