@@ -98,7 +98,7 @@ typedef struct pier_ws_opts_s {
      * (client); 0, the default: never. A build without zlib never negotiates it. The
      * peer may send compressed messages or not, as it likes; its compressed messages are
      * inflated within max_message (a larger one is 1009, whatever its compressed size).
-     * Ours are compressed from 32 bytes up, when that makes them smaller. */
+     * Ours are compressed from 128 bytes up, when that makes them smaller. */
     int deflate;
     /* The largest LZ77 window (9..15, 0: 15) our compressor uses, and the one we ask the
      * peer to use where the negotiation lets us: smaller saves memory, at some ratio. */

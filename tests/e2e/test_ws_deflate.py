@@ -52,7 +52,7 @@ def compressible(n, seed=0):
 async def echo_all(url, what, **kw):
     async with websockets.connect(url, max_size=None, **kw) as ws:
         ext = ws.response_headers.get("Sec-WebSocket-Extensions")
-        for n in (0, 1, 31, 32, 200, 65536, 1 << 20, 8 << 20):
+        for n in (0, 1, 127, 128, 200, 65536, 1 << 20, 8 << 20):
             text = compressible(n).decode()
             await ws.send(text)
             check(await ws.recv() == text, "%s: text of %d bytes echoed" % (what, n))

@@ -168,7 +168,7 @@ static void round_trip(int bits, int reset) {
     pier__ws_pmd_t tx = {.tx_bits = (uint8_t)bits, .tx_reset = (uint8_t)reset};
     pier__ws_pmd_t rx = {.rx_bits = (uint8_t)bits, .rx_reset = (uint8_t)reset};
     static uint8_t msg[300000];
-    size_t sizes[] = {32, 100, 1000, 5000, 65536, 300000, 40, 2000};
+    size_t sizes[] = {128, 200, 1000, 5000, 65536, 300000, 140, 2000};
     size_t total_in = 0, total_out = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         fill(msg, sizes[i], (unsigned)(i + 1));
@@ -207,6 +207,10 @@ static void small_or_incompressible_goes_plain(void **state) {
     const uint8_t *z;
     size_t n;
     assert_int_equal(pier__ws_deflate(&zl, &pmd, "short", 5, &z, &n), 1);
+    uint8_t words[128];
+    fill(words, sizeof words, 3);
+    assert_int_equal(pier__ws_deflate(&zl, &pmd, words, 127, &z, &n), 1); /* not worth a reset */
+    assert_int_equal(pier__ws_deflate(&zl, &pmd, words, 128, &z, &n), 0);
     uint8_t noise[4096];
     unsigned x = 7;
     for (size_t i = 0; i < sizeof noise; i++)
@@ -344,7 +348,9 @@ static int feed(pier__ws_reader_t *r, const uint8_t *in, size_t n, int slow) {
 
 static void reader_inflates_compressed_messages(void **state) {
     (void)state;
-    static const char text[] = "héllo héllo héllo héllo héllo héllo héllo héllo héllo héllo";
+    static const char text[] = "héllo héllo héllo héllo héllo héllo héllo héllo héllo héllo "
+                               "héllo héllo héllo héllo héllo héllo héllo héllo héllo héllo "
+                               "héllo héllo héllo héllo héllo héllo héllo héllo héllo héllo";
     size_t tl = sizeof text - 1;
     pier__ws_zloop_t *ztx = NULL;
     pier__ws_pmd_t tx = {.tx_bits = 15, .tx_reset = 1};
@@ -400,9 +406,9 @@ static void reader_rules_for_compressed_messages(void **state) {
     pier__ws_pmd_t tx = {.tx_bits = 15, .tx_reset = 1};
     const uint8_t *z;
     size_t zl;
-    uint8_t bad[64];
+    uint8_t bad[200];
     memset(bad, 'a', sizeof bad);
-    bad[40] = 0xff;
+    bad[140] = 0xff;
     assert_int_equal(pier__ws_deflate(&ztx, &tx, bad, sizeof bad, &z, &zl), 0);
     size_t n = put(wire, 0x80 | 0x40 | PIER_WS_TEXT, z, zl);
     assert_int_equal(read_one(wire, n, 1 << 20, 1, &seen), PIER_WS_INVALID_DATA);
