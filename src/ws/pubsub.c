@@ -360,7 +360,8 @@ static void deliver(pier_ws_t *ws, msg_t *m) {
         return;
     }
     if (ws->deflate && !ws->pmd.tx_reset) { /* its own context: compressed for it alone */
-        pier__ws_put(ws, m->opcode, m->frame + m->hdr_len, m->frame_len - m->hdr_len);
+        if (pier__ws_put(ws, m->opcode, m->frame + m->hdr_len, m->frame_len - m->hdr_len) == 0)
+            pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_out));
         return;
     }
     const zframe_t *z = ws->deflate ? shared_zframe(m, ws) : NULL;
