@@ -14,8 +14,9 @@
 #include <pier/ws.h>
 
 static const char ws_client_help[] =
-    "usage: pier ws-client [--timeout SECONDS] [--cafile F] [--insecure] URL\n"
+    "usage: pier ws-client [--timeout SECONDS] [--cafile F] [--insecure] [--no-deflate] URL\n"
     "       pier ws-client --url URL [--conns C] [--size S] [--seconds T] [--cafile F] [--insecure]\n"
+    "                      [--no-deflate]\n"
     "\n"
     "Connects to URL (ws://host[:port]/path, or wss://... over TLS), sends each line read\n"
     "from stdin as a text message and prints each message received on a line of its own.\n"
@@ -36,7 +37,8 @@ static const char ws_client_help[] =
     "  --url URL       the URL, for the load\n"
     "  --conns C       connections, default 10\n"
     "  --size S        bytes per message, 8 to 16777216, default 64\n"
-    "  --seconds T     seconds of load, default 5\n";
+    "  --seconds T     seconds of load, default 5\n"
+    "  --no-deflate    do not offer permessage-deflate (offered by default)\n";
 
 typedef struct {
     pier_loop_t *loop;
@@ -127,10 +129,14 @@ static void on_close(pier_ws_t *ws, int code, const char *reason) {
 }
 
 static void on_connect_error(pier_ws_client_t *cl, int err, int will_retry) {
-    (void)cl;
     (void)will_retry;
-    fprintf(stderr, "pier ws-client: cannot connect to %s: %s\n", app.url,
-            err == -EPROTO ? "the server refused the WebSocket handshake" : pier_strerror(err));
+    int st = pier_ws_client_status(cl);
+    if (err == -EPROTO && st && st != 101)
+        fprintf(stderr, "pier ws-client: cannot connect to %s: the server refused the WebSocket handshake with %d\n",
+                app.url, st);
+    else
+        fprintf(stderr, "pier ws-client: cannot connect to %s: %s\n", app.url,
+                err == -EPROTO ? "the server refused the WebSocket handshake" : pier_strerror(err));
     app.status = 1;
     pier_loop_stop(app.loop);
 }
@@ -295,7 +301,7 @@ static int parse_args(int argc, char **argv, pier_ws_client_opts_t *o, const cha
         {"insecure", no_argument, 0, 'I'},      {"help", no_argument, 0, 'h'},
         {"url", required_argument, 0, 'u'},     {"conns", required_argument, 0, 'c'},
         {"size", required_argument, 0, 's'},    {"seconds", required_argument, 0, 'T'},
-        {0, 0, 0, 0},
+        {"no-deflate", no_argument, 0, 'Z'},    {0, 0, 0, 0},
     };
     int ch, code;
     optind = 1;
@@ -312,6 +318,7 @@ static int parse_args(int argc, char **argv, pier_ws_client_opts_t *o, const cha
             if ((code = parse_load_flag(ch, optarg)) != 0)
                 return code;
             break;
+        case 'Z': o->ws.deflate = 0; break;
         case 'h': fputs(ws_client_help, stdout); return -1;
         default: return pier_cli_usage_error("ws-client", "unknown flag");
         }
@@ -356,7 +363,8 @@ static void finish(pier_tls_ctx_t *tls) {
 }
 
 int pier_cmd_ws_client(int argc, char **argv) {
-    pier_ws_client_opts_t o = {.connect_timeout_ms = 5000, .on_connect_error = on_connect_error};
+    pier_ws_client_opts_t o = {.connect_timeout_ms = 5000, .on_connect_error = on_connect_error,
+                               .ws = {.deflate = 1}};
     const char *cafile = NULL;
     int insecure = 0, load = 0;
     int code = parse_args(argc, argv, &o, &cafile, &insecure, &load);
