@@ -14,7 +14,10 @@
  *
  * The plaintext queue (out[]) stays the connection's: it counts against the water marks
  * as on plain TCP, and items are encrypted in order only when the socket can take them,
- * at most BATCH bytes at a time, files through a 16 KiB chunk. */
+ * until about BATCH bytes of ciphertext wait, files through a 16 KiB chunk. The
+ * ciphertext waiting in wbuf counts against the water marks as well (in c->queued, until
+ * the socket takes it): encrypting moves bytes from one queue to the other, and neither
+ * pier_conn_queued() nor on_drain may forget them in between. */
 #include "tls_int.h"
 
 #include <arpa/inet.h>
@@ -49,6 +52,7 @@ typedef struct tls_conn_s {
     pier_conn_t *c;
     pier__buf_t wbuf;           /* ciphertext not yet on the socket, from woff */
     size_t woff;
+    size_t counted;             /* bytes of it counted in c->queued */
     int sock_err;               /* what the socket said, for the error OpenSSL reports */
     int end;                    /* result kept for the next read, once data came with it */
     unsigned flags;
@@ -96,6 +100,8 @@ static int bio_write(BIO *b, const char *in, int len) {
         t->sock_err = -ENOMEM;
         return -1;
     }
+    t->counted += (size_t)len;
+    t->c->queued += (size_t)len;
     return len;
 }
 
@@ -123,6 +129,15 @@ static void bio_method_init(void) {
 
 /* ---- sending ciphertext ---- */
 
+/* n bytes of wbuf reached the socket. An abort may have zeroed c->queued already. */
+static void uncount(tls_conn_t *t, size_t n) {
+    pier_conn_t *c = t->c;
+    if (n > t->counted)
+        n = t->counted;
+    t->counted -= n;
+    c->queued -= n < c->queued ? n : c->queued;
+}
+
 /* Sends what waits in wbuf: 0 when all is out (the buffer is then freed), 1 when the
  * socket is full (EPOLLOUT brings the flush back), or a negative errno. */
 static int send_pending(tls_conn_t *t) {
@@ -135,6 +150,7 @@ static int send_pending(tls_conn_t *t) {
             return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
         }
         t->woff += (size_t)n;
+        uncount(t, (size_t)n);
         c->last_io = pier_loop_now(c->loop);
     }
     pier__buf_free(&t->wbuf);
@@ -319,6 +335,8 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
     if (!chunk)
         return -ENOMEM;
     size_t want = o->len - o->off < PIER__CHUNK ? o->len - o->off : PIER__CHUNK;
+    if (want > BATCH - (t->wbuf.len - t->woff))
+        want = BATCH - (t->wbuf.len - t->woff);
     ssize_t n;
     do
         n = pread(o->fd, chunk, want, o->foff);
@@ -343,7 +361,8 @@ static int encrypt_some(tls_conn_t *t) {
                 return err;
             continue;
         }
-        size_t n = o->len - o->off < BATCH ? o->len - o->off : BATCH;
+        size_t room = BATCH - (t->wbuf.len - t->woff);
+        size_t n = o->len - o->off < room ? o->len - o->off : room;
         int err = encrypt(t, o->base + o->off, n);
         if (err < 0)
             return err;
@@ -383,6 +402,7 @@ static void tls_shutdown(pier_conn_t *c) {
 
 static void tls_free(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
+    uncount(t, t->counted);
     pier_timer_stop(&t->hs_timer);
     SSL_free(t->ssl);
     pier__buf_free(&t->wbuf);
