@@ -142,7 +142,9 @@ typedef struct pier_tls_info_s {
     char sni[256];              /* the server name the client asked for, "" for none */
     char peer_subject[256];     /* the peer certificate's subject, "" for none (a server
                                  * sees one only with mTLS) */
-    int resumed;                /* 1 if the session was resumed (no full handshake) */
+    int resumed;                /* 1 if the session was resumed (no full handshake): a
+                                 * pier client offers the last session its previous
+                                 * connection was given when it reconnects */
 } pier_tls_info_t;
 
 /* Loop thread only. Fills *out for a TLS connection whose handshake is done; the strings

@@ -150,7 +150,7 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
         return;
     }
     /* the transport calls conn_ready once its handshake is done */
-    err = pier__tp_ops(srv->opts.tls)->attach(srv->opts.tls, c, NULL);
+    err = pier__tp_ops(srv->opts.tls)->attach(srv->opts.tls, c, NULL, NULL);
     if (err < 0) {
         pier_log(PIER_LOG_WARN, "cannot set up TLS on an accepted connection: %s", pier_strerror(err));
         pier_conn_abort(c);

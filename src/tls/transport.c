@@ -55,6 +55,7 @@ typedef struct tls_conn_s {
     size_t counted;             /* bytes of it counted in c->queued */
     int sock_err;               /* what the socket said, for the error OpenSSL reports */
     int end;                    /* result kept for the next read, once data came with it */
+    void **session;             /* a client's slot for its last session, or NULL */
     unsigned flags;
     pier_timer_t hs_timer;
 } tls_conn_t;
@@ -169,6 +170,24 @@ static int push_out(tls_conn_t *t) {
 
 /* ---- handshake ---- */
 
+/* A client keeps the last session a server gave it (TLS 1.3 tickets come after the
+ * handshake, TLS 1.2's during it) and offers it on its next connection. */
+int pier__tls_new_session(SSL *ssl, SSL_SESSION *sess) {
+    tls_conn_t *t = SSL_get_app_data(ssl);
+    if (!t || !t->session || !SSL_SESSION_is_resumable(sess))
+        return 0; /* not kept: OpenSSL frees it */
+    SSL_SESSION_free(*t->session);
+    *t->session = sess;
+    return 1;
+}
+
+static void forget_session(tls_conn_t *t) {
+    if (!t->session)
+        return;
+    SSL_SESSION_free(*t->session);
+    *t->session = NULL;
+}
+
 static void count_failure(tls_conn_t *t, const char *why) {
     pier_tls_ctx_t *ctx = t->ctx;
     char peer[64];
@@ -203,6 +222,7 @@ static int reply_plain(tls_conn_t *t) {
 static int hs_failed(tls_conn_t *t, int ssl_err) {
     char why[256];
     t->flags |= T_FATAL;
+    forget_session(t); /* a server that refused us once may refuse its session too */
     if (t->flags & T_NOT_TLS)
         return reply_plain(t);
     push_out(t); /* the alert, if OpenSSL made one; best effort */
@@ -443,15 +463,19 @@ static int setup_ssl(tls_conn_t *t, const char *servername) {
     }
     SSL_set_connect_state(t->ssl);
     t->flags |= T_CLIENT;
+    SSL_set_app_data(t->ssl, t); /* for pier__tls_new_session; a server needs none */
+    if (t->session && *t->session && SSL_set_session(t->ssl, *t->session) != 1)
+        forget_session(t);
     return servername && *servername ? expect_name(t->ssl, servername) : 0;
 }
 
-int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername) {
+int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername, void **session) {
     tls_conn_t *t = calloc(1, sizeof *t);
     if (!t)
         return -ENOMEM;
     t->ctx = ctx;
     t->c = c;
+    t->session = ctx->server ? NULL : session;
     t->end = 1;
     pier__tls_ctx_ref(ctx);
     int err = setup_ssl(t, servername);

@@ -378,6 +378,30 @@ static void test_water_marks_ciphertext(void **state) {
     stop_server();
 }
 
+/* A reconnecting client offers the session its last connection was given: the second
+ * connection resumes, and both sides say so; a client of a new context starts afresh. */
+static void test_client_resumes(void **state) {
+    start_server(NULL);
+    pier_tls_ctx_t *cctx = client_ctx(certs.ca, 0);
+    memset(&cs, 0, sizeof cs);
+    pier_client_opts_t o = {.port = fx.port, .tls = cctx, .tls_servername = "localhost", .reconnect = 1,
+                            .backoff_min_ms = 1, .backoff_max_ms = 2,
+                            .on_connect = cl_connect, .on_connect_error = cl_error};
+    pier_client_t *cl;
+    assert_int_equal(pier_client_new(&cl, fx.loop, &o), 0);
+    for (int i = 1; i <= 3; i++) {
+        run_until_int(&cs.connects, i, 5000);
+        run_until_int(&fx.s.accepts, i, 5000);
+        assert_int_equal(cs.connects, i);
+        assert_int_equal(cs.info.resumed, i > 1);
+        assert_int_equal(fx.s.info.resumed, i > 1);
+        pier_conn_close(fx.s.c); /* the server ends it; the client comes back */
+    }
+    client_free(cl);
+    pier_tls_ctx_free(cctx);
+    stop_server();
+}
+
 static void refused(const char *ca, const char *servername) {
     pier_tls_ctx_t *cctx = client_ctx(ca, 0);
     pier_client_t *cl = client(cctx, servername, 0);
@@ -789,7 +813,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_large),      cmocka_unit_test(test_file),
         cmocka_unit_test(test_send_from_thread), cmocka_unit_test(test_water_marks),
-        cmocka_unit_test(test_water_marks_ciphertext),
+        cmocka_unit_test(test_water_marks_ciphertext), cmocka_unit_test(test_client_resumes),
         cmocka_unit_test(test_wrong_name),      cmocka_unit_test(test_expired),
         cmocka_unit_test(test_mtls),            cmocka_unit_test(test_reload),
         cmocka_unit_test(test_truncation),      cmocka_unit_test(test_close_notify),
