@@ -44,6 +44,7 @@ enum {
     T_INPUT = 1 << 3,    /* the peer has sent at least one byte */
     T_NOT_TLS = 1 << 4,  /* the first bytes were text, not a TLS record */
     T_CLIENT = 1 << 5,
+    T_SHORT = 1 << 6,    /* the last socket read took less than asked: drained */
 };
 
 typedef struct tls_conn_s {
@@ -62,6 +63,14 @@ typedef struct tls_conn_s {
 
 static const pier__transport_t tls_transport;
 
+/* OpenSSL's error queue must be empty before a call whose failure SSL_get_error reads.
+ * Every failure path here empties it, so it is almost always empty already, and
+ * ERR_clear_error costs far more than a look (it was 11% of a keep-alive request). */
+static void err_clean(void) {
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 /* ---- the BIO ---- */
 
 static int bio_read(BIO *b, char *out, int len) {
@@ -72,6 +81,7 @@ static int bio_read(BIO *b, char *out, int len) {
         n = read(t->c->io.fd, out, (size_t)len);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
+        t->flags = n < len ? t->flags | T_SHORT : t->flags & ~T_SHORT;
         t->c->last_io = pier_loop_now(t->c->loop);
         /* A TLS connection starts with a handshake record (22). Text is someone speaking
          * plain HTTP (or another line protocol) to the TLS port. */
@@ -247,7 +257,7 @@ static int hs_failed(tls_conn_t *t, int ssl_err) {
 /* One handshake step: 0 once done, -EAGAIN to wait for the peer, 0 at a silent end,
  * or a negative errno. */
 static int handshake(tls_conn_t *t) {
-    ERR_clear_error();
+    err_clean();
     int r = SSL_do_handshake(t->ssl);
     int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
@@ -291,6 +301,17 @@ static int read_end(tls_conn_t *t, int e) {
     return err;
 }
 
+/* got bytes read and the socket drained: any output the records made (a key update's
+ * answer) goes now, and a failure to send it is the next read's result. */
+static ssize_t drained(tls_conn_t *t, size_t got, int *more) {
+    int err = t->woff < t->wbuf.len ? push_out(t) : 0;
+    if (err < 0) {
+        t->end = err;
+        *more = 1;
+    }
+    return (ssize_t)got;
+}
+
 static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     tls_conn_t *t = c->tp_state;
     if (t->end != 1)
@@ -312,9 +333,13 @@ static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     size_t got = 0;
     while (got < len) {
         size_t n = 0;
-        ERR_clear_error();
+        err_clean();
         if (SSL_read_ex(t->ssl, buf + got, len - got, &n) == 1) {
             got += n;
+            /* A short socket read drained it; with nothing buffered in OpenSSL either,
+             * asking again would only cost a read() that says EAGAIN. */
+            if ((t->flags & T_SHORT) && !SSL_has_pending(t->ssl))
+                return drained(t, got, more);
             continue;
         }
         int e = SSL_get_error(t->ssl, 0);
@@ -344,7 +369,7 @@ static int write_failed(tls_conn_t *t) {
 
 static int encrypt(tls_conn_t *t, const void *p, size_t n) {
     size_t w;
-    ERR_clear_error();
+    err_clean();
     return SSL_write_ex(t->ssl, p, n, &w) == 1 ? 0 : write_failed(t);
 }
 
@@ -415,7 +440,7 @@ static void tls_shutdown(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
     if ((t->flags & (T_READY | T_FATAL)) != T_READY)
         return;
-    ERR_clear_error();
+    err_clean();
     if (SSL_shutdown(t->ssl) < 0)
         ERR_clear_error();
 }
