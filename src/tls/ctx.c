@@ -170,6 +170,9 @@ static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     static const unsigned char sid[] = "pier";
     SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    /* One TLS 1.3 ticket per handshake, not OpenSSL's two: a client resumes with its
+     * last one, and each resumption brings it the next (tickets.c). */
+    SSL_CTX_set_num_tickets(s, 1);
     pier__tls_tickets_use(ctx, s);
     if (ctx->alpn)
         SSL_CTX_set_alpn_select_cb(s, alpn_select, ctx);

@@ -45,6 +45,7 @@ enum {
     T_NOT_TLS = 1 << 4,  /* the first bytes were text, not a TLS record */
     T_CLIENT = 1 << 5,
     T_SHORT = 1 << 6,    /* the last socket read took less than asked: drained */
+    T_SHUT = 1 << 7,     /* close_notify made */
 };
 
 typedef struct tls_conn_s {
@@ -416,9 +417,24 @@ static int encrypt_some(tls_conn_t *t) {
     return 0;
 }
 
+/* close_notify, once, without waiting for the peer's: the connection's linger after its
+ * FIN reads away whatever the peer still sends, its close_notify included. */
+static void close_notify(tls_conn_t *t) {
+    if ((t->flags & (T_READY | T_FATAL | T_SHUT)) != T_READY)
+        return;
+    t->flags |= T_SHUT;
+    err_clean();
+    if (SSL_shutdown(t->ssl) < 0)
+        ERR_clear_error();
+}
+
 static int tls_flush(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
     for (;;) {
+        /* A closing connection's last bytes and its close_notify leave in one send (and
+         * reach the peer together, so it reads both) */
+        if (c->ocount == 0 && (c->flags & (PIER__C_CLOSING | PIER__C_ABORT)) == PIER__C_CLOSING)
+            close_notify(t);
         int r = send_pending(t);
         if (r != 0)
             return r < 0 ? r : 0;
@@ -434,16 +450,7 @@ static int tls_pending(const pier_conn_t *c) {
     return t->woff < t->wbuf.len;
 }
 
-/* close_notify, once, without waiting for the peer's: the connection's linger after its
- * FIN reads away whatever the peer still sends, its close_notify included. */
-static void tls_shutdown(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
-    if ((t->flags & (T_READY | T_FATAL)) != T_READY)
-        return;
-    err_clean();
-    if (SSL_shutdown(t->ssl) < 0)
-        ERR_clear_error();
-}
+static void tls_shutdown(pier_conn_t *c) { close_notify(c->tp_state); }
 
 static void tls_free(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
