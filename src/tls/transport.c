@@ -59,7 +59,8 @@ typedef struct tls_conn_s {
     int end;                    /* result kept for the next read, once data came with it */
     void **session;             /* a client's slot for its last session, or NULL */
     unsigned flags;
-    pier_timer_t hs_timer;
+    pier_timer_t *hs_timer;     /* the handshake deadline, freed once it is done: an
+                                 * idle connection does not keep it */
 } tls_conn_t;
 
 static const pier__transport_t tls_transport;
@@ -208,6 +209,14 @@ static void count_failure(tls_conn_t *t, const char *why) {
                     pier_conn_peer(t->c, peer, sizeof peer), why, (unsigned long long)atomic_load(&ctx->failed));
 }
 
+static void hs_done(tls_conn_t *t) {
+    if (!t->hs_timer)
+        return;
+    pier_timer_stop(t->hs_timer);
+    free(t->hs_timer);
+    t->hs_timer = NULL;
+}
+
 static void hs_timeout(pier_timer_t *timer) {
     tls_conn_t *t = timer->data;
     t->flags |= T_FATAL;
@@ -225,7 +234,7 @@ static int reply_plain(tls_conn_t *t) {
         return -EPROTO;
     if (pier__buf_append(&t->wbuf, t->ctx->plain_reply, t->ctx->plain_len) < 0)
         return -ENOMEM;
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     pier_conn_close(t->c);
     return push_out(t) < 0 ? -EPIPE : -EAGAIN;
 }
@@ -265,7 +274,7 @@ static int handshake(tls_conn_t *t) {
         return push_out(t) < 0 ? -EPIPE : -EAGAIN;
     if (e != SSL_ERROR_NONE)
         return hs_failed(t, e);
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     t->flags |= T_READY;
     atomic_fetch_add(&t->ctx->handshakes, 1);
     return push_out(t);
@@ -277,7 +286,7 @@ static int handshake(tls_conn_t *t) {
 static ssize_t refuse(tls_conn_t *t, int err) {
     if (!t->c->err)
         t->c->err = err;
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     pier_conn_close(t->c);
     return -EAGAIN;
 }
@@ -468,7 +477,7 @@ static void tls_shutdown(pier_conn_t *c) { close_notify(c->tp_state); }
 static void tls_free(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
     uncount(t, t->counted);
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     SSL_free(t->ssl);
     pier__buf_free(&t->wbuf);
     pier__tls_ctx_unref(t->ctx);
@@ -523,18 +532,20 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
     t->session = ctx->server ? NULL : session;
     t->end = 1;
     pier__tls_ctx_ref(ctx);
-    int err = setup_ssl(t, servername);
+    t->hs_timer = malloc(sizeof *t->hs_timer);
+    int err = t->hs_timer ? setup_ssl(t, servername) : -ENOMEM;
     if (err < 0) {
         ERR_clear_error();
         SSL_free(t->ssl);
         pier__tls_ctx_unref(ctx);
+        free(t->hs_timer);
         free(t);
         return err;
     }
     c->tp = &tls_transport;
     c->tp_state = t;
-    pier_timer_init(c->loop, &t->hs_timer, hs_timeout, t);
-    pier_timer_start(&t->hs_timer, ctx->handshake_ms, 0);
+    pier_timer_init(c->loop, t->hs_timer, hs_timeout, t);
+    pier_timer_start(t->hs_timer, ctx->handshake_ms, 0);
     if (t->flags & T_CLIENT) {
         err = handshake(t); /* the ClientHello goes out now */
         if (err < 0 && err != -EAGAIN)
