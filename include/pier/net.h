@@ -76,7 +76,9 @@ PIER_EXTERN void pier_conn_set_data(pier_conn_t *c, void *data);
 PIER_EXTERN pier_id_t pier_conn_id(const pier_conn_t *c);
 PIER_EXTERN pier_loop_t *pier_conn_loop(const pier_conn_t *c);
 PIER_EXTERN int pier_conn_fd(const pier_conn_t *c);
-/* Peer address as "1.2.3.4:80" or "[::1]:80"; buf of at least 64 bytes. */
+/* Peer address as "1.2.3.4:80" or "[::1]:80"; buf of at least 64 bytes. On a server
+ * with the PROXY protocol on, the client's address from the header (also after close);
+ * otherwise the socket's peer, "-" once closed. */
 PIER_EXTERN const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size);
 PIER_EXTERN int pier_conn_is_open(const pier_conn_t *c);   /* not closing or closed */
 
@@ -149,6 +151,38 @@ PIER_EXTERN int pier_id_alive(pier_id_t id);
 
 /* ---- servers ---- */
 
+/* The PROXY protocol (v1 text and v2 binary): a load balancer in front (HAProxy's
+ * send-proxy / send-proxy-v2, nginx's proxy_protocol, cloud balancers) sends a header
+ * first on each connection that names the client it stands for. With it on, a server
+ * reads that header before anything else (before TLS, before on_accept), within
+ * timeout_ms, and pier_conn_peer() then gives the client's address. A LOCAL header (a
+ * balancer's health check), v1 "UNKNOWN" and v2 families that carry no TCP address
+ * keep the socket's own peer. A connection without a valid header in time, or from a
+ * source not in `from`, is closed before on_accept and counted (pier_server_proxy_stats),
+ * with a log line at most once a second per cause. A socket waiting for its header
+ * counts in pier_server_conns() and against max_conns. */
+typedef struct pier_proxy_opts_s {
+    int on;                       /* 1: every connection must start with a PROXY header */
+    uint64_t timeout_ms;          /* the whole header must arrive within (default 3000) */
+    /* Sources allowed to connect at all, as "10.0.0.0/8,192.168.1.7,fd00::/8"; NULL:
+     * any. Copied by pier_server_new, which answers -EINVAL for a bad list. */
+    const char *from;
+} pier_proxy_opts_t;
+
+/* Outcomes of PROXY headers so far, summed over the server's loops. */
+typedef struct pier_proxy_stats_s {
+    uint64_t ok;                  /* headers that gave a client address */
+    uint64_t local;               /* valid headers with no address: the socket's peer is kept */
+    uint64_t bad;                 /* closed: not a valid PROXY header */
+    uint64_t timeout;             /* closed: no whole header within timeout_ms */
+    uint64_t refused;             /* closed: source not in `from` */
+    uint64_t aborted;             /* the peer closed or reset before a whole header */
+} pier_proxy_stats_t;
+
+/* 0 if list is a valid `from` list; -EINVAL with *bad_off (may be NULL) the offset of
+ * the first item that is not an IPv4 or IPv6 address or CIDR. Any thread. */
+PIER_EXTERN int pier_proxy_from_check(const char *list, size_t *bad_off);
+
 typedef struct pier_server_opts_s {
     const char *host;             /* "127.0.0.1", "::1", "0.0.0.0", "::"; default 127.0.0.1 */
     uint16_t port;                /* 0: an ephemeral port, see pier_server_port() */
@@ -167,11 +201,14 @@ typedef struct pier_server_opts_s {
      * (pier_conn_set_cbs). A connection left without callbacks is closed. */
     void (*on_accept)(pier_server_t *srv, pier_conn_t *c);
     void *data;                   /* pier_server_data() */
+    pier_proxy_opts_t proxy;      /* PROXY protocol; off by default */
 } pier_server_opts_t;
 
 /* Creates a server that will listen on every loop of group (one SO_REUSEPORT socket per
  * loop; the kernel spreads connections). The group stays the caller's. Binds and
- * listens at once, so a port in use fails here: -EADDRINUSE, -EINVAL for a bad host. */
+ * listens at once, so a port in use fails here: -EADDRINUSE, -EINVAL for a bad host.
+ * Sockets given to pier_net_inherit for this host and port are used instead of binding
+ * (with fewer of them than loops, loops share them). */
 PIER_EXTERN int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_opts_t *opts);
 /* Starts accepting (thread-safe: posts to each loop). */
 PIER_EXTERN int pier_server_start(pier_server_t *srv);
@@ -179,6 +216,13 @@ PIER_EXTERN int pier_server_start(pier_server_t *srv);
 PIER_EXTERN void pier_server_stop(pier_server_t *srv);
 /* Closes every open connection of this server gracefully (thread-safe). */
 PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
+/* A drain for protocols that know which connections are between requests: closes
+ * gracefully each open connection for which close_now(c) answers 1, on its own loop
+ * (thread-safe); the others stay open for their owner to close once done. close_now
+ * runs on each connection's loop and must not close or free anything itself. A call
+ * made before an earlier close_all or close_if has run on some loop replaces its
+ * filter there. */
+PIER_EXTERN void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c));
 /* Aborts (resets, dropping queued output) every open connection of this server
  * (thread-safe): what a shutdown does once its grace period is over. */
 PIER_EXTERN void pier_server_abort_all(pier_server_t *srv);
@@ -189,6 +233,33 @@ PIER_EXTERN uint16_t pier_server_port(const pier_server_t *srv);
 PIER_EXTERN void *pier_server_data(const pier_server_t *srv);
 PIER_EXTERN unsigned pier_server_conns(const pier_server_t *srv);  /* open now */
 PIER_EXTERN pier_server_t *pier_conn_server(const pier_conn_t *c);  /* NULL for clients */
+/* Any thread: the server's PROXY header outcomes so far (all 0 when proxy is off). */
+PIER_EXTERN void pier_server_proxy_stats(const pier_server_t *srv, pier_proxy_stats_t *out);
+
+/* The listening sockets of srv, for handing them to another process (a binary upgrade):
+ * at most max of them into fds, which stay the server's (close nothing; after
+ * pier_server_stop they are closed). Returns how many there are, even if more than max. */
+PIER_EXTERN unsigned pier_server_listen_fds(const pier_server_t *srv, int *fds, unsigned max);
+
+/* ---- listening sockets made by someone else: socket activation, upgrades ---- */
+
+/* Hands the library an already-listening TCP socket (bound, listen() called). A later
+ * pier_server_new whose host and port it is bound to uses it instead of binding (with
+ * port 0: the first socket on that host; a host of 0.0.0.0 or :: takes a socket on
+ * either wildcard). The fd becomes the library's: it is made non-blocking and
+ * close-on-exec, and closed by the server that takes it or by
+ * pier_net_inherit_close_unused. Thread-safe. -ENOTSOCK if fd is not a listening
+ * TCP/IP socket, -EBADF for a closed fd, -ENOSPC past 256 sockets. */
+PIER_EXTERN int pier_net_inherit(int fd);
+/* systemd socket activation: when LISTEN_PID is this process, hands fds 3 to
+ * 3+LISTEN_FDS-1 to pier_net_inherit (LISTEN_FDNAMES is not needed: sockets match by
+ * address). Removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment
+ * either way. Returns how many sockets were taken (0 without activation). Call it
+ * before creating servers and before starting threads (it changes the environment). */
+PIER_EXTERN int pier_net_inherit_systemd(void);
+/* Closes the inherited sockets no server has taken (logging each, since connections
+ * queued on them are lost) and returns how many. Call once every server exists. */
+PIER_EXTERN unsigned pier_net_inherit_close_unused(void);
 
 /* ---- clients: connect with timeout, reconnect with exponential backoff and jitter ---- */
 

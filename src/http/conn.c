@@ -9,6 +9,7 @@
  * requests wait, reading paused, until the client has read enough (on_drain).
  */
 #include "http/http_int.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -155,6 +156,10 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
 static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
     pier__http_request_t *req = &hc->hl->req;
     hc->head_due = 0;
+    /* the method bits GET .. OPTIONS are 1 << PIER_METRICS_GET .. PIER_METRICS_OPTIONS */
+    hc->mx_method = (uint8_t)(1 + (req->method && req->method <= PIER_HTTP_OPTIONS ? (unsigned)__builtin_ctz(req->method)
+                                                                                    : PIER_METRICS_OTHER));
+    hc->mx_t0 = (uint32_t)pier_loop_now(hc->hl->loop);
     pier__http_parser_init(&hc->parser);
     if (req->content_length > (int64_t)hc->srv->max_body) {
         hc->logline[0] = '\0';
@@ -433,6 +438,23 @@ static const pier_conn_cbs_t conn_cbs = {
     .on_eof = on_eof,
     .on_close = on_close,
 };
+
+/* A drain closes at once only a connection that has answered requests and holds no
+ * byte of the next: a request that crosses that close is one a client may send again
+ * (RFC 9112, 9.3.1). A connection with a request under way, or one just accepted whose
+ * first request may be on its way (nobody would send that again), stays: its next
+ * response says Connection: close, or the header timeout ends it. Connections handed
+ * to another protocol close now, as before. */
+int pier__http_close_at_drain(pier_conn_t *c) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (c->cbs != &conn_cbs || !hc)
+        return 1;
+    if (hc->state != ST_HEAD)
+        return hc->state == ST_CLOSED || hc->state == ST_UPGRADE;
+    int idle = !hc->parser.scanned && !hc->parser.first_line_end && !hc->parser.empty_lines &&
+               !hc->pending.len && !hc->stream && !hc->later && !hc->held;
+    return hc->seq > 0 && idle;
+}
 
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(s);

@@ -52,6 +52,7 @@ static int make_loops(pier_http_server_t *srv) {
         return -ENOMEM;
     for (unsigned i = 0; i < srv->nloops; i++) {
         srv->loops[i].loop = pier_group_loop(srv->group, i);
+        srv->loops[i].mx = pier__loop_metrics(srv->loops[i].loop);
         srv->loops[i].srv = srv;
         if (!(srv->loops[i].path = malloc(srv->lim.max_target + 1)))
             return -ENOMEM;
@@ -97,6 +98,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
         .on_accept = pier__http_on_accept,
         .data = srv,
         .tls = o->tls,
+        .proxy = o->proxy,
     };
     rc = pier_server_new(&srv->srv, group, &so);
     if (rc < 0)
@@ -128,8 +130,9 @@ int pier_http_server_start(pier_http_server_t *srv) {
 }
 
 void pier_http_server_stop(pier_http_server_t *srv) {
+    __atomic_store_n(&srv->draining, 1, __ATOMIC_RELAXED);
     pier_server_stop(srv->srv);
-    pier_server_close_all(srv->srv);
+    pier_server_close_if(srv->srv, pier__http_close_at_drain);
 }
 
 void pier_http_server_abort_all(pier_http_server_t *srv) { pier_server_abort_all(srv->srv); }

@@ -18,6 +18,7 @@
  * read buffer at all. */
 #include "conn.h"
 #include "idtab.h"
+#include "metrics/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -83,6 +84,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
         return err;
     }
     pier__loop_handle_add(loop);
+    pier__mx_inc(pier__loop_metrics(loop), PIER__MX(conns_opened));
     c->last_io = pier_loop_now(loop);
     if (c->lim.idle_ms)
         pier_timer_start(&c->timer, c->lim.idle_ms, 0);
@@ -115,6 +117,8 @@ pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id) {
 }
 
 const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size) {
+    if (c->peer_addr)
+        return pier__addr_str(c->peer_addr, buf, size);
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     if ((c->flags & PIER__C_CLOSED) || getpeername(c->io.fd, (struct sockaddr *)&ss, &len) < 0) {
@@ -137,6 +141,7 @@ void pier_conn_unref(pier_conn_t *c) {
         c->refs = 1;
         return;
     }
+    free(c->peer_addr);
     free(c);
 }
 
@@ -250,6 +255,7 @@ static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt)
         ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
             c->last_io = pier_loop_now(c->loop);
+            pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_out), (uint64_t)n);
             return n;
         }
         if (errno == EINTR)
@@ -458,6 +464,7 @@ int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
 
 void pier__conn_consume(pier_conn_t *c, size_t n) {
     c->queued -= n;
+    pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_out), n);
     while (n > 0) {
         pier__out_t *o = &c->out[c->ohead];
         size_t left = o->len - o->off;
@@ -629,10 +636,10 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
 /* Bytes for the protocol: from the transport, or from the socket. As the transport's
  * read: a count, 0 at the end, or a negative errno (-EAGAIN: drained). */
 static ssize_t conn_recv(pier_conn_t *c, char *buf, size_t len, int *more) {
-    if (c->tp)
-        return c->tp->read(c, buf, len, more);
-    ssize_t n = read(c->io.fd, buf, len);
-    return n >= 0 ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    ssize_t n = c->tp ? c->tp->read(c, buf, len, more) : read(c->io.fd, buf, len);
+    if (n > 0)
+        pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_in), (uint64_t)n);
+    return n >= 0 || c->tp ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
 }
 
 static void do_read(pier_conn_t *c) {
@@ -826,9 +833,14 @@ static void finalize(pier_conn_t *c) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+    /* close() alone leaves the socket in epoll while another reference to it lives (a
+     * child between fork and exec, as an upgrade makes, or a dup), and its events
+     * would then name this freed connection */
+    pier__io_del(loop, &c->io);
     close(c->io.fd);
     pier__id_release(c->id);
     pier__loop_handle_del(loop);
+    pier__mx_inc(pier__loop_metrics(loop), PIER__MX(conns_closed) + (size_t)pier__mx_close_reason(c->err));
     out_drop_all(c);
     free(c->rbuf);
     c->rbuf = NULL;

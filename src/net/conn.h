@@ -99,6 +99,10 @@ struct pier_conn_s {
 
     const pier__transport_t *tp; /* NULL: the socket itself */
     void *tp_state;
+    /* The client's address from a PROXY header (a pier__sockaddr_t of src/net/proxy.h,
+     * freed with the connection); NULL: the socket's peer is the client. Kept out of
+     * line since most connections have none. */
+    void *peer_addr;
 };
 
 /* How a connection tells its owner that it closed: closed() runs once, in the close pass,

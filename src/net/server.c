@@ -8,6 +8,9 @@
  * The server is the application's; it never owns the group or its loops. Listener
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
+#include "inherit.h"
+#include "proxy.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +32,7 @@ typedef struct listener_s {
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
     pier__queue_t conns;        /* this server's open connections on this loop */
+    pier__proxy_wait_t pw;      /* sockets waiting for their PROXY header */
     pier_task_t tasks[NTASKS];  /* embedded, so that starting, stopping and closing cannot
                                  * fail for want of memory (a lost stop task would keep
                                  * the server from ever being freed) */
@@ -47,6 +51,8 @@ struct pier_server_s {
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
+    _Atomic(int (*)(pier_conn_t *c)) close_now; /* the close-all task's filter (NULL: all) */
+    pier__proxy_cfg_t proxy;
 };
 
 static void tasks_init(listener_t *l);
@@ -124,25 +130,20 @@ pier_server_t *pier_conn_server(const pier_conn_t *c) {
     return c->owner_ops == &server_owner ? c->owner : NULL;
 }
 
-static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
-    unsigned open = atomic_fetch_add(&srv->conns, 1);
-    if (open >= srv->opts.max_conns) {
-        atomic_fetch_sub(&srv->conns, 1);
-        pier__log_every(&srv->log_limit, pier_loop_now(l->loop), PIER_LOG_WARN,
-                        "connection limit %u reached, refusing new connections", srv->opts.max_conns);
-        close(fd);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+/* client: the address a PROXY header gave (the connection's from here), or NULL. */
+static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
+    pier_server_t *srv = l->srv;
     pier_conn_t *c;
     int err = pier__conn_new(l->loop, fd, &srv->opts.limits, &c);
     if (err < 0) {
         atomic_fetch_sub(&srv->conns, 1);
         pier_log(PIER_LOG_WARN, "cannot set up accepted connection: %s", pier_strerror(err));
+        free(client);
         close(fd);
         return;
     }
+    c->peer_addr = client;
+    pier__mx_inc(pier__loop_metrics(l->loop), PIER__MX(conns_accepted));
     pier__conn_set_owner(c, &server_owner, srv);
     pier__queue_insert_tail(&l->conns, &c->owner_q);
     if (!srv->opts.tls) {
@@ -155,6 +156,33 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
         pier_log(PIER_LOG_WARN, "cannot set up TLS on an accepted connection: %s", pier_strerror(err));
         pier_conn_abort(c);
     }
+}
+
+/* A socket in the PROXY stage counts as a connection (against max_conns, and keeps the
+ * server from being freed) from its accept until it is dropped or becomes one. */
+static void proxy_done(pier__proxy_wait_t *w, int fd, pier__sockaddr_t *client) {
+    conn_start(pier__container_of(w, listener_t, pw), fd, client);
+}
+
+static void proxy_dropped(pier__proxy_wait_t *w) {
+    atomic_fetch_sub(&pier__container_of(w, listener_t, pw)->srv->conns, 1);
+}
+
+static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
+    unsigned open = atomic_fetch_add(&srv->conns, 1);
+    if (open >= srv->opts.max_conns) {
+        atomic_fetch_sub(&srv->conns, 1);
+        pier__log_every(&srv->log_limit, pier_loop_now(l->loop), PIER_LOG_WARN,
+                        "connection limit %u reached, refusing new connections", srv->opts.max_conns);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (srv->opts.proxy.on)
+        pier__proxy_wait_add(&l->pw, fd);
+    else
+        conn_start(l, fd, NULL);
 }
 
 static void handoff_task(void *arg) {
@@ -239,8 +267,20 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     srv->group = group;
     srv->n = pier_group_size(group);
     srv->ls = calloc(srv->n, sizeof *srv->ls);
-    int err = -ENOMEM;
+    int *inh = NULL, err = -ENOMEM;
     if (!srv->ls)
+        goto fail;
+    /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
+    for (unsigned i = 0; i < srv->n; i++) {
+        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+        pier__queue_init(&srv->ls[i].conns);
+        tasks_init(&srv->ls[i]);
+        pier__proxy_wait_init(&srv->ls[i].pw, pier_group_loop(group, i), &srv->proxy);
+        srv->ls[i].pw.done = proxy_done;
+        srv->ls[i].pw.dropped = proxy_dropped;
+    }
+    srv->opts.proxy.from = NULL; /* the caller's string: only its parsed form is kept */
+    if ((err = pier__proxy_cfg_init(&srv->proxy, &opts->proxy)) < 0)
         goto fail;
     struct sockaddr_storage ss;
     int len = pier__addr_parse(srv->host, opts->port, &ss);
@@ -248,12 +288,15 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
         err = len;
         goto fail;
     }
-    for (unsigned i = 0; i < srv->n; i++) {
-        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        pier__queue_init(&srv->ls[i].conns);
-        tasks_init(&srv->ls[i]);
+    /* sockets handed over by systemd or an upgrade are already bound: no probe, no bind */
+    int ninh = -ENOMEM;
+    if ((inh = calloc(srv->n, sizeof *inh)))
+        ninh = pier__inherit_fds(&ss, inh, srv->opts.single_acceptor ? 1 : srv->n);
+    if (ninh < 0) {
+        err = ninh;
+        goto fail;
     }
-    if ((err = probe_port(&ss, (socklen_t)len)) < 0)
+    if (ninh == 0 && (err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
     for (unsigned i = 0; i < srv->n; i++) {
         if (i > 0 && srv->opts.single_acceptor) {
@@ -262,7 +305,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
             continue;
         }
         /* every socket binds the port the first one got, so port 0 works with N loops */
-        int fd = listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
+        int fd = ninh ? inh[i] : listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
         if (fd < 0) {
             err = fd;
             goto fail;
@@ -286,9 +329,11 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     }
     for (unsigned i = 0; i < srv->n; i++)
         srv->ls[i].reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    free(inh);
     *out = srv;
     return 0;
 fail:
+    free(inh);
     if (srv->ls)
         for (unsigned i = 0; i < srv->n; i++)
             if (srv->ls[i].io.fd >= 0)
@@ -296,6 +341,7 @@ fail:
     free(srv->ls);
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
+    pier__proxy_cfg_free(&srv->proxy);
     free(srv);
     return err;
 }
@@ -363,18 +409,29 @@ void pier_server_stop(pier_server_t *srv) {
     }
 }
 
-static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
+static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c), int (*only)(pier_conn_t *c)) {
     /* close and abort only mark and queue: no connection leaves the list under us */
     pier__queue_t *q = l->conns.next;
     while (q != &l->conns) {
         pier_conn_t *c = pier__container_of(q, pier_conn_t, owner_q);
         q = q->next;
-        fn(c);
+        if (!only || only(c))
+            fn(c);
     }
 }
 
-static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
-static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
+/* A filtered drain lets connections still waiting for their PROXY header go on: like
+ * those just accepted, their first request may be on its way. */
+static void close_all_task(listener_t *l) {
+    int (*close_now)(pier_conn_t *c) = atomic_load(&l->srv->close_now);
+    if (!close_now)
+        pier__proxy_wait_drop_all(&l->pw);
+    each_conn(l, pier_conn_close, close_now);
+}
+static void abort_all_task(listener_t *l) {
+    pier__proxy_wait_drop_all(&l->pw);
+    each_conn(l, pier_conn_abort, NULL);
+}
 
 static void run_start(void *arg) {
     start_task(arg);
@@ -399,7 +456,10 @@ static void tasks_init(listener_t *l) {
         pier_task_init(&l->tasks[i], run[i], l);
 }
 
-void pier_server_close_all(pier_server_t *srv) {
+void pier_server_close_all(pier_server_t *srv) { pier_server_close_if(srv, NULL); }
+
+void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c)) {
+    atomic_store(&srv->close_now, close_now);
     for (unsigned i = 0; i < srv->n; i++)
         post_to(&srv->ls[i], TASK_CLOSE_ALL);
 }
@@ -424,11 +484,30 @@ int pier_server_free(pier_server_t *srv) {
     free(srv->ls);
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
+    pier__proxy_cfg_free(&srv->proxy);
     free(srv);
     return 0;
 }
 
 
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
+
+unsigned pier_server_listen_fds(const pier_server_t *srv, int *fds, unsigned max) {
+    unsigned n = 0;
+    for (unsigned i = 0; i < srv->n; i++) {
+        if (srv->ls[i].io.fd < 0)
+            continue;
+        if (n < max)
+            fds[n] = srv->ls[i].io.fd;
+        n++;
+    }
+    return n;
+}
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
 unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
+
+void pier_server_proxy_stats(const pier_server_t *srv, pier_proxy_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < srv->n; i++)
+        pier__proxy_wait_stats(&srv->ls[i].pw, out);
+}

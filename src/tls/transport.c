@@ -19,6 +19,7 @@
  * the socket takes it): encrypting moves bytes from one queue to the other, and neither
  * pier_conn_queued() nor on_drain may forget them in between. */
 #include "tls_int.h"
+#include "metrics/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -204,6 +205,7 @@ static void count_failure(tls_conn_t *t, const char *why) {
     pier_tls_ctx_t *ctx = t->ctx;
     char peer[64];
     atomic_fetch_add(&ctx->failed, 1);
+    pier__mx_inc(pier__loop_metrics(t->c->loop), PIER__MX(tls_handshakes_failed));
     pier__log_every(&ctx->log_fail, pier_loop_now(t->c->loop), PIER_LOG_WARN,
                     "tls: handshake with %s failed: %s (%llu failed so far; logged at most once a second)",
                     pier_conn_peer(t->c, peer, sizeof peer), why, (unsigned long long)atomic_load(&ctx->failed));
@@ -277,6 +279,10 @@ static int handshake(tls_conn_t *t) {
     hs_done(t);
     t->flags |= T_READY;
     atomic_fetch_add(&t->ctx->handshakes, 1);
+    pier__metrics_t *m = pier__loop_metrics(t->c->loop);
+    pier__mx_inc(m, PIER__MX(tls_handshakes_ok));
+    if (SSL_session_reused(t->ssl))
+        pier__mx_inc(m, PIER__MX(tls_handshakes_resumed));
     return push_out(t);
 }
 
