@@ -87,7 +87,24 @@ typedef struct pier_tls_opts_s {
      * (and is replaced by a new one), older ones get a full handshake. The keys are the
      * context's, so every loop and server using it shares them, across reloads too. */
     uint64_t ticket_rotate_ms;
+    /* How ciphertext reaches the socket (PIER_TLS_WRITE_*). AUTO (0): OpenSSL writes to
+     * the socket itself, with kernel TLS offload (kTLS) asked for, where this kernel
+     * offers kTLS and OpenSSL was built with it; otherwise pier batches the ciphertext
+     * and sends it. The environment variable PIER_TLS_WRITE=socket|buffered overrides
+     * AUTO (for tests: the socket path runs on a kernel without kTLS too). */
+    int write_mode;
 } pier_tls_opts_t;
+
+enum {
+    PIER_TLS_WRITE_AUTO = 0,
+    /* pier's own BIO: ciphertext made in batches of up to 64 KiB, sent with one send()
+     * each; files read and encrypted 16 KiB at a time. */
+    PIER_TLS_WRITE_BUFFERED = 1,
+    /* OpenSSL's socket BIO with SSL_OP_ENABLE_KTLS: once the kernel encrypts, files go by
+     * SSL_sendfile (zero copy); without kTLS, records are written one at a time and files
+     * read and encrypted 16 KiB at a time. */
+    PIER_TLS_WRITE_SOCKET = 2,
+};
 
 #define PIER_TLS_SNI_MAX 64
 
@@ -124,8 +141,8 @@ PIER_EXTERN int pier_tls_make_selfsigned(const char *cert_file, const char *key_
 
 /* Whether this kernel offers TLS offload (kTLS): 0 if it does, else the negative errno
  * of the probe (-ENOENT: no "tls" module in this kernel or container), -ENOTSUP without
- * TLS support. Any thread; probed once per process. pier does not turn kTLS on yet:
- * files queued over TLS are read and encrypted in 16 KiB chunks whatever this says. */
+ * TLS support. Any thread; probed once per process. PIER_TLS_WRITE_AUTO asks for kTLS
+ * when this answers 0. */
 PIER_EXTERN int pier_tls_ktls_check(void);
 
 typedef struct pier_tls_stats_s {
@@ -145,6 +162,10 @@ typedef struct pier_tls_info_s {
     int resumed;                /* 1 if the session was resumed (no full handshake): a
                                  * pier client offers the last session its previous
                                  * connection was given when it reconnects */
+    int socket_write;           /* 1 if OpenSSL writes to the socket itself
+                                 * (PIER_TLS_WRITE_SOCKET, or AUTO with kTLS) */
+    int ktls_send;              /* 1 if the kernel encrypts what this connection sends
+                                 * (kTLS): files then go by SSL_sendfile */
 } pier_tls_info_t;
 
 /* Loop thread only. Fills *out for a TLS connection whose handshake is done; the strings

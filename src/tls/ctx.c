@@ -351,8 +351,27 @@ static int keep_opts(pier_tls_ctx_t *ctx, const pier_tls_opts_t *o) {
     return o->alpn ? alpn_wire(ctx, o->alpn) : 0;
 }
 
+/* Whether OpenSSL writes to the socket itself: only where that buys kTLS (and with it
+ * SSL_sendfile), since pier's own BIO sends fewer, larger batches; or when asked. */
+static int pick_socket_write(int mode) {
+    const char *env = getenv("PIER_TLS_WRITE");
+    if (mode == PIER_TLS_WRITE_AUTO && env && strcmp(env, "socket") == 0)
+        return 1;
+    if (mode == PIER_TLS_WRITE_AUTO && env && strcmp(env, "buffered") == 0)
+        return 0;
+    if (mode != PIER_TLS_WRITE_AUTO)
+        return mode == PIER_TLS_WRITE_SOCKET;
+#ifdef OPENSSL_NO_KTLS
+    return 0;
+#else
+    return pier_tls_ktls_check() == 0;
+#endif
+}
+
 static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     if (!out || !o || (o->min_version && o->min_version != PIER_TLS_1_2 && o->min_version != PIER_TLS_1_3))
+        return -EINVAL;
+    if (o->write_mode < PIER_TLS_WRITE_AUTO || o->write_mode > PIER_TLS_WRITE_SOCKET)
         return -EINVAL;
     pier_tls_ctx_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
@@ -362,6 +381,7 @@ static int ctx_new(pier_tls_ctx_t **out, const pier_tls_opts_t *o, int server) {
     atomic_init(&ctx->refs, 1);
     pthread_mutex_init(&ctx->lock, NULL);
     ctx->handshake_ms = o->handshake_ms ? o->handshake_ms : HANDSHAKE_MS;
+    ctx->socket_write = pick_socket_write(o->write_mode);
     int err = keep_opts(ctx, o);
     if (err == 0)
         err = pier__tls_tickets_init(ctx, o->ticket_rotate_ms);

@@ -26,6 +26,7 @@ struct pier_tls_ctx_s {
     pier_tls_pair_t *sni;       /* opts.sni, copied; its strings are the context's too */
     atomic_uint refs;           /* the creator's, plus one per server, client, connection */
     uint64_t handshake_ms;
+    int socket_write;           /* OpenSSL's socket BIO writes, kTLS asked (transport.c) */
     char *plain_reply;
     size_t plain_len;
     unsigned char *alpn;        /* ALPN preference list in wire format (length-prefixed) */

@@ -47,7 +47,15 @@ enum {
     T_CLIENT = 1 << 5,
     T_SHORT = 1 << 6,    /* the last socket read took less than asked: drained */
     T_SHUT = 1 << 7,     /* close_notify made */
+    T_SOCKW = 1 << 8,    /* OpenSSL writes to the socket itself (socket write mode) */
+    T_WBLOCK = 1 << 9,   /* socket write mode: OpenSSL holds a record the socket did not
+                          * take; the call that made it (wop) must be made again */
+    T_KTLS = 1 << 10,    /* the kernel encrypts what we send: files go by SSL_sendfile */
+    T_TOLD = 1 << 11,    /* the owner's ready hook has run */
 };
+
+/* What a socket write mode connection retries once the socket takes more. */
+enum { W_HS, W_DATA, W_SHUT };
 
 typedef struct tls_conn_s {
     SSL *ssl;
@@ -60,11 +68,19 @@ typedef struct tls_conn_s {
     int end;                    /* result kept for the next read, once data came with it */
     void **session;             /* a client's slot for its last session, or NULL */
     unsigned flags;
+    int wop;                    /* with T_WBLOCK: the call to make again */
+    size_t wtry;                /* with W_DATA: the length SSL_write was given */
     pier_timer_t *hs_timer;     /* the handshake deadline, freed once it is done: an
                                  * idle connection does not keep it */
 } tls_conn_t;
 
 static const pier__transport_t tls_transport;
+
+#ifdef OPENSSL_NO_KTLS
+#define ktls_sending(ssl) 0
+#else
+#define ktls_sending(ssl) BIO_get_ktls_send(SSL_get_wbio(ssl))
+#endif
 
 /* OpenSSL's error queue must be empty before a call whose failure SSL_get_error reads.
  * Every failure path here empties it, so it is almost always empty already, and
@@ -266,18 +282,35 @@ static int hs_failed(tls_conn_t *t, int ssl_err) {
     return t->sock_err ? t->sock_err : (t->flags & T_EOF) && ssl_err != SSL_ERROR_SSL ? -ECONNRESET : -EPROTO;
 }
 
+/* Socket write mode: an OpenSSL call that could not write all it made (e) is made
+ * again by the flush once the socket has room; any other result clears the mark. Calls
+ * outside the flush pass ask for it (it then waits for EPOLLOUT, as tls_pending says). */
+static void blocked(tls_conn_t *t, int e, int op) {
+    if (!(t->flags & T_SOCKW))
+        return;
+    if (e != SSL_ERROR_WANT_WRITE) {
+        t->flags &= ~T_WBLOCK;
+        return;
+    }
+    t->flags |= T_WBLOCK;
+    t->wop = op;
+}
+
 /* One handshake step: 0 once done, -EAGAIN to wait for the peer, 0 at a silent end,
  * or a negative errno. */
 static int handshake(tls_conn_t *t) {
     err_clean();
     int r = SSL_do_handshake(t->ssl);
     int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
+    blocked(t, e, W_HS);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return push_out(t) < 0 ? -EPIPE : -EAGAIN;
     if (e != SSL_ERROR_NONE)
         return hs_failed(t, e);
     hs_done(t);
     t->flags |= T_READY;
+    if ((t->flags & T_SOCKW) && ktls_sending(t->ssl))
+        t->flags |= T_KTLS;
     atomic_fetch_add(&t->ctx->handshakes, 1);
     pier__metrics_t *m = pier__loop_metrics(t->c->loop);
     pier__mx_inc(m, PIER__MX(tls_handshakes_ok));
@@ -328,18 +361,29 @@ static ssize_t drained(tls_conn_t *t, size_t got, int *more) {
     return (ssize_t)got;
 }
 
+static ssize_t tls_read_step(tls_conn_t *t, char *buf, size_t len, int *more);
+
 static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     tls_conn_t *t = c->tp_state;
+    ssize_t r = tls_read_step(t, buf, len, more);
+    if (t->flags & T_WBLOCK)
+        pier__conn_want_flush(c);
+    return r;
+}
+
+static ssize_t tls_read_step(tls_conn_t *t, char *buf, size_t len, int *more) {
+    pier_conn_t *c = t->c;
     if (t->end != 1)
         return t->end; /* kept from the last read, which returned data */
     if (t->wbuf.len - t->woff > READ_OUT_MAX)
         return -ENOBUFS;
-    if (!(t->flags & T_READY)) {
-        int err = handshake(t);
+    if (!(t->flags & T_TOLD)) {
+        int err = (t->flags & T_READY) ? 0 : handshake(t);
         if (err < 0 && err != -EAGAIN)
             return refuse(t, err);
         if (err < 0 || !(t->flags & T_READY))
             return err < 0 ? err : 0;
+        t->flags |= T_TOLD;
         pier__conn_ready(c);
         /* the application has had on_accept/on_connect, and may have paused or closed:
          * the read pass comes back for the first bytes of data */
@@ -360,6 +404,12 @@ static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
         }
         int e = SSL_get_error(t->ssl, 0);
         int err = push_out(t);
+        if (e == SSL_ERROR_WANT_WRITE && (t->flags & T_SOCKW)) {
+            /* a post-handshake message (a key update's answer) waits for room; the
+             * state machine that made it finishes it from the flush */
+            blocked(t, e, W_HS);
+            return got ? (ssize_t)got : -EAGAIN;
+        }
         if (e == SSL_ERROR_WANT_READ && err == 0) {
             /* The socket is drained. OpenSSL has just set up its 16 KiB read buffer for
              * this read, and SSL_MODE_RELEASE_BUFFERS frees it only after a record: an
@@ -438,19 +488,164 @@ static int encrypt_some(tls_conn_t *t) {
     return 0;
 }
 
+/* Sends close_notify (again, in socket write mode, when the socket was full). Never
+ * waits for the peer's: a failure only means the peer will not get ours. */
+static void shutdown_step(tls_conn_t *t) {
+    err_clean();
+    int r = SSL_shutdown(t->ssl);
+    int e = r < 0 ? SSL_get_error(t->ssl, r) : SSL_ERROR_NONE;
+    blocked(t, e, W_SHUT);
+    if (r < 0 && e != SSL_ERROR_WANT_WRITE)
+        ERR_clear_error();
+}
+
 /* close_notify, once, without waiting for the peer's: the connection's linger after its
  * FIN reads away whatever the peer still sends, its close_notify included. */
 static void close_notify(tls_conn_t *t) {
     if ((t->flags & (T_READY | T_FATAL | T_SHUT)) != T_READY)
         return;
     t->flags |= T_SHUT;
-    err_clean();
-    if (SSL_shutdown(t->ssl) < 0)
+    shutdown_step(t);
+}
+
+/* ---- socket write mode: OpenSSL writes to the socket (and the kernel may encrypt) ----
+ *
+ * Plaintext stays in out[] until SSL_write took it, so it counts against the water marks
+ * until then; OpenSSL holds at most the one record the socket did not take. */
+
+/* A failed socket-mode write: the socket's errno when OpenSSL saw one. */
+static int sock_failed(tls_conn_t *t, int e, int sys_errno) {
+    if (e == SSL_ERROR_SYSCALL && sys_errno) {
+        t->flags |= T_FATAL;
         ERR_clear_error();
+        return -sys_errno;
+    }
+    return write_failed(t);
+}
+
+/* 0 when OpenSSL took all n bytes, 1 when the socket is full (the same n bytes must be
+ * offered again), or a negative errno. */
+static int sock_write(tls_conn_t *t, const void *p, size_t n) {
+    size_t w;
+    err_clean();
+    int ok = SSL_write_ex(t->ssl, p, n, &w);
+    int sys_errno = errno;
+    int e = ok == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, 0);
+    blocked(t, e, W_DATA);
+    if (ok == 1) {
+        t->wtry = 0;
+        t->c->last_io = pier_loop_now(t->c->loop);
+        return 0;
+    }
+    if (e != SSL_ERROR_WANT_WRITE)
+        return sock_failed(t, e, sys_errno);
+    t->wtry = n;
+    return 1;
+}
+
+/* A file without kTLS: 16 KiB read and encrypted at a time, as in the buffered mode. */
+static int sock_write_file(tls_conn_t *t, pier__out_t *o) {
+    char *chunk = pier__chunk_get(t->c->loop);
+    if (!chunk)
+        return -ENOMEM;
+    size_t want = t->wtry ? t->wtry : o->len - o->off < PIER__CHUNK ? o->len - o->off : PIER__CHUNK;
+    ssize_t n;
+    do
+        n = pread(o->fd, chunk, want, o->foff);
+    while (n < 0 && errno == EINTR);
+    int r = n < 0 ? -errno : n == 0 || (t->wtry && (size_t)n != want) ? -EIO : sock_write(t, chunk, (size_t)n);
+    pier__chunk_put(t->c->loop, chunk);
+    if (r == 0) {
+        o->foff += n;
+        pier__conn_consume(t->c, (size_t)n);
+    }
+    return r;
+}
+
+/* A file with kTLS: the kernel reads, encrypts and sends it; no byte passes through us. */
+static int sock_sendfile(tls_conn_t *t, pier__out_t *o) {
+#ifdef OPENSSL_NO_KTLS
+    return sock_write_file(t, o);
+#else
+    err_clean();
+    ossl_ssize_t n = SSL_sendfile(t->ssl, o->fd, o->foff, o->len - o->off, 0);
+    int sys_errno = errno;
+    if (n > 0) {
+        o->foff += n;
+        t->c->last_io = pier_loop_now(t->c->loop);
+        pier__conn_consume(t->c, (size_t)n);
+        return 0;
+    }
+    if (n == 0)
+        return -EIO; /* the file shrank under us */
+    int e = SSL_get_error(t->ssl, (int)n);
+    return e == SSL_ERROR_WANT_WRITE ? 1 : sock_failed(t, e, sys_errno);
+#endif
+}
+
+static int sock_write_head(tls_conn_t *t) {
+    pier_conn_t *c = t->c;
+    pier__out_t *o = &c->out[c->ohead];
+    if (o->kind == PIER__OUT_FILE)
+        return (t->flags & T_KTLS) ? sock_sendfile(t, o) : sock_write_file(t, o);
+    size_t n = t->wtry ? t->wtry : o->len - o->off < BATCH ? o->len - o->off : BATCH;
+    int r = sock_write(t, o->base + o->off, n);
+    if (r == 0)
+        pier__conn_consume(c, n);
+    return r;
+}
+
+/* Makes again a handshake step or close_notify that found the socket full: 0 when it
+ * went out, 1 when the socket is still full, or a negative errno. */
+static int sock_retry(tls_conn_t *t) {
+    if (t->wop == W_SHUT) {
+        shutdown_step(t);
+        return (t->flags & T_WBLOCK) != 0;
+    }
+    if (t->flags & T_READY) { /* a post-handshake message */
+        err_clean();
+        int r = SSL_do_handshake(t->ssl);
+        blocked(t, r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r), W_HS);
+        ERR_clear_error();
+        return (t->flags & T_WBLOCK) != 0;
+    }
+    int err = handshake(t);
+    if (err < 0 && err != -EAGAIN)
+        return err;
+    return (t->flags & T_WBLOCK) != 0;
+}
+
+static int sock_flush(tls_conn_t *t) {
+    pier_conn_t *c = t->c;
+    int r = send_pending(t); /* a plain reply; nothing else waits in wbuf in this mode */
+    if (r == 0 && (t->flags & T_WBLOCK) && t->wop != W_DATA && !(t->flags & T_FATAL))
+        r = sock_retry(t);
+    if (r != 0 || !(t->flags & T_READY) || (t->flags & T_FATAL))
+        return r < 0 ? r : 0;
+    if (!(t->flags & T_TOLD)) {
+        /* The handshake ended outside a read: a client's attach read the server's whole
+         * flight at once (OpenSSL wrote the ClientHello itself and went on reading), or
+         * the last flight went out here. No read edge may follow to tell the owner. */
+        t->flags |= T_TOLD;
+        pier__conn_ready(c);
+    }
+    for (;;) {
+        if (c->ocount == 0 && (c->flags & (PIER__C_CLOSING | PIER__C_ABORT)) == PIER__C_CLOSING)
+            close_notify(t);
+        if (c->ocount == 0) {
+            if (!(t->flags & T_WBLOCK))
+                SSL_free_buffers(t->ssl); /* idle: no 16 KiB write buffer kept */
+            return 0;
+        }
+        if ((r = sock_write_head(t)) != 0)
+            return r < 0 ? r : 0;
+    }
 }
 
 static int tls_flush(pier_conn_t *c) {
     tls_conn_t *t = c->tp_state;
+    if (t->flags & T_SOCKW)
+        return sock_flush(t);
     for (;;) {
         /* A closing connection's last bytes and its close_notify leave in one send (and
          * reach the peer together, so it reads both) */
@@ -475,7 +670,7 @@ static int tls_flush(pier_conn_t *c) {
 
 static int tls_pending(const pier_conn_t *c) {
     const tls_conn_t *t = c->tp_state;
-    return t->woff < t->wbuf.len;
+    return t->woff < t->wbuf.len || (t->flags & T_WBLOCK);
 }
 
 static void tls_shutdown(pier_conn_t *c) { close_notify(c->tp_state); }
@@ -516,7 +711,22 @@ static int setup_ssl(tls_conn_t *t, const char *servername) {
     if (!b)
         return -ENOMEM;
     BIO_set_data(b, t);
-    SSL_set_bio(t->ssl, b, b);
+    /* Reads always go through pier's BIO (it tells a drained socket, an end, and plain
+     * text on the TLS port). Writes go through OpenSSL's socket BIO in socket write mode:
+     * OpenSSL enables kTLS only on that BIO. */
+    BIO *w = t->ctx->socket_write ? BIO_new_socket(t->c->io.fd, BIO_NOCLOSE) : b;
+    if (!w) {
+        BIO_free(b);
+        return -ENOMEM;
+    }
+    if (w != b) {
+        t->flags |= T_SOCKW;
+        SSL_set_options(t->ssl, SSL_OP_ENABLE_KTLS);
+        /* a write the socket did not take is made again from the same queue item, but a
+         * file's bytes come back in whichever chunk the loop hands out */
+        SSL_set_mode(t->ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+    SSL_set_bio(t->ssl, b, w);
     if (t->ctx->server) {
         SSL_set_accept_state(t->ssl);
         return 0;
@@ -556,6 +766,8 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
         err = handshake(t); /* the ClientHello goes out now */
         if (err < 0 && err != -EAGAIN)
             return err;
+        if (t->flags & (T_WBLOCK | T_READY))
+            pier__conn_want_flush(c);
     }
     return 0;
 }
@@ -582,5 +794,7 @@ int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) {
     if (peer)
         X509_NAME_oneline(X509_get_subject_name(peer), out->peer_subject, sizeof out->peer_subject);
     out->resumed = SSL_session_reused(t->ssl);
+    out->socket_write = (t->flags & T_SOCKW) != 0;
+    out->ktls_send = (t->flags & T_KTLS) != 0;
     return 0;
 }
