@@ -123,8 +123,8 @@ int pier_cli_tls_server(const char *cmd, const pier_cli_tls_t *f, const char *pl
         reloadable[nreloadable++] = *out;
     int ktls = pier_tls_ktls_check();
     if (ktls == 0)
-        pier_log(PIER_LOG_INFO, "tls: the kernel offers kTLS, which pier does not use yet: files over TLS are "
-                                "read and encrypted in user space");
+        pier_log(PIER_LOG_INFO, "tls: the kernel offers kTLS: it encrypts what pier sends, and files over TLS "
+                                "go by SSL_sendfile");
     else
         pier_log(PIER_LOG_INFO, "tls: no kTLS in this kernel (setsockopt TCP_ULP \"tls\": %s): files over TLS are "
                                 "read and encrypted in user space", pier_strerror(ktls));

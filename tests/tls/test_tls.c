@@ -268,8 +268,18 @@ static void file_accept(pier_conn_t *c) {
     pier_conn_close(c);
 }
 
-static void test_file(void **state) {
-    start_server(NULL);
+/* The write mode a context picks with write_mode AUTO: OpenSSL writes to the socket where
+ * PIER_TLS_WRITE=socket says so (ctest's _socket runs) or the kernel has kTLS. */
+static int socket_write_expected(void) {
+    const char *env = getenv("PIER_TLS_WRITE");
+    if (env && strcmp(env, "socket") == 0)
+        return 1;
+    if (env && strcmp(env, "buffered") == 0)
+        return 0;
+    return pier_tls_ktls_check() == 0;
+}
+
+static void file_round_trip(void) {
     fx.accept_hook = file_accept;
     pier_tls_ctx_t *cctx = client_ctx(certs.ca, 0);
     size_t want = 4 + (1 << 20) - 100;
@@ -284,6 +294,32 @@ static void test_file(void **state) {
     free(data);
     client_free(cl);
     pier_tls_ctx_free(cctx);
+}
+
+static void test_file(void **state) {
+    start_server(NULL);
+    file_round_trip();
+    /* the mode that carried it is the one asked for; with kTLS the kernel encrypted */
+    assert_int_equal(fx.s.info.socket_write, socket_write_expected());
+    assert_int_equal(fx.s.info.ktls_send, fx.s.info.socket_write && pier_tls_ktls_check() == 0);
+    stop_server();
+}
+
+/* A context that asks for the socket write mode gets it whatever the kernel has; where
+ * the kernel has kTLS, the kernel encrypts and the file goes by SSL_sendfile. */
+static void test_ktls_file(void **state) {
+    pier_tls_opts_t o = {.cert_file = certs.cert, .key_file = certs.key, .write_mode = PIER_TLS_WRITE_SOCKET};
+    start_server(&o);
+    file_round_trip();
+    assert_int_equal(fx.s.info.socket_write, 1);
+    int k = pier_tls_ktls_check();
+    if (k != 0) {
+        stop_server();
+        printf("this kernel has no kTLS: setsockopt TCP_ULP \"tls\": %s; the file went through "
+               "OpenSSL's socket BIO, read and encrypted in user space\n", strerror(-k));
+        skip();
+    }
+    assert_int_equal(fx.s.info.ktls_send, 1);
     stop_server();
 }
 
@@ -766,6 +802,9 @@ static void test_ctx_errors(void **state) {
     o.alpn = "h2,,x";
     assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
     o.alpn = NULL;
+    o.write_mode = PIER_TLS_WRITE_SOCKET + 1;
+    assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
+    o.write_mode = PIER_TLS_WRITE_AUTO;
     o.sni_count = 1; /* SNI pairs: none given, a missing key, a missing file */
     assert_int_equal(pier_tls_ctx_new_server(&ctx, &o), -EINVAL);
     pier_tls_pair_t pair = {.cert_file = certs.cert};
@@ -820,6 +859,7 @@ int main(void) {
         cmocka_unit_test(test_handshake_timeout), cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_plain_reply),     cmocka_unit_test(test_probe_not_counted),
         cmocka_unit_test(test_ctx_errors),      cmocka_unit_test(test_info_plain),
+        cmocka_unit_test(test_ktls_file),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     certs_cleanup(&certs);
