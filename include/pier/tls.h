@@ -10,7 +10,8 @@
  *    it); a unit queued with
  *    pier_conn_writev stays whole; an encryption failure aborts the connection;
  *  - files queued with pier_conn_sendfile are read and encrypted in chunks of 16 KiB,
- *    never held whole in memory;
+ *    never held whole in memory; or, where the kernel encrypts (kTLS, see write_mode),
+ *    sent by SSL_sendfile without passing through user space;
  *  - a graceful close sends close_notify once and never waits for the peer's;
  *  - on_close reports PIER_ETLS_TRUNCATED when the peer ended the TCP stream without a
  *    close_notify (what arrived may be cut short), -EPROTO for a TLS protocol error,
