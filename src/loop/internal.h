@@ -35,6 +35,7 @@ struct pier_loop_s {
     uint64_t timer_seq;
 
     pier__queue_t passes[PIER__PASSES];
+    pier__dlist_t *dlists;         /* deadline lists, one per (timeout, callback) */
 
     char *rbuf;                    /* PIER__READ_BUF bytes shared by all reads */
     void *chunks[PIER__CHUNK_CACHE];
@@ -44,6 +45,8 @@ struct pier_loop_s {
     sigset_t sigmask;
     struct { pier_signal_cb cb; void *arg; } sigs[65];
 };
+
+void pier__dlists_free(pier_loop_t *loop); /* deadline.c */
 
 /* Timer heap internals (timer.c). */
 uint64_t pier__timers_next(pier_loop_t *loop); /* ms until the next timer, UINT64_MAX if none */

@@ -67,6 +67,41 @@ static inline void pier__pending_cancel(pier__pending_t *p) {
         pier__queue_remove(&p->q);
 }
 
+/* ---- deadline lists ----
+ *
+ * Many objects with the same timeout (every idle connection of a server, say) share one
+ * list per loop and timeout, ordered by when each was last put at its tail, and one loop
+ * timer for the list's head: what an object pays for its deadline is a node, not a timer
+ * in the heap. Putting a node at the tail again (activity) is O(1); a list whose head is
+ * due runs its callback for each due node, which has been unlinked first. Lists live
+ * until the loop is freed, so a list taken once (pier__dlist_get) can be used later
+ * without a failure path. */
+typedef struct pier__dlist_s pier__dlist_t;
+typedef struct pier__dlnode_s pier__dlnode_t;
+typedef void (*pier__dl_cb)(pier__dlnode_t *n);
+struct pier__dlnode_s {
+    pier__queue_t q;
+    pier__dlist_t *list; /* the list it is in, NULL if none */
+    uint64_t stamp;      /* loop time when it was put at the tail */
+};
+
+/* The loop's list for (ms, cb), created on first use; NULL when out of memory. */
+pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb);
+static inline void pier__dlnode_init(pier__dlnode_t *n) {
+    pier__queue_init(&n->q);
+    n->list = NULL;
+}
+/* Puts n at the tail of l (taking it out of any list it was in): due in l's timeout. */
+void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
+/* Takes n out of its list; a no-op if it is in none. */
+void pier__dl_stop(pier__dlnode_t *n);
+/* Activity: n's deadline restarts from now. */
+void pier__dl_touch_slow(pier__dlnode_t *n, uint64_t now);
+static inline void pier__dl_touch(pier__dlnode_t *n, uint64_t now) {
+    if (n->list && n->stamp != now)
+        pier__dl_touch_slow(n, now);
+}
+
 /* ---- resources shared by a loop's connections ---- */
 
 /* The loop's PIER__READ_BUF-byte read buffer: valid until the caller returns to the loop. */

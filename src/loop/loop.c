@@ -108,6 +108,7 @@ int pier_loop_free(pier_loop_t *loop) {
     }
     for (unsigned i = 0; i < loop->nchunks; i++)
         free(loop->chunks[i]);
+    pier__dlists_free(loop);
     if (loop->sig.fd >= 0)
         close(loop->sig.fd);
     close(loop->wake.fd);

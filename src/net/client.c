@@ -210,6 +210,7 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
     if (!cl)
         return -ENOMEM;
     cl->opts = *opts;
+    pier__limits_default(&cl->opts.limits); /* its connections share this copy */
     snprintf(cl->host, sizeof cl->host, "%s", opts->host && *opts->host ? opts->host : "127.0.0.1");
     cl->opts.host = cl->host;
     snprintf(cl->servername, sizeof cl->servername, "%s",

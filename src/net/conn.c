@@ -37,7 +37,7 @@
 #define DIRECT_WRITE_MIN PIER__CHUNK
 
 static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events);
-static void conn_timer_cb(pier_timer_t *t);
+static void deadline_cb(pier__dlnode_t *n);
 static void read_pass_cb(pier__pending_t *p);
 static void flush_pass_cb(pier__pending_t *p);
 static void close_pass_cb(pier__pending_t *p);
@@ -55,7 +55,41 @@ void pier__limits_default(pier_conn_limits_t *lim) {
         lim->close_ms = 10000;
 }
 
+static const pier_conn_limits_t *default_limits(void) {
+    static pier_conn_limits_t lim;
+    if (!lim.out_high)
+        pier__limits_default(&lim); /* idempotent: racing loops write the same values */
+    return &lim;
+}
+
+static uint64_t linger_ms(const pier_conn_limits_t *lim) {
+    return lim->close_ms < LINGER_MS ? lim->close_ms : LINGER_MS;
+}
+
+/* Makes sure the loop has the deadline lists that lim's timeouts need, so that starting
+ * a close or a linger later cannot fail. */
+static int take_lists(pier_loop_t *loop, const pier_conn_limits_t *lim) {
+    if (lim->idle_ms && !pier__dlist_get(loop, lim->idle_ms, deadline_cb))
+        return -ENOMEM;
+    if (!pier__dlist_get(loop, lim->close_ms, deadline_cb) || !pier__dlist_get(loop, linger_ms(lim), deadline_cb))
+        return -ENOMEM;
+    return 0;
+}
+
+/* The connection's deadline is now ms from now (0: none). */
+static void arm_deadline(pier_conn_t *c, uint64_t ms) {
+    pier__dlist_t *l = ms ? pier__dlist_get(c->loop, ms, deadline_cb) : NULL;
+    if (l)
+        pier__dl_start(l, &c->dl);
+    else
+        pier__dl_stop(&c->dl); /* no timeout, or (never: take_lists made them) no list */
+}
+
 int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out) {
+    if (!lim)
+        lim = default_limits();
+    if (take_lists(loop, lim) < 0)
+        return -ENOMEM;
     pier_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
@@ -63,9 +97,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
     c->io.cb = conn_io_cb;
     c->loop = loop;
     c->refs = 1;
-    if (lim)
-        c->lim = *lim;
-    pier__limits_default(&c->lim);
+    c->lim = lim;
     c->id = pier__id_alloc(loop, c);
     if (c->id == PIER_ID_NONE) {
         free(c);
@@ -75,7 +107,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
     pier__pending_init(&c->flush_p, flush_pass_cb);
     pier__pending_init(&c->close_p, close_pass_cb);
     pier__queue_init(&c->owner_q);
-    pier_timer_init(loop, &c->timer, conn_timer_cb, c);
+    pier__dlnode_init(&c->dl);
     int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     if (err < 0) {
         pier__id_release(c->id);
@@ -83,9 +115,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
         return err;
     }
     pier__loop_handle_add(loop);
-    c->last_io = pier_loop_now(loop);
-    if (c->lim.idle_ms)
-        pier_timer_start(&c->timer, c->lim.idle_ms, 0);
+    arm_deadline(c, lim->idle_ms);
     *out = c;
     return 0;
 }
@@ -137,6 +167,8 @@ void pier_conn_unref(pier_conn_t *c) {
         c->refs = 1;
         return;
     }
+    if (c->flags & PIER__C_OWN_LIM)
+        free((void *)c->lim);
     free(c);
 }
 
@@ -223,7 +255,7 @@ static int can_write_direct(const pier_conn_t *c, size_t len) {
 
 static void note_queued(pier_conn_t *c, size_t n) {
     c->queued += n;
-    if (c->queued > c->lim.out_high)
+    if (c->queued > c->lim->out_high)
         c->flags |= PIER__C_WATER_PAUSE;
     want_flush(c);
 }
@@ -249,7 +281,7 @@ static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt)
     for (;;) {
         ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
-            c->last_io = pier_loop_now(c->loop);
+            pier__conn_active(c);
             return n;
         }
         if (errno == EINTR)
@@ -487,7 +519,7 @@ static int flush(pier_conn_t *c) {
             }
             if (n == 0)
                 return -EIO; /* the file shrank under us */
-            c->last_io = pier_loop_now(c->loop);
+            pier__conn_active(c);
             pier__conn_consume(c, (size_t)n);
             continue;
         }
@@ -508,7 +540,7 @@ static int flush(pier_conn_t *c) {
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
-        c->last_io = pier_loop_now(c->loop);
+        pier__conn_active(c);
         pier__conn_consume(c, (size_t)n);
         if ((size_t)n < total)
             return 0; /* the socket is full; EPOLLOUT will bring us back */
@@ -540,7 +572,7 @@ static void read_again(pier_conn_t *c) {
 
 /* After a flush: resume below the low water mark, and let a pending close proceed. */
 static void after_flush(pier_conn_t *c) {
-    if ((c->flags & PIER__C_WATER_PAUSE) && c->queued <= c->lim.out_low) {
+    if ((c->flags & PIER__C_WATER_PAUSE) && c->queued <= c->lim->out_low) {
         c->flags &= ~PIER__C_WATER_PAUSE;
         if (!(c->flags & PIER__C_CLOSING)) {
             /* input kept while paused is handed to the protocol again, as on resume:
@@ -576,14 +608,14 @@ static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own
         c->rlen = c->rcap = 0;
         return 0;
     }
-    if (len >= c->lim.read_max)
+    if (len >= c->lim->read_max)
         return -EMSGSIZE;
     if (own) {
         memmove(c->rbuf, data, len);
     } else {
         size_t cap = len * 2 < 4096 ? 4096 : len * 2;
-        if (cap > c->lim.read_max)
-            cap = c->lim.read_max;
+        if (cap > c->lim->read_max)
+            cap = c->lim->read_max;
         char *buf = malloc(cap);
         if (!buf)
             return -ENOMEM;
@@ -651,7 +683,7 @@ static void do_read(pier_conn_t *c) {
     size_t room = PIER__READ_BUF;
     if (own) {
         if (c->rlen == c->rcap) {
-            size_t cap = c->rcap * 2 > c->lim.read_max ? c->lim.read_max : c->rcap * 2;
+            size_t cap = c->rcap * 2 > c->lim->read_max ? c->lim->read_max : c->rcap * 2;
             char *nb = cap > c->rcap ? realloc(c->rbuf, cap) : NULL;
             if (!nb) {
                 fail(c, cap > c->rcap ? -ENOMEM : -EMSGSIZE);
@@ -691,7 +723,7 @@ static void do_read(pier_conn_t *c) {
         c->flags &= ~PIER__C_READABLE;
     else
         want_read(c);
-    c->last_io = pier_loop_now(c->loop);
+    pier__conn_active(c);
     if (own) {
         c->rlen += (size_t)n;
         deliver(c, c->rbuf, c->rlen, 1);
@@ -749,23 +781,36 @@ void pier_conn_resume(pier_conn_t *c) {
         queue_read(c);
 }
 
+/* A connection that changes its limits gets its own copy (a WebSocket's, say); the
+ * others share their owner's. */
 void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
+    pier_conn_limits_t next = *c->lim;
     if (lim->out_high)
-        c->lim.out_high = lim->out_high;
+        next.out_high = lim->out_high;
     if (lim->out_low)
-        c->lim.out_low = lim->out_low;
+        next.out_low = lim->out_low;
     if (lim->read_max)
-        c->lim.read_max = lim->read_max;
+        next.read_max = lim->read_max;
     if (lim->close_ms)
-        c->lim.close_ms = lim->close_ms;
-    if (lim->idle_ms) {
-        c->lim.idle_ms = lim->idle_ms;
-        if (!(c->flags & PIER__C_CLOSING))
-            pier_timer_start(&c->timer, lim->idle_ms, 0);
+        next.close_ms = lim->close_ms;
+    if (lim->idle_ms)
+        next.idle_ms = lim->idle_ms;
+    pier_conn_limits_t *own = c->flags & PIER__C_OWN_LIM ? (pier_conn_limits_t *)c->lim : malloc(sizeof *own);
+    if (!own || take_lists(c->loop, &next) < 0) {
+        /* the old limits stay: still bounded, only not the ones asked for */
+        pier_log(PIER_LOG_WARN, "connection %llu: out of memory changing its limits", (unsigned long long)c->id);
+        if (own != c->lim)
+            free(own);
+        return;
     }
+    *own = next;
+    c->lim = own;
+    c->flags |= PIER__C_OWN_LIM;
+    if (lim->idle_ms && !(c->flags & PIER__C_CLOSING))
+        arm_deadline(c, lim->idle_ms);
 }
 
-void pier_conn_touch(pier_conn_t *c) { c->last_io = pier_loop_now(c->loop); }
+void pier_conn_touch(pier_conn_t *c) { pier__conn_active(c); }
 
 /* ---- closing ---- */
 
@@ -775,7 +820,7 @@ void pier_conn_close(pier_conn_t *c) {
     c->flags |= PIER__C_CLOSING;
     pier__id_closing(c->id);
     pier__pending_cancel(&c->read_p);
-    pier_timer_start(&c->timer, c->lim.close_ms, 0);
+    arm_deadline(c, c->lim->close_ms);
     schedule_close(c);
 }
 
@@ -789,8 +834,8 @@ void pier_conn_abort(pier_conn_t *c) {
     schedule_close(c);
 }
 
-static void conn_timer_cb(pier_timer_t *t) {
-    pier_conn_t *c = t->data;
+static void deadline_cb(pier__dlnode_t *n) {
+    pier_conn_t *c = pier__container_of(n, pier_conn_t, dl);
     if (c->flags & PIER__C_CLOSING) {
         /* the flush or the linger took too long */
         if (!(c->flags & PIER__C_SHUT)) {
@@ -800,11 +845,6 @@ static void conn_timer_cb(pier_timer_t *t) {
         }
         c->flags |= PIER__C_EOF;
         schedule_close(c);
-        return;
-    }
-    uint64_t idle = pier_loop_now(c->loop) - c->last_io;
-    if (idle < c->lim.idle_ms) {
-        pier_timer_start(t, c->lim.idle_ms - idle, 0);
         return;
     }
     if (!c->err)
@@ -821,7 +861,7 @@ static void finalize(pier_conn_t *c) {
     pier__pending_cancel(&c->read_p);
     /* close_step's own linger read may have queued it again on its way here */
     pier__pending_cancel(&c->close_p);
-    pier_timer_stop(&c->timer);
+    pier__dl_stop(&c->dl);
     if (c->flags & PIER__C_ABORT) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -879,8 +919,7 @@ static void close_step(pier_conn_t *c) {
             shutdown(c->io.fd, SHUT_WR);
             c->flags |= PIER__C_SHUT;
             if (!(c->flags & PIER__C_EOF)) {
-                uint64_t ms = c->lim.close_ms < LINGER_MS ? c->lim.close_ms : LINGER_MS;
-                pier_timer_start(&c->timer, ms, 0);
+                arm_deadline(c, linger_ms(c->lim));
                 linger_read(c);
             }
         }

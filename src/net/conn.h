@@ -17,6 +17,7 @@ enum {
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
     PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
     PIER__C_TP_SHUT = 1 << 10,  /* the transport's shutdown has run */
+    PIER__C_OWN_LIM = 1 << 11,  /* lim is the connection's own copy (freed with it) */
 };
 
 enum { PIER__OUT_COPY, PIER__OUT_REF, PIER__OUT_FILE };
@@ -82,9 +83,12 @@ struct pier_conn_s {
     uint32_t ohead, ocount, ocap;
     size_t queued;
 
-    pier_conn_limits_t lim;
-    uint64_t last_io;
-    pier_timer_t timer;         /* idle, flush-on-close and linger deadlines */
+    /* The owner's limits (shared by its connections), or a copy of the connection's own
+     * after pier_conn_set_limits (PIER__C_OWN_LIM). */
+    const pier_conn_limits_t *lim;
+    /* The one deadline a connection has at a time, in its loop's list for that timeout:
+     * idle while open, flush-on-close while closing, linger after our FIN. */
+    pier__dlnode_t dl;
 
     pier__pending_t read_p, flush_p, close_p; /* nodes in the loop's passes */
     /* The owner (a server, a client) that made the connection, told through its hook
@@ -106,7 +110,12 @@ typedef struct pier__conn_owner_s {
     void (*ready)(void *owner, pier_conn_t *c);
 } pier__conn_owner_t;
 
-/* Wraps a connected non-blocking socket. The loop holds the first reference. */
+/* I/O happened: the idle deadline starts again. */
+static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(&c->dl, pier_loop_now(c->loop)); }
+
+/* Wraps a connected non-blocking socket. The loop holds the first reference. lim: the
+ * owner's limits with defaults filled in (pier__limits_default), which must outlive the
+ * connection's open life; NULL for pier's defaults. */
 int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out);
 /* For transports: the owner's ready hook; consuming n bytes of out[] (they have been
  * taken by the transport); the flush pass; a failure that aborts with err. */

@@ -67,7 +67,7 @@ static int bio_read(BIO *b, char *out, int len) {
         n = read(t->c->io.fd, out, (size_t)len);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
-        t->c->last_io = pier_loop_now(t->c->loop);
+        pier__conn_active(t->c);
         /* A TLS connection starts with a handshake record (22). Text is someone speaking
          * plain HTTP (or another line protocol) to the TLS port. */
         if (!(t->flags & (T_INPUT | T_CLIENT)) && out[0] >= 'A' && out[0] <= 'Z') {
@@ -135,7 +135,7 @@ static int send_pending(tls_conn_t *t) {
             return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
         }
         t->woff += (size_t)n;
-        c->last_io = pier_loop_now(c->loop);
+        pier__conn_active(c);
     }
     pier__buf_free(&t->wbuf);
     t->woff = 0;
