@@ -12,6 +12,8 @@
 
 #define PIER__BATCH 256            /* epoll events fetched per wait */
 #define PIER__CHUNK_CACHE 256      /* chunks kept per loop for reuse */
+#define PIER__OBJ_CLASS 64         /* object sizes are rounded up to this */
+#define PIER__OBJ_CACHE 256        /* objects kept per size for reuse */
 
 enum { PIER__TASK_QUEUED = 1u << 0, PIER__TASK_OWNED = 1u << 1 };
 
@@ -40,6 +42,10 @@ struct pier_loop_s {
     char *rbuf;                    /* PIER__READ_BUF bytes shared by all reads */
     void *chunks[PIER__CHUNK_CACHE];
     unsigned nchunks;
+    struct {
+        void *head;                /* a free list linked through each object's first word */
+        unsigned n;
+    } objs[PIER__OBJ_MAX / PIER__OBJ_CLASS];
 
     pier__io_t sig;                /* signalfd, -1 when no signal is watched */
     sigset_t sigmask;

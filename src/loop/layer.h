@@ -109,6 +109,13 @@ char *pier__loop_rbuf(pier_loop_t *loop);
 /* Output chunks of PIER__CHUNK bytes, cached per loop. get: NULL when out of memory. */
 void *pier__chunk_get(pier_loop_t *loop);
 void pier__chunk_put(pier_loop_t *loop, void *chunk);
+/* Small objects that come and go with a connection's activity (the part it needs only
+ * while data waits, a protocol's per-request state), cached per loop so that taking one
+ * back costs a few stores and no allocator call. Sizes up to PIER__OBJ_MAX; put takes
+ * the size given to get. get: NULL when out of memory. */
+#define PIER__OBJ_MAX 1024
+void *pier__obj_get(pier_loop_t *loop, size_t size);
+void pier__obj_put(pier_loop_t *loop, void *obj, size_t size);
 /* Counts a live handle (an open connection, a listener, a client) against the loop, so
  * pier_loop_free refuses while it lives. */
 void pier__loop_handle_add(pier_loop_t *loop);

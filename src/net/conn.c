@@ -38,9 +38,9 @@
 
 static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events);
 static void deadline_cb(pier__dlnode_t *n);
-static void read_pass_cb(pier__pending_t *p);
+static void pass_cb(pier__pending_t *p);
 static void flush_pass_cb(pier__pending_t *p);
-static void close_pass_cb(pier__pending_t *p);
+static void close_step(pier_conn_t *c);
 
 void pier__limits_default(pier_conn_limits_t *lim) {
     if (!lim->out_high)
@@ -103,9 +103,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
         free(c);
         return -ENOMEM;
     }
-    pier__pending_init(&c->read_p, read_pass_cb);
-    pier__pending_init(&c->flush_p, flush_pass_cb);
-    pier__pending_init(&c->close_p, close_pass_cb);
+    pier__pending_init(&c->pass_p, pass_cb);
     pier__queue_init(&c->owner_q);
     pier__dlnode_init(&c->dl);
     int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
@@ -132,7 +130,7 @@ pier_id_t pier_conn_id(const pier_conn_t *c) { return c->id; }
 pier_loop_t *pier_conn_loop(const pier_conn_t *c) { return c->loop; }
 int pier_conn_fd(const pier_conn_t *c) { return c->flags & PIER__C_CLOSED ? -1 : c->io.fd; }
 int pier_conn_is_open(const pier_conn_t *c) { return !(c->flags & PIER__C_CLOSING); }
-size_t pier_conn_queued(const pier_conn_t *c) { return c->queued; }
+size_t pier_conn_queued(const pier_conn_t *c) { return c->x ? c->x->queued : 0; }
 
 void pier__conn_set_owner(pier_conn_t *c, const pier__conn_owner_t *ops, void *owner) {
     c->owner_ops = ops;
@@ -167,37 +165,93 @@ void pier_conn_unref(pier_conn_t *c) {
         c->refs = 1;
         return;
     }
-    if (c->flags & PIER__C_OWN_LIM)
-        free((void *)c->lim);
     free(c);
+}
+
+/* ---- the part an idle connection does without ---- */
+
+/* The connection's cold part, taken when first needed. NULL when out of memory. */
+static pier__conn_x_t *x_need(pier_conn_t *c) {
+    if (c->x)
+        return c->x;
+    pier__conn_x_t *x = pier__obj_get(c->loop, sizeof *x);
+    if (!x)
+        return NULL;
+    memset(x, 0, offsetof(pier__conn_x_t, lim));
+    x->c = c;
+    x->out = x->inl;
+    x->ocap = sizeof x->inl / sizeof x->inl[0];
+    pier__pending_init(&x->flush_p, flush_pass_cb);
+    c->x = x;
+    return x;
+}
+
+/* Frees the cold part, whatever it holds (finalize: the queue is dropped by then). */
+static void x_drop(pier_conn_t *c) {
+    pier__conn_x_t *x = c->x;
+    if (!x)
+        return;
+    if (c->flags & PIER__C_OWN_LIM) {
+        c->lim = default_limits(); /* nothing reads them after the close */
+        c->flags &= ~PIER__C_OWN_LIM;
+    }
+    if (x->out != x->inl)
+        free(x->out);
+    free(x->rbuf);
+    c->x = NULL;
+    pier__obj_put(c->loop, x, sizeof *x);
+}
+
+/* Input kept from before (not consumed by the protocol). */
+static size_t kept(const pier_conn_t *c) { return c->x ? c->x->rlen : 0; }
+
+/* Gives the cold part back once nothing in it is in use: no input kept, nothing queued,
+ * no transport, no limits of its own, no flush queued (a close in progress keeps it: it
+ * is short-lived and its steps look at the queue). */
+static void x_release(pier_conn_t *c) {
+    pier__conn_x_t *x = c->x;
+    if (!x || x->rlen || x->ocount || x->tp || pier__pending_queued(&x->flush_p) ||
+        (c->flags & (PIER__C_OWN_LIM | PIER__C_CLOSING)))
+        return;
+    x_drop(c);
+}
+
+int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *state) {
+    if (!x_need(c))
+        return -ENOMEM;
+    c->x->tp = state ? tp : NULL;
+    c->x->tp_state = state;
+    return 0;
 }
 
 /* ---- the output queue ---- */
 
 /* Makes room for n more items in the queue array. 0 or -ENOMEM (nothing changed). */
 static int out_reserve(pier_conn_t *c, uint32_t n) {
-    if (c->ohead + c->ocount + n <= c->ocap)
+    if (c->x->ohead + c->x->ocount + n <= c->x->ocap)
         return 0;
-    if (c->ohead > 0) {
-        memmove(c->out, c->out + c->ohead, c->ocount * sizeof *c->out);
-        c->ohead = 0;
-        if (c->ocount + n <= c->ocap)
+    if (c->x->ohead > 0) {
+        memmove(c->x->out, c->x->out + c->x->ohead, c->x->ocount * sizeof *c->x->out);
+        c->x->ohead = 0;
+        if (c->x->ocount + n <= c->x->ocap)
             return 0;
     }
-    uint32_t cap = c->ocap ? c->ocap : 2; /* most connections queue one or two items */
-    while (cap < c->ocount + n)
+    uint32_t cap = c->x->ocap * 2;
+    while (cap < c->x->ocount + n)
         cap *= 2;
-    pier__out_t *out = realloc(c->out, cap * sizeof *out);
+    pier__out_t *out = realloc(c->x->out == c->x->inl ? NULL : c->x->out, cap * sizeof *out);
     if (!out)
         return -ENOMEM;
-    c->out = out;
-    c->ocap = cap;
+    if (c->x->out == c->x->inl)
+        memcpy(out, c->x->inl, c->x->ocount * sizeof *out);
+    c->x->out = out;
+    c->x->ocap = cap;
     return 0;
 }
 
 /* Appends an item; the caller has reserved room for it. */
 static pier__out_t *out_push(pier_conn_t *c) {
-    pier__out_t *o = &c->out[c->ohead + c->ocount++];
+    pier__out_t *o = &c->x->out[c->x->ohead + c->x->ocount++];
     memset(o, 0, sizeof *o);
     o->fd = -1;
     return o;
@@ -223,39 +277,38 @@ static void out_release(pier_conn_t *c, pier__out_t *o) {
 }
 
 static void out_pop(pier_conn_t *c) {
-    out_release(c, &c->out[c->ohead]);
-    c->ohead++;
-    if (--c->ocount == 0)
-        c->ohead = 0;
+    out_release(c, &c->x->out[c->x->ohead]);
+    c->x->ohead++;
+    if (--c->x->ocount == 0)
+        c->x->ohead = 0;
 }
 
 static void out_drop_all(pier_conn_t *c) {
-    while (c->ocount)
+    if (!c->x)
+        return;
+    while (c->x->ocount)
         out_pop(c);
-    c->queued = 0;
-    free(c->out);
-    c->out = NULL;
-    c->ocap = 0;
+    c->x->queued = 0;
 }
 
 static void want_flush(pier_conn_t *c) {
-    pier__pending_add(c->loop, PIER__PASS_FLUSH, &c->flush_p);
+    pier__pending_add(c->loop, PIER__PASS_FLUSH, &c->x->flush_p);
 }
 
 /* Output not yet on the socket: the queue, or a transport's own bytes. */
 static int has_output(const pier_conn_t *c) {
-    return c->ocount > 0 || (c->tp && c->tp->pending(c));
+    return c->x && (c->x->ocount > 0 || (c->x->tp && c->x->tp->pending(c)));
 }
 
 /* Large units skip the queue and go to the socket at once, when nothing waits before
  * them and no transport has to encode them first. */
 static int can_write_direct(const pier_conn_t *c, size_t len) {
-    return len >= DIRECT_WRITE_MIN && c->ocount == 0 && !c->tp;
+    return len >= DIRECT_WRITE_MIN && (!c->x || (c->x->ocount == 0 && !c->x->tp));
 }
 
 static void note_queued(pier_conn_t *c, size_t n) {
-    c->queued += n;
-    if (c->queued > c->lim->out_high)
+    c->x->queued += n;
+    if (c->x->queued > c->lim->out_high)
         c->flags |= PIER__C_WATER_PAUSE;
     want_flush(c);
 }
@@ -292,7 +345,7 @@ static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt)
 
 /* The copy item at the tail of the queue and the room left in it, if there is one. */
 static pier__out_t *tail_copy(pier_conn_t *c, size_t *room) {
-    pier__out_t *tail = c->ocount ? &c->out[c->ohead + c->ocount - 1] : NULL;
+    pier__out_t *tail = c->x && c->x->ocount ? &c->x->out[c->x->ohead + c->x->ocount - 1] : NULL;
     if (!tail || tail->kind != PIER__OUT_COPY) {
         *room = 0;
         return NULL;
@@ -306,6 +359,8 @@ static pier__out_t *tail_copy(pier_conn_t *c, size_t *room) {
  * the first byte is copied, so the unit is queued whole or not at all. */
 static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_t skip, size_t len,
                       uint32_t extra_items) {
+    if (!x_need(c))
+        return -ENOMEM;
     size_t room;
     pier__out_t *tail = tail_copy(c, &room);
     char *buf = NULL;
@@ -315,16 +370,19 @@ static int queue_copy(pier_conn_t *c, const struct iovec *iov, int iovcnt, size_
         size_t spill = len - room;
         cap = spill > PIER__CHUNK ? spill : PIER__CHUNK;
         buf = cap == PIER__CHUNK ? pier__chunk_get(c->loop) : malloc(cap);
-        if (!buf)
+        if (!buf) {
+            x_release(c);
             return -ENOMEM;
+        }
         items++;
     }
-    if (c->ohead + c->ocount + items > c->ocap) {
+    if (c->x->ohead + c->x->ocount + items > c->x->ocap) {
         if (out_reserve(c, items) < 0) {
             if (cap == PIER__CHUNK)
                 pier__chunk_put(c->loop, buf);
             else
                 free(buf);
+            x_release(c);
             return -ENOMEM;
         }
         tail = tail_copy(c, &room); /* out_reserve may have moved it */
@@ -399,14 +457,18 @@ int pier_conn_write(pier_conn_t *c, const void *data, size_t len) {
     if (len == 0)
         return c->flags & PIER__C_CLOSING ? -ENOTCONN : 0;
     if (len < DIRECT_WRITE_MIN && !(c->flags & PIER__C_CLOSING)) {
+        if (!x_need(c))
+            return -ENOMEM;
         size_t room;
         pier__out_t *tail = tail_copy(c, &room);
         if (len > room) {
-            if (room || c->ohead + c->ocount == c->ocap)
+            if (room || c->x->ohead + c->x->ocount == c->x->ocap)
                 goto general;
             char *buf = pier__chunk_get(c->loop);
-            if (!buf)
+            if (!buf) {
+                x_release(c);
                 return -ENOMEM;
+            }
             tail = out_push(c);
             tail->kind = PIER__OUT_COPY;
             tail->base = buf;
@@ -445,7 +507,8 @@ int pier_conn_write_ref(pier_conn_t *c, const void *base, size_t len, pier_free_
             free_cb((void *)base, ud);
         return 0;
     }
-    if (out_reserve(c, 1) < 0) {
+    if (!x_need(c) || out_reserve(c, 1) < 0) {
+        x_release(c);
         if (done > 0)
             fail(c, -ENOMEM); /* a partial write: the stream cannot go on */
         if (free_cb)
@@ -489,9 +552,9 @@ int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
 }
 
 void pier__conn_consume(pier_conn_t *c, size_t n) {
-    c->queued -= n;
+    c->x->queued -= n;
     while (n > 0) {
-        pier__out_t *o = &c->out[c->ohead];
+        pier__out_t *o = &c->x->out[c->x->ohead];
         size_t left = o->len - o->off;
         if (n < left) {
             o->off += n;
@@ -506,10 +569,12 @@ void pier__conn_consume(pier_conn_t *c, size_t n) {
  * the head (up to IOV_BATCH), sendfile for file items. 0 when the queue is empty or the
  * socket is full; a negative errno when the connection failed. */
 static int flush(pier_conn_t *c) {
-    if (c->tp)
-        return c->tp->flush(c);
-    while (c->ocount > 0) {
-        pier__out_t *o = &c->out[c->ohead];
+    if (!c->x)
+        return 0;
+    if (c->x->tp)
+        return c->x->tp->flush(c);
+    while (c->x->ocount > 0) {
+        pier__out_t *o = &c->x->out[c->x->ohead];
         if (o->kind == PIER__OUT_FILE) {
             ssize_t n = sendfile(c->io.fd, o->fd, &o->foff, o->len - o->off);
             if (n < 0) {
@@ -526,11 +591,11 @@ static int flush(pier_conn_t *c) {
         struct iovec iov[IOV_BATCH];
         int cnt = 0;
         size_t total = 0;
-        for (uint32_t i = c->ohead; i < c->ohead + c->ocount && cnt < IOV_BATCH; i++) {
-            if (c->out[i].kind == PIER__OUT_FILE)
+        for (uint32_t i = c->x->ohead; i < c->x->ohead + c->x->ocount && cnt < IOV_BATCH; i++) {
+            if (c->x->out[i].kind == PIER__OUT_FILE)
                 break;
-            iov[cnt].iov_base = c->out[i].base + c->out[i].off;
-            iov[cnt].iov_len = c->out[i].len - c->out[i].off;
+            iov[cnt].iov_base = c->x->out[i].base + c->x->out[i].off;
+            iov[cnt].iov_len = c->x->out[i].len - c->x->out[i].off;
             total += iov[cnt++].iov_len;
         }
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
@@ -548,12 +613,15 @@ static int flush(pier_conn_t *c) {
     return 0;
 }
 
+/* Only for a closing connection: its pass node is then in the close pass or in none
+ * (the close took it out of the read pass, and nothing queues a read after it). */
 static void schedule_close(pier_conn_t *c) {
-    pier__pending_add(c->loop, PIER__PASS_CLOSE, &c->close_p);
+    pier__pending_add(c->loop, PIER__PASS_CLOSE, &c->pass_p);
 }
 
 static void queue_read(pier_conn_t *c) {
-    pier__pending_add(c->loop, PIER__PASS_READ, &c->read_p);
+    if (!(c->flags & PIER__C_CLOSING))
+        pier__pending_add(c->loop, PIER__PASS_READ, &c->pass_p);
 }
 
 static void want_read(pier_conn_t *c) {
@@ -572,12 +640,12 @@ static void read_again(pier_conn_t *c) {
 
 /* After a flush: resume below the low water mark, and let a pending close proceed. */
 static void after_flush(pier_conn_t *c) {
-    if ((c->flags & PIER__C_WATER_PAUSE) && c->queued <= c->lim->out_low) {
+    if ((c->flags & PIER__C_WATER_PAUSE) && pier_conn_queued(c) <= c->lim->out_low) {
         c->flags &= ~PIER__C_WATER_PAUSE;
         if (!(c->flags & PIER__C_CLOSING)) {
             /* input kept while paused is handed to the protocol again, as on resume:
              * it may hold complete requests that waited for the queue to drain */
-            if (c->rlen > 0 && !(c->flags & PIER__C_USER_PAUSE))
+            if (kept(c) > 0 && !(c->flags & PIER__C_USER_PAUSE))
                 c->flags |= PIER__C_REDELIVER;
             want_read(c);
             if (c->cbs && c->cbs->on_drain)
@@ -596,6 +664,7 @@ static void flush_now(pier_conn_t *c) {
         fail(c, err);
     else
         after_flush(c);
+    x_release(c);
 }
 
 /* ---- reading ---- */
@@ -603,15 +672,19 @@ static void flush_now(pier_conn_t *c) {
 /* Keeps the bytes the protocol did not consume, in a buffer of the connection's own. */
 static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own) {
     if (len == 0) {
-        free(c->rbuf);
-        c->rbuf = NULL;
-        c->rlen = c->rcap = 0;
+        if (!c->x)
+            return 0;
+        free(c->x->rbuf);
+        c->x->rbuf = NULL;
+        c->x->rlen = c->x->rcap = 0;
         return 0;
     }
     if (len >= c->lim->read_max)
         return -EMSGSIZE;
+    if (!x_need(c))
+        return -ENOMEM;
     if (own) {
-        memmove(c->rbuf, data, len);
+        memmove(c->x->rbuf, data, len);
     } else {
         size_t cap = len * 2 < 4096 ? 4096 : len * 2;
         if (cap > c->lim->read_max)
@@ -620,10 +693,10 @@ static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own
         if (!buf)
             return -ENOMEM;
         memcpy(buf, data, len);
-        c->rbuf = buf;
-        c->rcap = cap;
+        c->x->rbuf = buf;
+        c->x->rcap = cap;
     }
-    c->rlen = len;
+    c->x->rlen = len;
     return 0;
 }
 
@@ -655,14 +728,16 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
         pier_log(PIER_LOG_WARN, "connection %llu: %zu unconsumed bytes reach the read limit, closing",
                  (unsigned long long)c->id, len - used);
         fail(c, err);
+        return;
     }
+    x_release(c);
 }
 
 /* Bytes for the protocol: from the transport, or from the socket. As the transport's
  * read: a count, 0 at the end, or a negative errno (-EAGAIN: drained). */
 static ssize_t conn_recv(pier_conn_t *c, char *buf, size_t len, int *more) {
-    if (c->tp)
-        return c->tp->read(c, buf, len, more);
+    if (c->x && c->x->tp)
+        return c->x->tp->read(c, buf, len, more);
     ssize_t n = read(c->io.fd, buf, len);
     return n >= 0 ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
 }
@@ -674,26 +749,27 @@ static void do_read(pier_conn_t *c) {
         /* resumed with bytes kept from before the pause: the protocol sees them again
          * before anything new is read */
         c->flags &= ~PIER__C_REDELIVER;
-        deliver(c, c->rbuf, c->rlen, 1);
+        if (c->x)
+            deliver(c, c->x->rbuf, c->x->rlen, 1);
         want_read(c);
         return;
     }
-    int own = c->rlen > 0;
+    int own = kept(c) > 0;
     char *buf = pier__loop_rbuf(c->loop);
     size_t room = PIER__READ_BUF;
     if (own) {
-        if (c->rlen == c->rcap) {
-            size_t cap = c->rcap * 2 > c->lim->read_max ? c->lim->read_max : c->rcap * 2;
-            char *nb = cap > c->rcap ? realloc(c->rbuf, cap) : NULL;
+        if (c->x->rlen == c->x->rcap) {
+            size_t cap = c->x->rcap * 2 > c->lim->read_max ? c->lim->read_max : c->x->rcap * 2;
+            char *nb = cap > c->x->rcap ? realloc(c->x->rbuf, cap) : NULL;
             if (!nb) {
-                fail(c, cap > c->rcap ? -ENOMEM : -EMSGSIZE);
+                fail(c, cap > c->x->rcap ? -ENOMEM : -EMSGSIZE);
                 return;
             }
-            c->rbuf = nb;
-            c->rcap = cap;
+            c->x->rbuf = nb;
+            c->x->rcap = cap;
         }
-        buf = c->rbuf + c->rlen;
-        room = c->rcap - c->rlen;
+        buf = c->x->rbuf + c->x->rlen;
+        room = c->x->rcap - c->x->rlen;
     }
     int more = 0;
     ssize_t n = conn_recv(c, buf, room, &more);
@@ -725,8 +801,8 @@ static void do_read(pier_conn_t *c) {
         want_read(c);
     pier__conn_active(c);
     if (own) {
-        c->rlen += (size_t)n;
-        deliver(c, c->rbuf, c->rlen, 1);
+        c->x->rlen += (size_t)n;
+        deliver(c, c->x->rbuf, c->x->rlen, 1);
     } else {
         deliver(c, buf, (size_t)n, 0);
     }
@@ -760,10 +836,13 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
 
 /* A connection that had more to read (or kept input to hand back); the loop runs each
  * once per iteration, and one that still has more waits for the next. */
-static void read_pass_cb(pier__pending_t *p) {
-    pier_conn_t *c = pier__container_of(p, pier_conn_t, read_p);
+static void pass_cb(pier__pending_t *p) {
+    pier_conn_t *c = pier__container_of(p, pier_conn_t, pass_p);
     pier_conn_ref(c);
-    do_read(c);
+    if (c->flags & PIER__C_CLOSING)
+        close_step(c);
+    else
+        do_read(c);
     pier_conn_unref(c);
 }
 
@@ -775,7 +854,7 @@ void pier_conn_resume(pier_conn_t *c) {
     c->flags &= ~PIER__C_USER_PAUSE;
     /* bytes kept from before the pause are delivered with the next read; if the socket
      * has nothing more, deliver them now through the again pass */
-    if (c->rlen > 0)
+    if (kept(c) > 0)
         c->flags |= PIER__C_REDELIVER;
     if (c->flags & (PIER__C_READABLE | PIER__C_REDELIVER))
         queue_read(c);
@@ -795,16 +874,14 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
         next.close_ms = lim->close_ms;
     if (lim->idle_ms)
         next.idle_ms = lim->idle_ms;
-    pier_conn_limits_t *own = c->flags & PIER__C_OWN_LIM ? (pier_conn_limits_t *)c->lim : malloc(sizeof *own);
-    if (!own || take_lists(c->loop, &next) < 0) {
+    if (!x_need(c) || take_lists(c->loop, &next) < 0) {
         /* the old limits stay: still bounded, only not the ones asked for */
         pier_log(PIER_LOG_WARN, "connection %llu: out of memory changing its limits", (unsigned long long)c->id);
-        if (own != c->lim)
-            free(own);
+        x_release(c);
         return;
     }
-    *own = next;
-    c->lim = own;
+    c->x->lim = next;
+    c->lim = &c->x->lim;
     c->flags |= PIER__C_OWN_LIM;
     if (lim->idle_ms && !(c->flags & PIER__C_CLOSING))
         arm_deadline(c, lim->idle_ms);
@@ -819,7 +896,7 @@ void pier_conn_close(pier_conn_t *c) {
         return;
     c->flags |= PIER__C_CLOSING;
     pier__id_closing(c->id);
-    pier__pending_cancel(&c->read_p);
+    pier__pending_cancel(&c->pass_p);
     arm_deadline(c, c->lim->close_ms);
     schedule_close(c);
 }
@@ -827,9 +904,10 @@ void pier_conn_close(pier_conn_t *c) {
 void pier_conn_abort(pier_conn_t *c) {
     if (c->flags & (PIER__C_CLOSED | PIER__C_ABORT))
         return;
-    c->flags |= PIER__C_CLOSING | PIER__C_ABORT;
     pier__id_closing(c->id);
-    pier__pending_cancel(&c->read_p);
+    if (!(c->flags & PIER__C_CLOSING))
+        pier__pending_cancel(&c->pass_p); /* a read queued; a close queued stays */
+    c->flags |= PIER__C_CLOSING | PIER__C_ABORT;
     out_drop_all(c);
     schedule_close(c);
 }
@@ -840,7 +918,7 @@ static void deadline_cb(pier__dlnode_t *n) {
         /* the flush or the linger took too long */
         if (!(c->flags & PIER__C_SHUT)) {
             pier_log(PIER_LOG_DEBUG, "connection %llu: close could not flush %zu bytes in time, resetting",
-                     (unsigned long long)c->id, c->queued);
+                     (unsigned long long)c->id, pier_conn_queued(c));
             fail(c, -ETIMEDOUT);
         }
         c->flags |= PIER__C_EOF;
@@ -857,10 +935,10 @@ static void deadline_cb(pier__dlnode_t *n) {
 static void finalize(pier_conn_t *c) {
     pier_loop_t *loop = c->loop;
     c->flags |= PIER__C_CLOSED | PIER__C_CLOSING;
-    pier__pending_cancel(&c->flush_p);
-    pier__pending_cancel(&c->read_p);
+    if (c->x)
+        pier__pending_cancel(&c->x->flush_p);
     /* close_step's own linger read may have queued it again on its way here */
-    pier__pending_cancel(&c->close_p);
+    pier__pending_cancel(&c->pass_p);
     pier__dl_stop(&c->dl);
     if (c->flags & PIER__C_ABORT) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
@@ -870,17 +948,14 @@ static void finalize(pier_conn_t *c) {
     pier__id_release(c->id);
     pier__loop_handle_del(loop);
     out_drop_all(c);
-    free(c->rbuf);
-    c->rbuf = NULL;
-    c->rlen = c->rcap = 0;
     pier_conn_ref(c);
     if (c->cbs && c->cbs->on_close)
         c->cbs->on_close(c, c->err);
     if (c->owner_ops)
         c->owner_ops->closed(c->owner, c, c->err);
-    if (c->tp)
-        c->tp->free(c);
-    c->tp = NULL;
+    if (c->x && c->x->tp)
+        c->x->tp->free(c);
+    x_drop(c);
     pier_conn_unref(c);
     pier_conn_unref(c); /* the loop's reference */
 }
@@ -905,10 +980,10 @@ static void close_step(pier_conn_t *c) {
     if (!(c->flags & PIER__C_ABORT)) {
         if (has_output(c) && close_flush(c) < 0)
             return;
-        if (c->tp && !(c->flags & PIER__C_TP_SHUT)) {
+        if (pier__conn_tp(c) && !(c->flags & PIER__C_TP_SHUT)) {
             /* the transport's goodbye (TLS close_notify) goes after the queue, once */
             c->flags |= PIER__C_TP_SHUT;
-            c->tp->shutdown(c);
+            c->x->tp->shutdown(c);
             if (has_output(c) && close_flush(c) < 0)
                 return;
         }
@@ -930,18 +1005,12 @@ static void close_step(pier_conn_t *c) {
 }
 
 static void flush_pass_cb(pier__pending_t *p) {
-    pier_conn_t *c = pier__container_of(p, pier_conn_t, flush_p);
+    pier_conn_t *c = pier__container_of(p, pier__conn_x_t, flush_p)->c;
     pier_conn_ref(c);
     flush_now(c);
     pier_conn_unref(c);
 }
 
-static void close_pass_cb(pier__pending_t *p) {
-    pier_conn_t *c = pier__container_of(p, pier_conn_t, close_p);
-    pier_conn_ref(c);
-    close_step(c);
-    pier_conn_unref(c);
-}
 
 /* ---- the id-based calls ---- */
 

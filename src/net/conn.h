@@ -66,6 +66,26 @@ typedef struct pier__out_s {
     int kind;
 } pier__out_t;
 
+/* What a connection needs only while data waits or a feature is in use: input the
+ * protocol has not consumed, the output queue, a transport, limits of its own. An idle
+ * connection has none (x is NULL); the part comes from a per-loop cache when needed and
+ * goes back when the connection is idle again. */
+typedef struct pier__conn_x_s {
+    pier_conn_t *c;
+    char *rbuf;                 /* unconsumed input only; NULL when there is none */
+    size_t rlen, rcap;
+
+    pier__out_t *out;           /* out[ohead .. ohead+ocount): inl, or a larger array */
+    uint32_t ohead, ocount, ocap;
+    size_t queued;
+    pier__pending_t flush_p;    /* in the loop's flush pass */
+
+    const pier__transport_t *tp; /* NULL: the socket itself */
+    void *tp_state;
+    pier_conn_limits_t lim;     /* with PIER__C_OWN_LIM: the connection's own limits */
+    pier__out_t inl[2];         /* most connections queue one or two items */
+} pier__conn_x_t;
+
 struct pier_conn_s {
     pier__io_t io;
     pier_loop_t *loop;
@@ -76,30 +96,30 @@ struct pier_conn_s {
     unsigned flags;
     int err;                    /* first error, reported to on_close */
 
-    char *rbuf;                 /* unconsumed input only; NULL when there is none */
-    size_t rlen, rcap;
-
-    pier__out_t *out;           /* out[ohead .. ohead+ocount) */
-    uint32_t ohead, ocount, ocap;
-    size_t queued;
-
-    /* The owner's limits (shared by its connections), or a copy of the connection's own
-     * after pier_conn_set_limits (PIER__C_OWN_LIM). */
+    pier__conn_x_t *x;          /* NULL while idle */
+    /* The owner's limits (shared by its connections), or x->lim after
+     * pier_conn_set_limits (PIER__C_OWN_LIM). */
     const pier_conn_limits_t *lim;
     /* The one deadline a connection has at a time, in its loop's list for that timeout:
      * idle while open, flush-on-close while closing, linger after our FIN. */
     pier__dlnode_t dl;
 
-    pier__pending_t read_p, flush_p, close_p; /* nodes in the loop's passes */
+    /* The read pass while open, the close pass once closing: never both, since a close
+     * cancels a queued read and nothing reads after it. */
+    pier__pending_t pass_p;
     /* The owner (a server, a client) that made the connection, told through its hook
      * when the connection has finished closing. owner_q links it in the owner's list. */
     const struct pier__conn_owner_s *owner_ops;
     void *owner;
     pier__queue_t owner_q;
-
-    const pier__transport_t *tp; /* NULL: the socket itself */
-    void *tp_state;
 };
+
+/* The transport's state (src/tls), and the first queued item (NULL if none). */
+static inline void *pier__conn_tp_state(const pier_conn_t *c) { return c->x ? c->x->tp_state : NULL; }
+static inline const pier__transport_t *pier__conn_tp(const pier_conn_t *c) { return c->x ? c->x->tp : NULL; }
+static inline pier__out_t *pier__conn_out_head(const pier_conn_t *c) {
+    return c->x && c->x->ocount ? &c->x->out[c->x->ohead] : NULL;
+}
 
 /* How a connection tells its owner that it closed: closed() runs once, in the close pass,
  * after on_close, with the connection's error; the owner unlinks owner_q there. */
@@ -123,6 +143,8 @@ void pier__conn_ready(pier_conn_t *c);
 void pier__conn_consume(pier_conn_t *c, size_t n);
 void pier__conn_want_flush(pier_conn_t *c);
 void pier__conn_fail(pier_conn_t *c, int err);
+/* Puts a transport beneath c (state NULL takes it away). 0 or -ENOMEM. */
+int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *state);
 
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);

@@ -256,7 +256,7 @@ static int read_end(tls_conn_t *t, int e) {
 }
 
 static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     if (t->end != 1)
         return t->end; /* kept from the last read, which returned data */
     if (t->wbuf.len - t->woff > READ_OUT_MAX)
@@ -335,8 +335,8 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
 /* Encrypts queued items, in order, until about BATCH bytes of ciphertext wait. */
 static int encrypt_some(tls_conn_t *t) {
     pier_conn_t *c = t->c;
-    while (c->ocount > 0 && t->wbuf.len - t->woff < BATCH) {
-        pier__out_t *o = &c->out[c->ohead];
+    pier__out_t *o;
+    while ((o = pier__conn_out_head(c)) && t->wbuf.len - t->woff < BATCH) {
         if (o->kind == PIER__OUT_FILE) {
             int err = encrypt_file(t, o);
             if (err < 0)
@@ -353,12 +353,12 @@ static int encrypt_some(tls_conn_t *t) {
 }
 
 static int tls_flush(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     for (;;) {
         int r = send_pending(t);
         if (r != 0)
             return r < 0 ? r : 0;
-        if (!(t->flags & T_READY) || (t->flags & T_FATAL) || c->ocount == 0)
+        if (!(t->flags & T_READY) || (t->flags & T_FATAL) || !pier__conn_out_head(c))
             return 0;
         if ((r = encrypt_some(t)) < 0)
             return r;
@@ -366,14 +366,14 @@ static int tls_flush(pier_conn_t *c) {
 }
 
 static int tls_pending(const pier_conn_t *c) {
-    const tls_conn_t *t = c->tp_state;
+    const tls_conn_t *t = pier__conn_tp_state(c);
     return t->woff < t->wbuf.len;
 }
 
 /* close_notify, once, without waiting for the peer's: the connection's linger after its
  * FIN reads away whatever the peer still sends, its close_notify included. */
 static void tls_shutdown(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     if ((t->flags & (T_READY | T_FATAL)) != T_READY)
         return;
     ERR_clear_error();
@@ -382,13 +382,12 @@ static void tls_shutdown(pier_conn_t *c) {
 }
 
 static void tls_free(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     pier_timer_stop(&t->hs_timer);
     SSL_free(t->ssl);
     pier__buf_free(&t->wbuf);
     pier__tls_ctx_unref(t->ctx);
     free(t);
-    c->tp_state = NULL;
 }
 
 static const pier__transport_t tls_transport = {
@@ -442,8 +441,12 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
         free(t);
         return err;
     }
-    c->tp = &tls_transport;
-    c->tp_state = t;
+    if ((err = pier__conn_set_transport(c, &tls_transport, t)) < 0) {
+        SSL_free(t->ssl);
+        pier__tls_ctx_unref(ctx);
+        free(t);
+        return err;
+    }
     pier_timer_init(c->loop, &t->hs_timer, hs_timeout, t);
     pier_timer_start(&t->hs_timer, ctx->handshake_ms, 0);
     if (t->flags & T_CLIENT) {
@@ -459,9 +462,9 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
 int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) {
     if (c->flags & PIER__C_CLOSED)
         return -ENOTCONN;
-    if (c->tp != &tls_transport)
+    if (pier__conn_tp(c) != &tls_transport)
         return -EINVAL;
-    const tls_conn_t *t = c->tp_state;
+    const tls_conn_t *t = pier__conn_tp_state(c);
     memset(out, 0, sizeof *out);
     out->version = SSL_get_version(t->ssl);
     out->cipher = SSL_get_cipher_name(t->ssl);
