@@ -46,7 +46,7 @@ static void link_tail(pier__dlist_t *l, pier__dlnode_t *n, uint64_t now) {
     n->list = l;
     n->stamp = now;
     pier__queue_insert_tail(&l->nodes, &n->q);
-    if (!pier_timer_active(&l->timer))
+    if (l->ms && !pier_timer_active(&l->timer))
         pier_timer_start(&l->timer, l->ms, 0);
 }
 
@@ -72,6 +72,10 @@ void pier__dl_stop(pier__dlnode_t *n) {
 
 void pier__dl_touch_slow(pier__dlnode_t *n, uint64_t now) {
     pier__dlist_t *l = n->list;
+    if (!l->ms) { /* never due: its place in the list does not matter */
+        n->stamp = now;
+        return;
+    }
     pier__queue_remove(&n->q); /* the list stays non-empty: n goes straight back */
     n->stamp = now;
     pier__queue_insert_tail(&l->nodes, &n->q);
@@ -89,5 +93,18 @@ static void dlist_timer_cb(pier_timer_t *t) {
         }
         unlink_node(n);
         l->cb(n);
+    }
+}
+
+void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg) {
+    for (pier__dlist_t *l = loop->dlists; l; l = l->next) {
+        if (l->cb != cb)
+            continue;
+        pier__queue_t *q = l->nodes.next;
+        while (q != &l->nodes) {
+            pier__queue_t *next = q->next;
+            fn(pier__container_of(q, pier__dlnode_t, q), arg);
+            q = next;
+        }
     }
 }

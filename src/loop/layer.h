@@ -85,7 +85,9 @@ struct pier__dlnode_s {
     uint64_t stamp;      /* loop time when it was put at the tail */
 };
 
-/* The loop's list for (ms, cb), created on first use; NULL when out of memory. */
+/* The loop's list for (ms, cb), created on first use; NULL when out of memory. A list
+ * with ms 0 has no timer: its nodes are never due (an object without a timeout can
+ * still be found through the lists). */
 pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb);
 static inline void pier__dlnode_init(pier__dlnode_t *n) {
     pier__queue_init(&n->q);
@@ -97,6 +99,9 @@ void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
 void pier__dl_stop(pier__dlnode_t *n);
 /* Activity: n's deadline restarts from now. */
 void pier__dl_touch_slow(pier__dlnode_t *n, uint64_t now);
+/* Calls fn for each node of every list whose callback is cb. fn may move the node to
+ * another list, or stop it; a node moved to a list not yet walked is seen again. */
+void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg);
 static inline void pier__dl_touch(pier__dlnode_t *n, uint64_t now) {
     if (n->list && n->stamp != now)
         pier__dl_touch_slow(n, now);

@@ -55,13 +55,6 @@ void pier__limits_default(pier_conn_limits_t *lim) {
         lim->close_ms = 10000;
 }
 
-static const pier_conn_limits_t *default_limits(void) {
-    static pier_conn_limits_t lim;
-    if (!lim.out_high)
-        pier__limits_default(&lim); /* idempotent: racing loops write the same values */
-    return &lim;
-}
-
 static uint64_t linger_ms(const pier_conn_limits_t *lim) {
     return lim->close_ms < LINGER_MS ? lim->close_ms : LINGER_MS;
 }
@@ -69,25 +62,40 @@ static uint64_t linger_ms(const pier_conn_limits_t *lim) {
 /* Makes sure the loop has the deadline lists that lim's timeouts need, so that starting
  * a close or a linger later cannot fail. */
 static int take_lists(pier_loop_t *loop, const pier_conn_limits_t *lim) {
-    if (lim->idle_ms && !pier__dlist_get(loop, lim->idle_ms, deadline_cb))
+    if (!pier__dlist_get(loop, lim->idle_ms, deadline_cb))
         return -ENOMEM;
     if (!pier__dlist_get(loop, lim->close_ms, deadline_cb) || !pier__dlist_get(loop, linger_ms(lim), deadline_cb))
         return -ENOMEM;
     return 0;
 }
 
-/* The connection's deadline is now ms from now (0: none). */
+/* The connection's deadline is now ms from now. 0: none, but it stays in a list, the
+ * one without a timer: the lists are also how an owner finds its connections. */
 static void arm_deadline(pier_conn_t *c, uint64_t ms) {
-    pier__dlist_t *l = ms ? pier__dlist_get(c->loop, ms, deadline_cb) : NULL;
+    pier__dlist_t *l = pier__dlist_get(c->loop, ms, deadline_cb);
     if (l)
-        pier__dl_start(l, &c->dl);
-    else
-        pier__dl_stop(&c->dl); /* no timeout, or (never: take_lists made them) no list */
+        pier__dl_start(l, &c->dl); /* never NULL: take_lists made it */
 }
 
-int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out) {
-    if (!lim)
-        lim = default_limits();
+typedef struct each_s {
+    const pier__owner_t *owner;
+    void (*fn)(pier_conn_t *c);
+} each_t;
+
+static void each_one(pier__dlnode_t *n, void *arg) {
+    each_t *e = arg;
+    pier_conn_t *c = pier__container_of(n, pier_conn_t, dl);
+    if (c->owner == e->owner)
+        e->fn(c);
+}
+
+void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c)) {
+    each_t e = {owner, fn};
+    pier__dl_each(loop, deadline_cb, each_one, &e);
+}
+
+int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t **out) {
+    const pier_conn_limits_t *lim = &owner->lim;
     if (take_lists(loop, lim) < 0)
         return -ENOMEM;
     pier_conn_t *c = calloc(1, sizeof *c);
@@ -97,14 +105,13 @@ int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pie
     c->io.cb = conn_io_cb;
     c->loop = loop;
     c->refs = 1;
-    c->lim = lim;
+    c->owner = owner;
     c->id = pier__id_alloc(loop, c);
     if (c->id == PIER_ID_NONE) {
         free(c);
         return -ENOMEM;
     }
     pier__pending_init(&c->pass_p, pass_cb);
-    pier__queue_init(&c->owner_q);
     pier__dlnode_init(&c->dl);
     int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     if (err < 0) {
@@ -132,10 +139,6 @@ int pier_conn_fd(const pier_conn_t *c) { return c->flags & PIER__C_CLOSED ? -1 :
 int pier_conn_is_open(const pier_conn_t *c) { return !(c->flags & PIER__C_CLOSING); }
 size_t pier_conn_queued(const pier_conn_t *c) { return c->x ? c->x->queued : 0; }
 
-void pier__conn_set_owner(pier_conn_t *c, const pier__conn_owner_t *ops, void *owner) {
-    c->owner_ops = ops;
-    c->owner = owner;
-}
 
 pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id) {
     pier_conn_t *c = pier__id_conn(id);
@@ -191,10 +194,7 @@ static void x_drop(pier_conn_t *c) {
     pier__conn_x_t *x = c->x;
     if (!x)
         return;
-    if (c->flags & PIER__C_OWN_LIM) {
-        c->lim = default_limits(); /* nothing reads them after the close */
-        c->flags &= ~PIER__C_OWN_LIM;
-    }
+    c->flags &= ~PIER__C_OWN_LIM; /* the owner's again (nothing reads them after a close) */
     if (x->out != x->inl)
         free(x->out);
     free(x->rbuf);
@@ -308,7 +308,7 @@ static int can_write_direct(const pier_conn_t *c, size_t len) {
 
 static void note_queued(pier_conn_t *c, size_t n) {
     c->x->queued += n;
-    if (c->x->queued > c->lim->out_high)
+    if (c->x->queued > pier__conn_lim(c)->out_high)
         c->flags |= PIER__C_WATER_PAUSE;
     want_flush(c);
 }
@@ -323,8 +323,8 @@ void pier__conn_fail(pier_conn_t *c, int err) { fail(c, err); }
 void pier__conn_want_flush(pier_conn_t *c) { want_flush(c); }
 
 void pier__conn_ready(pier_conn_t *c) {
-    if (c->owner_ops && c->owner_ops->ready)
-        c->owner_ops->ready(c->owner, c);
+    if (c->owner->ops->ready)
+        c->owner->ops->ready(c->owner, c);
 }
 
 /* Writes a unit straight to the socket while nothing is queued: large units skip the
@@ -640,7 +640,7 @@ static void read_again(pier_conn_t *c) {
 
 /* After a flush: resume below the low water mark, and let a pending close proceed. */
 static void after_flush(pier_conn_t *c) {
-    if ((c->flags & PIER__C_WATER_PAUSE) && pier_conn_queued(c) <= c->lim->out_low) {
+    if ((c->flags & PIER__C_WATER_PAUSE) && pier_conn_queued(c) <= pier__conn_lim(c)->out_low) {
         c->flags &= ~PIER__C_WATER_PAUSE;
         if (!(c->flags & PIER__C_CLOSING)) {
             /* input kept while paused is handed to the protocol again, as on resume:
@@ -679,7 +679,7 @@ static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own
         c->x->rlen = c->x->rcap = 0;
         return 0;
     }
-    if (len >= c->lim->read_max)
+    if (len >= pier__conn_lim(c)->read_max)
         return -EMSGSIZE;
     if (!x_need(c))
         return -ENOMEM;
@@ -687,8 +687,8 @@ static int keep_unconsumed(pier_conn_t *c, const char *data, size_t len, int own
         memmove(c->x->rbuf, data, len);
     } else {
         size_t cap = len * 2 < 4096 ? 4096 : len * 2;
-        if (cap > c->lim->read_max)
-            cap = c->lim->read_max;
+        if (cap > pier__conn_lim(c)->read_max)
+            cap = pier__conn_lim(c)->read_max;
         char *buf = malloc(cap);
         if (!buf)
             return -ENOMEM;
@@ -759,7 +759,7 @@ static void do_read(pier_conn_t *c) {
     size_t room = PIER__READ_BUF;
     if (own) {
         if (c->x->rlen == c->x->rcap) {
-            size_t cap = c->x->rcap * 2 > c->lim->read_max ? c->lim->read_max : c->x->rcap * 2;
+            size_t cap = c->x->rcap * 2 > pier__conn_lim(c)->read_max ? pier__conn_lim(c)->read_max : c->x->rcap * 2;
             char *nb = cap > c->x->rcap ? realloc(c->x->rbuf, cap) : NULL;
             if (!nb) {
                 fail(c, cap > c->x->rcap ? -ENOMEM : -EMSGSIZE);
@@ -863,7 +863,9 @@ void pier_conn_resume(pier_conn_t *c) {
 /* A connection that changes its limits gets its own copy (a WebSocket's, say); the
  * others share their owner's. */
 void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
-    pier_conn_limits_t next = *c->lim;
+    if (c->flags & PIER__C_CLOSED)
+        return; /* its owner may be gone */
+    pier_conn_limits_t next = *pier__conn_lim(c);
     if (lim->out_high)
         next.out_high = lim->out_high;
     if (lim->out_low)
@@ -881,7 +883,6 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
         return;
     }
     c->x->lim = next;
-    c->lim = &c->x->lim;
     c->flags |= PIER__C_OWN_LIM;
     if (lim->idle_ms && !(c->flags & PIER__C_CLOSING))
         arm_deadline(c, lim->idle_ms);
@@ -897,7 +898,7 @@ void pier_conn_close(pier_conn_t *c) {
     c->flags |= PIER__C_CLOSING;
     pier__id_closing(c->id);
     pier__pending_cancel(&c->pass_p);
-    arm_deadline(c, c->lim->close_ms);
+    arm_deadline(c, pier__conn_lim(c)->close_ms);
     schedule_close(c);
 }
 
@@ -951,8 +952,7 @@ static void finalize(pier_conn_t *c) {
     pier_conn_ref(c);
     if (c->cbs && c->cbs->on_close)
         c->cbs->on_close(c, c->err);
-    if (c->owner_ops)
-        c->owner_ops->closed(c->owner, c, c->err);
+    c->owner->ops->closed(c->owner, c, c->err);
     if (c->x && c->x->tp)
         c->x->tp->free(c);
     x_drop(c);
@@ -994,7 +994,7 @@ static void close_step(pier_conn_t *c) {
             shutdown(c->io.fd, SHUT_WR);
             c->flags |= PIER__C_SHUT;
             if (!(c->flags & PIER__C_EOF)) {
-                arm_deadline(c, linger_ms(c->lim));
+                arm_deadline(c, linger_ms(pier__conn_lim(c)));
                 linger_read(c);
             }
         }

@@ -97,9 +97,9 @@ struct pier_conn_s {
     int err;                    /* first error, reported to on_close */
 
     pier__conn_x_t *x;          /* NULL while idle */
-    /* The owner's limits (shared by its connections), or x->lim after
-     * pier_conn_set_limits (PIER__C_OWN_LIM). */
-    const pier_conn_limits_t *lim;
+    /* The owner (a server, a client) that made the connection: its hooks and the limits
+     * its connections share (x->lim instead after pier_conn_set_limits). */
+    struct pier__owner_s *owner;
     /* The one deadline a connection has at a time, in its loop's list for that timeout:
      * idle while open, flush-on-close while closing, linger after our FIN. */
     pier__dlnode_t dl;
@@ -107,11 +107,6 @@ struct pier_conn_s {
     /* The read pass while open, the close pass once closing: never both, since a close
      * cancels a queued read and nothing reads after it. */
     pier__pending_t pass_p;
-    /* The owner (a server, a client) that made the connection, told through its hook
-     * when the connection has finished closing. owner_q links it in the owner's list. */
-    const struct pier__conn_owner_s *owner_ops;
-    void *owner;
-    pier__queue_t owner_q;
 };
 
 /* The transport's state (src/tls), and the first queued item (NULL if none). */
@@ -122,21 +117,34 @@ static inline pier__out_t *pier__conn_out_head(const pier_conn_t *c) {
 }
 
 /* How a connection tells its owner that it closed: closed() runs once, in the close pass,
- * after on_close, with the connection's error; the owner unlinks owner_q there. */
+ * after on_close, with the connection's error. */
+typedef struct pier__owner_s pier__owner_t;
 typedef struct pier__conn_owner_s {
-    void (*closed)(void *owner, pier_conn_t *c, int err);
+    void (*closed)(pier__owner_t *owner, pier_conn_t *c, int err);
     /* A connection with a transport is ready for the application (its handshake is
      * done): the owner hands it over (on_accept, on_connect). */
-    void (*ready)(void *owner, pier_conn_t *c);
+    void (*ready)(pier__owner_t *owner, pier_conn_t *c);
 } pier__conn_owner_t;
+
+/* Embedded in a server or a client: one copy of the limits for all its connections. */
+struct pier__owner_s {
+    const pier__conn_owner_t *ops;
+    pier_conn_limits_t lim;     /* defaults filled in (pier__limits_default) */
+};
+
+static inline const pier_conn_limits_t *pier__conn_lim(const pier_conn_t *c) {
+    return c->flags & PIER__C_OWN_LIM ? &c->x->lim : &c->owner->lim;
+}
 
 /* I/O happened: the idle deadline starts again. */
 static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(&c->dl, pier_loop_now(c->loop)); }
 
-/* Wraps a connected non-blocking socket. The loop holds the first reference. lim: the
- * owner's limits with defaults filled in (pier__limits_default), which must outlive the
- * connection's open life; NULL for pier's defaults. */
-int pier__conn_new(pier_loop_t *loop, int fd, const pier_conn_limits_t *lim, pier_conn_t **out);
+/* Wraps a connected non-blocking socket for owner, which must outlive the connection's
+ * open life. The loop holds the first reference. */
+int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t **out);
+/* Calls fn for each connection of owner on loop that has not finished closing (fn may
+ * close or abort it). */
+void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c));
 /* For transports: the owner's ready hook; consuming n bytes of out[] (they have been
  * taken by the transport); the flush pass; a failure that aborts with err. */
 void pier__conn_ready(pier_conn_t *c);
@@ -149,8 +157,6 @@ int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);
 
-/* Sets the owner of a new connection (before any callback can run). */
-void pier__conn_set_owner(pier_conn_t *c, const pier__conn_owner_t *ops, void *owner);
 
 /* "1.2.3.4:80" / "[::1]:80" from a sockaddr. */
 const char *pier__addr_str(const void *sa, char *buf, size_t size);

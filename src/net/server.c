@@ -28,13 +28,13 @@ typedef struct listener_s {
     pier_loop_t *loop;
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
-    pier__queue_t conns;        /* this server's open connections on this loop */
     pier_task_t tasks[NTASKS];  /* embedded, so that starting, stopping and closing cannot
                                  * fail for want of memory (a lost stop task would keep
                                  * the server from ever being freed) */
 } listener_t;
 
 struct pier_server_s {
+    pier__owner_t own;          /* its hooks, and the limits its connections share */
     pier_server_opts_t opts;
     char host[64];
     pier_group_t *group;
@@ -100,16 +100,17 @@ static int probe_port(struct sockaddr_storage *ss, socklen_t len) {
 }
 
 /* The close hook: the connection has finished closing (its on_close has run). */
-static void conn_closed(void *owner, pier_conn_t *c, int err) {
-    pier_server_t *srv = owner;
-    pier__queue_remove(&c->owner_q);
+static void conn_closed(pier__owner_t *owner, pier_conn_t *c, int err) {
+    (void)c;
+    (void)err;
+    pier_server_t *srv = pier__container_of(owner, pier_server_t, own);
     atomic_fetch_sub(&srv->conns, 1);
 }
 
 /* The ready hook: the connection is the application's from here (for TLS, after the
  * handshake; for plain TCP, at once). */
-static void conn_ready(void *owner, pier_conn_t *c) {
-    pier_server_t *srv = owner;
+static void conn_ready(pier__owner_t *owner, pier_conn_t *c) {
+    pier_server_t *srv = pier__container_of(owner, pier_server_t, own);
     pier_conn_ref(c);
     if (srv->opts.on_accept)
         srv->opts.on_accept(srv, c);
@@ -121,7 +122,7 @@ static void conn_ready(void *owner, pier_conn_t *c) {
 static const pier__conn_owner_t server_owner = {.closed = conn_closed, .ready = conn_ready};
 
 pier_server_t *pier_conn_server(const pier_conn_t *c) {
-    return c->owner_ops == &server_owner ? c->owner : NULL;
+    return c->owner->ops == &server_owner ? pier__container_of(c->owner, pier_server_t, own) : NULL;
 }
 
 static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
@@ -136,17 +137,15 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     pier_conn_t *c;
-    int err = pier__conn_new(l->loop, fd, &srv->opts.limits, &c);
+    int err = pier__conn_new(l->loop, fd, &srv->own, &c);
     if (err < 0) {
         atomic_fetch_sub(&srv->conns, 1);
         pier_log(PIER_LOG_WARN, "cannot set up accepted connection: %s", pier_strerror(err));
         close(fd);
         return;
     }
-    pier__conn_set_owner(c, &server_owner, srv);
-    pier__queue_insert_tail(&l->conns, &c->owner_q);
     if (!srv->opts.tls) {
-        conn_ready(srv, c);
+        conn_ready(&srv->own, c);
         return;
     }
     /* the transport calls conn_ready once its handshake is done */
@@ -234,6 +233,8 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     if (!srv->opts.max_conns)
         srv->opts.max_conns = 100000;
     pier__limits_default(&srv->opts.limits);
+    srv->own.ops = &server_owner;
+    srv->own.lim = srv->opts.limits;
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->ref(srv->opts.tls);
     srv->group = group;
@@ -250,7 +251,6 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     }
     for (unsigned i = 0; i < srv->n; i++) {
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        pier__queue_init(&srv->ls[i].conns);
         tasks_init(&srv->ls[i]);
     }
     if ((err = probe_port(&ss, (socklen_t)len)) < 0)
@@ -363,15 +363,8 @@ void pier_server_stop(pier_server_t *srv) {
     }
 }
 
-static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) {
-    /* close and abort only mark and queue: no connection leaves the list under us */
-    pier__queue_t *q = l->conns.next;
-    while (q != &l->conns) {
-        pier_conn_t *c = pier__container_of(q, pier_conn_t, owner_q);
-        q = q->next;
-        fn(c);
-    }
-}
+/* close and abort only mark and queue: no connection leaves the loop's lists under us */
+static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) { pier__conn_each(l->loop, &l->srv->own, fn); }
 
 static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
 static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
