@@ -2,58 +2,70 @@
  * object. Nodes enter at the tail stamped with the loop's time, so a list is ordered by
  * due time and only its head needs a timer. The timer is armed when a node enters an
  * empty list and, when it fires, runs the due nodes and re-arms for the new head; a head
- * that left early makes it fire for nothing once, never late. */
+ * that left early makes it fire for nothing once, never late. A node names its list by
+ * index (lists live as long as the loop), and its stamp is the loop's time modulo 2^32,
+ * so that a node costs 24 bytes. */
 #include "internal.h"
 
 #include <stdlib.h>
 
+#define MAX_MS ((uint64_t)INT32_MAX)
+
 struct pier__dlist_s {
     pier__queue_t nodes;
     pier_timer_t timer;
-    uint64_t ms;
+    uint32_t ms;
+    uint32_t index;
     pier__dl_cb cb;
-    pier__dlist_t *next; /* the loop's lists */
 };
 
 static void dlist_timer_cb(pier_timer_t *t);
 
 pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb) {
-    for (pier__dlist_t *l = loop->dlists; l; l = l->next)
-        if (l->ms == ms && l->cb == cb)
-            return l;
+    if (ms > MAX_MS)
+        ms = MAX_MS;
+    for (uint32_t i = 0; i < loop->ndlists; i++)
+        if (loop->dlists[i]->ms == ms && loop->dlists[i]->cb == cb)
+            return loop->dlists[i];
+    pier__dlist_t **v = realloc(loop->dlists, (loop->ndlists + 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    loop->dlists = v;
     pier__dlist_t *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
     pier__queue_init(&l->nodes);
     pier_timer_init(loop, &l->timer, dlist_timer_cb, l);
-    l->ms = ms;
+    l->ms = (uint32_t)ms;
     l->cb = cb;
-    l->next = loop->dlists;
-    loop->dlists = l;
+    l->index = loop->ndlists;
+    v[loop->ndlists++] = l;
     return l;
 }
 
 void pier__dlists_free(pier_loop_t *loop) {
-    while (loop->dlists) {
-        pier__dlist_t *l = loop->dlists;
-        loop->dlists = l->next;
-        pier_timer_stop(&l->timer);
-        free(l);
+    for (uint32_t i = 0; i < loop->ndlists; i++) {
+        pier_timer_stop(&loop->dlists[i]->timer);
+        free(loop->dlists[i]);
     }
+    free(loop->dlists);
+    loop->dlists = NULL;
+    loop->ndlists = 0;
 }
 
-static void link_tail(pier__dlist_t *l, pier__dlnode_t *n, uint64_t now) {
-    n->list = l;
-    n->stamp = now;
+static pier__dlist_t *list_of(pier_loop_t *loop, const pier__dlnode_t *n) { return loop->dlists[n->list - 1]; }
+
+static void link_tail(pier__dlist_t *l, pier__dlnode_t *n) {
+    n->list = l->index + 1;
+    n->stamp = (uint32_t)pier_loop_now(l->timer.loop);
     pier__queue_insert_tail(&l->nodes, &n->q);
     if (l->ms && !pier_timer_active(&l->timer))
         pier_timer_start(&l->timer, l->ms, 0);
 }
 
-static void unlink_node(pier__dlnode_t *n) {
-    pier__dlist_t *l = n->list;
+static void unlink_node(pier__dlist_t *l, pier__dlnode_t *n) {
     pier__queue_remove(&n->q);
-    n->list = NULL;
+    n->list = 0;
     /* an empty list keeps no timer, so the loop can finish */
     if (pier__queue_empty(&l->nodes))
         pier_timer_stop(&l->timer);
@@ -61,43 +73,43 @@ static void unlink_node(pier__dlnode_t *n) {
 
 void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n) {
     if (n->list)
-        unlink_node(n);
-    link_tail(l, n, pier_loop_now(l->timer.loop));
+        unlink_node(list_of(l->timer.loop, n), n);
+    link_tail(l, n);
 }
 
-void pier__dl_stop(pier__dlnode_t *n) {
+void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n) {
     if (n->list)
-        unlink_node(n);
+        unlink_node(list_of(loop, n), n);
 }
 
-void pier__dl_touch_slow(pier__dlnode_t *n, uint64_t now) {
-    pier__dlist_t *l = n->list;
-    if (!l->ms) { /* never due: its place in the list does not matter */
-        n->stamp = now;
-        return;
-    }
+void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n) {
+    pier__dlist_t *l = list_of(loop, n);
+    n->stamp = (uint32_t)pier_loop_now(loop);
+    if (!l->ms)
+        return; /* never due: its place in the list does not matter */
     pier__queue_remove(&n->q); /* the list stays non-empty: n goes straight back */
-    n->stamp = now;
     pier__queue_insert_tail(&l->nodes, &n->q);
 }
 
 static void dlist_timer_cb(pier_timer_t *t) {
     pier__dlist_t *l = t->data;
-    uint64_t now = pier_loop_now(t->loop);
+    uint32_t now = (uint32_t)pier_loop_now(t->loop);
     while (!pier__queue_empty(&l->nodes)) {
         pier__dlnode_t *n = pier__container_of(pier__queue_head(&l->nodes), pier__dlnode_t, q);
-        if (n->stamp + l->ms > now) {
+        uint32_t age = now - n->stamp;
+        if (age < l->ms) {
             /* a callback may have emptied and refilled the list, arming the timer again */
-            pier_timer_start(t, n->stamp + l->ms - now, 0);
+            pier_timer_start(t, l->ms - age, 0);
             return;
         }
-        unlink_node(n);
+        unlink_node(l, n);
         l->cb(n);
     }
 }
 
 void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg) {
-    for (pier__dlist_t *l = loop->dlists; l; l = l->next) {
+    for (uint32_t i = 0; i < loop->ndlists; i++) {
+        pier__dlist_t *l = loop->dlists[i];
         if (l->cb != cb)
             continue;
         pier__queue_t *q = l->nodes.next;

@@ -37,7 +37,8 @@ struct pier_loop_s {
     uint64_t timer_seq;
 
     pier__queue_t passes[PIER__PASSES];
-    pier__dlist_t *dlists;         /* deadline lists, one per (timeout, callback) */
+    pier__dlist_t **dlists;        /* deadline lists, one per (timeout, callback) */
+    uint32_t ndlists;
 
     char *rbuf;                    /* PIER__READ_BUF bytes shared by all reads */
     void *chunks[PIER__CHUNK_CACHE];

@@ -81,30 +81,31 @@ typedef struct pier__dlnode_s pier__dlnode_t;
 typedef void (*pier__dl_cb)(pier__dlnode_t *n);
 struct pier__dlnode_s {
     pier__queue_t q;
-    pier__dlist_t *list; /* the list it is in, NULL if none */
-    uint64_t stamp;      /* loop time when it was put at the tail */
+    uint32_t list;       /* the list it is in: 1 + its index in the loop; 0: none */
+    uint32_t stamp;      /* loop time (ms, modulo 2^32) when it was put at the tail */
 };
 
 /* The loop's list for (ms, cb), created on first use; NULL when out of memory. A list
  * with ms 0 has no timer: its nodes are never due (an object without a timeout can
- * still be found through the lists). */
+ * still be found through the lists). Stamps are 32 bits, so timeouts are capped at
+ * 2^31 ms (24 days). */
 pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb);
 static inline void pier__dlnode_init(pier__dlnode_t *n) {
     pier__queue_init(&n->q);
-    n->list = NULL;
+    n->list = 0;
 }
 /* Puts n at the tail of l (taking it out of any list it was in): due in l's timeout. */
 void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
 /* Takes n out of its list; a no-op if it is in none. */
-void pier__dl_stop(pier__dlnode_t *n);
+void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n);
 /* Activity: n's deadline restarts from now. */
-void pier__dl_touch_slow(pier__dlnode_t *n, uint64_t now);
+void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n);
 /* Calls fn for each node of every list whose callback is cb. fn may move the node to
  * another list, or stop it; a node moved to a list not yet walked is seen again. */
 void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg);
-static inline void pier__dl_touch(pier__dlnode_t *n, uint64_t now) {
-    if (n->list && n->stamp != now)
-        pier__dl_touch_slow(n, now);
+static inline void pier__dl_touch(pier_loop_t *loop, pier__dlnode_t *n) {
+    if (n->list && n->stamp != (uint32_t)pier_loop_now(loop))
+        pier__dl_touch_slow(loop, n);
 }
 
 /* ---- resources shared by a loop's connections ---- */

@@ -940,7 +940,7 @@ static void finalize(pier_conn_t *c) {
         pier__pending_cancel(&c->x->flush_p);
     /* close_step's own linger read may have queued it again on its way here */
     pier__pending_cancel(&c->pass_p);
-    pier__dl_stop(&c->dl);
+    pier__dl_stop(c->loop, &c->dl);
     if (c->flags & PIER__C_ABORT) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);

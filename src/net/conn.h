@@ -93,8 +93,8 @@ struct pier_conn_s {
     void *data;
     pier_id_t id;
     unsigned refs;
-    unsigned flags;
-    int err;                    /* first error, reported to on_close */
+    uint16_t flags;
+    int16_t err;                /* first error (a negative errno), reported to on_close */
 
     pier__conn_x_t *x;          /* NULL while idle */
     /* The owner (a server, a client) that made the connection: its hooks and the limits
@@ -137,7 +137,7 @@ static inline const pier_conn_limits_t *pier__conn_lim(const pier_conn_t *c) {
 }
 
 /* I/O happened: the idle deadline starts again. */
-static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(&c->dl, pier_loop_now(c->loop)); }
+static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(c->loop, &c->dl); }
 
 /* Wraps a connected non-blocking socket for owner, which must outlive the connection's
  * open life. The loop holds the first reference. */
