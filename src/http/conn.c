@@ -9,8 +9,10 @@
  * requests wait, reading paused, until the client has read enough (on_drain).
  */
 #include "http/http_int.h"
+#include "loop/layer.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,7 +72,7 @@ static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const cha
     pier__http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
     hc->body_due = 0; /* the request is complete */
-    hc->seq++;
+    hc->seq = ++hl->seq;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
     hc->is_head = req->method == PIER_HTTP_HEAD;
@@ -274,6 +276,10 @@ static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
     return off;
 }
 
+_Static_assert(sizeof(pier__http_conn_t) <= PIER__OBJ_MAX, "from the loop's object cache");
+
+static void on_deadline(pier_timer_t *t);
+
 static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     size_t limit = hc->srv->lim.max_head + hc->srv->max_body + 65536;
     if (hc->pending.len + n > limit)
@@ -281,7 +287,8 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     return pier__buf_append(&hc->pending, data, n);
 }
 
-/* The HTTP state of the connection goes (at its close, or when it is handed over). */
+/* The HTTP state of the connection goes (at its close, when it is handed over, or while
+ * it waits idle between requests). */
 static void conn_free(pier__http_conn_t *hc) {
     pier_timer_stop(&hc->timer);
     pier__http_later_detach(hc);
@@ -289,7 +296,45 @@ static void conn_free(pier__http_conn_t *hc) {
     pier__buf_free(&hc->head_copy);
     pier__buf_free(&hc->body);
     pier__buf_free(&hc->pending);
-    free(hc);
+    pier__obj_put(pier_conn_loop(hc->c), hc, sizeof *hc);
+}
+
+static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop) {
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].loop == loop)
+            return &srv->loops[i];
+    return NULL;
+}
+
+/* The connection's HTTP state, from the loop's cache: at the accept, and again when a
+ * keep-alive connection that gave its state back sends its next request. */
+static pier__http_conn_t *conn_new(pier_conn_t *c) {
+    pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
+    pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
+    pier__http_conn_t *hc = hl ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
+    if (!hc)
+        return NULL;
+    memset(hc, 0, offsetof(pier__http_conn_t, logline));
+    hc->logline[0] = '\0';
+    hc->srv = srv;
+    hc->hl = hl;
+    hc->c = c;
+    hc->state = ST_HEAD;
+    pier__http_parser_init(&hc->parser);
+    pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
+    pier_conn_set_data(c, hc);
+    return hc;
+}
+
+/* Between requests a keep-alive connection needs no HTTP state: nothing is half-read
+ * (all input consumed, so the parser is at its start), nothing waits on a deferred
+ * response or the output draining, no deadline runs (the core's idle timeout is the
+ * keep-alive one). Giving the state back keeps an idle connection small. */
+static void maybe_idle(pier__http_conn_t *hc) {
+    if (hc->state != ST_HEAD || hc->head_due || hc->body_due || hc->pending.len || hc->later || hc->held ||
+        hc->eof || hc->head_copy.cap || hc->body.cap)
+        return;
+    conn_free(hc);
 }
 
 /* An upgrade's 101 is queued and its handler has returned: the connection leaves HTTP.
@@ -351,7 +396,11 @@ static void reset(pier__http_conn_t *hc) {
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     pier__http_conn_t *hc = pier_conn_data(c);
-    if (!hc || hc->state == ST_CLOSED)
+    if (!hc && !(hc = conn_new(c))) {
+        pier_conn_abort(c);
+        return len;
+    }
+    if (hc->state == ST_CLOSED)
         return len;
     if (hc->state == ST_WAIT || hc->pending.len) {
         if (pending_add(hc, data, len) < 0)
@@ -368,6 +417,8 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
             reset(hc);
         used = len;
     }
+    if (used == len && pier_conn_is_open(c))
+        maybe_idle(hc);
     return used;
 }
 
@@ -435,22 +486,12 @@ static const pier_conn_cbs_t conn_cbs = {
 };
 
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
-    pier_http_server_t *srv = pier_server_data(s);
-    pier__http_loop_t *hl = NULL;
-    for (unsigned i = 0; i < srv->nloops; i++)
-        if (srv->loops[i].loop == pier_conn_loop(c))
-            hl = &srv->loops[i];
-    pier__http_conn_t *hc = hl ? calloc(1, sizeof *hc) : NULL;
+    (void)s;
+    pier_conn_set_cbs(c, &conn_cbs, NULL);
+    pier__http_conn_t *hc = conn_new(c);
     if (!hc) {
         pier_conn_abort(c);
         return;
     }
-    hc->srv = srv;
-    hc->hl = hl;
-    hc->c = c;
-    hc->state = ST_HEAD;
-    pier__http_parser_init(&hc->parser);
-    pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
-    pier_conn_set_cbs(c, &conn_cbs, hc);
-    start_header_timer(hc);
+    start_header_timer(hc); /* the first request's head is due from the accept */
 }

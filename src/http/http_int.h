@@ -109,6 +109,7 @@ typedef struct pier__http_loop_s {
     char common[300];      /* "Server: ...\r\nDate: ...\r\n", rebuilt once a second */
     size_t common_len;
     uint64_t requests;
+    uint64_t seq;          /* requests dispatched on this loop: names each one */
     pier__buf_t out;       /* the head of the response being built */
     char *path;            /* decoded path of the current request */
     pier__http_request_t req;
@@ -160,7 +161,9 @@ struct pier__http_conn_s {
     pier__buf_t head_copy;    /* CHUNKED: the head, parsed again once the body is complete */
     pier__buf_t body;         /* CHUNKED: the decoded body */
     pier__buf_t pending;      /* input that arrived while a response was deferred */
-    uint64_t seq;             /* requests dispatched; names the one a deferred response is for */
+    uint64_t seq;             /* the request dispatched last (unique in its loop), which a
+                               * deferred response names: a later state of the same
+                               * connection never reuses it */
     /* the response under way */
     int keep_alive, minor, is_head, stream, sent_continue, eof;
     int held;                 /* reading paused: the answers so far must drain first */

@@ -173,6 +173,8 @@ void pier_conn_unref(pier_conn_t *c) {
 
 /* ---- the part an idle connection does without ---- */
 
+_Static_assert(sizeof(pier__conn_x_t) <= PIER__OBJ_MAX, "from the loop's object cache");
+
 /* The connection's cold part, taken when first needed. NULL when out of memory. */
 static pier__conn_x_t *x_need(pier_conn_t *c) {
     if (c->x)
