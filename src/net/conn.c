@@ -98,25 +98,18 @@ int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t 
     const pier_conn_limits_t *lim = &owner->lim;
     if (take_lists(loop, lim) < 0)
         return -ENOMEM;
-    pier_conn_t *c = calloc(1, sizeof *c);
+    pier_conn_t *c = pier__id_alloc(loop);
     if (!c)
         return -ENOMEM;
     c->io.fd = fd;
     c->io.cb = conn_io_cb;
-    c->loop = loop;
     c->refs = 1;
     c->owner = owner;
-    c->id = pier__id_alloc(loop, c);
-    if (c->id == PIER_ID_NONE) {
-        free(c);
-        return -ENOMEM;
-    }
     pier__pending_init(&c->pass_p, pass_cb);
     pier__dlnode_init(&c->dl);
     int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     if (err < 0) {
-        pier__id_release(c->id);
-        free(c);
+        pier__id_free(c);
         return err;
     }
     pier__loop_handle_add(loop);
@@ -133,7 +126,7 @@ void pier_conn_set_cbs(pier_conn_t *c, const pier_conn_cbs_t *cbs, void *data) {
 }
 void *pier_conn_data(const pier_conn_t *c) { return c->data; }
 void pier_conn_set_data(pier_conn_t *c, void *data) { c->data = data; }
-pier_id_t pier_conn_id(const pier_conn_t *c) { return c->id; }
+pier_id_t pier_conn_id(const pier_conn_t *c) { return pier__id_of(c); }
 pier_loop_t *pier_conn_loop(const pier_conn_t *c) { return c->loop; }
 int pier_conn_fd(const pier_conn_t *c) { return c->flags & PIER__C_CLOSED ? -1 : c->io.fd; }
 int pier_conn_is_open(const pier_conn_t *c) { return !(c->flags & PIER__C_CLOSING); }
@@ -164,11 +157,11 @@ void pier_conn_unref(pier_conn_t *c) {
         /* the loop's own reference was given away: a bug in the caller. Keep the memory
          * (a leak is better than a use-after-free) and say so loudly. */
         pier_log(PIER_LOG_ERROR, "connection %llu: last reference dropped while open (unbalanced unref)",
-                 (unsigned long long)c->id);
+                 (unsigned long long)pier_conn_id(c));
         c->refs = 1;
         return;
     }
-    free(c);
+    pier__id_free(c);
 }
 
 /* ---- the part an idle connection does without ---- */
@@ -728,7 +721,7 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
     int err = keep_unconsumed(c, data + used, len - used, own);
     if (err < 0) {
         pier_log(PIER_LOG_WARN, "connection %llu: %zu unconsumed bytes reach the read limit, closing",
-                 (unsigned long long)c->id, len - used);
+                 (unsigned long long)pier_conn_id(c), len - used);
         fail(c, err);
         return;
     }
@@ -880,7 +873,7 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
         next.idle_ms = lim->idle_ms;
     if (!x_need(c) || take_lists(c->loop, &next) < 0) {
         /* the old limits stay: still bounded, only not the ones asked for */
-        pier_log(PIER_LOG_WARN, "connection %llu: out of memory changing its limits", (unsigned long long)c->id);
+        pier_log(PIER_LOG_WARN, "connection %llu: out of memory changing its limits", (unsigned long long)pier_conn_id(c));
         x_release(c);
         return;
     }
@@ -898,7 +891,7 @@ void pier_conn_close(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSING)
         return;
     c->flags |= PIER__C_CLOSING;
-    pier__id_closing(c->id);
+    pier__id_release(c);
     pier__pending_cancel(&c->pass_p);
     arm_deadline(c, pier__conn_lim(c)->close_ms);
     schedule_close(c);
@@ -907,7 +900,7 @@ void pier_conn_close(pier_conn_t *c) {
 void pier_conn_abort(pier_conn_t *c) {
     if (c->flags & (PIER__C_CLOSED | PIER__C_ABORT))
         return;
-    pier__id_closing(c->id);
+    pier__id_release(c);
     if (!(c->flags & PIER__C_CLOSING))
         pier__pending_cancel(&c->pass_p); /* a read queued; a close queued stays */
     c->flags |= PIER__C_CLOSING | PIER__C_ABORT;
@@ -921,7 +914,7 @@ static void deadline_cb(pier__dlnode_t *n) {
         /* the flush or the linger took too long */
         if (!(c->flags & PIER__C_SHUT)) {
             pier_log(PIER_LOG_DEBUG, "connection %llu: close could not flush %zu bytes in time, resetting",
-                     (unsigned long long)c->id, pier_conn_queued(c));
+                     (unsigned long long)pier_conn_id(c), pier_conn_queued(c));
             fail(c, -ETIMEDOUT);
         }
         c->flags |= PIER__C_EOF;
@@ -948,7 +941,7 @@ static void finalize(pier_conn_t *c) {
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     close(c->io.fd);
-    pier__id_release(c->id);
+    pier__id_release(c);
     pier__loop_handle_del(loop);
     out_drop_all(c);
     pier_conn_ref(c);

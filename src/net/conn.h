@@ -86,12 +86,15 @@ typedef struct pier__conn_x_s {
     pier__out_t inl[2];         /* most connections queue one or two items */
 } pier__conn_x_t;
 
+/* Connections live in the id table's slots (idtab.c), which are never freed: aid and
+ * loop come first and are atomic, since another thread may read them through a stale id
+ * while the slot is reused. */
 struct pier_conn_s {
+    _Atomic uint64_t aid;       /* the id, with PIER__ID_DEAD once closing */
+    _Atomic(pier_loop_t *) loop;
     pier__io_t io;
-    pier_loop_t *loop;
     const pier_conn_cbs_t *cbs;
     void *data;
-    pier_id_t id;
     unsigned refs;
     uint16_t flags;
     int16_t err;                /* first error (a negative errno), reported to on_close */

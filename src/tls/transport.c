@@ -248,7 +248,7 @@ static int read_end(tls_conn_t *t, int e) {
     int err = t->sock_err ? t->sock_err : (t->flags & T_EOF) ? PIER_ETLS_TRUNCATED : -EPROTO;
     if (err == -EPROTO) {
         char why[256];
-        pier_log(PIER_LOG_DEBUG, "tls: connection %llu: %s", (unsigned long long)t->c->id,
+        pier_log(PIER_LOG_DEBUG, "tls: connection %llu: %s", (unsigned long long)pier_conn_id(t->c),
                  pier__tls_reason(why, sizeof why));
     }
     ERR_clear_error();
@@ -301,7 +301,7 @@ static int write_failed(tls_conn_t *t) {
     t->flags |= T_FATAL;
     if (t->sock_err)
         return t->sock_err;
-    pier_log(PIER_LOG_DEBUG, "tls: connection %llu: cannot encrypt: %s", (unsigned long long)t->c->id,
+    pier_log(PIER_LOG_DEBUG, "tls: connection %llu: cannot encrypt: %s", (unsigned long long)pier_conn_id(t->c),
              pier__tls_reason(why, sizeof why));
     return -EPROTO;
 }
