@@ -329,7 +329,7 @@ static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt)
     for (;;) {
         ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
-            pier__conn_active(c);
+            pier__conn_sent(c);
             return n;
         }
         if (errno == EINTR)
@@ -579,7 +579,7 @@ static int flush(pier_conn_t *c) {
             }
             if (n == 0)
                 return -EIO; /* the file shrank under us */
-            pier__conn_active(c);
+            pier__conn_sent(c);
             pier__conn_consume(c, (size_t)n);
             continue;
         }
@@ -600,7 +600,7 @@ static int flush(pier_conn_t *c) {
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
-        pier__conn_active(c);
+        pier__conn_sent(c);
         pier__conn_consume(c, (size_t)n);
         if ((size_t)n < total)
             return 0; /* the socket is full; EPOLLOUT will bring us back */
@@ -921,8 +921,13 @@ static void deadline_cb(pier__dlnode_t *n) {
         schedule_close(c);
         return;
     }
+    if (c->flags & PIER__C_IDLE_HOLD) {
+        arm_deadline(c, pier__conn_lim(c)->idle_ms);
+        return;
+    }
     if (!c->err)
         c->err = -ETIMEDOUT;
+    c->flags |= PIER__C_IDLE_GONE;
     pier_conn_ref(c);
     pier_conn_close(c);
     pier_conn_unref(c);

@@ -17,7 +17,10 @@ enum {
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
     PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
     PIER__C_TP_SHUT = 1 << 10,  /* the transport's shutdown has run */
-    PIER__C_OWN_LIM = 1 << 11,  /* lim is the connection's own copy (freed with it) */
+    PIER__C_OWN_LIM = 1 << 11,  /* its limits are x->lim, not the owner's */
+    PIER__C_IDLE_RX = 1 << 12,  /* only input restarts the idle deadline (a heartbeat) */
+    PIER__C_IDLE_HOLD = 1 << 13, /* the idle deadline starts again instead of closing */
+    PIER__C_IDLE_GONE = 1 << 14, /* closed by its idle deadline */
 };
 
 enum { PIER__OUT_COPY, PIER__OUT_REF, PIER__OUT_FILE };
@@ -139,8 +142,21 @@ static inline const pier_conn_limits_t *pier__conn_lim(const pier_conn_t *c) {
     return c->flags & PIER__C_OWN_LIM ? &c->x->lim : &c->owner->lim;
 }
 
-/* I/O happened: the idle deadline starts again. */
+/* Input arrived, or output left: the idle deadline starts again. */
 static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(c->loop, &c->dl); }
+static inline void pier__conn_sent(pier_conn_t *c) {
+    if (!(c->flags & PIER__C_IDLE_RX))
+        pier__dl_touch(c->loop, &c->dl);
+}
+
+/* For a protocol whose idle timeout is a heartbeat (msg): only the peer's input counts
+ * as activity, and while held (the protocol itself is not reading) the deadline only
+ * starts again. idle_gone: the close came from the idle deadline. */
+static inline void pier__conn_idle_rx_only(pier_conn_t *c) { c->flags |= PIER__C_IDLE_RX; }
+static inline void pier__conn_idle_hold(pier_conn_t *c, int hold) {
+    c->flags = hold ? c->flags | PIER__C_IDLE_HOLD : c->flags & ~PIER__C_IDLE_HOLD;
+}
+static inline int pier__conn_idle_gone(const pier_conn_t *c) { return !!(c->flags & PIER__C_IDLE_GONE); }
 
 /* Wraps a connected non-blocking socket for owner, which must outlive the connection's
  * open life. The loop holds the first reference. */

@@ -135,7 +135,7 @@ static int send_pending(tls_conn_t *t) {
             return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
         }
         t->woff += (size_t)n;
-        pier__conn_active(c);
+        pier__conn_sent(c);
     }
     pier__buf_free(&t->wbuf);
     t->woff = 0;
