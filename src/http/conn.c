@@ -9,7 +9,7 @@
  * requests wait, reading paused, until the client has read enough (on_drain).
  */
 #include "http/http_int.h"
-#include "loop/layer.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -124,8 +124,10 @@ static void arm_deadline(pier__http_conn_t *hc, uint64_t due) {
         pier_timer_start(&hc->timer, due > now ? due - now : 0, 0);
 }
 
-static void start_header_timer(pier__http_conn_t *hc) {
-    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
+/* The request's deadlines run from its first byte, the first request's from the accept
+ * (since: its loop time, or 0). */
+static void start_header_timer_from(pier__http_conn_t *hc, uint64_t since) {
+    uint64_t now = since ? since : pier_loop_now(pier_conn_loop(hc->c));
     if (!hc->head_due) {
         hc->head_due = now + hc->srv->header_timeout_ms;
         arm_deadline(hc, hc->head_due);
@@ -223,7 +225,7 @@ static size_t step(pier__http_conn_t *hc, const char *buf, size_t len, int *more
     *more = 0;
     switch (hc->state) {
     case ST_HEAD: {
-        start_header_timer(hc);
+        start_header_timer_from(hc, 0);
         int n = pier__http_parse_request(&hc->parser, &hc->srv->lim, buf, len, req);
         if (n == -2)
             return 0;
@@ -306,8 +308,10 @@ static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop)
     return NULL;
 }
 
-/* The connection's HTTP state, from the loop's cache: at the accept, and again when a
- * keep-alive connection that gave its state back sends its next request. */
+/* The connection's HTTP state, from the loop's cache: with its first bytes, and again
+ * when a keep-alive connection that gave its state back sends its next request. Until
+ * its first bytes a connection has none: the core runs the first request's header
+ * deadline from the accept (pier__http_fresh answers it). */
 static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
     pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
@@ -323,6 +327,9 @@ static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier__http_parser_init(&hc->parser);
     pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
     pier_conn_set_data(c, hc);
+    uint64_t since = pier__conn_fresh_end(c);
+    if (since)
+        start_header_timer_from(hc, since); /* the first request's deadlines: from the accept */
     return hc;
 }
 
@@ -488,10 +495,14 @@ static const pier_conn_cbs_t conn_cbs = {
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
     (void)s;
     pier_conn_set_cbs(c, &conn_cbs, NULL);
+}
+
+void pier__http_fresh(pier_conn_t *c) {
     pier__http_conn_t *hc = conn_new(c);
     if (!hc) {
         pier_conn_abort(c);
         return;
     }
-    start_header_timer(hc); /* the first request's head is due from the accept */
+    hc->head_due = hc->body_due = 0;
+    pier__http_send_error(hc, 408);
 }

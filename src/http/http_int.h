@@ -175,6 +175,8 @@ struct pier__http_conn_s {
 };
 
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c);
+/* A connection that sent nothing within the header timeout of its accept: 408. */
+void pier__http_fresh(pier_conn_t *c);
 /* Runs the requests that waited behind a deferred response, once it is done. */
 void pier__http_process_pending(pier__http_conn_t *hc);
 

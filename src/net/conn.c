@@ -61,8 +61,10 @@ static uint64_t linger_ms(const pier_conn_limits_t *lim) {
 
 /* Makes sure the loop has the deadline lists that lim's timeouts need, so that starting
  * a close or a linger later cannot fail. */
-static int take_lists(pier_loop_t *loop, const pier_conn_limits_t *lim) {
+static int take_lists(pier_loop_t *loop, const pier__owner_t *owner, const pier_conn_limits_t *lim) {
     if (!pier__dlist_get(loop, lim->idle_ms, deadline_cb))
+        return -ENOMEM;
+    if (owner->fresh_ms && !pier__dlist_get(loop, owner->fresh_ms, deadline_cb))
         return -ENOMEM;
     if (!pier__dlist_get(loop, lim->close_ms, deadline_cb) || !pier__dlist_get(loop, linger_ms(lim), deadline_cb))
         return -ENOMEM;
@@ -96,7 +98,7 @@ void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(p
 
 int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t **out) {
     const pier_conn_limits_t *lim = &owner->lim;
-    if (take_lists(loop, lim) < 0)
+    if (take_lists(loop, owner, lim) < 0)
         return -ENOMEM;
     pier_conn_t *c = pier__id_alloc(loop);
     if (!c)
@@ -113,7 +115,12 @@ int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t 
         return err;
     }
     pier__loop_handle_add(loop);
-    arm_deadline(c, lim->idle_ms);
+    if (owner->fresh_ms) {
+        c->flags |= PIER__C_FRESH;
+        arm_deadline(c, owner->fresh_ms);
+    } else {
+        arm_deadline(c, lim->idle_ms);
+    }
     *out = c;
     return 0;
 }
@@ -871,7 +878,7 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
         next.close_ms = lim->close_ms;
     if (lim->idle_ms)
         next.idle_ms = lim->idle_ms;
-    if (!x_need(c) || take_lists(c->loop, &next) < 0) {
+    if (!x_need(c) || take_lists(c->loop, c->owner, &next) < 0) {
         /* the old limits stay: still bounded, only not the ones asked for */
         pier_log(PIER_LOG_WARN, "connection %llu: out of memory changing its limits", (unsigned long long)pier_conn_id(c));
         x_release(c);
@@ -879,11 +886,28 @@ void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *lim) {
     }
     c->x->lim = next;
     c->flags |= PIER__C_OWN_LIM;
-    if (lim->idle_ms && !(c->flags & PIER__C_CLOSING))
+    if (lim->idle_ms && !(c->flags & (PIER__C_CLOSING | PIER__C_FRESH)))
         arm_deadline(c, lim->idle_ms);
 }
 
 void pier_conn_touch(pier_conn_t *c) { pier__conn_active(c); }
+
+/* A close's deadlines (flush, linger) run from the close, whatever moves meanwhile. */
+void pier__conn_touch_slow(pier_conn_t *c) {
+    if (!(c->flags & (PIER__C_FRESH | PIER__C_CLOSING)))
+        pier__dl_touch_slow(c->loop, &c->dl);
+}
+
+uint64_t pier__conn_fresh_end(pier_conn_t *c) {
+    if (!(c->flags & PIER__C_FRESH))
+        return 0;
+    uint64_t now = pier_loop_now(c->loop);
+    uint64_t since = now - (uint32_t)((uint32_t)now - c->dl.stamp);
+    c->flags &= ~PIER__C_FRESH;
+    if (!(c->flags & PIER__C_CLOSING))
+        arm_deadline(c, pier__conn_lim(c)->idle_ms);
+    return since ? since : 1;
+}
 
 /* ---- closing ---- */
 
@@ -919,6 +943,15 @@ static void deadline_cb(pier__dlnode_t *n) {
         }
         c->flags |= PIER__C_EOF;
         schedule_close(c);
+        return;
+    }
+    if (c->flags & PIER__C_FRESH) {
+        /* nothing came in the owner's first deadline: the protocol answers */
+        c->flags &= ~PIER__C_FRESH;
+        arm_deadline(c, pier__conn_lim(c)->idle_ms);
+        pier_conn_ref(c);
+        c->owner->fresh_cb(c);
+        pier_conn_unref(c);
         return;
     }
     if (c->flags & PIER__C_IDLE_HOLD) {

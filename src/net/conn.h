@@ -21,6 +21,7 @@ enum {
     PIER__C_IDLE_RX = 1 << 12,  /* only input restarts the idle deadline (a heartbeat) */
     PIER__C_IDLE_HOLD = 1 << 13, /* the idle deadline starts again instead of closing */
     PIER__C_IDLE_GONE = 1 << 14, /* closed by its idle deadline */
+    PIER__C_FRESH = 1 << 15,    /* no input yet: the owner's first deadline, from the accept */
 };
 
 enum { PIER__OUT_COPY, PIER__OUT_REF, PIER__OUT_FILE };
@@ -136,18 +137,33 @@ typedef struct pier__conn_owner_s {
 struct pier__owner_s {
     const pier__conn_owner_t *ops;
     pier_conn_limits_t lim;     /* defaults filled in (pier__limits_default) */
+    /* A protocol's deadline for the first input (HTTP's header timeout), counted from
+     * the accept without any state of the protocol's: fresh_cb runs (with a reference
+     * held) if nothing has come by then. 0: none. See pier__conn_fresh_end. */
+    uint64_t fresh_ms;
+    void (*fresh_cb)(pier_conn_t *c);
 };
 
 static inline const pier_conn_limits_t *pier__conn_lim(const pier_conn_t *c) {
     return c->flags & PIER__C_OWN_LIM ? &c->x->lim : &c->owner->lim;
 }
 
-/* Input arrived, or output left: the idle deadline starts again. */
-static inline void pier__conn_active(pier_conn_t *c) { pier__dl_touch(c->loop, &c->dl); }
+/* Input arrived, or output left: the idle deadline starts again (not the first-input
+ * deadline of a fresh connection, which runs from the accept). */
+void pier__conn_touch_slow(pier_conn_t *c);
+static inline void pier__conn_active(pier_conn_t *c) {
+    if (c->dl.list && c->dl.stamp != (uint32_t)pier_loop_now(c->loop))
+        pier__conn_touch_slow(c);
+}
 static inline void pier__conn_sent(pier_conn_t *c) {
     if (!(c->flags & PIER__C_IDLE_RX))
-        pier__dl_touch(c->loop, &c->dl);
+        pier__conn_active(c);
 }
+/* The protocol has taken up a fresh connection (its first input): the idle deadline
+ * applies from now on. Returns the loop time of the accept, or 0 if it was not fresh. */
+uint64_t pier__conn_fresh_end(pier_conn_t *c);
+/* Sets a server's first-input deadline (before it starts). */
+void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_conn_t *c));
 
 /* For a protocol whose idle timeout is a heartbeat (msg): only the peer's input counts
  * as activity, and while held (the protocol itself is not reading) the deadline only

@@ -422,6 +422,11 @@ int pier_server_free(pier_server_t *srv) {
 }
 
 
+void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_conn_t *c)) {
+    srv->own.fresh_ms = cb ? ms : 0;
+    srv->own.fresh_cb = cb;
+}
+
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
 unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
