@@ -15,9 +15,19 @@ struct pier__dlist_s {
     pier__queue_t nodes;
     pier_timer_t timer;
     uint32_t ms;
-    uint32_t index;
+    uint32_t tag;        /* what a node's list field holds: 1 + index, and the shift */
+    uint32_t shift;      /* the time unit: 2^shift ms */
     pier__dl_cb cb;
 };
+
+static uint32_t unit_shift(uint64_t ms) {
+    if (!ms)
+        return PIER__DL_NEVER;
+    uint32_t shift = 0;
+    while (((uint64_t)2 << shift) <= ms / 64)
+        shift++;
+    return shift;
+}
 
 static void dlist_timer_cb(pier_timer_t *t);
 
@@ -38,7 +48,8 @@ pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb) {
     pier_timer_init(loop, &l->timer, dlist_timer_cb, l);
     l->ms = (uint32_t)ms;
     l->cb = cb;
-    l->index = loop->ndlists;
+    l->shift = unit_shift(ms);
+    l->tag = (loop->ndlists + 1) | l->shift << 24;
     v[loop->ndlists++] = l;
     return l;
 }
@@ -53,11 +64,17 @@ void pier__dlists_free(pier_loop_t *loop) {
     loop->ndlists = 0;
 }
 
-static pier__dlist_t *list_of(pier_loop_t *loop, const pier__dlnode_t *n) { return loop->dlists[n->list - 1]; }
+static pier__dlist_t *list_of(pier_loop_t *loop, const pier__dlnode_t *n) {
+    return loop->dlists[(n->list & 0xffffff) - 1];
+}
+
+static uint32_t stamp_now(const pier__dlist_t *l, uint64_t now) {
+    return l->shift == PIER__DL_NEVER ? 0 : (uint32_t)now >> l->shift;
+}
 
 static void link_tail(pier__dlist_t *l, pier__dlnode_t *n) {
-    n->list = l->index + 1;
-    n->stamp = (uint32_t)pier_loop_now(l->timer.loop);
+    n->list = l->tag;
+    n->stamp = stamp_now(l, pier_loop_now(l->timer.loop));
     pier__queue_insert_tail(&l->nodes, &n->q);
     if (l->ms && !pier_timer_active(&l->timer))
         pier_timer_start(&l->timer, l->ms, 0);
@@ -84,9 +101,7 @@ void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n) {
 
 void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n) {
     pier__dlist_t *l = list_of(loop, n);
-    n->stamp = (uint32_t)pier_loop_now(loop);
-    if (!l->ms)
-        return; /* never due: its place in the list does not matter */
+    n->stamp = stamp_now(l, pier_loop_now(loop));
     pier__queue_remove(&n->q); /* the list stays non-empty: n goes straight back */
     pier__queue_insert_tail(&l->nodes, &n->q);
 }
@@ -96,10 +111,11 @@ static void dlist_timer_cb(pier_timer_t *t) {
     uint32_t now = (uint32_t)pier_loop_now(t->loop);
     while (!pier__queue_empty(&l->nodes)) {
         pier__dlnode_t *n = pier__container_of(pier__queue_head(&l->nodes), pier__dlnode_t, q);
-        uint32_t age = now - n->stamp;
-        if (age < l->ms) {
+        /* activity counts as at the end of its unit: late by less than a unit, never early */
+        int32_t left = (int32_t)(((n->stamp + 1) << l->shift) - 1 + l->ms - now);
+        if (left > 0) {
             /* a callback may have emptied and refilled the list, arming the timer again */
-            pier_timer_start(t, l->ms - age, 0);
+            pier_timer_start(t, (uint64_t)left, 0);
             return;
         }
         unlink_node(l, n);

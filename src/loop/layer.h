@@ -81,14 +81,19 @@ typedef struct pier__dlnode_s pier__dlnode_t;
 typedef void (*pier__dl_cb)(pier__dlnode_t *n);
 struct pier__dlnode_s {
     pier__queue_t q;
-    uint32_t list;       /* the list it is in: 1 + its index in the loop; 0: none */
-    uint32_t stamp;      /* loop time (ms, modulo 2^32) when it was put at the tail */
+    /* The list it is in: 1 + its index in the loop (low 24 bits; 0: none), and the
+     * list's time unit as a shift (high 8 bits: a unit is 2^shift ms; PIER__DL_NEVER for
+     * a list without a timer, whose nodes activity need not move). */
+    uint32_t list;
+    uint32_t stamp;      /* loop time in the list's units (modulo 2^32) when put at the tail */
 };
+#define PIER__DL_NEVER 0xffu
 
 /* The loop's list for (ms, cb), created on first use; NULL when out of memory. A list
  * with ms 0 has no timer: its nodes are never due (an object without a timeout can
- * still be found through the lists). Stamps are 32 bits, so timeouts are capped at
- * 2^31 ms (24 days). */
+ * still be found through the lists). A list counts time in units of up to ms/64 (a
+ * power of two), so that a busy node moves at most once per unit: a deadline comes at
+ * most one unit late, never early. Timeouts are capped at 2^31 ms (24 days). */
 pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb);
 static inline void pier__dlnode_init(pier__dlnode_t *n) {
     pier__queue_init(&n->q);
@@ -100,11 +105,16 @@ void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
 void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n);
 /* Activity: n's deadline restarts from now. */
 void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n);
+/* 1 if activity now must move n: it is in a list with a timer and its unit has passed. */
+static inline int pier__dl_stale(const pier__dlnode_t *n, uint64_t now) {
+    uint32_t shift = n->list >> 24;
+    return n->list && shift != PIER__DL_NEVER && n->stamp != (uint32_t)now >> shift;
+}
 /* Calls fn for each node of every list whose callback is cb. fn may move the node to
  * another list, or stop it; a node moved to a list not yet walked is seen again. */
 void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg);
 static inline void pier__dl_touch(pier_loop_t *loop, pier__dlnode_t *n) {
-    if (n->list && n->stamp != (uint32_t)pier_loop_now(loop))
+    if (pier__dl_stale(n, pier_loop_now(loop)))
         pier__dl_touch_slow(loop, n);
 }
 

@@ -210,12 +210,15 @@ static size_t kept(const pier_conn_t *c) { return c->x ? c->x->rlen : 0; }
 /* Gives the cold part back once nothing in it is in use: no input kept, nothing queued,
  * no transport, no limits of its own, no flush queued (a close in progress keeps it: it
  * is short-lived and its steps look at the queue). */
+static int x_in_use(const pier_conn_t *c) {
+    const pier__conn_x_t *x = c->x;
+    return x->rlen || x->ocount || x->tp || pier__pending_queued(&x->flush_p) ||
+           (c->flags & (PIER__C_OWN_LIM | PIER__C_CLOSING));
+}
+
 static void x_release(pier_conn_t *c) {
-    pier__conn_x_t *x = c->x;
-    if (!x || x->rlen || x->ocount || x->tp || pier__pending_queued(&x->flush_p) ||
-        (c->flags & (PIER__C_OWN_LIM | PIER__C_CLOSING)))
-        return;
-    x_drop(c);
+    if (c->x && !x_in_use(c))
+        x_drop(c);
 }
 
 int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *state) {
@@ -901,8 +904,10 @@ void pier__conn_touch_slow(pier_conn_t *c) {
 uint64_t pier__conn_fresh_end(pier_conn_t *c) {
     if (!(c->flags & PIER__C_FRESH))
         return 0;
+    /* the end of the accept's time unit in the list: deadlines from it are never early */
     uint64_t now = pier_loop_now(c->loop);
-    uint64_t since = now - (uint32_t)((uint32_t)now - c->dl.stamp);
+    uint32_t shift = c->dl.list >> 24;
+    uint64_t since = now - (uint64_t)(int64_t)(int32_t)((uint32_t)now - (((c->dl.stamp + 1) << shift) - 1));
     c->flags &= ~PIER__C_FRESH;
     if (!(c->flags & PIER__C_CLOSING))
         arm_deadline(c, pier__conn_lim(c)->idle_ms);

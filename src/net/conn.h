@@ -73,7 +73,7 @@ typedef struct pier__out_s {
 /* What a connection needs only while data waits or a feature is in use: input the
  * protocol has not consumed, the output queue, a transport, limits of its own. An idle
  * connection has none (x is NULL); the part comes from a per-loop cache when needed and
- * goes back when the connection is idle again. */
+ * goes back as soon as it is empty again (a few stores each way). */
 typedef struct pier__conn_x_s {
     pier_conn_t *c;
     char *rbuf;                 /* unconsumed input only; NULL when there is none */
@@ -152,7 +152,7 @@ static inline const pier_conn_limits_t *pier__conn_lim(const pier_conn_t *c) {
  * deadline of a fresh connection, which runs from the accept). */
 void pier__conn_touch_slow(pier_conn_t *c);
 static inline void pier__conn_active(pier_conn_t *c) {
-    if (c->dl.list && c->dl.stamp != (uint32_t)pier_loop_now(c->loop))
+    if (pier__dl_stale(&c->dl, pier_loop_now(c->loop)))
         pier__conn_touch_slow(c);
 }
 static inline void pier__conn_sent(pier_conn_t *c) {
