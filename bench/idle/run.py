@@ -79,7 +79,10 @@ def http_answer(s):
     n = int(m.group(1)) if m else 0
     while len(body) < n:
         body += s.recv(n - len(body))
-    return head.startswith(b"HTTP/1.1 200")
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.stderr.write("idle: unexpected answer: %r\n" % head[:200])
+        return False
+    return True
 
 
 def recv_exact(s, n):
@@ -303,6 +306,7 @@ def main():
     if hard < COUNTS[-1] + 100:
         raise SystemExit("needs %d descriptors (hard limit %d)" % (COUNTS[-1] + 100, hard))
     tmp = tempfile.mkdtemp(prefix="pier-idle-")
+    os.chmod(tmp, 0o755)  # h2o started as root serves files as nobody
     results = []
     try:
         for n in names:

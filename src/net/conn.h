@@ -193,6 +193,9 @@ int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *
 void pier__limits_default(pier_conn_limits_t *lim);
 
 
+/* Logs what an idle and a busy connection cost, and the id table's size (at a server's end). */
+void pier__conn_mem_log(void);
+
 /* "1.2.3.4:80" / "[::1]:80" from a sockaddr. */
 const char *pier__addr_str(const void *sa, char *buf, size_t size);
 /* Parses a numeric host and port into a sockaddr_storage; returns its length or -EINVAL. */

@@ -415,6 +415,7 @@ int pier_server_free(pier_server_t *srv) {
         if (srv->ls[i].reserve_fd >= 0)
             close(srv->ls[i].reserve_fd);
     free(srv->ls);
+    pier__conn_mem_log();
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
     free(srv);
