@@ -38,6 +38,31 @@ int pier_cli_port(const char *cmd, const char *s, uint16_t *out) {
     return 0;
 }
 
+int pier_cli_proxy_flag(const char *cmd, int opt, const char *arg, pier_proxy_opts_t *p) {
+    uint64_t v;
+    size_t bad;
+    switch (opt) {
+    case PIER_CLI_PROXY_ON: p->on = 1; return 0;
+    case PIER_CLI_PROXY_TIMEOUT:
+        if (pier_cli_u64(cmd, "--proxy-timeout", arg, 1, 3600, &v) < 0)
+            return 2;
+        p->timeout_ms = v * 1000;
+        return 0;
+    default:
+        if (pier_proxy_from_check(arg, &bad) < 0)
+            return pier_cli_usage_error(cmd, "--proxy-from wants IPv4 or IPv6 addresses or CIDRs separated by "
+                                        "commas; '%.*s' is not one", (int)strcspn(arg + bad, ","), arg + bad);
+        p->from = arg;
+        return 0;
+    }
+}
+
+int pier_cli_proxy_check(const char *cmd, const pier_proxy_opts_t *p) {
+    if (!p->on && (p->from || p->timeout_ms))
+        return pier_cli_usage_error(cmd, "--proxy-from and --proxy-timeout need --proxy-protocol");
+    return 0;
+}
+
 /* Server contexts made from flags, reloaded on SIGHUP while pier_cli_run runs. */
 static pier_tls_ctx_t *reloadable[4];
 static int nreloadable;
@@ -194,11 +219,23 @@ static int run_freed(void *arg) {
     return run->svc->freed(run->state);
 }
 
+/* What became of the PROXY headers, once at exit (nothing when the server took none). */
+static void proxy_report(const char *name, const pier_server_t *net) {
+    pier_proxy_stats_t s;
+    pier_server_proxy_stats(net, &s);
+    if (s.ok + s.local + s.bad + s.timeout + s.refused + s.aborted)
+        pier_log(PIER_LOG_INFO, "%s: PROXY headers: %llu ok, %llu local; closed: %llu bad, %llu timeout, "
+                 "%llu refused, %llu aborted", name, (unsigned long long)s.ok, (unsigned long long)s.local,
+                 (unsigned long long)s.bad, (unsigned long long)s.timeout, (unsigned long long)s.refused,
+                 (unsigned long long)s.aborted);
+}
+
 /* Resets left over after the drain are finished (their on_close runs) before the
  * server is freed, so every loop can be freed after it. */
 static void stop_and_free(pier_group_t *g, pier_service_run_t *run) {
     const pier_service_t *svc = run->svc;
     pier_server_t *net = svc->net(run->state);
+    proxy_report(svc->name, net);
     pier_server_stop(net);
     pier_server_abort_all(net);
     if (!pier_cli_settle(g, run_freed, run, 5000))

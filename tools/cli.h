@@ -72,6 +72,27 @@ int pier_cli_tls_server(const char *cmd, const pier_cli_tls_t *f, const char *pl
  * (NULL without --tls), the caller's to free. Returns 0 or an exit code, as above. */
 int pier_cli_tls_client(const char *cmd, int tls, const char *cafile, int insecure, pier_tls_ctx_t **out);
 
+/* The PROXY protocol flags of a server command (http, echo, msg): their getopt entries,
+ * their --help lines, and a parser for one of them (opt: the entry's value). The flags'
+ * interface is used by deployments (HAProxy in front): keep it stable. */
+enum { PIER_CLI_PROXY_ON = 0x100, PIER_CLI_PROXY_FROM, PIER_CLI_PROXY_TIMEOUT };
+#define PIER_CLI_PROXY_LONGOPTS                                                                                     \
+    {"proxy-protocol", no_argument, 0, PIER_CLI_PROXY_ON},                                                          \
+        {"proxy-from", required_argument, 0, PIER_CLI_PROXY_FROM},                                                  \
+        {"proxy-timeout", required_argument, 0, PIER_CLI_PROXY_TIMEOUT}
+#define PIER_CLI_PROXY_HELP                                                                                         \
+    "  --proxy-protocol    every connection starts with a PROXY header (v1 or v2, as\n"                              \
+    "                      HAProxy's send-proxy/send-proxy-v2 send): the client's address\n"                         \
+    "                      is taken from it (and logged); one without a valid header is\n"                           \
+    "                      closed\n"                                                                                  \
+    "  --proxy-from CIDR,...  with --proxy-protocol: only these sources may connect\n"                              \
+    "                      (IPv4 or IPv6 addresses or CIDRs, e.g. 10.0.0.0/8,::1)\n"                                 \
+    "  --proxy-timeout S   the PROXY header must arrive within S seconds (default 3)\n"
+/* 0, or 2 after one line on stderr. */
+int pier_cli_proxy_flag(const char *cmd, int opt, const char *arg, pier_proxy_opts_t *p);
+/* After all flags: --proxy-from and --proxy-timeout need --proxy-protocol. 0 or 2. */
+int pier_cli_proxy_check(const char *cmd, const pier_proxy_opts_t *p);
+
 /* Commands. Each takes argc/argv with argv[0] being the command name. */
 int pier_cmd_echo(int argc, char **argv);
 int pier_cmd_echo_client(int argc, char **argv);
@@ -89,6 +110,7 @@ typedef struct pier_echo_cfg_s {
     uint64_t idle_ms;
     int single_acceptor;
     pier_tls_ctx_t *tls;        /* NULL: plain TCP */
+    pier_proxy_opts_t proxy;
 } pier_echo_cfg_t;
 extern const pier_service_t pier_echo_service;
 /* The HTTP (port 8888) and message (port 10089) services; cfg NULL means defaults. */

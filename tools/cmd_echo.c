@@ -1,5 +1,6 @@
 /* pier echo: the echo server, and the service that `pier serve` runs. */
 #include "cli.h"
+#include "admin.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@ static int echo_start(pier_group_t *g, void *cfgp, void **state) {
         .single_acceptor = cfg->single_acceptor,
         .on_accept = echo_accept,
         .tls = cfg->tls,
+        .proxy = cfg->proxy,
     };
     int err = pier_server_new(&st->srv, g, &opts);
     if (err < 0) {
@@ -77,6 +79,7 @@ static const char echo_help[] =
     "usage: pier echo [--host 127.0.0.1] [--port 10088] [--threads N] [--max-conns N]\n"
     "                 [--idle-timeout SECONDS] [--single-acceptor] [--quiet]\n"
     "                 [--tls-cert FILE --tls-key FILE]\n"
+    "                 [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "Echoes every byte it receives back to its sender, full-duplex, on any number of\n"
     "connections. SIGINT or SIGTERM stops accepting, flushes what is pending, exits 0.\n"
@@ -89,22 +92,26 @@ static const char echo_help[] =
     "  --single-acceptor   one listener hands connections to the loops in turn, instead\n"
     "                      of one SO_REUSEPORT listener per loop (the default)\n"
     "  --quiet             log warnings and errors only\n"
+    "  --admin HOST:PORT   /metrics, /healthz and /status on a port of their own (off: none)\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only TLS\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
     "                      repeat both for more pairs: each client gets the first whose\n"
     "                      certificate names the host it asks for (SNI), else the first\n"
-    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
+    PIER_CLI_PROXY_HELP;
 
 int pier_cmd_echo(int argc, char **argv) {
     pier_echo_cfg_t cfg = {.host = "127.0.0.1", .port = 10088};
     uint64_t threads = 1, v;
     pier_cli_tls_t tf = {0};
+    pier_admin_cfg_t admin = {0};
     static const struct option longopts[] = {
         {"host", required_argument, 0, 'h'},      {"port", required_argument, 0, 'p'},
         {"threads", required_argument, 0, 't'},   {"max-conns", required_argument, 0, 'm'},
         {"idle-timeout", required_argument, 0, 'i'}, {"quiet", no_argument, 0, 'q'},
         {"single-acceptor", no_argument, 0, 'a'}, {"tls-cert", required_argument, 0, 'C'},
-        {"tls-key", required_argument, 0, 'K'},
+        {"tls-key", required_argument, 0, 'K'},   PIER_CLI_PROXY_LONGOPTS,
+        {"admin", required_argument, 0, 'A'},
         {"help", no_argument, 0, 'H'},            {0, 0, 0, 0},
     };
     int opt;
@@ -132,8 +139,13 @@ int pier_cmd_echo(int argc, char **argv) {
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'a': cfg.single_acceptor = 1; break;
+        case 'A': if (pier_admin_parse("echo", optarg, &admin)) return 2; break;
         case 'C': if (pier_cli_tls_add("echo", &tf, 0, optarg)) return 2; break;
         case 'K': if (pier_cli_tls_add("echo", &tf, 1, optarg)) return 2; break;
+        case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:
+            if (pier_cli_proxy_flag("echo", opt, optarg, &cfg.proxy))
+                return 2;
+            break;
         case 'H': fputs(echo_help, stdout); return 0;
         default:
             return pier_cli_usage_error("echo", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -141,11 +153,16 @@ int pier_cmd_echo(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("echo", "unexpected argument '%s'", argv[optind]);
+    if (pier_cli_proxy_check("echo", &cfg.proxy))
+        return 2;
     int code = pier_cli_tls_server("echo", &tf, NULL, NULL, &cfg.tls);
     if (code)
         return code;
-    pier_service_run_t run = {.svc = &pier_echo_service, .cfg = &cfg};
-    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    admin.max_conns = cfg.max_conns; /* the admin port takes no more than the public one */
+    pier_service_run_t runs[2] = {{.svc = &pier_echo_service, .cfg = &cfg}};
+    int n = 1;
+    pier_admin_add(runs, &n, &admin);
+    code = pier_cli_run((unsigned)threads, runs, n, 10000);
     pier_tls_ctx_free(cfg.tls);
     return code;
 }

@@ -20,6 +20,7 @@
  * check every byte.
  */
 #include "cli.h"
+#include "admin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +54,7 @@ typedef struct pier_http_cfg_s {
     uint64_t body_timeout_ms;
     unsigned max_conns;      /* 0: the library's default */
     pier_tls_ctx_t *tls;     /* HTTPS; NULL: plain HTTP */
+    pier_proxy_opts_t proxy;
 } pier_http_cfg_t;
 
 int pier_cmd_http(int argc, char **argv);
@@ -455,7 +457,7 @@ static int http_start(pier_group_t *g, void *cfgp, void **state) {
     pier_http_opts_t o = {.host = cfg->host, .port = cfg->port, .max_body = cfg->max_body,
                           .access_log = cfg->access_log, .keepalive_ms = cfg->keepalive_ms,
                           .header_timeout_ms = cfg->header_timeout_ms, .body_timeout_ms = cfg->body_timeout_ms,
-                          .max_conns = cfg->max_conns, .tls = cfg->tls};
+                          .max_conns = cfg->max_conns, .tls = cfg->tls, .proxy = cfg->proxy};
     int err = pier_http_server_new(&st->srv, g, &o);
     if (err < 0) {
         if (cfg->access_log && err != -EADDRINUSE)
@@ -524,6 +526,7 @@ static const char http_help[] =
     "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
     "                 [--header-timeout S] [--body-timeout S] [--max-conns N] [--quiet]\n"
     "                 [--tls-cert FILE --tls-key FILE]\n"
+    "                 [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
     "  GET, HEAD /plaintext   Hello, World! as text/plain\n"
@@ -551,15 +554,18 @@ static const char http_help[] =
     "                      else 408 (default 60)\n"
     "  --max-conns N       open connections at most; more are closed at once (default 10000)\n"
     "  --quiet             log warnings and errors only\n"
+    "  --admin HOST:PORT   /metrics, /healthz and /status on a port of their own (off: none)\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
     "                      repeat both for more pairs: each client gets the first whose\n"
     "                      certificate names the host it asks for (SNI), else the first\n"
-    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n";
+    "                      SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
+    PIER_CLI_PROXY_HELP;
 
 int pier_cmd_http(int argc, char **argv) {
     pier_http_cfg_t cfg = {.host = "127.0.0.1", .port = 8888};
+    pier_admin_cfg_t admin = {0};
     uint64_t threads = 1, v;
     pier_cli_tls_t tf = {0};
     static const struct option longopts[] = {
@@ -570,6 +576,7 @@ int pier_cmd_http(int argc, char **argv) {
         {"keepalive-timeout", required_argument, 0, 'k'}, {"header-timeout", required_argument, 0, 'T'},
         {"body-timeout", required_argument, 0, 'B'}, {"max-conns", required_argument, 0, 'm'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
+        PIER_CLI_PROXY_LONGOPTS,                 {"admin", required_argument, 0, 'A'},
         {0, 0, 0, 0},
     };
     int opt;
@@ -582,6 +589,7 @@ int pier_cmd_http(int argc, char **argv) {
             if (pier_cli_port("http", optarg, &cfg.port) < 0)
                 return 2;
             break;
+        case 'A': if (pier_admin_parse("http", optarg, &admin)) return 2; break;
         case 't':
             if (pier_cli_u64("http", "--threads", optarg, 0, 256, &threads) < 0)
                 return 2;
@@ -624,6 +632,10 @@ int pier_cmd_http(int argc, char **argv) {
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'C': if (pier_cli_tls_add("http", &tf, 0, optarg)) return 2; break;
         case 'K': if (pier_cli_tls_add("http", &tf, 1, optarg)) return 2; break;
+        case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:
+            if (pier_cli_proxy_flag("http", opt, optarg, &cfg.proxy))
+                return 2;
+            break;
         case 'H': fputs(http_help, stdout); return 0;
         default:
             return pier_cli_usage_error("http", "unknown or incomplete flag '%s'", argv[optind - 1]);
@@ -631,11 +643,19 @@ int pier_cmd_http(int argc, char **argv) {
     }
     if (optind < argc)
         return pier_cli_usage_error("http", "unexpected argument '%s'", argv[optind]);
+    if (pier_cli_proxy_check("http", &cfg.proxy))
+        return 2;
     int code = pier_cli_tls_server("http", &tf, pier_http_plain_reply, "http/1.1", &cfg.tls);
     if (code)
         return code;
-    pier_service_run_t run = {.svc = &pier_http_service, .cfg = &cfg};
-    code = pier_cli_run((unsigned)threads, &run, 1, 10000);
+    admin.max_conns = cfg.max_conns;
+    admin.keepalive_ms = cfg.keepalive_ms;
+    admin.header_timeout_ms = cfg.header_timeout_ms;
+    admin.body_timeout_ms = cfg.body_timeout_ms;
+    pier_service_run_t runs[2] = {{.svc = &pier_http_service, .cfg = &cfg}};
+    int n = 1;
+    pier_admin_add(runs, &n, &admin);
+    code = pier_cli_run((unsigned)threads, runs, n, 10000);
     pier_tls_ctx_free(cfg.tls);
     return code;
 }

@@ -2,6 +2,7 @@
  * and the service that `pier serve` runs. JSON lives here, in the tool, never in the
  * library. The client is cmd_msg_client.c. */
 #include "cmd_msg.h"
+#include "admin.h"
 
 #include <pier/msg.h>
 
@@ -86,11 +87,14 @@ static void on_json(const pier_msg_t *m, void *ud) {
         free(body);
 }
 
+static pier_admin_cfg_t msg_admin; /* --admin */
+
 static const char msg_usage[] =
     "usage: pier msg [--host 127.0.0.1] [--port 10089] [--workers N] [--heartbeat S]\n"
     "                [--max-body BYTES] [--threads N] [--out-max BYTES] [--out-policy close|drop]\n"
     "                [--inflight N] [--inflight-total N] [--wide] [--quiet | --verbose]\n"
     "                [--tls-cert FILE --tls-key FILE]\n"
+    "                [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "Message server. Frames are [id u16 BE][length u16 BE][body] (--wide: u32 length).\n"
     "Id 1001 carries JSON {\"id\":1001,\"data\":\"...\"} and is answered on id 1001 with\n"
@@ -115,12 +119,14 @@ static const char msg_usage[] =
     "  --delay-us N      each handler sleeps N microseconds first (a stand-in for a\n"
     "                    blocking call, to see what --workers buys)\n"
     "  --quiet           log warnings and errors only\n"
+    "  --admin HOST:PORT /metrics, /healthz and /status on a port of their own (off: none)\n"
     "  --verbose         log every connection event\n"
     "  --tls-cert FILE   certificate chain (PEM, leaf first): the port speaks only TLS\n"
     "  --tls-key FILE    its private key (PEM); SIGHUP reads both files again\n"
     "                    repeat both for more pairs: each client gets the first whose\n"
     "                    certificate names the host it asks for (SNI), else the first\n"
     "                    SIGUSR1 replaces the session ticket key now (it is anyway hourly)\n"
+    PIER_CLI_PROXY_HELP
     "\n"
     "SIGINT/SIGTERM: stop accepting, finish queued messages, flush replies, exit 0.\n";
 
@@ -134,7 +140,9 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'H'},
         {"delay-us", required_argument, 0, 'D'},  {"inflight", required_argument, 0, 'i'},
         {"inflight-total", required_argument, 0, 'I'}, {"tls-cert", required_argument, 0, 'C'},
-        {"tls-key", required_argument, 0, 'K'},   {0, 0, 0, 0},
+        {"tls-key", required_argument, 0, 'K'},   PIER_CLI_PROXY_LONGOPTS,
+        {"admin", required_argument, 0, 'A'},
+        {0, 0, 0, 0},
     };
     pier_msg_server_opts_t *so = &cfg->opts;
     uint64_t v;
@@ -176,6 +184,7 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
             so->inflight_total = (unsigned)v;
             break;
         case 'W': so->codec.wide = 1; break;
+        case 'A': if (pier_admin_parse("msg", optarg, &msg_admin)) return 2; break;
         case 'C': if (pier_cli_tls_add("msg", &cfg->tls, 0, optarg)) return 2; break;
         case 'K': if (pier_cli_tls_add("msg", &cfg->tls, 1, optarg)) return 2; break;
         case 'D':
@@ -185,6 +194,10 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         case 'v': pier_log_set_level(PIER_LOG_DEBUG); break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
         case 'H': fputs(msg_usage, stdout); return 1;
+        case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:
+            if (pier_cli_proxy_flag("msg", ch, optarg, &so->proxy))
+                return 2;
+            break;
         default: return pier_cli_usage_error("msg", "unknown or incomplete flag '%s'", argv[optind - 1]);
         }
     }
@@ -192,7 +205,7 @@ static int msg_parse(int argc, char **argv, pier_msg_cfg_t *cfg, uint64_t *threa
         return pier_cli_usage_error("msg", "unexpected argument '%s'", argv[optind]);
     if (!so->codec.wide && so->codec.max_body > 65535)
         return pier_cli_usage_error("msg", "--max-body over 65535 needs --wide");
-    return 0;
+    return pier_cli_proxy_check("msg", &so->proxy);
 }
 
 /* ---- the msg service, for `pier msg` and `pier serve` ---- */
@@ -290,8 +303,10 @@ int pier_cmd_msg(int argc, char **argv) {
     r = pier_cli_tls_server("msg", &cfg.tls, NULL, NULL, &cfg.opts.tls);
     if (r)
         return r;
-    pier_service_run_t run = {.svc = &pier_msg_service, .cfg = &cfg};
-    r = pier_cli_run((unsigned)threads, &run, 1, 20000);
+    pier_service_run_t runs[2] = {{.svc = &pier_msg_service, .cfg = &cfg}};
+    int n = 1;
+    pier_admin_add(runs, &n, &msg_admin);
+    r = pier_cli_run((unsigned)threads, runs, n, 20000);
     pier_tls_ctx_free(cfg.opts.tls);
     return r;
 }

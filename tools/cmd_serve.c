@@ -1,6 +1,7 @@
 /* pier serve: what `make run` starts — every pier server on its default port, sharing
  * one loop group. Each server is a service (cli.h); a new server adds one line here. */
 #include "cli.h"
+#include "admin.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -12,15 +13,17 @@
 #include <unistd.h>
 
 static const char serve_help[] =
-    "usage: pier serve [--threads N] [--tls-dir DIR]\n"
+    "usage: pier serve [--threads N] [--tls-dir DIR] [--admin HOST:PORT|off]\n"
     "\n"
     "Starts the demo: every pier server on its default port on 127.0.0.1\n"
-    "(echo on 10088, HTTP on 8888, HTTPS on 8443, messages on 10089). Ctrl-C stops it\n"
+    "(echo on 10088, HTTP on 8888, HTTPS on 8443, messages on 10089, and the admin\n"
+    "port with /metrics, /healthz and /status on 9901). Ctrl-C stops it\n"
     "cleanly. HTTPS uses DIR/cert.pem and DIR/key.pem, a self-signed certificate for\n"
     "localhost made on the first run (curl -k, or --cacert DIR/cert.pem, trusts it).\n"
     "\n"
     "  --threads N   event loops, one thread each (default 1; 0: one per CPU)\n"
-    "  --tls-dir DIR where the certificate is kept (default ~/.config/pier/tls)\n";
+    "  --tls-dir DIR where the certificate is kept (default ~/.config/pier/tls)\n"
+    "  --admin HOST:PORT  the admin port (default " PIER_ADMIN_DEFAULT "; off: none)\n";
 
 /* mkdir -p, private to the user: the folder holds a private key. */
 static int make_dirs(const char *dir) {
@@ -68,8 +71,11 @@ int pier_cmd_serve(int argc, char **argv) {
     char dir[PATH_MAX];
     const char *home = getenv("HOME");
     snprintf(dir, sizeof dir, "%s/.config/pier/tls", home && *home ? home : "/tmp");
+    pier_admin_cfg_t admin = {0};
+    pier_admin_parse("serve", PIER_ADMIN_DEFAULT, &admin);
     static const struct option longopts[] = {{"threads", required_argument, 0, 't'},
                                              {"tls-dir", required_argument, 0, 'd'},
+                                             {"admin", required_argument, 0, 'A'},
                                              {"help", no_argument, 0, 'H'},
                                              {0, 0, 0, 0}};
     int opt;
@@ -81,6 +87,7 @@ int pier_cmd_serve(int argc, char **argv) {
                 return 2;
             break;
         case 'd': snprintf(dir, sizeof dir, "%s", optarg); break;
+        case 'A': if (pier_admin_parse("serve", optarg, &admin)) return 2; break;
         case 'H': fputs(serve_help, stdout); return 0;
         default: return pier_cli_usage_error("serve", "unknown or incomplete flag '%s'", argv[optind - 1]);
         }
@@ -88,13 +95,15 @@ int pier_cmd_serve(int argc, char **argv) {
     if (optind < argc)
         return pier_cli_usage_error("serve", "unexpected argument '%s'", argv[optind]);
     pier_tls_ctx_t *tls = https_ctx(dir);
-    pier_service_run_t runs[] = {
+    pier_service_run_t runs[5] = {
         {.svc = &pier_echo_service},
         {.svc = &pier_http_service},
         {.svc = &pier_msg_service},
         {.svc = &pier_https_service, .cfg = tls},
     };
-    int code = pier_cli_run((unsigned)threads, runs, (int)(sizeof runs / sizeof runs[0]) - (tls ? 0 : 1), 10000);
+    int n = tls ? 4 : 3;
+    pier_admin_add(runs, &n, &admin);
+    int code = pier_cli_run((unsigned)threads, runs, n, 10000);
     pier_tls_ctx_free(tls);
     return code;
 }

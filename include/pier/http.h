@@ -69,6 +69,8 @@ typedef struct pier_http_opts_s {
     const char *server_name;      /* Server header value (default "pier") */
     const char *access_log;       /* path to append common-log-format lines to; NULL: none */
     pier_tls_ctx_t *tls;          /* HTTPS: a server context (tls.h); NULL: plain HTTP */
+    pier_proxy_opts_t proxy;      /* PROXY protocol (net.h): the access log then shows
+                                   * the client's address from the header */
 } pier_http_opts_t;
 
 /* ---- server ---- */

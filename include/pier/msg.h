@@ -145,6 +145,7 @@ typedef struct pier_msg_server_opts_s {
     int log_unknown;           /* 1 (default 0): log each unknown id, not only the first */
     void *data;                /* pier_msg_server_data() */
     pier_tls_ctx_t *tls;       /* TLS: a server context (tls.h); NULL: plain TCP */
+    pier_proxy_opts_t proxy;   /* PROXY protocol (net.h); off by default */
 } pier_msg_server_opts_t;
 
 /* Counters, summed over loops and workers; read with pier_msg_server_stats(). */

@@ -76,7 +76,9 @@ PIER_EXTERN void pier_conn_set_data(pier_conn_t *c, void *data);
 PIER_EXTERN pier_id_t pier_conn_id(const pier_conn_t *c);
 PIER_EXTERN pier_loop_t *pier_conn_loop(const pier_conn_t *c);
 PIER_EXTERN int pier_conn_fd(const pier_conn_t *c);
-/* Peer address as "1.2.3.4:80" or "[::1]:80"; buf of at least 64 bytes. */
+/* Peer address as "1.2.3.4:80" or "[::1]:80"; buf of at least 64 bytes. On a server
+ * with the PROXY protocol on, the client's address from the header (also after close);
+ * otherwise the socket's peer, "-" once closed. */
 PIER_EXTERN const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size);
 PIER_EXTERN int pier_conn_is_open(const pier_conn_t *c);   /* not closing or closed */
 
@@ -149,6 +151,38 @@ PIER_EXTERN int pier_id_alive(pier_id_t id);
 
 /* ---- servers ---- */
 
+/* The PROXY protocol (v1 text and v2 binary): a load balancer in front (HAProxy's
+ * send-proxy / send-proxy-v2, nginx's proxy_protocol, cloud balancers) sends a header
+ * first on each connection that names the client it stands for. With it on, a server
+ * reads that header before anything else (before TLS, before on_accept), within
+ * timeout_ms, and pier_conn_peer() then gives the client's address. A LOCAL header (a
+ * balancer's health check), v1 "UNKNOWN" and v2 families that carry no TCP address
+ * keep the socket's own peer. A connection without a valid header in time, or from a
+ * source not in `from`, is closed before on_accept and counted (pier_server_proxy_stats),
+ * with a log line at most once a second per cause. A socket waiting for its header
+ * counts in pier_server_conns() and against max_conns. */
+typedef struct pier_proxy_opts_s {
+    int on;                       /* 1: every connection must start with a PROXY header */
+    uint64_t timeout_ms;          /* the whole header must arrive within (default 3000) */
+    /* Sources allowed to connect at all, as "10.0.0.0/8,192.168.1.7,fd00::/8"; NULL:
+     * any. Copied by pier_server_new, which answers -EINVAL for a bad list. */
+    const char *from;
+} pier_proxy_opts_t;
+
+/* Outcomes of PROXY headers so far, summed over the server's loops. */
+typedef struct pier_proxy_stats_s {
+    uint64_t ok;                  /* headers that gave a client address */
+    uint64_t local;               /* valid headers with no address: the socket's peer is kept */
+    uint64_t bad;                 /* closed: not a valid PROXY header */
+    uint64_t timeout;             /* closed: no whole header within timeout_ms */
+    uint64_t refused;             /* closed: source not in `from` */
+    uint64_t aborted;             /* the peer closed or reset before a whole header */
+} pier_proxy_stats_t;
+
+/* 0 if list is a valid `from` list; -EINVAL with *bad_off (may be NULL) the offset of
+ * the first item that is not an IPv4 or IPv6 address or CIDR. Any thread. */
+PIER_EXTERN int pier_proxy_from_check(const char *list, size_t *bad_off);
+
 typedef struct pier_server_opts_s {
     const char *host;             /* "127.0.0.1", "::1", "0.0.0.0", "::"; default 127.0.0.1 */
     uint16_t port;                /* 0: an ephemeral port, see pier_server_port() */
@@ -167,6 +201,7 @@ typedef struct pier_server_opts_s {
      * (pier_conn_set_cbs). A connection left without callbacks is closed. */
     void (*on_accept)(pier_server_t *srv, pier_conn_t *c);
     void *data;                   /* pier_server_data() */
+    pier_proxy_opts_t proxy;      /* PROXY protocol; off by default */
 } pier_server_opts_t;
 
 /* Creates a server that will listen on every loop of group (one SO_REUSEPORT socket per
@@ -189,6 +224,8 @@ PIER_EXTERN uint16_t pier_server_port(const pier_server_t *srv);
 PIER_EXTERN void *pier_server_data(const pier_server_t *srv);
 PIER_EXTERN unsigned pier_server_conns(const pier_server_t *srv);  /* open now */
 PIER_EXTERN pier_server_t *pier_conn_server(const pier_conn_t *c);  /* NULL for clients */
+/* Any thread: the server's PROXY header outcomes so far (all 0 when proxy is off). */
+PIER_EXTERN void pier_server_proxy_stats(const pier_server_t *srv, pier_proxy_stats_t *out);
 
 /* ---- clients: connect with timeout, reconnect with exponential backoff and jitter ---- */
 

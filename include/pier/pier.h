@@ -3,6 +3,7 @@
 #define PIER_H
 
 #include "loop.h"
+#include "metrics.h"
 #include "net.h"
 #include "tls.h"
 #if __has_include("msg.h")

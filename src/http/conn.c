@@ -159,6 +159,10 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
 static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
     pier__http_request_t *req = &hc->hl->req;
     hc->head_due = 0;
+    /* the method bits GET .. OPTIONS are 1 << PIER_METRICS_GET .. PIER_METRICS_OPTIONS */
+    hc->mx_method = (uint8_t)(1 + (req->method && req->method <= PIER_HTTP_OPTIONS ? (unsigned)__builtin_ctz(req->method)
+                                                                                    : PIER_METRICS_OTHER));
+    hc->mx_t0 = (uint32_t)pier_loop_now(hc->hl->loop);
     pier__http_parser_init(&hc->parser);
     if (req->content_length > (int64_t)hc->srv->max_body) {
         hc->logline[0] = '\0';

@@ -20,6 +20,8 @@
 
 #include "base/buf.h"
 #include "http/parser.h"
+#include "loop/layer.h"
+#include "metrics/metrics.h"
 
 #define PIER__HTTP_MAX_PARAMS 8
 #define PIER__HTTP_RES_FIELDS 4096
@@ -103,6 +105,7 @@ struct pier_http_res_s {
  * handler at a time. */
 typedef struct pier__http_loop_s {
     pier_loop_t *loop;
+    pier__metrics_t *mx;   /* the loop's counters, looked up once */
     pier_http_server_t *srv;
     uint64_t date_sec;
     char date[30];
@@ -168,6 +171,8 @@ struct pier__http_conn_s {
     int keep_alive, minor, is_head, stream, sent_continue, eof;
     int held;                 /* reading paused: the answers so far must drain first */
     uint64_t sent_bytes;
+    uint32_t mx_t0;           /* loop ms when the head arrived, for the duration histogram */
+    uint8_t mx_method;        /* PIER_METRICS_* index + 1 of that head; 0: none parsed */
     pier_http_later_t *later; /* the deferred response under way (one reference) */
     pier_http_upgrade_cb upgrade_cb; /* UPGRADE: the new owner */
     void *upgrade_arg;

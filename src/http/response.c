@@ -171,11 +171,19 @@ static void access_log(pier__http_conn_t *hc, int status) {
     fflush(f);
 }
 
+/* Counts an answered request in the loop's metrics: its method, status and duration. */
+static void count_response(pier__http_conn_t *hc, int status) {
+    uint32_t ms = hc->mx_method ? (uint32_t)pier_loop_now(hc->hl->loop) - hc->mx_t0 : 0;
+    pier__mx_http(hc->hl->mx, hc->mx_method ? hc->mx_method - 1u : PIER_METRICS_OTHER, status, ms);
+    hc->mx_method = 0;
+}
+
 /* The response is complete: log it, then either close or wait for the next request. */
 static void response_done(pier__http_conn_t *hc, int status) {
     if (hc->later)
         pier__http_later_detach(hc);
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
+    count_response(hc, status);
     access_log(hc, status);
     hc->stream = 0;
     /* after a half-close, requests that waited behind this one still get answered */
@@ -388,6 +396,7 @@ int pier_http_res_upgrade(pier_http_res_t *res, const char *protocol, pier_http_
         return err;
     hc->sent_bytes = 0;
     __atomic_fetch_add(&hc->hl->requests, 1, __ATOMIC_RELAXED);
+    count_response(hc, 101);
     access_log(hc, 101);
     hc->state = ST_UPGRADE;
     hc->upgrade_cb = cb;

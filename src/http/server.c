@@ -53,6 +53,7 @@ static int make_loops(pier_http_server_t *srv) {
         return -ENOMEM;
     for (unsigned i = 0; i < srv->nloops; i++) {
         srv->loops[i].loop = pier_group_loop(srv->group, i);
+        srv->loops[i].mx = pier__loop_metrics(srv->loops[i].loop);
         srv->loops[i].srv = srv;
         if (!(srv->loops[i].path = malloc(srv->lim.max_target + 1)))
             return -ENOMEM;
@@ -98,6 +99,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
         .on_accept = pier__http_on_accept,
         .data = srv,
         .tls = o->tls,
+        .proxy = o->proxy,
     };
     rc = pier_server_new(&srv->srv, group, &so);
     if (rc < 0)

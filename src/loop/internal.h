@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "layer.h"
+#include "metrics/metrics.h"
 
 #define PIER__BATCH 256            /* epoll events fetched per wait */
 #define PIER__CHUNK_CACHE 256      /* chunks kept per loop for reuse */
@@ -18,6 +19,7 @@
 enum { PIER__TASK_QUEUED = 1u << 0, PIER__TASK_OWNED = 1u << 1 };
 
 struct pier_loop_s {
+    pier__metrics_t *mx;           /* &metrics; first, as layer.h reads it inline */
     int epfd;
     pier__io_t wake;               /* eventfd */
     uint64_t now;
@@ -51,6 +53,9 @@ struct pier_loop_s {
     pier__io_t sig;                /* signalfd, -1 when no signal is watched */
     sigset_t sigmask;
     struct { pier_signal_cb cb; void *arg; } sigs[65];
+
+    /* last, away from the hot fields above: other threads read them at scrapes */
+    pier__metrics_t metrics;
 };
 
 void pier__dlists_free(pier_loop_t *loop); /* deadline.c */

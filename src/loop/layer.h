@@ -137,6 +137,13 @@ void pier__obj_put(pier_loop_t *loop, void *obj, size_t size);
 void pier__loop_handle_add(pier_loop_t *loop);
 void pier__loop_handle_del(pier_loop_t *loop);
 
+/* The loop's counters (metrics/metrics.h): written by the loop's thread only, read by
+ * any (pier_metrics_snapshot). The loop struct starts with a pointer to them, so that an
+ * increment on every read and write costs no call. */
+static inline struct pier__metrics_s *pier__loop_metrics(pier_loop_t *loop) {
+    return *(struct pier__metrics_s **)(void *)loop;
+}
+
 /* Rate-limited logging: logs at most once per second per key. */
 void pier__log_every(atomic_uint_fast64_t *last_ms, uint64_t now, int level, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -45,6 +46,7 @@ int pier_loop_new(pier_loop_t **out) {
     pier_loop_t *loop = calloc(1, sizeof *loop);
     if (!loop)
         return -ENOMEM;
+    loop->mx = &loop->metrics;
     int err = -ENOMEM;
     loop->epfd = loop->wake.fd = loop->sig.fd = -1;
     loop->rbuf = malloc(PIER__READ_BUF);
@@ -372,3 +374,4 @@ void pier_loop_update_time(pier_loop_t *loop) { loop->now = pier__clock_ms(); }
 unsigned pier_loop_handles(const pier_loop_t *loop) { return loop->handles; }
 void pier_loop_set_data(pier_loop_t *loop, void *data) { loop->data = data; }
 void *pier_loop_data(const pier_loop_t *loop) { return loop->data; }
+_Static_assert(offsetof(struct pier_loop_s, mx) == 0, "layer.h reads the counters' pointer first");

@@ -17,6 +17,8 @@
  * share is free. Output over out_max is refused by policy.
  */
 #include "msg_int.h"
+#include "loop/layer.h"
+#include "metrics/metrics.h"
 #include "net/conn.h"
 
 #include <errno.h>
@@ -439,6 +441,7 @@ static void job_output(msg_conn_t *mc, pier__msg_job_t *job) {
 /* A finished job back on its loop; mc is NULL if the connection has gone or is closing. */
 static void job_finish(msg_loop_t *lp, msg_conn_t *mc, pier__msg_job_t *job) {
     lp->inflight--;
+    pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_jobs_done));
     if (!mc) {
         if (job->out.len)
             lost_reply(lp->srv);
@@ -547,6 +550,9 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
     if (mc->allow)
         mc->allow--;
     lp->inflight++;
+    pier__metrics_t *m = pier__loop_metrics(lp->loop);
+    pier__mx_inc(m, PIER__MX(msg_jobs_queued));
+    pier__mx_msg_frame(m, f->id);
     lp->wake[mc->worker] = 1;
     if (!lp->any_wake) {
         lp->any_wake = 1;
@@ -572,6 +578,8 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
     handler_t *h = &srv->handlers[f->id];
     if (h->cb && srv->pool)
         return dispatch_worker(mc, f);
+    /* counted here and at the push, not above: a stalled frame is decoded again */
+    pier__mx_msg_frame(pier__loop_metrics(mc->lp->loop), f->id);
     pier__msg_bump(&mc->lp->msgs, 1);
     if (f->id == srv->o.ping_id) {
         /* a pong that cannot be queued (-ENOMEM) is not worth a connection: the peer
@@ -644,8 +652,10 @@ static void on_close(pier_conn_t *c, int err) {
         msg_loop_t *lp = loop_of(srv, pier_conn_loop(c));
         pier_log(PIER_LOG_INFO, "msg: closed connection %llu: silent for %" PRIu64 " ms (heartbeat %" PRIu64 " ms)",
                  (unsigned long long)pier_conn_id(c), 3 * srv->o.heartbeat_ms, srv->o.heartbeat_ms);
-        if (lp)
+        if (lp) {
             pier__msg_bump(&lp->timeouts, 1);
+            pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_heartbeat_drops));
+        }
     } else if (err && err != -ECONNRESET && err != -EPIPE) {
         pier_log(PIER_LOG_DEBUG, "msg: connection closed: %s", pier_strerror(err));
     }
@@ -765,10 +775,13 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
         .on_accept = on_accept,
         .data = srv,
         .tls = srv->o.tls,
+        .proxy = srv->o.proxy,
     };
     err = pier_server_new(&srv->net, group, &no);
     if (err)
         goto fail;
+    pier__mx_msg_track(srv->o.ping_id);
+    pier__mx_msg_track(srv->o.pong_id);
     *out = srv;
     return 0;
 fail:
@@ -785,6 +798,8 @@ int pier_msg_on(pier_msg_server_t *srv, uint16_t id, pier_msg_handler_cb handler
         id > srv->codec.id_max)
         return -EINVAL;
     srv->handlers[id] = (handler_t){handler, handler ? ud : NULL};
+    if (handler)
+        pier__mx_msg_track(id);
     return 0;
 }
 

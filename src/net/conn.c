@@ -18,6 +18,7 @@
  * read buffer at all. */
 #include "conn.h"
 #include "idtab.h"
+#include "metrics/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -115,6 +116,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t 
         return err;
     }
     pier__loop_handle_add(loop);
+    pier__mx_inc(pier__loop_metrics(loop), PIER__MX(conns_opened));
     if (owner->fresh_ms) {
         c->flags |= PIER__C_FRESH;
         arm_deadline(c, owner->fresh_ms);
@@ -146,6 +148,8 @@ pier_conn_t *pier_conn_from_id(pier_loop_t *loop, pier_id_t id) {
 }
 
 const char *pier_conn_peer(const pier_conn_t *c, char *buf, size_t size) {
+    if (c->x && c->x->peer_addr)
+        return pier__addr_str(c->x->peer_addr, buf, size);
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     if ((c->flags & PIER__C_CLOSED) || getpeername(c->io.fd, (struct sockaddr *)&ss, &len) < 0) {
@@ -183,6 +187,7 @@ static pier__conn_x_t *x_need(pier_conn_t *c) {
     if (!x)
         return NULL;
     memset(x, 0, offsetof(pier__conn_x_t, lim));
+    x->peer_addr = NULL;
     x->c = c;
     x->out = x->inl;
     x->ocap = sizeof x->inl / sizeof x->inl[0];
@@ -200,6 +205,7 @@ static void x_drop(pier_conn_t *c) {
     if (x->out != x->inl)
         free(x->out);
     free(x->rbuf);
+    free(x->peer_addr);
     c->x = NULL;
     pier__obj_put(c->loop, x, sizeof *x);
 }
@@ -212,13 +218,23 @@ static size_t kept(const pier_conn_t *c) { return c->x ? c->x->rlen : 0; }
  * is short-lived and its steps look at the queue). */
 static int x_in_use(const pier_conn_t *c) {
     const pier__conn_x_t *x = c->x;
-    return x->rlen || x->ocount || x->tp || pier__pending_queued(&x->flush_p) ||
+    return x->rlen || x->ocount || x->tp || x->peer_addr || pier__pending_queued(&x->flush_p) ||
            (c->flags & (PIER__C_OWN_LIM | PIER__C_CLOSING));
 }
 
 static void x_release(pier_conn_t *c) {
     if (c->x && !x_in_use(c))
         x_drop(c);
+}
+
+int pier__conn_set_peer_addr(pier_conn_t *c, void *addr) {
+    if (!x_need(c)) {
+        free(addr);
+        return -ENOMEM;
+    }
+    free(c->x->peer_addr);
+    c->x->peer_addr = addr;
+    return 0;
 }
 
 int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *state) {
@@ -340,6 +356,7 @@ static ssize_t direct_write(pier_conn_t *c, const struct iovec *iov, int iovcnt)
         ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n >= 0) {
             pier__conn_sent(c);
+            pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_out), (uint64_t)n);
             return n;
         }
         if (errno == EINTR)
@@ -558,6 +575,7 @@ int pier_conn_sendfile(pier_conn_t *c, int fd, off_t offset, size_t len) {
 
 void pier__conn_consume(pier_conn_t *c, size_t n) {
     c->x->queued -= n;
+    pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_out), n);
     while (n > 0) {
         pier__out_t *o = &c->x->out[c->x->ohead];
         size_t left = o->len - o->off;
@@ -741,10 +759,11 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
 /* Bytes for the protocol: from the transport, or from the socket. As the transport's
  * read: a count, 0 at the end, or a negative errno (-EAGAIN: drained). */
 static ssize_t conn_recv(pier_conn_t *c, char *buf, size_t len, int *more) {
-    if (c->x && c->x->tp)
-        return c->x->tp->read(c, buf, len, more);
-    ssize_t n = read(c->io.fd, buf, len);
-    return n >= 0 ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    const pier__transport_t *tp = pier__conn_tp(c);
+    ssize_t n = tp ? tp->read(c, buf, len, more) : read(c->io.fd, buf, len);
+    if (n > 0)
+        pier__mx_add(pier__loop_metrics(c->loop), PIER__MX(bytes_in), (uint64_t)n);
+    return n >= 0 || tp ? n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
 }
 
 static void do_read(pier_conn_t *c) {
@@ -986,6 +1005,7 @@ static void finalize(pier_conn_t *c) {
     close(c->io.fd);
     pier__id_release(c);
     pier__loop_handle_del(loop);
+    pier__mx_inc(pier__loop_metrics(loop), PIER__MX(conns_closed) + (size_t)pier__mx_close_reason(c->err));
     out_drop_all(c);
     pier_conn_ref(c);
     if (c->cbs && c->cbs->on_close)

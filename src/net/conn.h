@@ -87,6 +87,10 @@ typedef struct pier__conn_x_s {
     const pier__transport_t *tp; /* NULL: the socket itself */
     void *tp_state;
     pier_conn_limits_t lim;     /* with PIER__C_OWN_LIM: the connection's own limits */
+    /* The client's address from a PROXY header (a pier__sockaddr_t of src/net/proxy.h,
+     * freed with the part, which a proxied connection keeps for its life); NULL: the
+     * socket's peer is the client. */
+    void *peer_addr;
     pier__out_t inl[2];         /* most connections queue one or two items */
 } pier__conn_x_t;
 
@@ -188,6 +192,9 @@ void pier__conn_want_flush(pier_conn_t *c);
 void pier__conn_fail(pier_conn_t *c, int err);
 /* Puts a transport beneath c (state NULL takes it away). 0 or -ENOMEM. */
 int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *state);
+/* Gives c the client address a PROXY header carried (it takes addr, a malloc'd
+ * pier__sockaddr_t, also on failure). 0 or -ENOMEM. */
+int pier__conn_set_peer_addr(pier_conn_t *c, void *addr);
 
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);

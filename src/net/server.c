@@ -8,6 +8,8 @@
  * The server is the application's; it never owns the group or its loops. Listener
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
+#include "proxy.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +30,7 @@ typedef struct listener_s {
     pier_loop_t *loop;
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
+    pier__proxy_wait_t pw;      /* sockets waiting for their PROXY header */
     pier_task_t tasks[NTASKS];  /* embedded, so that starting, stopping and closing cannot
                                  * fail for want of memory (a lost stop task would keep
                                  * the server from ever being freed) */
@@ -47,6 +50,7 @@ struct pier_server_s {
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
+    pier__proxy_cfg_t proxy;
 };
 
 static void tasks_init(listener_t *l);
@@ -125,23 +129,22 @@ pier_server_t *pier_conn_server(const pier_conn_t *c) {
     return c->owner->ops == &server_owner ? pier__container_of(c->owner, pier_server_t, own) : NULL;
 }
 
-static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
-    unsigned open = atomic_fetch_add(&srv->conns, 1);
-    if (open >= srv->opts.max_conns) {
-        atomic_fetch_sub(&srv->conns, 1);
-        pier__log_every(&srv->log_limit, pier_loop_now(l->loop), PIER_LOG_WARN,
-                        "connection limit %u reached, refusing new connections", srv->opts.max_conns);
-        close(fd);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+/* client: the address a PROXY header gave (the connection's from here), or NULL. */
+static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
+    pier_server_t *srv = l->srv;
     pier_conn_t *c;
     int err = pier__conn_new(l->loop, fd, &srv->own, &c);
     if (err < 0) {
         atomic_fetch_sub(&srv->conns, 1);
         pier_log(PIER_LOG_WARN, "cannot set up accepted connection: %s", pier_strerror(err));
+        free(client);
         close(fd);
+        return;
+    }
+    pier__mx_inc(pier__loop_metrics(l->loop), PIER__MX(conns_accepted));
+    if (client && pier__conn_set_peer_addr(c, client) < 0) {
+        pier_log(PIER_LOG_WARN, "cannot keep a PROXY client address: %s", pier_strerror(-ENOMEM));
+        pier_conn_abort(c);
         return;
     }
     if (!srv->opts.tls) {
@@ -154,6 +157,33 @@ static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
         pier_log(PIER_LOG_WARN, "cannot set up TLS on an accepted connection: %s", pier_strerror(err));
         pier_conn_abort(c);
     }
+}
+
+/* A socket in the PROXY stage counts as a connection (against max_conns, and keeps the
+ * server from being freed) from its accept until it is dropped or becomes one. */
+static void proxy_done(pier__proxy_wait_t *w, int fd, pier__sockaddr_t *client) {
+    conn_start(pier__container_of(w, listener_t, pw), fd, client);
+}
+
+static void proxy_dropped(pier__proxy_wait_t *w) {
+    atomic_fetch_sub(&pier__container_of(w, listener_t, pw)->srv->conns, 1);
+}
+
+static void accept_one(pier_server_t *srv, listener_t *l, int fd) {
+    unsigned open = atomic_fetch_add(&srv->conns, 1);
+    if (open >= srv->opts.max_conns) {
+        atomic_fetch_sub(&srv->conns, 1);
+        pier__log_every(&srv->log_limit, pier_loop_now(l->loop), PIER_LOG_WARN,
+                        "connection limit %u reached, refusing new connections", srv->opts.max_conns);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (srv->opts.proxy.on)
+        pier__proxy_wait_add(&l->pw, fd);
+    else
+        conn_start(l, fd, NULL);
 }
 
 static void handoff_task(void *arg) {
@@ -243,15 +273,22 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     int err = -ENOMEM;
     if (!srv->ls)
         goto fail;
+    /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
+    for (unsigned i = 0; i < srv->n; i++) {
+        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
+        tasks_init(&srv->ls[i]);
+        pier__proxy_wait_init(&srv->ls[i].pw, pier_group_loop(group, i), &srv->proxy);
+        srv->ls[i].pw.done = proxy_done;
+        srv->ls[i].pw.dropped = proxy_dropped;
+    }
+    srv->opts.proxy.from = NULL; /* the caller's string: only its parsed form is kept */
+    if ((err = pier__proxy_cfg_init(&srv->proxy, &opts->proxy)) < 0)
+        goto fail;
     struct sockaddr_storage ss;
     int len = pier__addr_parse(srv->host, opts->port, &ss);
     if (len < 0) {
         err = len;
         goto fail;
-    }
-    for (unsigned i = 0; i < srv->n; i++) {
-        srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        tasks_init(&srv->ls[i]);
     }
     if ((err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
@@ -296,6 +333,7 @@ fail:
     free(srv->ls);
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
+    pier__proxy_cfg_free(&srv->proxy);
     free(srv);
     return err;
 }
@@ -366,8 +404,14 @@ void pier_server_stop(pier_server_t *srv) {
 /* close and abort only mark and queue: no connection leaves the loop's lists under us */
 static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) { pier__conn_each(l->loop, &l->srv->own, fn); }
 
-static void close_all_task(listener_t *l) { each_conn(l, pier_conn_close); }
-static void abort_all_task(listener_t *l) { each_conn(l, pier_conn_abort); }
+static void close_all_task(listener_t *l) {
+    pier__proxy_wait_drop_all(&l->pw);
+    each_conn(l, pier_conn_close);
+}
+static void abort_all_task(listener_t *l) {
+    pier__proxy_wait_drop_all(&l->pw);
+    each_conn(l, pier_conn_abort);
+}
 
 static void run_start(void *arg) {
     start_task(arg);
@@ -418,6 +462,7 @@ int pier_server_free(pier_server_t *srv) {
     pier__conn_mem_log();
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
+    pier__proxy_cfg_free(&srv->proxy);
     free(srv);
     return 0;
 }
@@ -431,3 +476,9 @@ void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_con
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
 unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
+
+void pier_server_proxy_stats(const pier_server_t *srv, pier_proxy_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < srv->n; i++)
+        pier__proxy_wait_stats(&srv->ls[i].pw, out);
+}

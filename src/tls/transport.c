@@ -16,6 +16,7 @@
  * as on plain TCP, and items are encrypted in order only when the socket can take them,
  * at most BATCH bytes at a time, files through a 16 KiB chunk. */
 #include "tls_int.h"
+#include "metrics/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -157,6 +158,7 @@ static void count_failure(tls_conn_t *t, const char *why) {
     pier_tls_ctx_t *ctx = t->ctx;
     char peer[64];
     atomic_fetch_add(&ctx->failed, 1);
+    pier__mx_inc(pier__loop_metrics(t->c->loop), PIER__MX(tls_handshakes_failed));
     pier__log_every(&ctx->log_fail, pier_loop_now(t->c->loop), PIER_LOG_WARN,
                     "tls: handshake with %s failed: %s (%llu failed so far; logged at most once a second)",
                     pier_conn_peer(t->c, peer, sizeof peer), why, (unsigned long long)atomic_load(&ctx->failed));
@@ -221,6 +223,10 @@ static int handshake(tls_conn_t *t) {
     pier_timer_stop(&t->hs_timer);
     t->flags |= T_READY;
     atomic_fetch_add(&t->ctx->handshakes, 1);
+    pier__metrics_t *m = pier__loop_metrics(t->c->loop);
+    pier__mx_inc(m, PIER__MX(tls_handshakes_ok));
+    if (SSL_session_reused(t->ssl))
+        pier__mx_inc(m, PIER__MX(tls_handshakes_resumed));
     return push_out(t);
 }
 

@@ -15,6 +15,8 @@
  * failed; input is dropped and the TCP connection is closing).
  */
 #include "ws/ws_int.h"
+#include "loop/layer.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -99,6 +101,7 @@ static void take_reason(pier_ws_t *ws, const uint8_t *p, size_t n) {
 
 static int on_message(void *ctx, int opcode, const void *data, size_t len) {
     pier_ws_t *ws = ctx;
+    pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_in));
     /* also after our close: what the peer sent before its answer is still its say (RFC
      * 6455 1.4) */
     if (ws->state != WS_DONE && ws->ep->cbs.on_message)
@@ -274,7 +277,10 @@ int pier_ws_send(pier_ws_t *ws, int opcode, const void *data, size_t len) {
         return -ENOTCONN;
     if (pier_conn_queued(ws->c) > ws->ep->out_high)
         return -ENOBUFS;
-    return put_frame(ws, opcode, data, len);
+    int err = put_frame(ws, opcode, data, len);
+    if (err == 0)
+        pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_out));
+    return err;
 }
 
 /* What the application may close with: a code a peer could send (so not 1005, 1006 or

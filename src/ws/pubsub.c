@@ -13,6 +13,8 @@
  * task still queued when the server goes (run as its group is freed) finds it.
  */
 #include "ws/ws_int.h"
+#include "loop/layer.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -251,7 +253,8 @@ static void deliver(pier_ws_t *ws, msg_t *m) {
     atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     /* on error frame_sent has run, and the core aborted the connection if the stream
      * could be corrupt: nothing is left to undo */
-    pier_conn_write_ref(ws->c, m->frame, m->frame_len, frame_sent, m);
+    if (pier_conn_write_ref(ws->c, m->frame, m->frame_len, frame_sent, m) == 0)
+        pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_out));
 }
 
 static void publish_run(void *arg) {
