@@ -18,6 +18,9 @@
 
 #define TRIM_ABOVE 65536 /* per-connection buffers larger than this are freed when idle */
 
+static void head_clear(pier__http_conn_t *hc);
+static void body_clear(pier__http_conn_t *hc);
+
 /* ---- dispatch ---- */
 
 static void allow_field(unsigned allow, char *buf, size_t size) {
@@ -71,7 +74,7 @@ static int route(pier__http_conn_t *hc, pier__http_request_t *req) {
 static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
     pier__http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
-    hc->body_due = 0; /* the request is complete */
+    body_clear(hc); /* the request is complete */
     hc->seq = ++hl->seq;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
@@ -118,24 +121,30 @@ static int send_continue(pier__http_conn_t *hc, const pier__http_request_t *req)
 /* Both run from a request's first byte (or the accept): the head must arrive within the
  * header timeout, and the whole request, body included, within the body timeout. The
  * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
-static void arm_deadline(pier__http_conn_t *hc, uint64_t due) {
+/* The request's deadlines run from its first byte. A fresh connection's header deadline
+ * is the core's, from the accept (pier__http_fresh); its body deadline runs from its
+ * first byte, so the first request may take up to the wait for that byte longer. */
+static void start_header_timer(pier__http_conn_t *hc) {
     uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
-    if (!pier_timer_active(&hc->timer) || hc->timer.due > due)
-        pier_timer_start(&hc->timer, due > now ? due - now : 0, 0);
-}
-
-/* The request's deadlines run from its first byte, the first request's from the accept
- * (since: its loop time, or 0). */
-static void start_header_timer_from(pier__http_conn_t *hc, uint64_t since) {
-    uint64_t now = since ? since : pier_loop_now(pier_conn_loop(hc->c));
     if (!hc->head_due) {
         hc->head_due = now + hc->srv->header_timeout_ms;
-        arm_deadline(hc, hc->head_due);
+        if (!pier__conn_is_fresh(hc->c))
+            pier__dl_start(hc->hl->head_list, &hc->head_dl);
     }
     if (!hc->body_due) {
         hc->body_due = now + hc->srv->body_timeout_ms;
-        arm_deadline(hc, hc->body_due);
+        pier__dl_start(hc->hl->body_list, &hc->body_dl);
     }
+}
+
+static void head_clear(pier__http_conn_t *hc) {
+    hc->head_due = 0;
+    pier__dl_stop(hc->hl->loop, &hc->head_dl);
+}
+
+static void body_clear(pier__http_conn_t *hc) {
+    hc->body_due = 0;
+    pier__dl_stop(hc->hl->loop, &hc->body_dl);
 }
 
 /* A chunked body is decoded into a buffer of our own, and the head kept to be parsed
@@ -158,7 +167,8 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
 /* A request head is complete (n bytes of buf). Returns bytes consumed, 0 to wait. */
 static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
     pier__http_request_t *req = &hc->hl->req;
-    hc->head_due = 0;
+    head_clear(hc);
+    pier__conn_fresh_end(hc->c); /* the first head is in: the idle deadline from now on */
     /* the method bits GET .. OPTIONS are 1 << PIER_METRICS_GET .. PIER_METRICS_OPTIONS */
     hc->mx_method = (uint8_t)(1 + (req->method && req->method <= PIER_HTTP_OPTIONS ? (unsigned)__builtin_ctz(req->method)
                                                                                     : PIER_METRICS_OTHER));
@@ -229,7 +239,7 @@ static size_t step(pier__http_conn_t *hc, const char *buf, size_t len, int *more
     *more = 0;
     switch (hc->state) {
     case ST_HEAD: {
-        start_header_timer_from(hc, 0);
+        start_header_timer(hc);
         int n = pier__http_parse_request(&hc->parser, &hc->srv->lim, buf, len, req);
         if (n == -2)
             return 0;
@@ -284,7 +294,8 @@ static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
 
 _Static_assert(sizeof(pier__http_conn_t) <= PIER__OBJ_MAX, "from the loop's object cache");
 
-static void on_deadline(pier_timer_t *t);
+static void head_late(pier__dlnode_t *n);
+static void body_late(pier__dlnode_t *n);
 
 static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     size_t limit = hc->srv->lim.max_head + hc->srv->max_body + 65536;
@@ -296,7 +307,8 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
 /* The HTTP state of the connection goes (at its close, when it is handed over, or while
  * it waits idle between requests). */
 static void conn_free(pier__http_conn_t *hc) {
-    pier_timer_stop(&hc->timer);
+    pier__dl_stop(hc->hl->loop, &hc->head_dl);
+    pier__dl_stop(hc->hl->loop, &hc->body_dl);
     pier__http_later_detach(hc);
     pier_conn_set_data(hc->c, NULL);
     pier__buf_free(&hc->head_copy);
@@ -319,7 +331,11 @@ static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop)
 static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
     pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
-    pier__http_conn_t *hc = hl ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
+    if (hl && !hl->head_list) {
+        hl->head_list = pier__dlist_get(hl->loop, srv->header_timeout_ms, head_late);
+        hl->body_list = pier__dlist_get(hl->loop, srv->body_timeout_ms, body_late);
+    }
+    pier__http_conn_t *hc = hl && hl->head_list && hl->body_list ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
     if (!hc)
         return NULL;
     memset(hc, 0, offsetof(pier__http_conn_t, logline));
@@ -329,11 +345,9 @@ static pier__http_conn_t *conn_new(pier_conn_t *c) {
     hc->c = c;
     hc->state = ST_HEAD;
     pier__http_parser_init(&hc->parser);
-    pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
+    pier__dlnode_init(&hc->head_dl);
+    pier__dlnode_init(&hc->body_dl);
     pier_conn_set_data(c, hc);
-    uint64_t since = pier__conn_fresh_end(c);
-    if (since)
-        start_header_timer_from(hc, since); /* the first request's deadlines: from the accept */
     return hc;
 }
 
@@ -466,27 +480,24 @@ static void on_close(pier_conn_t *c, int err) {
 }
 
 /* The head (header timeout) or the whole request, body included (body timeout: a body
- * trickled byte by byte), did not arrive in time: 408. Otherwise the timer fired for a
- * deadline that a finished request has since cleared, and waits for the next one. */
-static void on_deadline(pier_timer_t *t) {
-    pier__http_conn_t *hc = t->data;
-    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
-    int head_late = hc->head_due && now >= hc->head_due && (hc->state == ST_HEAD || hc->state == ST_BODY);
-    int body_late = hc->body_due && now >= hc->body_due &&
-                    (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED);
-    if (head_late || body_late) {
-        hc->head_due = hc->body_due = 0;
-        hc->logline[0] = '\0';
-        pier__http_send_error(hc, 408);
-        return;
-    }
-    uint64_t next = 0;
-    if (hc->head_due && hc->head_due > now)
-        next = hc->head_due;
-    if (hc->body_due && hc->body_due > now && (!next || hc->body_due < next))
-        next = hc->body_due;
-    if (next)
-        pier_timer_start(t, next - now, 0);
+ * trickled byte by byte), did not arrive in time: 408. */
+static void answer_late(pier__http_conn_t *hc) {
+    head_clear(hc);
+    body_clear(hc);
+    hc->logline[0] = '\0';
+    pier__http_send_error(hc, 408);
+}
+
+static void head_late(pier__dlnode_t *n) {
+    pier__http_conn_t *hc = pier__container_of(n, pier__http_conn_t, head_dl);
+    if (hc->head_due && (hc->state == ST_HEAD || hc->state == ST_BODY))
+        answer_late(hc);
+}
+
+static void body_late(pier__dlnode_t *n) {
+    pier__http_conn_t *hc = pier__container_of(n, pier__http_conn_t, body_dl);
+    if (hc->body_due && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED))
+        answer_late(hc);
 }
 
 static const pier_conn_cbs_t conn_cbs = {
@@ -502,11 +513,11 @@ void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
 }
 
 void pier__http_fresh(pier_conn_t *c) {
-    pier__http_conn_t *hc = conn_new(c);
-    if (!hc) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (!hc && !(hc = conn_new(c))) {
         pier_conn_abort(c);
         return;
     }
-    hc->head_due = hc->body_due = 0;
-    pier__http_send_error(hc, 408);
+    if (hc->state == ST_HEAD || hc->state == ST_BODY)
+        answer_late(hc);
 }

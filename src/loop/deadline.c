@@ -31,6 +31,22 @@ static uint32_t unit_shift(uint64_t ms) {
 
 static void dlist_timer_cb(pier_timer_t *t);
 
+/* A list's timer does not keep the loop alive (its nodes' owners do), and it stays armed
+ * when the list empties: a list that empties and fills again with every request (one
+ * connection's request deadline) then costs no timer operation. It fires once for
+ * nothing and is not armed again. handles: the loop's count without it. */
+static void weak_start(pier__dlist_t *l, uint64_t ms) {
+    pier_timer_start(&l->timer, ms, 0);
+    l->timer.loop->handles--;
+}
+
+static void weak_stop(pier__dlist_t *l) {
+    if (pier_timer_active(&l->timer)) {
+        pier_timer_stop(&l->timer);
+        l->timer.loop->handles++;
+    }
+}
+
 pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb) {
     if (ms > MAX_MS)
         ms = MAX_MS;
@@ -56,7 +72,7 @@ pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb) {
 
 void pier__dlists_free(pier_loop_t *loop) {
     for (uint32_t i = 0; i < loop->ndlists; i++) {
-        pier_timer_stop(&loop->dlists[i]->timer);
+        weak_stop(loop->dlists[i]);
         free(loop->dlists[i]);
     }
     free(loop->dlists);
@@ -77,15 +93,13 @@ static void link_tail(pier__dlist_t *l, pier__dlnode_t *n) {
     n->stamp = stamp_now(l, pier_loop_now(l->timer.loop));
     pier__queue_insert_tail(&l->nodes, &n->q);
     if (l->ms && !pier_timer_active(&l->timer))
-        pier_timer_start(&l->timer, l->ms, 0);
+        weak_start(l, l->ms);
 }
 
 static void unlink_node(pier__dlist_t *l, pier__dlnode_t *n) {
+    (void)l;
     pier__queue_remove(&n->q);
     n->list = 0;
-    /* an empty list keeps no timer, so the loop can finish */
-    if (pier__queue_empty(&l->nodes))
-        pier_timer_stop(&l->timer);
 }
 
 void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n) {
@@ -108,6 +122,7 @@ void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n) {
 
 static void dlist_timer_cb(pier_timer_t *t) {
     pier__dlist_t *l = t->data;
+    t->loop->handles++; /* the run took the timer out, counting it as a handle */
     uint32_t now = (uint32_t)pier_loop_now(t->loop);
     while (!pier__queue_empty(&l->nodes)) {
         pier__dlnode_t *n = pier__container_of(pier__queue_head(&l->nodes), pier__dlnode_t, q);
@@ -115,7 +130,9 @@ static void dlist_timer_cb(pier_timer_t *t) {
         int32_t left = (int32_t)(((n->stamp + 1) << l->shift) - 1 + l->ms - now);
         if (left > 0) {
             /* a callback may have emptied and refilled the list, arming the timer again */
-            pier_timer_start(t, (uint64_t)left, 0);
+            if (pier_timer_active(t))
+                weak_stop(l);
+            weak_start(l, (uint64_t)left);
             return;
         }
         unlink_node(l, n);

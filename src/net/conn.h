@@ -166,6 +166,7 @@ static inline void pier__conn_sent(pier_conn_t *c) {
 /* The protocol has taken up a fresh connection (its first input): the idle deadline
  * applies from now on. Returns the loop time of the accept, or 0 if it was not fresh. */
 uint64_t pier__conn_fresh_end(pier_conn_t *c);
+static inline int pier__conn_is_fresh(const pier_conn_t *c) { return !!(c->flags & PIER__C_FRESH); }
 /* Sets a server's first-input deadline (before it starts). */
 void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_conn_t *c));
 
