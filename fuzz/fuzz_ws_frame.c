@@ -1,9 +1,11 @@
-/* libFuzzer target for the WebSocket reader (frame codec, unmasking, fragments, UTF-8):
- * a client stream read as the server reads it, whole and cut in two at a point the input
- * chooses, with unconsumed bytes kept and handed again as a connection does. No crash or
- * over-read (ASan), no message over the limit, and the same messages, control frames and
- * verdict however the stream was cut. The input as text also gets one UTF-8 verdict
- * wherever it is cut. The first byte picks the message limit. */
+/* libFuzzer target for the WebSocket reader (frame codec, unmasking, fragments, UTF-8,
+ * permessage-deflate): a client stream read as the server reads it, whole and cut in two
+ * at a point the input chooses, with unconsumed bytes kept and handed again as a
+ * connection does. No crash or over-read (ASan), no message over the limit (inflated ones
+ * included), and the same messages, control frames and verdict however the stream was
+ * cut. The input as text also gets one UTF-8 verdict wherever it is cut. The first byte
+ * picks the message limit (bit 0), whether permessage-deflate was negotiated (bit 1) and
+ * whether the client keeps its compression context (bit 2). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,10 +39,12 @@ static int on_control(void *ctx, int opcode, const uint8_t *data, size_t len) {
 }
 
 /* Feeds buf[0, len) in two reads cut at split; returns the close code (0: none). */
-static int run(trace_t *t, const uint8_t *buf, size_t len, size_t split, uint64_t max) {
+static int run(trace_t *t, const uint8_t *buf, size_t len, size_t split, uint64_t max, int mode) {
     pier__buf_t scratch = {0};
+    pier__ws_zloop_t *zl = NULL;
+    pier__ws_pmd_t pmd = {.rx_bits = 15, .rx_reset = (mode & 4) == 0};
     pier__ws_reader_t r = {.max_message = max, .masked = 1, .scratch = &scratch, .on_message = on_message,
-                           .on_control = on_control, .ctx = t};
+                           .on_control = on_control, .ctx = t, .pmd = mode & 2 ? &pmd : NULL, .zl = &zl};
     memset(t, 0, sizeof *t);
     t->max = max;
     uint8_t *kept = malloc(len + 1);
@@ -64,6 +68,8 @@ static int run(trace_t *t, const uint8_t *buf, size_t len, size_t split, uint64_
     }
     free(kept);
     pier__ws_reader_free(&r);
+    pier__ws_pmd_free(&pmd);
+    pier__ws_zloop_free(zl);
     pier__buf_free(&scratch);
     return r.code;
 }
@@ -77,8 +83,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t *copy = malloc(len ? len : 1); /* its own allocation, so ASan sees over-reads */
     memcpy(copy, in, len);
     trace_t whole, cut;
-    int cw = run(&whole, copy, len, len, max);
-    int cc = run(&cut, copy, len, k, max);
+    int cw = run(&whole, copy, len, len, max, data[0]);
+    int cc = run(&cut, copy, len, k, max, data[0]);
     if (cw != cc || whole.sum != cut.sum || whole.count != cut.count)
         abort(); /* the verdict depends on how the stream was cut */
     uint32_t all = pier__utf8_feed(PIER__UTF8_ACCEPT, copy, len);

@@ -1,4 +1,5 @@
 #include "cli.h"
+#include "upgrade.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -197,6 +198,16 @@ static void poll_cb(pier_timer_t *t) {
     }
 }
 
+static void start_drain(runner_t *r, const char *why) {
+    r->draining = 1;
+    r->drain_start = pier_loop_now(pier_group_loop(r->group, 0));
+    pier_log(PIER_LOG_INFO, "%s: no longer accepting; flushing open connections", why);
+    for (int i = 0; i < r->n; i++)
+        if (r->runs[i].state)
+            r->runs[i].svc->drain(r->runs[i].state);
+    pier_timer_start(&r->poll, 20, 20);
+}
+
 static void on_signal(pier_loop_t *loop, int signo, void *arg) {
     runner_t *r = arg;
     if (r->draining) {
@@ -204,14 +215,33 @@ static void on_signal(pier_loop_t *loop, int signo, void *arg) {
         pier_group_stop(r->group);
         return;
     }
-    r->draining = 1;
-    r->drain_start = pier_loop_now(loop);
-    pier_log(PIER_LOG_INFO, "%s: no longer accepting; flushing open connections",
-             signo == SIGINT ? "SIGINT" : "SIGTERM");
+    start_drain(r, signo == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+/* The new process listens on our sockets: this one drains as for SIGTERM and exits 0.
+ * Closing our copies of the sockets loses nothing, since the new process holds them. */
+static void upgrade_done(void *arg, int ok) {
+    runner_t *r = arg;
+    if (ok && !r->draining)
+        start_drain(r, "SIGUSR2");
+}
+
+static void on_usr2(pier_loop_t *loop, int signo, void *arg) {
+    enum { MAX = 256 };
+    runner_t *r = arg;
+    int fds[MAX];
+    unsigned n = 0;
+    if (r->draining) {
+        pier_log(PIER_LOG_WARN, "SIGUSR2 ignored: this process is already stopping");
+        return;
+    }
+    /* n counts them all, so that pier_upgrade_start refuses rather than hands on a part */
     for (int i = 0; i < r->n; i++)
         if (r->runs[i].state)
-            r->runs[i].svc->drain(r->runs[i].state);
-    pier_timer_start(&r->poll, 20, 20);
+            n += pier_server_listen_fds(r->runs[i].svc->net(r->runs[i].state), fds + (n < MAX ? n : MAX),
+                                        n < MAX ? MAX - n : 0);
+    if (pier_upgrade_start(loop, fds, n, upgrade_done, r) == -EBUSY)
+        pier_log(PIER_LOG_WARN, "SIGUSR2 ignored: an upgrade is already under way");
 }
 
 static int run_freed(void *arg) {
@@ -256,12 +286,14 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
      * and only loop 0's signalfd ever sees SIGINT/SIGTERM */
     if ((err = pier_loop_signal(loop0, SIGINT, on_signal, &r)) < 0 ||
         (err = pier_loop_signal(loop0, SIGTERM, on_signal, &r)) < 0 ||
+        (err = pier_loop_signal(loop0, SIGUSR2, on_usr2, &r)) < 0 ||
         (nreloadable && ((err = pier_loop_signal(loop0, SIGHUP, on_hup, NULL)) < 0 ||
                          (err = pier_loop_signal(loop0, SIGUSR1, on_usr1, NULL)) < 0))) {
         /* without them the servers could not be stopped (or reloaded) as documented */
-        fprintf(stderr, "pier: cannot watch SIGINT, SIGTERM and SIGHUP: %s\n", pier_strerror(err));
+        fprintf(stderr, "pier: cannot watch SIGINT, SIGTERM, SIGUSR2 and SIGHUP: %s\n", pier_strerror(err));
         pier_loop_signal_stop(loop0, SIGINT);
         pier_loop_signal_stop(loop0, SIGTERM);
+        pier_loop_signal_stop(loop0, SIGUSR2);
         pier_loop_signal_stop(loop0, SIGHUP);
         nreloadable = 0;
         pier_group_free(r.group);
@@ -277,14 +309,18 @@ int pier_cli_run(unsigned threads, pier_service_run_t *runs, int n, uint64_t dra
             break;
         }
     }
+    if (code == 0 && pier_upgrade_ready() < 0)
+        code = 1;
     if (code == 0 && pier_group_run(r.group) < 0)
         code = 1; /* a loop thread could not start (logged): the services did not run */
     else if (code != 0)
         for (int i = 0; i < started; i++)
             runs[i].svc->drain(runs[i].state);
     pier_timer_stop(&r.poll);
+    pier_upgrade_finish();
     pier_loop_signal_stop(loop0, SIGINT);
     pier_loop_signal_stop(loop0, SIGTERM);
+    pier_loop_signal_stop(loop0, SIGUSR2);
     if (nreloadable) {
         pier_loop_signal_stop(loop0, SIGHUP);
         pier_loop_signal_stop(loop0, SIGUSR1);

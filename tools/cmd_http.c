@@ -401,11 +401,15 @@ static int join_room(pier_http_server_t *srv, const char *root) {
     return pier_http_route_ud(srv, PIER_HTTP_GET, "/chat", chat_page, cr, chat_route_free);
 }
 
+/* --no-deflate: permessage-deflate is on in the tool unless this says otherwise */
+static int ws_no_deflate;
+
 static int add_ws_routes(pier_http_server_t *srv, const char *root) {
     static const pier_ws_cbs_t echo_cbs = {.on_message = ws_echo};
     static const pier_ws_cbs_t chat_cbs = {.on_open = chat_open, .on_message = chat_message};
-    int err = pier_http_ws(srv, "/ws/echo", &echo_cbs, NULL);
-    err = err ? err : pier_http_ws(srv, "/ws/chat", &chat_cbs, NULL);
+    pier_ws_opts_t wo = {.deflate = !ws_no_deflate};
+    int err = pier_http_ws_opts(srv, "/ws/echo", &echo_cbs, NULL, &wo);
+    err = err ? err : pier_http_ws_opts(srv, "/ws/chat", &chat_cbs, NULL, &wo);
     return err ? err : join_room(srv, root);
 }
 
@@ -525,7 +529,7 @@ static const char http_help[] =
     "usage: pier http [--host 127.0.0.1] [--port 8888] [--threads N] [--root DIR]\n"
     "                 [--max-body BYTES] [--access-log FILE] [--keepalive-timeout S]\n"
     "                 [--header-timeout S] [--body-timeout S] [--max-conns N] [--quiet]\n"
-    "                 [--tls-cert FILE --tls-key FILE]\n"
+    "                 [--tls-cert FILE --tls-key FILE] [--no-deflate]\n"
     "                 [--proxy-protocol [--proxy-from CIDR,...] [--proxy-timeout S]]\n"
     "\n"
     "An HTTP/1.1 server with keep-alive, pipelining and static files. Routes:\n"
@@ -555,6 +559,7 @@ static const char http_help[] =
     "  --max-conns N       open connections at most; more are closed at once (default 10000)\n"
     "  --quiet             log warnings and errors only\n"
     "  --admin HOST:PORT   /metrics, /healthz and /status on a port of their own (off: none)\n"
+    "  --no-deflate        WebSocket without permessage-deflate (on by default)\n"
     "  --tls-cert FILE     certificate chain (PEM, leaf first): the port speaks only HTTPS,\n"
     "                      and answers a plain HTTP request with a 400 that says so\n"
     "  --tls-key FILE      its private key (PEM); SIGHUP reads both files again\n"
@@ -577,6 +582,7 @@ int pier_cmd_http(int argc, char **argv) {
         {"body-timeout", required_argument, 0, 'B'}, {"max-conns", required_argument, 0, 'm'},
         {"quiet", no_argument, 0, 'q'},          {"help", no_argument, 0, 'H'},
         PIER_CLI_PROXY_LONGOPTS,                 {"admin", required_argument, 0, 'A'},
+        {"no-deflate", no_argument, 0, 'Z'},
         {0, 0, 0, 0},
     };
     int opt;
@@ -630,6 +636,7 @@ int pier_cmd_http(int argc, char **argv) {
             cfg.max_conns = (unsigned)v;
             break;
         case 'q': pier_log_set_level(PIER_LOG_WARN); break;
+        case 'Z': ws_no_deflate = 1; break;
         case 'C': if (pier_cli_tls_add("http", &tf, 0, optarg)) return 2; break;
         case 'K': if (pier_cli_tls_add("http", &tf, 1, optarg)) return 2; break;
         case PIER_CLI_PROXY_ON: case PIER_CLI_PROXY_FROM: case PIER_CLI_PROXY_TIMEOUT:

@@ -1,5 +1,6 @@
 /* pier: the command-line tool. One subcommand per server or client. */
 #include "cli.h"
+#include "upgrade.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,6 +26,8 @@ static void usage(FILE *out) {
     fprintf(out, "usage: pier COMMAND [FLAGS]   (pier COMMAND --help for its flags)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].what);
+    fprintf(out, "\nserver commands (serve, echo, http, msg) also take --pid-file FILE, upgrade in place\n"
+                 "on SIGUSR2 and use the listening sockets of systemd socket activation\n");
 }
 
 /* Servers hold one descriptor per connection: take the whole hard limit. */
@@ -49,6 +52,8 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[1], commands[i].name)) {
             raise_fd_limit();
             setvbuf(stdout, NULL, _IOLBF, 0);
+            if ((argc = pier_upgrade_init(argc, argv)) < 0)
+                return 2;
             return commands[i].run(argc - 1, argv + 1);
         }
     }

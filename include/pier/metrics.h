@@ -67,6 +67,9 @@ typedef struct pier_metrics_s {
     uint64_t msg_jobs_queued, msg_jobs_done;      /* to the worker pool and back */
     uint64_t tls_handshakes_ok, tls_handshakes_failed, tls_handshakes_resumed;
     uint64_t ws_messages_in, ws_messages_out;
+    /* PROXY headers by outcome, in the order of pier_proxy_stats_t: ok, local, bad,
+     * timeout, refused, aborted (the last four closed the connection) */
+    uint64_t proxy_headers[6];
 } pier_metrics_t;
 
 /* Sums the counters of n loops into *out (which it zeroes first). Any thread. -EINVAL

@@ -206,7 +206,9 @@ typedef struct pier_server_opts_s {
 
 /* Creates a server that will listen on every loop of group (one SO_REUSEPORT socket per
  * loop; the kernel spreads connections). The group stays the caller's. Binds and
- * listens at once, so a port in use fails here: -EADDRINUSE, -EINVAL for a bad host. */
+ * listens at once, so a port in use fails here: -EADDRINUSE, -EINVAL for a bad host.
+ * Sockets given to pier_net_inherit for this host and port are used instead of binding
+ * (with fewer of them than loops, loops share them). */
 PIER_EXTERN int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_opts_t *opts);
 /* Starts accepting (thread-safe: posts to each loop). */
 PIER_EXTERN int pier_server_start(pier_server_t *srv);
@@ -214,6 +216,13 @@ PIER_EXTERN int pier_server_start(pier_server_t *srv);
 PIER_EXTERN void pier_server_stop(pier_server_t *srv);
 /* Closes every open connection of this server gracefully (thread-safe). */
 PIER_EXTERN void pier_server_close_all(pier_server_t *srv);
+/* A drain for protocols that know which connections are between requests: closes
+ * gracefully each open connection for which close_now(c) answers 1, on its own loop
+ * (thread-safe); the others stay open for their owner to close once done. close_now
+ * runs on each connection's loop and must not close or free anything itself. A call
+ * made before an earlier close_all or close_if has run on some loop replaces its
+ * filter there. */
+PIER_EXTERN void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c));
 /* Aborts (resets, dropping queued output) every open connection of this server
  * (thread-safe): what a shutdown does once its grace period is over. */
 PIER_EXTERN void pier_server_abort_all(pier_server_t *srv);
@@ -226,6 +235,31 @@ PIER_EXTERN unsigned pier_server_conns(const pier_server_t *srv);  /* open now *
 PIER_EXTERN pier_server_t *pier_conn_server(const pier_conn_t *c);  /* NULL for clients */
 /* Any thread: the server's PROXY header outcomes so far (all 0 when proxy is off). */
 PIER_EXTERN void pier_server_proxy_stats(const pier_server_t *srv, pier_proxy_stats_t *out);
+
+/* The listening sockets of srv, for handing them to another process (a binary upgrade):
+ * at most max of them into fds, which stay the server's (close nothing; after
+ * pier_server_stop they are closed). Returns how many there are, even if more than max. */
+PIER_EXTERN unsigned pier_server_listen_fds(const pier_server_t *srv, int *fds, unsigned max);
+
+/* ---- listening sockets made by someone else: socket activation, upgrades ---- */
+
+/* Hands the library an already-listening TCP socket (bound, listen() called). A later
+ * pier_server_new whose host and port it is bound to uses it instead of binding (with
+ * port 0: the first socket on that host; a host of 0.0.0.0 or :: takes a socket on
+ * either wildcard). The fd becomes the library's: it is made non-blocking and
+ * close-on-exec, and closed by the server that takes it or by
+ * pier_net_inherit_close_unused. Thread-safe. -ENOTSOCK if fd is not a listening
+ * TCP/IP socket, -EBADF for a closed fd, -ENOSPC past 256 sockets. */
+PIER_EXTERN int pier_net_inherit(int fd);
+/* systemd socket activation: when LISTEN_PID is this process, hands fds 3 to
+ * 3+LISTEN_FDS-1 to pier_net_inherit (LISTEN_FDNAMES is not needed: sockets match by
+ * address). Removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment
+ * either way. Returns how many sockets were taken (0 without activation). Call it
+ * before creating servers and before starting threads (it changes the environment). */
+PIER_EXTERN int pier_net_inherit_systemd(void);
+/* Closes the inherited sockets no server has taken (logging each, since connections
+ * queued on them are lost) and returns how many. Call once every server exists. */
+PIER_EXTERN unsigned pier_net_inherit_close_unused(void);
 
 /* ---- clients: connect with timeout, reconnect with exponential backoff and jitter ---- */
 

@@ -94,6 +94,23 @@ typedef struct pier_ws_opts_s {
     size_t out_high;        /* water marks of each connection's output (256 KiB, 64 KiB) */
     size_t out_low;
     int slow_policy;        /* PIER_WS_SLOW_DROP or PIER_WS_SLOW_CLOSE */
+    /* permessage-deflate (RFC 7692, with zlib): 1 to accept it (server) or offer it
+     * (client); 0, the default: never. A build without zlib never negotiates it. The
+     * peer may send compressed messages or not, as it likes; its compressed messages are
+     * inflated within max_message (a larger one is 1009, whatever its compressed size).
+     * Ours are compressed from 128 bytes up, when that makes them smaller. */
+    int deflate;
+    /* The largest LZ77 window (9..15, 0: 15) our compressor uses, and the one we ask the
+     * peer to use where the negotiation lets us: smaller saves memory, at some ratio. */
+    int deflate_window_bits;
+    /* 1: our compressor keeps its context from one message to the next (context
+     * takeover): a better ratio on streams of similar messages, but a compressor per
+     * connection (about 2^(bits+3) bytes: 256 KiB at 15) and a published message is then
+     * compressed for each such subscriber. 0 (the default): server_no_context_takeover
+     * (client_no_context_takeover on a client); each loop shares one compressor among its
+     * connections, and a published message is compressed once for all subscribers that
+     * agreed on the same window. */
+    int deflate_takeover;
     /* Subprotocols the endpoint speaks, in order of preference, NULL-terminated (copied).
      * The first of them the client offers is chosen; none offered or none in common: no
      * subprotocol. */
@@ -111,8 +128,8 @@ PIER_EXTERN int pier_http_ws_opts(pier_http_server_t *srv, const char *path, con
 /* ---- on the connection's loop ---- */
 
 /* Sends one message (TEXT, BINARY) or control frame (PING, PONG; at most 125 bytes) as
- * one frame, header and payload queued as one unit. TEXT must be valid UTF-8 (not
- * checked). -ENOBUFS when the output is above out_high (nothing queued; on_drain
+ * one frame, header and payload queued as one unit; a message compressed if
+ * permessage-deflate was agreed and it pays. TEXT must be valid UTF-8 (not checked). -ENOBUFS when the output is above out_high (nothing queued; on_drain
  * follows), -ENOTCONN once a close was sent or received, -EINVAL for a bad opcode or
  * size. A frame that cannot be queued (-ENOMEM) aborts the connection. */
 PIER_EXTERN int pier_ws_send(pier_ws_t *ws, int opcode, const void *data, size_t len);
@@ -148,7 +165,8 @@ PIER_EXTERN int pier_ws_close_id(pier_id_t id, int code, const char *reason);
  *
  * Topics span every WebSocket endpoint of a server and every loop of its group. A
  * message published to a topic is framed once and the frame shared, not copied, by the
- * output queues of its subscribers. A subscriber whose output is above out_high misses
+ * output queues of its subscribers; with permessage-deflate, compressed once per window
+ * size and shared by the subscribers without server context takeover (the default). A subscriber whose output is above out_high misses
  * it, by its endpoint's slow_policy: dropped (counted in pier_ws_dropped) or closed with
  * 1008. A connection that closes leaves its topics; one that closes while a publish is
  * in flight is simply not reached. */
@@ -189,7 +207,9 @@ typedef struct pier_ws_client_opts_s {
      * host. The client keeps its own reference. */
     pier_tls_ctx_t *tls;
     /* As pier_client_opts_t: 0 means its default. reconnect: connect again after a
-     * failed connect or handshake, and after a close. */
+     * failed connect or handshake, and after a close; but a handshake the server refuses
+     * with a 4xx other than 408 and 429 is not tried again (the answer would not change),
+     * and max_retries counts refused handshakes in a row too. */
     uint64_t connect_timeout_ms;
     int reconnect;
     uint64_t backoff_min_ms, backoff_max_ms;
@@ -198,7 +218,8 @@ typedef struct pier_ws_client_opts_s {
      * and the one the server chose is pier_ws_protocol(). */
     pier_ws_opts_t ws;
     /* A connect or handshake failed (err: the connect's error, -EPROTO for a response
-     * that is not a valid 101); will_retry says whether another attempt comes. */
+     * that is not a valid 101, whose status pier_ws_client_status() tells); will_retry
+     * says whether another attempt comes. */
     void (*on_connect_error)(pier_ws_client_t *cl, int err, int will_retry);
 } pier_ws_client_opts_t;
 
@@ -210,6 +231,9 @@ PIER_EXTERN int pier_ws_client_new(pier_ws_client_t **out, pier_loop_t *loop, co
                                    const pier_ws_cbs_t *cbs, void *ud);
 /* The open connection, or NULL (connecting, or between connections). */
 PIER_EXTERN pier_ws_t *pier_ws_client_ws(const pier_ws_client_t *cl);
+/* The HTTP status of the last handshake response (101 for an accepted one), or 0 if none
+ * came or it had none. */
+PIER_EXTERN int pier_ws_client_status(const pier_ws_client_t *cl);
 /* Stops reconnecting and ends the connection: a close handshake with 1000 when it is
  * open, else a plain close. */
 PIER_EXTERN void pier_ws_client_stop(pier_ws_client_t *cl);

@@ -507,6 +507,25 @@ static const pier_conn_cbs_t conn_cbs = {
     .on_close = on_close,
 };
 
+/* A drain closes at once only a connection that has answered requests and holds no
+ * byte of the next: a request that crosses that close is one a client may send again
+ * (RFC 9112, 9.3.1). A connection with a request under way, or one just accepted whose
+ * first request may be on its way (nobody would send that again), stays: its next
+ * response says Connection: close, or the header timeout ends it. Connections handed
+ * to another protocol close now, as before. */
+int pier__http_close_at_drain(pier_conn_t *c) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (c->cbs == &conn_cbs && !hc) /* no state: fresh (its request may be on its way) or idle */
+        return !pier__conn_is_fresh(c);
+    if (c->cbs != &conn_cbs)
+        return 1;
+    if (hc->state != ST_HEAD)
+        return hc->state == ST_CLOSED || hc->state == ST_UPGRADE;
+    int idle = !hc->parser.scanned && !hc->parser.first_line_end && !hc->parser.empty_lines &&
+               !hc->pending.len && !hc->stream && !hc->later && !hc->held;
+    return hc->seq > 0 && idle;
+}
+
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
     (void)s;
     pier_conn_set_cbs(c, &conn_cbs, NULL);

@@ -134,6 +134,7 @@ struct pier_http_server_s {
     pier__http_router_t router;
     unsigned methods;      /* every method some route takes, for OPTIONS * */
     int started;
+    int draining;          /* set once by pier_http_server_stop; read atomically */
     int warned_silent, warned_write;
     unsigned nloops;
     pier__http_loop_t *loops;
@@ -183,6 +184,8 @@ struct pier__http_conn_s {
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c);
 /* A connection that sent nothing within the header timeout of its accept: 408. */
 void pier__http_fresh(pier_conn_t *c);
+/* The drain's filter (pier_server_close_if): 1 for a connection to close now. */
+int pier__http_close_at_drain(pier_conn_t *c);
 /* Runs the requests that waited behind a deferred response, once it is done. */
 void pier__http_process_pending(pier__http_conn_t *hc);
 

@@ -135,6 +135,8 @@ static int build_head(pier__http_conn_t *hc, int status, const char *ctype, cons
             hc->keep_alive = 0;
         }
     }
+    if (status != 101 && __atomic_load_n(&hc->srv->draining, __ATOMIC_RELAXED))
+        hc->keep_alive = 0; /* the server stops: this is the connection's last answer */
     if (!hc->keep_alive)
         put(b, "Connection: close\r\n", 19);
     else if (hc->minor == 0)

@@ -132,8 +132,9 @@ int pier_http_server_start(pier_http_server_t *srv) {
 }
 
 void pier_http_server_stop(pier_http_server_t *srv) {
+    __atomic_store_n(&srv->draining, 1, __ATOMIC_RELAXED);
     pier_server_stop(srv->srv);
-    pier_server_close_all(srv->srv);
+    pier_server_close_if(srv->srv, pier__http_close_at_drain);
 }
 
 void pier_http_server_abort_all(pier_http_server_t *srv) { pier_server_abort_all(srv->srv); }

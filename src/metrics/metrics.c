@@ -195,6 +195,12 @@ static void tls_ws(out_t *o, const pier_metrics_t *m) {
     family(o, "ws_messages_total", "counter", "WebSocket messages, by direction.");
     put(o, "pier_ws_messages_total{direction=\"in\"} %llu\n", (unsigned long long)m->ws_messages_in);
     put(o, "pier_ws_messages_total{direction=\"out\"} %llu\n", (unsigned long long)m->ws_messages_out);
+    static const char *const outcomes[6] = {"ok", "local", "bad", "timeout", "refused", "aborted"};
+    family(o, "proxy_headers_total", "counter",
+           "PROXY protocol headers, by outcome (bad, timeout, refused and aborted closed the connection).");
+    for (int i = 0; i < 6; i++)
+        put(o, "pier_proxy_headers_total{outcome=\"%s\"} %llu\n", outcomes[i],
+            (unsigned long long)m->proxy_headers[i]);
 }
 
 size_t pier_metrics_prometheus(const pier_metrics_t *m, char *buf, size_t size) {

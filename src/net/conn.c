@@ -83,17 +83,19 @@ static void arm_deadline(pier_conn_t *c, uint64_t ms) {
 typedef struct each_s {
     const pier__owner_t *owner;
     void (*fn)(pier_conn_t *c);
+    int (*only)(pier_conn_t *c);
 } each_t;
 
 static void each_one(pier__dlnode_t *n, void *arg) {
     each_t *e = arg;
     pier_conn_t *c = pier__container_of(n, pier_conn_t, dl);
-    if (c->owner == e->owner)
+    if (c->owner == e->owner && (!e->only || e->only(c)))
         e->fn(c);
 }
 
-void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c)) {
-    each_t e = {owner, fn};
+void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c),
+                     int (*only)(pier_conn_t *c)) {
+    each_t e = {owner, fn, only};
     pier__dl_each(loop, deadline_cb, each_one, &e);
 }
 
@@ -1002,6 +1004,10 @@ static void finalize(pier_conn_t *c) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* close() sends RST */
         setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+    /* close() alone leaves the socket in epoll while another reference to it lives (a
+     * child between fork and exec, as an upgrade makes, or a dup), and its events
+     * would then name this freed connection */
+    pier__io_del(loop, &c->io);
     close(c->io.fd);
     pier__id_release(c);
     pier__loop_handle_del(loop);

@@ -182,9 +182,10 @@ static inline int pier__conn_idle_gone(const pier_conn_t *c) { return !!(c->flag
 /* Wraps a connected non-blocking socket for owner, which must outlive the connection's
  * open life. The loop holds the first reference. */
 int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t **out);
-/* Calls fn for each connection of owner on loop that has not finished closing (fn may
- * close or abort it). */
-void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c));
+/* Calls fn for each connection of owner on loop that has not finished closing, and for
+ * which only (if not NULL) answers 1; fn may close or abort it. */
+void pier__conn_each(pier_loop_t *loop, const pier__owner_t *owner, void (*fn)(pier_conn_t *c),
+                     int (*only)(pier_conn_t *c));
 /* For transports: the owner's ready hook; consuming n bytes of out[] (they have been
  * taken by the transport); the flush pass; a failure that aborts with err. */
 void pier__conn_ready(pier_conn_t *c);

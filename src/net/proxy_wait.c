@@ -12,6 +12,7 @@
  * deadline order and one timer per stage, armed for the oldest, serves them all. */
 #include "proxy.h"
 #include "conn.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -64,8 +65,12 @@ void pier__proxy_wait_init(pier__proxy_wait_t *w, pier_loop_t *loop, pier__proxy
     pier_timer_init(loop, &w->timer, timer_cb, w);
 }
 
+_Static_assert(PIER__PROXY_NSTATS == sizeof ((pier_metrics_t *)0)->proxy_headers / sizeof(uint64_t),
+               "one metrics slot per PROXY outcome");
+
 static void count(pier__proxy_wait_t *w, int what) {
     atomic_fetch_add_explicit(&w->stats[what], 1, memory_order_relaxed);
+    pier__mx_inc(pier__loop_metrics(w->loop), PIER__MX(proxy_headers) + (size_t)what);
 }
 
 /* Takes the socket out of the stage; the fd stays open. */

@@ -8,6 +8,7 @@
  * The server is the application's; it never owns the group or its loops. Listener
  * changes happen on each loop's own thread through posted tasks. */
 #include "conn.h"
+#include "inherit.h"
 #include "proxy.h"
 #include "metrics/metrics.h"
 
@@ -50,6 +51,7 @@ struct pier_server_s {
     atomic_uint_fast64_t log_emfile, log_limit;
     unsigned next;              /* single acceptor: the loop that gets the next one */
     atomic_uint tasks;          /* posted tasks that refer to the server, not yet run */
+    _Atomic(int (*)(pier_conn_t *c)) close_now; /* the close-all task's filter (NULL: all) */
     pier__proxy_cfg_t proxy;
 };
 
@@ -270,7 +272,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     srv->group = group;
     srv->n = pier_group_size(group);
     srv->ls = calloc(srv->n, sizeof *srv->ls);
-    int err = -ENOMEM;
+    int *inh = NULL, err = -ENOMEM;
     if (!srv->ls)
         goto fail;
     /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
@@ -290,7 +292,15 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
         err = len;
         goto fail;
     }
-    if ((err = probe_port(&ss, (socklen_t)len)) < 0)
+    /* sockets handed over by systemd or an upgrade are already bound: no probe, no bind */
+    int ninh = -ENOMEM;
+    if ((inh = calloc(srv->n, sizeof *inh)))
+        ninh = pier__inherit_fds(&ss, inh, srv->opts.single_acceptor ? 1 : srv->n);
+    if (ninh < 0) {
+        err = ninh;
+        goto fail;
+    }
+    if (ninh == 0 && (err = probe_port(&ss, (socklen_t)len)) < 0)
         goto fail;
     for (unsigned i = 0; i < srv->n; i++) {
         if (i > 0 && srv->opts.single_acceptor) {
@@ -299,7 +309,7 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
             continue;
         }
         /* every socket binds the port the first one got, so port 0 works with N loops */
-        int fd = listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
+        int fd = ninh ? inh[i] : listen_socket(&ss, (socklen_t)len, srv->opts.backlog);
         if (fd < 0) {
             err = fd;
             goto fail;
@@ -323,9 +333,11 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     }
     for (unsigned i = 0; i < srv->n; i++)
         srv->ls[i].reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    free(inh);
     *out = srv;
     return 0;
 fail:
+    free(inh);
     if (srv->ls)
         for (unsigned i = 0; i < srv->n; i++)
             if (srv->ls[i].io.fd >= 0)
@@ -402,15 +414,21 @@ void pier_server_stop(pier_server_t *srv) {
 }
 
 /* close and abort only mark and queue: no connection leaves the loop's lists under us */
-static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c)) { pier__conn_each(l->loop, &l->srv->own, fn); }
+static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c), int (*only)(pier_conn_t *c)) {
+    pier__conn_each(l->loop, &l->srv->own, fn, only);
+}
 
+/* A filtered drain lets connections still waiting for their PROXY header go on: like
+ * those just accepted, their first request may be on its way. */
 static void close_all_task(listener_t *l) {
-    pier__proxy_wait_drop_all(&l->pw);
-    each_conn(l, pier_conn_close);
+    int (*close_now)(pier_conn_t *c) = atomic_load(&l->srv->close_now);
+    if (!close_now)
+        pier__proxy_wait_drop_all(&l->pw);
+    each_conn(l, pier_conn_close, close_now);
 }
 static void abort_all_task(listener_t *l) {
     pier__proxy_wait_drop_all(&l->pw);
-    each_conn(l, pier_conn_abort);
+    each_conn(l, pier_conn_abort, NULL);
 }
 
 static void run_start(void *arg) {
@@ -436,7 +454,10 @@ static void tasks_init(listener_t *l) {
         pier_task_init(&l->tasks[i], run[i], l);
 }
 
-void pier_server_close_all(pier_server_t *srv) {
+void pier_server_close_all(pier_server_t *srv) { pier_server_close_if(srv, NULL); }
+
+void pier_server_close_if(pier_server_t *srv, int (*close_now)(pier_conn_t *c)) {
+    atomic_store(&srv->close_now, close_now);
     for (unsigned i = 0; i < srv->n; i++)
         post_to(&srv->ls[i], TASK_CLOSE_ALL);
 }
@@ -474,6 +495,18 @@ void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_con
 }
 
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
+
+unsigned pier_server_listen_fds(const pier_server_t *srv, int *fds, unsigned max) {
+    unsigned n = 0;
+    for (unsigned i = 0; i < srv->n; i++) {
+        if (srv->ls[i].io.fd < 0)
+            continue;
+        if (n < max)
+            fds[n] = srv->ls[i].io.fd;
+        n++;
+    }
+    return n;
+}
 void *pier_server_data(const pier_server_t *srv) { return srv->opts.data; }
 unsigned pier_server_conns(const pier_server_t *srv) { return atomic_load(&((pier_server_t *)srv)->conns); }
 

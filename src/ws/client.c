@@ -24,8 +24,11 @@ struct pier_ws_client_s {
     pier_client_t *cl;
     pier_ws_t *ws;            /* open, or NULL */
     char *host, *authority, *path, *offer;
+    char ext_offer[128];      /* Sec-WebSocket-Extensions, or "" */
     uint16_t port;
     int secure, reconnect, stopped, reported;
+    int max_retries, refusals; /* handshakes refused in a row */
+    int status;               /* of the last handshake response, or 0 */
     char accept[29];          /* what the server must answer this attempt's key with */
     void (*on_connect_error)(pier_ws_client_t *cl, int err, int will_retry);
 };
@@ -151,9 +154,10 @@ static int send_request(pier_ws_client_t *cl, pier_conn_t *c) {
     pier__ws_accept(key, 24, cl->accept);
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
                      cl->path, cl->authority, key, cl->offer ? "Sec-WebSocket-Protocol: " : "",
-                     cl->offer ? cl->offer : "", cl->offer ? "\r\n" : "");
+                     cl->offer ? cl->offer : "", cl->offer ? "\r\n" : "",
+                     *cl->ext_offer ? "Sec-WebSocket-Extensions: " : "", cl->ext_offer, *cl->ext_offer ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof req)
         return -E2BIG;
     return pier_conn_write(c, req, (size_t)n);
@@ -177,10 +181,12 @@ static int has_token(const char *v, size_t n, const char *word) {
 }
 
 /* What the 101's fields must say (4.1, the client's checks): upgrade, connection, the
- * accept for our key, no extension (we offered none), a subprotocol we offered. */
+ * accept for our key, no extension but permessage-deflate as we offered it, a
+ * subprotocol we offered. */
 typedef struct {
-    int upgrade, connection, accept, bad;
+    int upgrade, connection, accept, bad, deflate;
     const char *protocol;
+    pier__ws_pmd_t pmd;
 } answer_t;
 
 static void check_field(pier_ws_client_t *cl, answer_t *a, const char *name, size_t nl, const char *v, size_t vl) {
@@ -192,7 +198,7 @@ static void check_field(pier_ws_client_t *cl, answer_t *a, const char *name, siz
     else if (IS("Sec-WebSocket-Accept"))
         a->accept = vl == 28 && !memcmp(v, cl->accept, 28);
     else if (IS("Sec-WebSocket-Extensions"))
-        a->bad = 1;
+        a->bad |= !cl->ep.pmd.on || a->deflate++ || pier__ws_pmd_check(v, vl, &cl->ep.pmd, &a->pmd) < 0;
     else if (IS("Sec-WebSocket-Protocol")) {
         a->bad |= a->protocol != NULL;
         for (unsigned i = 0; i < cl->ep.nprotocols && !a->protocol; i++)
@@ -203,10 +209,25 @@ static void check_field(pier_ws_client_t *cl, answer_t *a, const char *name, siz
 #undef IS
 }
 
-/* The response head [p, p + n): 0 and the chosen protocol if it accepts. */
-static int check_response(pier_ws_client_t *cl, const char *p, size_t n, const char **protocol) {
+/* The status of a response head, or 0 if it has none. */
+static int status_of(const char *p, size_t n) {
+    if (n < 13 || memcmp(p, "HTTP/1.", 7) || p[8] != ' ' || (p[12] != ' ' && p[12] != '\r'))
+        return 0;
+    int st = 0;
+    for (int i = 9; i < 12; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        st = st * 10 + p[i] - '0';
+    }
+    return st;
+}
+
+/* The response head [p, p + n): 0, the chosen protocol and permessage-deflate's
+ * agreement if it accepts. */
+static int check_response(pier_ws_client_t *cl, const char *p, size_t n, answer_t *out) {
     answer_t a = {0};
-    if (n < 13 || (memcmp(p, "HTTP/1.1 101 ", 13) && memcmp(p, "HTTP/1.1 101\r", 13)))
+    cl->status = status_of(p, n);
+    if (cl->status != 101 || memcmp(p, "HTTP/1.1", 8))
         return -EPROTO;
     const char *end = p + n, *line = memchr(p, '\n', n) + 1;
     while (line < end) {
@@ -222,8 +243,21 @@ static int check_response(pier_ws_client_t *cl, const char *p, size_t n, const c
         }
         line = eol + 1;
     }
-    *protocol = a.protocol;
+    *out = a;
     return a.upgrade && a.connection && a.accept && !a.bad ? 0 : -EPROTO;
+}
+
+/* A refused handshake: another attempt follows as after any failed connect, unless the
+ * refusal is definitive (a 4xx but 408 and 429: asking again gets the same answer) or
+ * max_retries refusals came in a row. */
+static void refused(pier_ws_client_t *cl, int err) {
+    int st = cl->status;
+    int definitive = st >= 400 && st < 500 && st != 408 && st != 429;
+    if (definitive || (cl->max_retries && ++cl->refusals >= cl->max_retries)) {
+        cl->stopped = 1;
+        pier_client_stop(cl->cl);
+    }
+    report(cl, err);
 }
 
 static size_t hs_read(pier_conn_t *c, const char *data, size_t len) {
@@ -235,15 +269,19 @@ static size_t hs_read(pier_conn_t *c, const char *data, size_t len) {
         eoh = data; /* too long: refused below */
     }
     size_t head = (size_t)(eoh - data) + 4;
-    const char *proto = NULL;
-    int err = eoh == data ? -EPROTO : check_response(cl, data, head, &proto);
-    pier_ws_t *ws = err ? NULL : pier__ws_new(&cl->ep, proto);
+    answer_t a;
+    int err = eoh == data ? -EPROTO : check_response(cl, data, head, &a);
+    pier_ws_t *ws = err ? NULL : pier__ws_new(&cl->ep, a.protocol);
     if (!ws) {
-        report(cl, err ? err : -ENOMEM);
+        pier_conn_set_data(c, NULL); /* reported here, not again by hs_close */
         pier_conn_abort(c);
+        refused(cl, err ? err : -ENOMEM);
         return len;
     }
+    cl->refusals = 0;
     ws->client = 1;
+    ws->deflate = a.deflate;
+    ws->pmd = a.pmd;
     ws->rd.masked = 0; /* a server's frames must not be masked */
     return head + pier__ws_take_over(c, ws, data + head, len - head);
 }
@@ -300,6 +338,7 @@ static void ws_close(pier_ws_t *ws, int code, const char *reason) {
 static void client_clear(pier_ws_client_t *cl) {
     pier__ws_endpoint_clear(&cl->ep);
     pier__buf_free(&cl->wl.scratch);
+    pier__ws_zloop_free(cl->wl.z);
     free(cl->host);
     free(cl->authority);
     free(cl->path);
@@ -331,12 +370,15 @@ int pier_ws_client_new(pier_ws_client_t **out, pier_loop_t *loop, const pier_ws_
     cl->ep.nloops = 1;
     cl->wl.loop = loop;
     cl->reconnect = o->reconnect;
+    cl->max_retries = o->max_retries;
     cl->on_connect_error = o->on_connect_error;
     int err = parse_url(cl, o->url);
     if (!err && cl->secure && !o->tls)
         err = -EINVAL;
     err = err ? err : pier__ws_take_opts(&cl->ep, &o->ws);
     err = err ? err : make_offer(cl);
+    if (!err && cl->ep.pmd.on)
+        pier__ws_pmd_offer(&cl->ep.pmd, cl->ext_offer, sizeof cl->ext_offer);
     err = err ? err : client_start(cl, loop, o);
     if (err < 0) {
         cl->ep.loops = NULL; /* embedded, not the endpoint's to free */
@@ -349,6 +391,7 @@ int pier_ws_client_new(pier_ws_client_t **out, pier_loop_t *loop, const pier_ws_
 }
 
 pier_ws_t *pier_ws_client_ws(const pier_ws_client_t *cl) { return cl->ws; }
+int pier_ws_client_status(const pier_ws_client_t *cl) { return cl->status; }
 
 void pier_ws_client_stop(pier_ws_client_t *cl) {
     if (cl->stopped++)

@@ -53,21 +53,42 @@ static int put_masked(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     return pier_conn_write_ref(ws->c, buf, hl + len, free_frame, NULL);
 }
 
+/* A data message compressed, when permessage-deflate was negotiated and it pays: opcode
+ * gets RSV1, and data the compressed bytes. 0, or -ENOMEM when a compressor whose
+ * context the peer follows failed half-way. */
+static int compress(pier_ws_t *ws, int *opcode, const void **data, size_t *len) {
+    const uint8_t *z;
+    size_t zl;
+    if (!ws->deflate || (*opcode & 0x8))
+        return 0; /* control frames are never compressed (RFC 7692 6.1) */
+    int rc = pier__ws_deflate(&ws->wl->z, &ws->pmd, *data, *len, &z, &zl);
+    if (rc == 0) {
+        *opcode |= PIER__WS_RSV1;
+        *data = z;
+        *len = zl;
+    }
+    return rc < 0 ? rc : 0;
+}
+
 static int put_frame(pier_ws_t *ws, int opcode, const void *data, size_t len) {
     uint8_t h[PIER__WS_MAX_HEADER];
-    int err;
-    if (ws->client) {
+    int err = compress(ws, &opcode, &data, &len);
+    if (!err && ws->client) {
         err = put_masked(ws, opcode, data, len);
-    } else {
+    } else if (!err) {
         struct iovec iov[2] = {{h, pier__ws_header(h, opcode, len, NULL)}, {(void *)data, len}};
         err = pier_conn_writev(ws->c, iov, len ? 2 : 1);
     }
+    if (opcode & PIER__WS_RSV1) /* the compressed bytes are copied by now */
+        pier__ws_zloop_trim_tx(ws->wl->z);
     if (err < 0) {
         ws->state = WS_DONE;
         pier_conn_abort(ws->c);
     }
     return err;
 }
+
+int pier__ws_put(pier_ws_t *ws, int opcode, const void *data, size_t len) { return put_frame(ws, opcode, data, len); }
 
 static int put_close(pier_ws_t *ws, int code, const char *reason, size_t rl) {
     uint8_t body[PIER__WS_MAX_CONTROL];
@@ -203,6 +224,7 @@ static void on_conn_close(pier_conn_t *c, int err) {
         ws->ep->cbs.on_close(ws, code, ws->reason);
     pier_conn_set_data(c, NULL);
     pier__ws_reader_free(&ws->rd);
+    pier__ws_pmd_free(&ws->pmd);
     ws->magic = 0;
     free(ws);
 }
@@ -242,6 +264,8 @@ size_t pier__ws_take_over(pier_conn_t *c, void *arg, const char *rest, size_t le
     ws->wl = loop_state(ep, loop);
     if (ws->wl) {
         ws->rd.scratch = &ws->wl->scratch;
+        ws->rd.zl = &ws->wl->z;
+        ws->rd.pmd = ws->deflate ? &ws->pmd : NULL;
         ws->hl = pier__ws_hub_loop(ep->hub, (unsigned)(ws->wl - ep->loops));
     }
     pier_conn_set_cbs(c, &ws_conn_cbs, ws);

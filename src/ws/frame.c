@@ -46,9 +46,13 @@ int pier__ws_parse(const uint8_t *b, size_t len, pier__ws_frame_t *f) {
 }
 
 int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, uint64_t max_message,
-                   int masked) {
-    if (f->rsv || f->masked != masked)
-        return PIER_WS_PROTOCOL_ERROR; /* no extension was negotiated; 5.1 on masking */
+                   int masked, int deflate) {
+    /* RSV2 and RSV3 belong to no extension pier speaks; RSV1 to permessage-deflate, and
+     * only on a message's first frame (RFC 7692 6: not on continuations or control
+     * frames) */
+    int rsv1_ok = deflate && (f->opcode == PIER_WS_TEXT || f->opcode == PIER_WS_BINARY);
+    if ((f->rsv & ~(rsv1_ok ? 4 : 0)) || f->masked != masked)
+        return PIER_WS_PROTOCOL_ERROR; /* 5.1 on masking */
     switch (f->opcode) {
     case 0x0: /* continuation */
         if (!in_message)
@@ -73,7 +77,7 @@ int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, 
 
 size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask) {
     size_t n;
-    out[0] = (uint8_t)(0x80 | (opcode & 0xF));
+    out[0] = (uint8_t)(0x80 | (opcode & (0xF | PIER__WS_RSV1)));
     if (len < 126) {
         out[1] = (uint8_t)len;
         n = 2;

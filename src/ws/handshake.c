@@ -120,6 +120,17 @@ static int check_request(const pier_http_req_t *req, const char **why) {
     return 0;
 }
 
+/* permessage-deflate, if the endpoint speaks it and the client offers it acceptably. */
+static int accept_deflate(pier_ws_t *ws, const pier_http_req_t *req, pier_http_res_t *res) {
+    size_t n;
+    char ext[160];
+    const char *v = pier_http_req_header(req, "Sec-WebSocket-Extensions", &n);
+    if (!pier__ws_pmd_accept(v, n, &ws->ep->pmd, &ws->pmd, ext, sizeof ext))
+        return 0;
+    ws->deflate = 1;
+    return pier_http_res_header(res, "Sec-WebSocket-Extensions", ext);
+}
+
 static void handshake(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     pier__ws_endpoint_t *ep = ud;
     const char *why;
@@ -137,6 +148,8 @@ static void handshake(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
     int err = ws ? pier_http_res_header(res, "Sec-WebSocket-Accept", accept) : -ENOMEM;
     if (!err && proto)
         err = pier_http_res_header(res, "Sec-WebSocket-Protocol", proto);
+    if (!err && ep->pmd.on)
+        err = accept_deflate(ws, req, res);
     if (!err)
         err = pier_http_res_upgrade(res, "websocket", pier__ws_take_over, ws);
     if (err < 0) {
@@ -149,8 +162,10 @@ static void handshake(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
 /* ---- endpoints ---- */
 
 void pier__ws_endpoint_clear(pier__ws_endpoint_t *ep) {
-    for (unsigned i = 0; i < ep->nloops; i++)
+    for (unsigned i = 0; i < ep->nloops; i++) {
         pier__buf_free(&ep->loops[i].scratch);
+        pier__ws_zloop_free(ep->loops[i].z);
+    }
     free(ep->loops);
     if (ep->hub)
         pier__ws_hub_put(ep->hub);
@@ -191,7 +206,12 @@ int pier__ws_take_opts(pier__ws_endpoint_t *ep, const pier_ws_opts_t *o) {
     ep->out_high = o->out_high ? o->out_high : DEFAULT_OUT_HIGH;
     ep->out_low = o->out_low ? o->out_low : ep->out_high / 4;
     ep->slow_policy = o->slow_policy;
+    ep->pmd = (pier__ws_pmd_cfg_t){.on = o->deflate && pier__ws_zlib,
+                                   .bits = o->deflate_window_bits ? o->deflate_window_bits : 15,
+                                   .takeover = o->deflate_takeover};
     if (ep->out_low > ep->out_high || (o->slow_policy != PIER_WS_SLOW_DROP && o->slow_policy != PIER_WS_SLOW_CLOSE))
+        return -EINVAL;
+    if (ep->pmd.bits < 9 || ep->pmd.bits > 15)
         return -EINVAL;
     return take_protocols(ep, o->protocols);
 }

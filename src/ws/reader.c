@@ -9,6 +9,10 @@
  * the reader's own buffer, which is trimmed once the message is delivered. A control
  * frame (at most 125 bytes) is taken once it is whole; until then its bytes stay with the
  * caller, as unconsumed input.
+ *
+ * A compressed message (permessage-deflate, RSV1 on its first frame) is gathered the same
+ * way, its declared lengths checked against the limit as they are, and inflated once it
+ * is whole, bounded by the same limit; its text can only be checked then.
  */
 #include "ws/ws_int.h"
 
@@ -32,14 +36,31 @@ static void message_done(pier__ws_reader_t *r) {
     r->msg_op = 0;
 }
 
+/* A whole message, unmasked: inflated first if it came compressed (its text is checked
+ * then, since its compressed bytes could not be), and delivered. 0 or -1. */
+static ssize_t complete(pier__ws_reader_t *r, int opcode, int compressed, const void *data, size_t len) {
+    if (compressed) {
+        const uint8_t *p;
+        int code = pier__ws_inflate(r->zl, r->pmd, data, len, r->max_message, &p, &len);
+        if (code)
+            return fail(r, code);
+        if (opcode == PIER_WS_TEXT && !pier__utf8_valid(p, len))
+            return fail(r, PIER_WS_INVALID_DATA);
+        ssize_t rc = deliver(r, opcode, p, len);
+        pier__ws_zloop_trim_rx(*r->zl);
+        return rc;
+    }
+    return deliver(r, opcode, data, len);
+}
+
 /* The current data frame's payload is complete. 0 or -1. */
 static ssize_t frame_done(pier__ws_reader_t *r) {
     r->in_frame = 0;
     if (!r->f.fin)
         return 0;
-    if (r->msg_op == PIER_WS_TEXT && r->utf8 != PIER__UTF8_ACCEPT)
+    if (!r->compressed && r->msg_op == PIER_WS_TEXT && r->utf8 != PIER__UTF8_ACCEPT)
         return fail(r, PIER_WS_INVALID_DATA); /* the message ends inside a character */
-    ssize_t rc = deliver(r, r->msg_op, r->msg.p, r->msg.len);
+    ssize_t rc = complete(r, r->msg_op, r->compressed, r->msg.p, r->msg.len);
     message_done(r);
     return rc;
 }
@@ -52,7 +73,8 @@ static ssize_t payload(pier__ws_reader_t *r, const uint8_t *p, size_t n) {
         return fail(r, PIER_WS_INTERNAL);
     uint8_t *dst = (uint8_t *)r->msg.p + r->msg.len;
     pier__ws_unmask(dst, p, k, r->f.mask, r->frame_done);
-    if (r->msg_op == PIER_WS_TEXT && (r->utf8 = pier__utf8_feed(r->utf8, dst, k)) == PIER__UTF8_REJECT)
+    if (r->msg_op == PIER_WS_TEXT && !r->compressed &&
+        (r->utf8 = pier__utf8_feed(r->utf8, dst, k)) == PIER__UTF8_REJECT)
         return fail(r, PIER_WS_INVALID_DATA);
     r->msg.len += k;
     r->frame_done += k;
@@ -68,9 +90,10 @@ static ssize_t whole_message(pier__ws_reader_t *r, const pier__ws_frame_t *f, co
     if (pier__buf_reserve(s, n) < 0)
         return fail(r, PIER_WS_INTERNAL);
     pier__ws_unmask((uint8_t *)s->p, p, n, f->mask, 0);
-    if (f->opcode == PIER_WS_TEXT && !pier__utf8_valid(s->p, n))
+    int compressed = f->rsv & 4;
+    if (!compressed && f->opcode == PIER_WS_TEXT && !pier__utf8_valid(s->p, n))
         return fail(r, PIER_WS_INVALID_DATA);
-    ssize_t rc = deliver(r, f->opcode, s->p, n);
+    ssize_t rc = complete(r, f->opcode, compressed, s->p, n);
     if (s->cap > SCRATCH_KEEP)
         pier__buf_free(s); /* one huge message should not pin its size on the loop */
     return rc;
@@ -96,7 +119,8 @@ static ssize_t frame(pier__ws_reader_t *r, const uint8_t *p, size_t n) {
     int h = pier__ws_parse(p, n, &f);
     if (h == 0)
         return 0;
-    int code = h < 0 ? PIER_WS_PROTOCOL_ERROR : pier__ws_check(&f, r->msg_op != 0, r->msg.len, r->max_message, r->masked);
+    int code = h < 0 ? PIER_WS_PROTOCOL_ERROR
+                     : pier__ws_check(&f, r->msg_op != 0, r->msg.len, r->max_message, r->masked, r->pmd != NULL);
     if (code)
         return fail(r, code);
     size_t avail = n - (size_t)h;
@@ -109,6 +133,7 @@ static ssize_t frame(pier__ws_reader_t *r, const uint8_t *p, size_t n) {
         return whole_message(r, &f, p + h) < 0 ? -1 : (ssize_t)(h + f.len);
     if (!r->msg_op) {
         r->msg_op = f.opcode;
+        r->compressed = f.rsv & 4;
         r->utf8 = PIER__UTF8_ACCEPT;
     }
     r->f = f;

@@ -137,6 +137,30 @@ def index_page():
         srv.stop()
 
 
+def proxy_outcomes():
+    """PROXY header outcomes reach /metrics: one good v1 header, one bad one."""
+    srv = pierlib.Pier("http", "--proxy-protocol", "--admin", "127.0.0.1:0")
+    try:
+        aport = admin_port(srv)
+        with srv.connect(10) as s:
+            s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n"
+                      b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            r = pierlib.Reader(s).response()
+            pierlib.check(r is not None and r.status == 200, "a request after a good PROXY header is answered")
+        with srv.connect(10) as s:
+            s.sendall(b"PROXY TCP4 999.0.2.7 127.0.0.1 5555 80\r\n")
+            try:
+                rest = pierlib.recv_until_eof(s)
+            except ConnectionResetError:
+                rest = b""  # pier resets a socket whose header is bad
+            pierlib.check(rest == b"", "a bad PROXY header closes its connection with nothing sent")
+        ok = wait_metric(aport, 'pier_proxy_headers_total{outcome="ok"}', 1)
+        bad = wait_metric(aport, 'pier_proxy_headers_total{outcome="bad"}', 1)
+        pierlib.check(ok == 1 and bad == 1, "PROXY outcomes counted: ok %r, bad %r (want 1 and 1)" % (ok, bad))
+    finally:
+        srv.stop()
+
+
 def port_in_use():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -155,6 +179,7 @@ def main():
     msg_heartbeat_drop()
     bad_values()
     index_page()
+    proxy_outcomes()
     port_in_use()
     pierlib.finish("test_admin_flags")
 

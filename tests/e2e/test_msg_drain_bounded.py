@@ -21,6 +21,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
+import admin_util  # noqa: E402
 
 STATS = re.compile(r"msg: (\d+) connections, (\d+) messages, (\d+) handled, .* (\d+) replies to gone connections")
 
@@ -33,9 +34,22 @@ def stats(err):
     return msgs, handled, lost
 
 
+def replied_by(admin, deadline):
+    """Waits until the server has sent replies (so it has handled messages: the drain then
+    has a worker backlog to finish however slowly this machine runs)."""
+    while time.monotonic() < deadline:
+        _, _, body = admin_util.get(admin, "/metrics")
+        m = re.search(rb"\npier_bytes_sent_total (\d+)", body)
+        if m and int(m.group(1)) > 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no reply sent within 60 s of the load starting")
+
+
 class BoundedDrain(unittest.TestCase):
     def test_sigterm_with_50_senders_handles_all_it_read_within_5s(self):
-        with pierlib.Pier("msg", "--workers", "4", "--delay-us", "2000") as srv:
+        with pierlib.Pier("msg", "--workers", "4", "--delay-us", "2000", "--admin", "127.0.0.1:0") as srv:
+            admin = admin_util.admin_port(srv)
             # 250,000 messages: two minutes of work at this server's speed, so the load is
             # still pouring in at SIGTERM however fast or slow this machine is
             load = subprocess.Popen(
@@ -44,6 +58,7 @@ class BoundedDrain(unittest.TestCase):
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 time.sleep(2)  # let the senders fill every socket
+                replied_by(admin, time.monotonic() + 60)  # a busy machine may take longer
                 self.assertIsNone(load.poll(), "the load ended before SIGTERM")
                 srv.signal(signal.SIGTERM)
                 t0 = time.monotonic()

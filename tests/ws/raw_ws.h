@@ -29,12 +29,12 @@ static inline void raw_ws_send(int fd, int opcode, const void *data, size_t len)
 }
 
 /* Reads one frame into buf with read_fn; returns its payload length, *opcode its
- * opcode. */
+ * opcode, with PIER__WS_RSV1 (0x40) added if its RSV1 bit is set. */
 static inline size_t raw_ws_recv(int fd, int *opcode, void *buf, size_t cap,
                                  size_t (*read_fn)(int fd, void *buf, size_t len)) {
     unsigned char h[10];
     assert_int_equal(read_fn(fd, h, 2), 2);
-    *opcode = h[0] & 0xF;
+    *opcode = h[0] & 0x4F;
     assert_false(h[1] & 0x80); /* a server never masks */
     size_t len = h[1] & 0x7F;
     if (len == 126) {
@@ -51,14 +51,20 @@ static inline size_t raw_ws_recv(int fd, int *opcode, void *buf, size_t cap,
     return len;
 }
 
-/* Sends the opening handshake for path; the response head goes to head. */
-static inline void raw_ws_request(int fd, const char *path, const char *protocols) {
-    char req[512];
+/* Sends the opening handshake for path, offering protocols and extensions (either may be
+ * NULL). */
+static inline void raw_ws_request_ext(int fd, const char *path, const char *protocols, const char *extensions) {
+    char req[768];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s%s%s\r\n",
-                     path, protocols ? "Sec-WebSocket-Protocol: " : "", protocols ? protocols : "", protocols ? "\r\n" : "");
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
+                     path, protocols ? "Sec-WebSocket-Protocol: " : "", protocols ? protocols : "", protocols ? "\r\n" : "",
+                     extensions ? "Sec-WebSocket-Extensions: " : "", extensions ? extensions : "", extensions ? "\r\n" : "");
     assert_int_equal(write(fd, req, (size_t)n), n);
+}
+
+static inline void raw_ws_request(int fd, const char *path, const char *protocols) {
+    raw_ws_request_ext(fd, path, protocols, NULL);
 }
 
 #endif

@@ -107,7 +107,7 @@ static void every_rule_with_its_code(void **state) {
         }
         pier__ws_frame_t f;
         assert_int_equal(pier__ws_parse(h, n, &f), (int)n);
-        int code = pier__ws_check(&f, r->in_message, r->msg_len, MAX, 1);
+        int code = pier__ws_check(&f, r->in_message, r->msg_len, MAX, 1, 0);
         if (code != r->code) {
             fprintf(stderr, "%s: %d, expected %d\n", r->what, code, r->code);
             fail();
@@ -121,7 +121,7 @@ static void a_client_rejects_masked_server_frames(void **state) {
     size_t n = client_header(h, 0x81, 3);
     pier__ws_frame_t f;
     assert_int_equal(pier__ws_parse(h, n, &f), (int)n);
-    assert_int_equal(pier__ws_check(&f, 0, 0, MAX, 0), PIER_WS_PROTOCOL_ERROR);
+    assert_int_equal(pier__ws_check(&f, 0, 0, MAX, 0, 0), PIER_WS_PROTOCOL_ERROR);
 }
 
 static void written_headers_parse_back(void **state) {

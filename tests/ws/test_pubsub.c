@@ -1,17 +1,23 @@
 /* Pub/sub through the public API, on a group of two loops running on their own threads,
  * with raw clients: a publish from another thread reaches every subscriber on both
- * loops exactly once and in order, unsubscribing stops it, slow subscribers are dropped
- * or closed by the endpoint's policy, and subscribers that close while publishes are in
- * flight (run under ASan) leave nothing behind.
+ * loops exactly once and in order, unsubscribing stops it, a thousand topics on one
+ * connection each get their own messages, slow subscribers are dropped or closed by the
+ * endpoint's policy, subscribers that close while publishes are in flight (run under
+ * ASan) leave nothing behind, and with permessage-deflate every subscriber gets the
+ * message in the form it agreed to: plain, compressed alone (the same bytes for every
+ * subscriber with the same window), or compressed with its own context.
  * pier-test: threads */
 #include "support.h"
 #include "raw_ws.h"
+#include "ws/ws_int.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,6 +91,9 @@ static int setup(void **state) {
     assert_int_equal(pier_http_ws_opts(srv, "/ws-strict", &cbs, NULL, &strict), 0);
     pier_ws_opts_t lax = {.out_high = 65536, .slow_policy = PIER_WS_SLOW_DROP};
     assert_int_equal(pier_http_ws_opts(srv, "/ws-lax", &cbs, NULL, &lax), 0);
+    pier_ws_opts_t z = {.deflate = 1}, zkeep = {.deflate = 1, .deflate_takeover = 1};
+    assert_int_equal(pier_http_ws_opts(srv, "/ws-z", &cbs, NULL, &z), 0);
+    assert_int_equal(pier_http_ws_opts(srv, "/ws-zkeep", &cbs, NULL, &zkeep), 0);
     assert_int_equal(pier_http_server_start(srv), 0);
     assert_int_equal(pthread_create(&runner, NULL, run_group, NULL), 0);
     for (int i = 0; i < 1000 && !(port = pier_http_server_port(srv)); i++)
@@ -121,12 +130,16 @@ static void wait_for(int *counter, int n) {
     assert_int_equal(load(counter), n);
 }
 
-/* A subscriber on path, once the server has run its on_open. */
-static int subscriber(const char *path, int rcvbuf) {
+/* A subscriber on path offering extensions (or NULL), once the server has run its
+ * on_open. */
+static int subscriber_ext(const char *path, int rcvbuf, const char *extensions) {
     int before = load(&opened);
     int fd = pier_test_connect_rcvbuf(port, rcvbuf);
     assert_true(fd >= 0);
-    raw_ws_request(fd, path, NULL);
+    /* a frame's header and payload are two writes: without this, each waits for an ACK */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    raw_ws_request_ext(fd, path, NULL, extensions);
     char head[512];
     size_t got = 0;
     while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
@@ -138,6 +151,8 @@ static int subscriber(const char *path, int rcvbuf) {
     wait_for(&opened, before + 1);
     return fd;
 }
+
+static int subscriber(const char *path, int rcvbuf) { return subscriber_ext(path, rcvbuf, NULL); }
 
 static size_t recv_text(int fd, char *buf, size_t cap) {
     int op;
@@ -220,6 +235,138 @@ static void unsubscribe_stops_delivery(void **state) {
     wait_for(&closed, 2);
 }
 
+static void a_thousand_topics(void **state) {
+    (void)state;
+    int fd = subscriber("/ws", 0);
+    char cmd[32], want[32];
+    for (int i = 0; i < 1000; i++) { /* the table grows a few times under the connection */
+        int n = snprintf(cmd, sizeof cmd, "sub:t%d", i);
+        raw_ws_send(fd, PIER_WS_TEXT, cmd, (size_t)n);
+        expect_text(fd, "ok");
+    }
+    for (int i = 0; i < 1000; i += 7) {
+        snprintf(cmd, sizeof cmd, "t%d", i);
+        snprintf(want, sizeof want, "to t%d", i);
+        assert_int_equal(pier_ws_publish(srv, cmd, PIER_WS_TEXT, want, strlen(want)), 0);
+        expect_text(fd, want);
+    }
+    for (int i = 0; i < 1000; i += 2) { /* half of them go, the other half still work */
+        int n = snprintf(cmd, sizeof cmd, "unsub:t%d", i);
+        raw_ws_send(fd, PIER_WS_TEXT, cmd, (size_t)n);
+        expect_text(fd, "ok");
+    }
+    assert_int_equal(pier_ws_publish(srv, "t500", PIER_WS_TEXT, "gone", 4), 0);
+    assert_int_equal(pier_ws_publish(srv, "t501", PIER_WS_TEXT, "kept", 4), 0);
+    expect_text(fd, "kept");
+    close(fd);
+    wait_for(&closed, 1);
+}
+
+/* ---- permessage-deflate ---- */
+
+/* The next frame of fd, inflated with rx if it came compressed; its opcode (with
+ * PIER__WS_RSV1 if it was compressed) and payload into out. */
+static size_t recv_message(int fd, int *op, char *out, size_t cap, pier__ws_pmd_t *rx, pier__ws_zloop_t **zl,
+                           char *wire, size_t *wire_len) {
+    size_t n = raw_ws_recv(fd, op, wire, cap, pier_test_read_full);
+    *wire_len = n;
+    if (!(*op & PIER__WS_RSV1)) {
+        memcpy(out, wire, n);
+        return n;
+    }
+    const uint8_t *p;
+    assert_int_equal(pier__ws_inflate(zl, rx, (const uint8_t *)wire, n, cap, &p, &n), 0);
+    memcpy(out, p, n);
+    return n;
+}
+
+static void deflate_subscribers_get_their_form(void **state) {
+    (void)state;
+    if (!pier__ws_zlib)
+        skip(); /* built without zlib: never negotiated */
+    static const struct {
+        const char *path, *offer;
+        int compressed, bits, keep;
+    } subs[] = {
+        {"/ws", "permessage-deflate", 0, 15, 0},     /* an endpoint without it */
+        {"/ws-z", NULL, 0, 15, 0},                   /* a client without it */
+        {"/ws-z", "permessage-deflate", 1, 15, 0},
+        {"/ws-z", "permessage-deflate; client_max_window_bits", 1, 15, 0},
+        {"/ws-z", "permessage-deflate; server_max_window_bits=10", 1, 10, 0},
+        {"/ws-zkeep", "permessage-deflate", 1, 15, 1}, /* its own context */
+    };
+    enum { N = sizeof subs / sizeof subs[0], SIZE = 12000 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = subscriber_ext(subs[i].path, 0, subs[i].offer);
+    static char msg[3][SIZE], out[SIZE], wire[N][SIZE];
+    size_t wire_len[N];
+    for (int m = 0; m < 3; m++) {
+        for (int i = 0; i < SIZE; i++)
+            msg[m][i] = "abcdefgh pier "[(i * (m + 1)) % 14];
+        assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, msg[m], SIZE), 0);
+    }
+    assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, "small", 5), 0);
+    for (int i = 0; i < N; i++) {
+        pier__ws_pmd_t rx = {.rx_bits = 15, .rx_reset = !subs[i].keep};
+        pier__ws_zloop_t *zl = NULL;
+        for (int m = 0; m < 3; m++) {
+            int op;
+            size_t n = recv_message(fds[i], &op, out, sizeof out, &rx, &zl, wire[i], &wire_len[i]);
+            assert_int_equal(op, PIER_WS_TEXT | (subs[i].compressed ? PIER__WS_RSV1 : 0));
+            assert_int_equal(n, SIZE);
+            assert_memory_equal(out, msg[m], SIZE);
+            if (subs[i].compressed)
+                assert_true(wire_len[i] < SIZE / 4);
+        }
+        int op;
+        static char last[SIZE];
+        size_t last_len, n = recv_message(fds[i], &op, out, sizeof out, &rx, &zl, last, &last_len);
+        assert_true(op == PIER_WS_TEXT && n == 5 && !memcmp(out, "small", 5)); /* too small to pay */
+        pier__ws_pmd_free(&rx);
+        pier__ws_zloop_free(zl);
+    }
+    /* the same window and no context: the same compressed frame */
+    assert_int_equal(wire_len[2], wire_len[3]);
+    assert_memory_equal(wire[2], wire[3], wire_len[2]);
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    wait_for(&closed, N);
+}
+
+static void a_published_message_is_compressed_once(void **state) {
+    (void)state;
+    if (!pier__ws_zlib)
+        skip();
+    enum { SUBS = 20, MESSAGES_Z = 3, SIZE = 12000 };
+    int fds[SUBS];
+    for (int i = 0; i < SUBS; i++)
+        fds[i] = subscriber_ext("/ws-z", 0, "permessage-deflate");
+    unsigned long before = atomic_load(&pier__ws_deflate_count);
+    static char msg[SIZE], out[SIZE], wire[SIZE];
+    for (int i = 0; i < SIZE; i++)
+        msg[i] = "one for all "[i % 12];
+    for (int m = 0; m < MESSAGES_Z; m++)
+        assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_BINARY, msg, SIZE), 0);
+    pier__ws_pmd_t rx = {.rx_bits = 15, .rx_reset = 1};
+    pier__ws_zloop_t *zl = NULL;
+    for (int i = 0; i < SUBS; i++) {
+        for (int m = 0; m < MESSAGES_Z; m++) {
+            int op;
+            size_t wl, n = recv_message(fds[i], &op, out, sizeof out, &rx, &zl, wire, &wl);
+            assert_int_equal(op, PIER_WS_BINARY | PIER__WS_RSV1);
+            assert_true(n == SIZE && !memcmp(out, msg, SIZE));
+        }
+        close(fds[i]);
+    }
+    /* once per message, or once per loop when two loops race for it; never per subscriber */
+    unsigned long done = atomic_load(&pier__ws_deflate_count) - before;
+    assert_true(done >= MESSAGES_Z && done <= MESSAGES_Z * LOOPS);
+    pier__ws_pmd_free(&rx);
+    pier__ws_zloop_free(zl);
+    wait_for(&closed, SUBS);
+}
+
 /* ---- slow subscribers ---- */
 
 #define BIG (64 * 1024)
@@ -287,6 +434,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(publish_reaches_every_subscriber_once_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(unsubscribe_stops_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_thousand_topics, setup, teardown),
+        cmocka_unit_test_setup_teardown(deflate_subscribers_get_their_form, setup, teardown),
+        cmocka_unit_test_setup_teardown(a_published_message_is_compressed_once, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_subscriber_is_closed_with_1008, setup, teardown),
         cmocka_unit_test_setup_teardown(slow_subscriber_misses_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(subscribers_closing_during_publishes, setup, teardown),
