@@ -5,7 +5,9 @@
  * speaks TLS with no change to its read and write code:
  *  - on_accept / on_connect run after the handshake; on_read sees plaintext;
  *  - writes queue plaintext, which counts against the water marks as before, and is
- *    encrypted in queue order when the connection flushes; a unit queued with
+ *    encrypted in queue order when the connection flushes (at most 64 KiB of ciphertext
+ *    waits at a time, and it counts too, in pier_conn_queued(), until the socket takes
+ *    it); a unit queued with
  *    pier_conn_writev stays whole; an encryption failure aborts the connection;
  *  - files queued with pier_conn_sendfile are read and encrypted in chunks of 16 KiB,
  *    never held whole in memory;
@@ -140,7 +142,9 @@ typedef struct pier_tls_info_s {
     char sni[256];              /* the server name the client asked for, "" for none */
     char peer_subject[256];     /* the peer certificate's subject, "" for none (a server
                                  * sees one only with mTLS) */
-    int resumed;                /* 1 if the session was resumed (no full handshake) */
+    int resumed;                /* 1 if the session was resumed (no full handshake): a
+                                 * pier client offers the last session its previous
+                                 * connection was given when it reconnects */
 } pier_tls_info_t;
 
 /* Loop thread only. Fills *out for a TLS connection whose handshake is done; the strings

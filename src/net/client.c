@@ -21,6 +21,7 @@ struct pier_client_s {
     pier_client_opts_t opts;
     char host[256];
     char servername[256];       /* for TLS */
+    void *tls_session;          /* the last TLS session, offered again on reconnect */
     pier_loop_t *loop;
     struct sockaddr_storage addr;
     socklen_t alen;
@@ -102,7 +103,7 @@ static void connected(pier_client_t *cl, int fd) {
      * that is a failed connect (conn_closed) */
     cl->handshaking = c;
     set_state(cl, CL_HANDSHAKE);
-    err = pier__tp_ops(cl->opts.tls)->attach(cl->opts.tls, c, cl->servername);
+    err = pier__tp_ops(cl->opts.tls)->attach(cl->opts.tls, c, cl->servername, &cl->tls_session);
     if (err < 0)
         pier__conn_fail(c, err);
 }
@@ -292,8 +293,10 @@ int pier_client_free(pier_client_t *cl) {
     if (cl->state != CL_IDLE)
         return -EBUSY;
     pier_timer_stop(&cl->timer);
-    if (cl->opts.tls)
+    if (cl->opts.tls) {
+        pier__tp_ops(cl->opts.tls)->session_free(cl->tls_session);
         pier__tp_ops(cl->opts.tls)->unref(cl->opts.tls);
+    }
     free(cl);
     return 0;
 }

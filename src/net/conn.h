@@ -50,8 +50,12 @@ typedef struct pier__transport_s {
  * a pointer to this: enough to wrap a new connection without linking to the layer. */
 typedef struct pier__tp_ops_s {
     /* Wraps c (not yet handed to the application). servername: a client's expected name
-     * (NULL for a server). The owner's ready hook runs once the transport is ready. */
-    int (*attach)(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);
+     * (NULL for a server). session: a client's slot for the last session it was given,
+     * offered again to resume and replaced by each new one (NULL: none kept); the slot
+     * must outlive c. The owner's ready hook runs once the transport is ready. */
+    int (*attach)(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername, void **session);
+    /* Frees what a session slot holds (NULL is a no-op). */
+    void (*session_free)(void *session);
     void (*ref)(pier_tls_ctx_t *ctx);
     void (*unref)(pier_tls_ctx_t *ctx);
 } pier__tp_ops_t;

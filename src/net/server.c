@@ -154,7 +154,7 @@ static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
         return;
     }
     /* the transport calls conn_ready once its handshake is done */
-    err = pier__tp_ops(srv->opts.tls)->attach(srv->opts.tls, c, NULL);
+    err = pier__tp_ops(srv->opts.tls)->attach(srv->opts.tls, c, NULL, NULL);
     if (err < 0) {
         pier_log(PIER_LOG_WARN, "cannot set up TLS on an accepted connection: %s", pier_strerror(err));
         pier_conn_abort(c);

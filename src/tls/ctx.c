@@ -21,12 +21,14 @@
 #define CIPHERS_TLS12 "ECDHE+AESGCM:ECDHE+CHACHA20"
 #define HANDSHAKE_MS 10000
 
-static int ctx_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername) {
-    return pier__tls_attach(ctx, c, servername);
+static int ctx_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername, void **session) {
+    return pier__tls_attach(ctx, c, servername, session);
 }
 
+static void session_free(void *session) { SSL_SESSION_free(session); }
+
 const pier__tp_ops_t pier__tls_ops = {
-    .attach = ctx_attach, .ref = pier__tls_ctx_ref, .unref = pier__tls_ctx_unref,
+    .attach = ctx_attach, .ref = pier__tls_ctx_ref, .unref = pier__tls_ctx_unref, .session_free = session_free,
 };
 
 const char *pier__tls_reason(char *buf, size_t size) {
@@ -168,6 +170,9 @@ static int setup_server(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     static const unsigned char sid[] = "pier";
     SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
     SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+    /* One TLS 1.3 ticket per handshake, not OpenSSL's two: a client resumes with its
+     * last one, and each resumption brings it the next (tickets.c). */
+    SSL_CTX_set_num_tickets(s, 1);
     pier__tls_tickets_use(ctx, s);
     if (ctx->alpn)
         SSL_CTX_set_alpn_select_cb(s, alpn_select, ctx);
@@ -181,6 +186,9 @@ static int setup_client(pier_tls_ctx_t *ctx, SSL_CTX *s, const pier_tls_opts_t *
     int err = o->cert_file || o->key_file ? load_cert(s, o->cert_file, o->key_file) : 0;
     if (err < 0)
         return err;
+    /* sessions go to the connection's client (its slot), not to a cache of OpenSSL's */
+    SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(s, pier__tls_new_session);
     if (o->insecure) {
         SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
         return 0;

@@ -100,6 +100,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
                   mac_key(hctx, k.hmac, sizeof k.hmac) < 0))
         r = -1;
     OPENSSL_cleanse(&k, sizeof k);
+    /* A TLS 1.3 client uses a ticket once (RFC 8446 C.4); without a new one its next
+     * connection would be a full handshake again. */
+    if (r == 1 && !enc && SSL_version(ssl) == TLS1_3_VERSION)
+        r = 2;
     return r;
 }
 

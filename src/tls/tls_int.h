@@ -43,8 +43,10 @@ void pier__tls_ctx_ref(pier_tls_ctx_t *ctx);
  * replace it at any time on another thread). */
 SSL_CTX *pier__tls_ctx_ssl(pier_tls_ctx_t *ctx);
 void pier__tls_ctx_unref(pier_tls_ctx_t *ctx);
-/* transport.c: wraps a connection (pier__tp_ops_t.attach). */
-int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername);
+/* transport.c: wraps a connection (pier__tp_ops_t.attach); and a client SSL_CTX's
+ * new-session callback, which keeps the session in the connection's slot. */
+int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername, void **session);
+int pier__tls_new_session(SSL *ssl, SSL_SESSION *sess);
 /* tickets.c: the first ticket key and the rotation period (0: 1 hour); and the ticket
  * callback for one of the context's server SSL_CTXs. */
 int pier__tls_tickets_init(pier_tls_ctx_t *ctx, uint64_t rotate_ms);

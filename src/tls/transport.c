@@ -14,7 +14,10 @@
  *
  * The plaintext queue (out[]) stays the connection's: it counts against the water marks
  * as on plain TCP, and items are encrypted in order only when the socket can take them,
- * at most BATCH bytes at a time, files through a 16 KiB chunk. */
+ * until about BATCH bytes of ciphertext wait, files through a 16 KiB chunk. The
+ * ciphertext waiting in wbuf counts against the water marks as well (in c->queued, until
+ * the socket takes it): encrypting moves bytes from one queue to the other, and neither
+ * pier_conn_queued() nor on_drain may forget them in between. */
 #include "tls_int.h"
 #include "metrics/metrics.h"
 
@@ -42,6 +45,8 @@ enum {
     T_INPUT = 1 << 3,    /* the peer has sent at least one byte */
     T_NOT_TLS = 1 << 4,  /* the first bytes were text, not a TLS record */
     T_CLIENT = 1 << 5,
+    T_SHORT = 1 << 6,    /* the last socket read took less than asked: drained */
+    T_SHUT = 1 << 7,     /* close_notify made */
 };
 
 typedef struct tls_conn_s {
@@ -50,13 +55,24 @@ typedef struct tls_conn_s {
     pier_conn_t *c;
     pier__buf_t wbuf;           /* ciphertext not yet on the socket, from woff */
     size_t woff;
+    size_t counted;             /* bytes of it counted in c->queued */
     int sock_err;               /* what the socket said, for the error OpenSSL reports */
     int end;                    /* result kept for the next read, once data came with it */
+    void **session;             /* a client's slot for its last session, or NULL */
     unsigned flags;
-    pier_timer_t hs_timer;
+    pier_timer_t *hs_timer;     /* the handshake deadline, freed once it is done: an
+                                 * idle connection does not keep it */
 } tls_conn_t;
 
 static const pier__transport_t tls_transport;
+
+/* OpenSSL's error queue must be empty before a call whose failure SSL_get_error reads.
+ * Every failure path here empties it, so it is almost always empty already, and
+ * ERR_clear_error costs far more than a look (it was 11% of a keep-alive request). */
+static void err_clean(void) {
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
 
 /* ---- the BIO ---- */
 
@@ -68,6 +84,7 @@ static int bio_read(BIO *b, char *out, int len) {
         n = read(t->c->io.fd, out, (size_t)len);
     while (n < 0 && errno == EINTR);
     if (n > 0) {
+        t->flags = n < len ? t->flags | T_SHORT : t->flags & ~T_SHORT;
         pier__conn_active(t->c);
         /* A TLS connection starts with a handshake record (22). Text is someone speaking
          * plain HTTP (or another line protocol) to the TLS port. */
@@ -97,6 +114,8 @@ static int bio_write(BIO *b, const char *in, int len) {
         t->sock_err = -ENOMEM;
         return -1;
     }
+    t->counted += (size_t)len;
+    t->c->x->queued += (size_t)len; /* a transport's connection always has its busy part */
     return len;
 }
 
@@ -124,6 +143,15 @@ static void bio_method_init(void) {
 
 /* ---- sending ciphertext ---- */
 
+/* n bytes of wbuf reached the socket. An abort may have zeroed c->queued already. */
+static void uncount(tls_conn_t *t, size_t n) {
+    pier_conn_t *c = t->c;
+    if (n > t->counted)
+        n = t->counted;
+    t->counted -= n;
+    c->x->queued -= n < c->x->queued ? n : c->x->queued;
+}
+
 /* Sends what waits in wbuf: 0 when all is out (the buffer is then freed), 1 when the
  * socket is full (EPOLLOUT brings the flush back), or a negative errno. */
 static int send_pending(tls_conn_t *t) {
@@ -136,6 +164,7 @@ static int send_pending(tls_conn_t *t) {
             return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
         }
         t->woff += (size_t)n;
+        uncount(t, (size_t)n);
         pier__conn_sent(c);
     }
     pier__buf_free(&t->wbuf);
@@ -154,6 +183,24 @@ static int push_out(tls_conn_t *t) {
 
 /* ---- handshake ---- */
 
+/* A client keeps the last session a server gave it (TLS 1.3 tickets come after the
+ * handshake, TLS 1.2's during it) and offers it on its next connection. */
+int pier__tls_new_session(SSL *ssl, SSL_SESSION *sess) {
+    tls_conn_t *t = SSL_get_app_data(ssl);
+    if (!t || !t->session || !SSL_SESSION_is_resumable(sess))
+        return 0; /* not kept: OpenSSL frees it */
+    SSL_SESSION_free(*t->session);
+    *t->session = sess;
+    return 1;
+}
+
+static void forget_session(tls_conn_t *t) {
+    if (!t->session)
+        return;
+    SSL_SESSION_free(*t->session);
+    *t->session = NULL;
+}
+
 static void count_failure(tls_conn_t *t, const char *why) {
     pier_tls_ctx_t *ctx = t->ctx;
     char peer[64];
@@ -162,6 +209,14 @@ static void count_failure(tls_conn_t *t, const char *why) {
     pier__log_every(&ctx->log_fail, pier_loop_now(t->c->loop), PIER_LOG_WARN,
                     "tls: handshake with %s failed: %s (%llu failed so far; logged at most once a second)",
                     pier_conn_peer(t->c, peer, sizeof peer), why, (unsigned long long)atomic_load(&ctx->failed));
+}
+
+static void hs_done(tls_conn_t *t) {
+    if (!t->hs_timer)
+        return;
+    pier_timer_stop(t->hs_timer);
+    free(t->hs_timer);
+    t->hs_timer = NULL;
 }
 
 static void hs_timeout(pier_timer_t *timer) {
@@ -181,7 +236,7 @@ static int reply_plain(tls_conn_t *t) {
         return -EPROTO;
     if (pier__buf_append(&t->wbuf, t->ctx->plain_reply, t->ctx->plain_len) < 0)
         return -ENOMEM;
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     pier_conn_close(t->c);
     return push_out(t) < 0 ? -EPIPE : -EAGAIN;
 }
@@ -189,6 +244,7 @@ static int reply_plain(tls_conn_t *t) {
 static int hs_failed(tls_conn_t *t, int ssl_err) {
     char why[256];
     t->flags |= T_FATAL;
+    forget_session(t); /* a server that refused us once may refuse its session too */
     if (t->flags & T_NOT_TLS)
         return reply_plain(t);
     push_out(t); /* the alert, if OpenSSL made one; best effort */
@@ -213,14 +269,14 @@ static int hs_failed(tls_conn_t *t, int ssl_err) {
 /* One handshake step: 0 once done, -EAGAIN to wait for the peer, 0 at a silent end,
  * or a negative errno. */
 static int handshake(tls_conn_t *t) {
-    ERR_clear_error();
+    err_clean();
     int r = SSL_do_handshake(t->ssl);
     int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return push_out(t) < 0 ? -EPIPE : -EAGAIN;
     if (e != SSL_ERROR_NONE)
         return hs_failed(t, e);
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     t->flags |= T_READY;
     atomic_fetch_add(&t->ctx->handshakes, 1);
     pier__metrics_t *m = pier__loop_metrics(t->c->loop);
@@ -236,7 +292,7 @@ static int handshake(tls_conn_t *t) {
 static ssize_t refuse(tls_conn_t *t, int err) {
     if (!t->c->err)
         t->c->err = err;
-    pier_timer_stop(&t->hs_timer);
+    hs_done(t);
     pier_conn_close(t->c);
     return -EAGAIN;
 }
@@ -261,6 +317,17 @@ static int read_end(tls_conn_t *t, int e) {
     return err;
 }
 
+/* got bytes read and the socket drained: any output the records made (a key update's
+ * answer) goes now, and a failure to send it is the next read's result. */
+static ssize_t drained(tls_conn_t *t, size_t got, int *more) {
+    int err = t->woff < t->wbuf.len ? push_out(t) : 0;
+    if (err < 0) {
+        t->end = err;
+        *more = 1;
+    }
+    return (ssize_t)got;
+}
+
 static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     tls_conn_t *t = pier__conn_tp_state(c);
     if (t->end != 1)
@@ -282,15 +349,25 @@ static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
     size_t got = 0;
     while (got < len) {
         size_t n = 0;
-        ERR_clear_error();
+        err_clean();
         if (SSL_read_ex(t->ssl, buf + got, len - got, &n) == 1) {
             got += n;
+            /* A short socket read drained it; with nothing buffered in OpenSSL either,
+             * asking again would only cost a read() that says EAGAIN. */
+            if ((t->flags & T_SHORT) && !SSL_has_pending(t->ssl))
+                return drained(t, got, more);
             continue;
         }
         int e = SSL_get_error(t->ssl, 0);
         int err = push_out(t);
-        if (e == SSL_ERROR_WANT_READ && err == 0)
-            return got ? (ssize_t)got : -EAGAIN; /* the socket is drained */
+        if (e == SSL_ERROR_WANT_READ && err == 0) {
+            /* The socket is drained. OpenSSL has just set up its 16 KiB read buffer for
+             * this read, and SSL_MODE_RELEASE_BUFFERS frees it only after a record: an
+             * idle connection would keep it. Unless a record cut short waits in it
+             * (SSL_free_buffers then keeps it), it goes now. */
+            SSL_free_buffers(t->ssl);
+            return got ? (ssize_t)got : -EAGAIN;
+        }
         err = err < 0 ? err : read_end(t, e);
         if (got == 0)
             return err;
@@ -314,7 +391,7 @@ static int write_failed(tls_conn_t *t) {
 
 static int encrypt(tls_conn_t *t, const void *p, size_t n) {
     size_t w;
-    ERR_clear_error();
+    err_clean();
     return SSL_write_ex(t->ssl, p, n, &w) == 1 ? 0 : write_failed(t);
 }
 
@@ -325,6 +402,8 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
     if (!chunk)
         return -ENOMEM;
     size_t want = o->len - o->off < PIER__CHUNK ? o->len - o->off : PIER__CHUNK;
+    if (want > BATCH - (t->wbuf.len - t->woff))
+        want = BATCH - (t->wbuf.len - t->woff);
     ssize_t n;
     do
         n = pread(o->fd, chunk, want, o->foff);
@@ -349,7 +428,8 @@ static int encrypt_some(tls_conn_t *t) {
                 return err;
             continue;
         }
-        size_t n = o->len - o->off < BATCH ? o->len - o->off : BATCH;
+        size_t room = BATCH - (t->wbuf.len - t->woff);
+        size_t n = o->len - o->off < room ? o->len - o->off : room;
         int err = encrypt(t, o->base + o->off, n);
         if (err < 0)
             return err;
@@ -358,14 +438,36 @@ static int encrypt_some(tls_conn_t *t) {
     return 0;
 }
 
+/* close_notify, once, without waiting for the peer's: the connection's linger after its
+ * FIN reads away whatever the peer still sends, its close_notify included. */
+static void close_notify(tls_conn_t *t) {
+    if ((t->flags & (T_READY | T_FATAL | T_SHUT)) != T_READY)
+        return;
+    t->flags |= T_SHUT;
+    err_clean();
+    if (SSL_shutdown(t->ssl) < 0)
+        ERR_clear_error();
+}
+
 static int tls_flush(pier_conn_t *c) {
     tls_conn_t *t = pier__conn_tp_state(c);
     for (;;) {
+        /* A closing connection's last bytes and its close_notify leave in one send (and
+         * reach the peer together, so it reads both) */
+        if (!pier__conn_out_head(c) && (c->flags & (PIER__C_CLOSING | PIER__C_ABORT)) == PIER__C_CLOSING)
+            close_notify(t);
         int r = send_pending(t);
         if (r != 0)
             return r < 0 ? r : 0;
-        if (!(t->flags & T_READY) || (t->flags & T_FATAL) || !pier__conn_out_head(c))
+        if (!(t->flags & T_READY) || (t->flags & T_FATAL))
             return 0;
+        if (!pier__conn_out_head(c)) {
+            /* All out. SSL_MODE_RELEASE_BUFFERS does not free OpenSSL 3.0's 16 KiB write
+             * buffer after a write (massif: 16.5 KB per idle connection), so it goes
+             * here, where the connection may go idle. */
+            SSL_free_buffers(t->ssl);
+            return 0;
+        }
         if ((r = encrypt_some(t)) < 0)
             return r;
     }
@@ -376,20 +478,12 @@ static int tls_pending(const pier_conn_t *c) {
     return t->woff < t->wbuf.len;
 }
 
-/* close_notify, once, without waiting for the peer's: the connection's linger after its
- * FIN reads away whatever the peer still sends, its close_notify included. */
-static void tls_shutdown(pier_conn_t *c) {
-    tls_conn_t *t = pier__conn_tp_state(c);
-    if ((t->flags & (T_READY | T_FATAL)) != T_READY)
-        return;
-    ERR_clear_error();
-    if (SSL_shutdown(t->ssl) < 0)
-        ERR_clear_error();
-}
+static void tls_shutdown(pier_conn_t *c) { close_notify(pier__conn_tp_state(c)); }
 
 static void tls_free(pier_conn_t *c) {
     tls_conn_t *t = pier__conn_tp_state(c);
-    pier_timer_stop(&t->hs_timer);
+    uncount(t, t->counted);
+    hs_done(t);
     SSL_free(t->ssl);
     pier__buf_free(&t->wbuf);
     pier__tls_ctx_unref(t->ctx);
@@ -428,33 +522,40 @@ static int setup_ssl(tls_conn_t *t, const char *servername) {
     }
     SSL_set_connect_state(t->ssl);
     t->flags |= T_CLIENT;
+    SSL_set_app_data(t->ssl, t); /* for pier__tls_new_session; a server needs none */
+    if (t->session && *t->session && SSL_set_session(t->ssl, *t->session) != 1)
+        forget_session(t);
     return servername && *servername ? expect_name(t->ssl, servername) : 0;
 }
 
-int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername) {
+int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername, void **session) {
     tls_conn_t *t = calloc(1, sizeof *t);
     if (!t)
         return -ENOMEM;
     t->ctx = ctx;
     t->c = c;
+    t->session = ctx->server ? NULL : session;
     t->end = 1;
     pier__tls_ctx_ref(ctx);
-    int err = setup_ssl(t, servername);
+    t->hs_timer = malloc(sizeof *t->hs_timer);
+    int err = t->hs_timer ? setup_ssl(t, servername) : -ENOMEM;
     if (err < 0) {
         ERR_clear_error();
         SSL_free(t->ssl);
         pier__tls_ctx_unref(ctx);
+        free(t->hs_timer);
         free(t);
         return err;
     }
     if ((err = pier__conn_set_transport(c, &tls_transport, t)) < 0) {
         SSL_free(t->ssl);
         pier__tls_ctx_unref(ctx);
+        free(t->hs_timer);
         free(t);
         return err;
     }
-    pier_timer_init(c->loop, &t->hs_timer, hs_timeout, t);
-    pier_timer_start(&t->hs_timer, ctx->handshake_ms, 0);
+    pier_timer_init(c->loop, t->hs_timer, hs_timeout, t);
+    pier_timer_start(t->hs_timer, ctx->handshake_ms, 0);
     if (t->flags & T_CLIENT) {
         err = handshake(t); /* the ClientHello goes out now */
         if (err < 0 && err != -EAGAIN)

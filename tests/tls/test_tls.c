@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -121,6 +123,7 @@ static void stop_server(void) {
 
 typedef struct {
     int connects, errors, err, closes, close_err, retry;
+    int pause;              /* pause reading at once, before any data */
     pier_conn_t *c;
     pier_tls_info_t info;
     char *in;
@@ -149,6 +152,8 @@ static void cl_connect(pier_client_t *cl, pier_conn_t *c) {
     cs.c = c;
     assert_int_equal(pier_conn_tls_info(c, &cs.info), 0);
     pier_conn_set_cbs(c, &cl_cbs, NULL);
+    if (cs.pause)
+        pier_conn_pause(c);
 }
 
 static void cl_error(pier_client_t *cl, int err, int will_retry) {
@@ -330,6 +335,68 @@ static void test_water_marks(void **state) {
     assert_int_equal(cs.nin, 64 * 16 * 1024);
     run_until_int(&fx.s.drains, 1, 5000);
     assert_int_equal(fx.s.drains, 1);
+    client_free(cl);
+    pier_tls_ctx_free(cctx);
+    stop_server();
+}
+
+/* Ciphertext the transport holds counts against the water marks too: everything written
+ * is either still counted by pier_conn_queued() or in the kernel (our send queue, the
+ * peer's receive queue), never in between. The client does not read, so the sockets
+ * fill and the transport keeps what they do not take. */
+static void stall_accept(pier_conn_t *c) {
+    pier_conn_limits_t lim = {.out_high = 1 << 20, .out_low = 1 << 20};
+    pier_conn_set_limits(c, &lim);
+    int small = 4096;
+    setsockopt(pier_conn_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    char buf[16 * 1024];
+    fill(buf, sizeof buf, 2);
+    for (int i = 0; i < 32; i++)
+        assert_int_equal(pier_conn_write(c, buf, sizeof buf), 0);
+}
+
+static void test_water_marks_ciphertext(void **state) {
+    start_server(NULL);
+    fx.accept_hook = stall_accept;
+    fx.s.no_echo = 1;
+    pier_tls_ctx_t *cctx = client_ctx(certs.ca, 0);
+    pier_client_t *cl = client(cctx, "localhost", 0);
+    cs.pause = 1; /* the client reads nothing */
+    run_until_int(&cs.connects, 1, 5000);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    assert_int_equal(fx.s.accepts, 1);
+    for (int i = 0; i < 100; i++)
+        pier_loop_run_once(fx.loop, 2);
+    int unsent = 0, unread = 0;
+    assert_int_equal(ioctl(pier_conn_fd(fx.s.c), SIOCOUTQ, &unsent), 0);
+    assert_int_equal(ioctl(pier_conn_fd(cs.c), FIONREAD, &unread), 0);
+    size_t accounted = pier_conn_queued(fx.s.c) + (size_t)unsent + (size_t)unread;
+    assert_true(pier_conn_queued(fx.s.c) > 0); /* the sockets are full */
+    assert_true(accounted >= 32 * 16 * 1024);
+    client_free(cl);
+    pier_tls_ctx_free(cctx);
+    stop_server();
+}
+
+/* A reconnecting client offers the session its last connection was given: the second
+ * connection resumes, and both sides say so; a client of a new context starts afresh. */
+static void test_client_resumes(void **state) {
+    start_server(NULL);
+    pier_tls_ctx_t *cctx = client_ctx(certs.ca, 0);
+    memset(&cs, 0, sizeof cs);
+    pier_client_opts_t o = {.port = fx.port, .tls = cctx, .tls_servername = "localhost", .reconnect = 1,
+                            .backoff_min_ms = 1, .backoff_max_ms = 2,
+                            .on_connect = cl_connect, .on_connect_error = cl_error};
+    pier_client_t *cl;
+    assert_int_equal(pier_client_new(&cl, fx.loop, &o), 0);
+    for (int i = 1; i <= 3; i++) {
+        run_until_int(&cs.connects, i, 5000);
+        run_until_int(&fx.s.accepts, i, 5000);
+        assert_int_equal(cs.connects, i);
+        assert_int_equal(cs.info.resumed, i > 1);
+        assert_int_equal(fx.s.info.resumed, i > 1);
+        pier_conn_close(fx.s.c); /* the server ends it; the client comes back */
+    }
     client_free(cl);
     pier_tls_ctx_free(cctx);
     stop_server();
@@ -746,6 +813,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_large),      cmocka_unit_test(test_file),
         cmocka_unit_test(test_send_from_thread), cmocka_unit_test(test_water_marks),
+        cmocka_unit_test(test_water_marks_ciphertext), cmocka_unit_test(test_client_resumes),
         cmocka_unit_test(test_wrong_name),      cmocka_unit_test(test_expired),
         cmocka_unit_test(test_mtls),            cmocka_unit_test(test_reload),
         cmocka_unit_test(test_truncation),      cmocka_unit_test(test_close_notify),
