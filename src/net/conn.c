@@ -119,12 +119,7 @@ int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t 
     }
     pier__loop_handle_add(loop);
     pier__mx_inc(pier__loop_metrics(loop), PIER__MX(conns_opened));
-    if (owner->fresh_ms) {
-        c->flags |= PIER__C_FRESH;
-        arm_deadline(c, owner->fresh_ms);
-    } else {
-        arm_deadline(c, lim->idle_ms);
-    }
+    arm_deadline(c, lim->idle_ms);
     *out = c;
     return 0;
 }
@@ -920,6 +915,13 @@ void pier_conn_touch(pier_conn_t *c) { pier__conn_active(c); }
 void pier__conn_touch_slow(pier_conn_t *c) {
     if (!(c->flags & (PIER__C_FRESH | PIER__C_CLOSING)))
         pier__dl_touch_slow(c->loop, &c->dl);
+}
+
+void pier__conn_fresh_start(pier_conn_t *c) {
+    if (c->owner->fresh_ms && !(c->flags & PIER__C_CLOSING)) {
+        c->flags |= PIER__C_FRESH;
+        arm_deadline(c, c->owner->fresh_ms);
+    }
 }
 
 uint64_t pier__conn_fresh_end(pier_conn_t *c) {

@@ -167,6 +167,9 @@ static inline void pier__conn_sent(pier_conn_t *c) {
     if (!(c->flags & PIER__C_IDLE_RX))
         pier__conn_active(c);
 }
+/* The connection is the application's (accepted, and for TLS its handshake done): the
+ * owner's first-input deadline, if it has one, runs from now. */
+void pier__conn_fresh_start(pier_conn_t *c);
 /* The protocol has taken up a fresh connection (its first input): the idle deadline
  * applies from now on. Returns the loop time of the accept, or 0 if it was not fresh. */
 uint64_t pier__conn_fresh_end(pier_conn_t *c);

@@ -118,6 +118,7 @@ static void conn_closed(pier__owner_t *owner, pier_conn_t *c, int err) {
 static void conn_ready(pier__owner_t *owner, pier_conn_t *c) {
     pier_server_t *srv = pier__container_of(owner, pier_server_t, own);
     pier_conn_ref(c);
+    pier__conn_fresh_start(c);
     if (srv->opts.on_accept)
         srv->opts.on_accept(srv, c);
     if (!c->cbs)
