@@ -220,6 +220,7 @@ struct pier_ws_s {
     uint32_t magic;
     int state;
     pier_conn_t *c;
+    struct pier__metrics_s *mx; /* the loop's counters, looked up once */
     pier__ws_endpoint_t *ep;
     pier__ws_loop_t *wl;
     const char *protocol;
