@@ -75,31 +75,6 @@ int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, 
     return f->len > max_message - msg_len ? PIER_WS_TOO_BIG : 0;
 }
 
-size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask) {
-    size_t n;
-    out[0] = (uint8_t)(0x80 | (opcode & (0xF | PIER__WS_RSV1)));
-    if (len < 126) {
-        out[1] = (uint8_t)len;
-        n = 2;
-    } else if (len <= 0xFFFF) {
-        out[1] = 126;
-        out[2] = (uint8_t)(len >> 8);
-        out[3] = (uint8_t)len;
-        n = 4;
-    } else {
-        out[1] = 127;
-        for (int i = 0; i < 8; i++)
-            out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
-        n = 10;
-    }
-    if (mask) {
-        out[1] |= 0x80;
-        memcpy(out + n, mask, 4);
-        n += 4;
-    }
-    return n;
-}
-
 /* 16 bytes, one SSE2 or NEON register; a vector of the compiler's own, so that no loop
  * needs its vectorizer and the checks it adds before it */
 typedef uint64_t u64x2 __attribute__((vector_size(16)));
