@@ -12,10 +12,14 @@
 #include "net/conn.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TRIM_ABOVE 65536 /* per-connection buffers larger than this are freed when idle */
+
+static void head_clear(pier__http_conn_t *hc);
+static void body_clear(pier__http_conn_t *hc);
 
 /* ---- dispatch ---- */
 
@@ -70,8 +74,8 @@ static int route(pier__http_conn_t *hc, pier__http_request_t *req) {
 static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const char *body, size_t blen) {
     pier__http_loop_t *hl = hc->hl;
     pier_http_server_t *srv = hc->srv;
-    hc->body_due = 0; /* the request is complete */
-    hc->seq++;
+    body_clear(hc); /* the request is complete */
+    hc->seq = ++hl->seq;
     hc->keep_alive = req->keep_alive;
     hc->minor = req->minor;
     hc->is_head = req->method == PIER_HTTP_HEAD;
@@ -117,22 +121,30 @@ static int send_continue(pier__http_conn_t *hc, const pier__http_request_t *req)
 /* Both run from a request's first byte (or the accept): the head must arrive within the
  * header timeout, and the whole request, body included, within the body timeout. The
  * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
-static void arm_deadline(pier__http_conn_t *hc, uint64_t due) {
-    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
-    if (!pier_timer_active(&hc->timer) || hc->timer.due > due)
-        pier_timer_start(&hc->timer, due > now ? due - now : 0, 0);
-}
-
+/* The request's deadlines run from its first byte. A fresh connection's header deadline
+ * is the core's, from the accept (pier__http_fresh); its body deadline runs from its
+ * first byte, so the first request may take up to the wait for that byte longer. */
 static void start_header_timer(pier__http_conn_t *hc) {
     uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
     if (!hc->head_due) {
         hc->head_due = now + hc->srv->header_timeout_ms;
-        arm_deadline(hc, hc->head_due);
+        if (!pier__conn_is_fresh(hc->c))
+            pier__dl_start(hc->hl->head_list, &hc->head_dl);
     }
     if (!hc->body_due) {
         hc->body_due = now + hc->srv->body_timeout_ms;
-        arm_deadline(hc, hc->body_due);
+        pier__dl_start(hc->hl->body_list, &hc->body_dl);
     }
+}
+
+static void head_clear(pier__http_conn_t *hc) {
+    hc->head_due = 0;
+    pier__dl_stop(hc->hl->loop, &hc->head_dl);
+}
+
+static void body_clear(pier__http_conn_t *hc) {
+    hc->body_due = 0;
+    pier__dl_stop(hc->hl->loop, &hc->body_dl);
 }
 
 /* A chunked body is decoded into a buffer of our own, and the head kept to be parsed
@@ -155,7 +167,8 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
 /* A request head is complete (n bytes of buf). Returns bytes consumed, 0 to wait. */
 static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int n) {
     pier__http_request_t *req = &hc->hl->req;
-    hc->head_due = 0;
+    head_clear(hc);
+    pier__conn_fresh_end(hc->c); /* the first head is in: the idle deadline from now on */
     /* the method bits GET .. OPTIONS are 1 << PIER_METRICS_GET .. PIER_METRICS_OPTIONS */
     hc->mx_method = (uint8_t)(1 + (req->method && req->method <= PIER_HTTP_OPTIONS ? (unsigned)__builtin_ctz(req->method)
                                                                                     : PIER_METRICS_OTHER));
@@ -279,6 +292,11 @@ static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
     return off;
 }
 
+_Static_assert(sizeof(pier__http_conn_t) <= PIER__OBJ_MAX, "from the loop's object cache");
+
+static void head_late(pier__dlnode_t *n);
+static void body_late(pier__dlnode_t *n);
+
 static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     size_t limit = hc->srv->lim.max_head + hc->srv->max_body + 65536;
     if (hc->pending.len + n > limit)
@@ -286,15 +304,62 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     return pier__buf_append(&hc->pending, data, n);
 }
 
-/* The HTTP state of the connection goes (at its close, or when it is handed over). */
+/* The HTTP state of the connection goes (at its close, when it is handed over, or while
+ * it waits idle between requests). */
 static void conn_free(pier__http_conn_t *hc) {
-    pier_timer_stop(&hc->timer);
+    pier__dl_stop(hc->hl->loop, &hc->head_dl);
+    pier__dl_stop(hc->hl->loop, &hc->body_dl);
     pier__http_later_detach(hc);
     pier_conn_set_data(hc->c, NULL);
     pier__buf_free(&hc->head_copy);
     pier__buf_free(&hc->body);
     pier__buf_free(&hc->pending);
-    free(hc);
+    pier__obj_put(pier_conn_loop(hc->c), hc, sizeof *hc);
+}
+
+static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop) {
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].loop == loop)
+            return &srv->loops[i];
+    return NULL;
+}
+
+/* The connection's HTTP state, from the loop's cache: with its first bytes, and again
+ * when a keep-alive connection that gave its state back sends its next request. Until
+ * its first bytes a connection has none: the core runs the first request's header
+ * deadline from the accept (pier__http_fresh answers it). */
+static pier__http_conn_t *conn_new(pier_conn_t *c) {
+    pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
+    pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
+    if (hl && !hl->head_list) {
+        hl->head_list = pier__dlist_get(hl->loop, srv->header_timeout_ms, head_late);
+        hl->body_list = pier__dlist_get(hl->loop, srv->body_timeout_ms, body_late);
+    }
+    pier__http_conn_t *hc = hl && hl->head_list && hl->body_list ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
+    if (!hc)
+        return NULL;
+    memset(hc, 0, offsetof(pier__http_conn_t, logline));
+    hc->logline[0] = '\0';
+    hc->srv = srv;
+    hc->hl = hl;
+    hc->c = c;
+    hc->state = ST_HEAD;
+    pier__http_parser_init(&hc->parser);
+    pier__dlnode_init(&hc->head_dl);
+    pier__dlnode_init(&hc->body_dl);
+    pier_conn_set_data(c, hc);
+    return hc;
+}
+
+/* Between requests a keep-alive connection needs no HTTP state: nothing is half-read
+ * (all input consumed, so the parser is at its start), nothing waits on a deferred
+ * response or the output draining, no deadline runs (the core's idle timeout is the
+ * keep-alive one). Giving the state back keeps an idle connection small. */
+static void maybe_idle(pier__http_conn_t *hc) {
+    if (hc->state != ST_HEAD || hc->head_due || hc->body_due || hc->pending.len || hc->later || hc->held ||
+        hc->eof || hc->head_copy.cap || hc->body.cap)
+        return;
+    conn_free(hc);
 }
 
 /* An upgrade's 101 is queued and its handler has returned: the connection leaves HTTP.
@@ -356,7 +421,11 @@ static void reset(pier__http_conn_t *hc) {
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     pier__http_conn_t *hc = pier_conn_data(c);
-    if (!hc || hc->state == ST_CLOSED)
+    if (!hc && !(hc = conn_new(c))) {
+        pier_conn_abort(c);
+        return len;
+    }
+    if (hc->state == ST_CLOSED)
         return len;
     if (hc->state == ST_WAIT || hc->pending.len) {
         if (pending_add(hc, data, len) < 0)
@@ -373,6 +442,8 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
             reset(hc);
         used = len;
     }
+    if (used == len && pier_conn_is_open(c))
+        maybe_idle(hc);
     return used;
 }
 
@@ -409,27 +480,24 @@ static void on_close(pier_conn_t *c, int err) {
 }
 
 /* The head (header timeout) or the whole request, body included (body timeout: a body
- * trickled byte by byte), did not arrive in time: 408. Otherwise the timer fired for a
- * deadline that a finished request has since cleared, and waits for the next one. */
-static void on_deadline(pier_timer_t *t) {
-    pier__http_conn_t *hc = t->data;
-    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
-    int head_late = hc->head_due && now >= hc->head_due && (hc->state == ST_HEAD || hc->state == ST_BODY);
-    int body_late = hc->body_due && now >= hc->body_due &&
-                    (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED);
-    if (head_late || body_late) {
-        hc->head_due = hc->body_due = 0;
-        hc->logline[0] = '\0';
-        pier__http_send_error(hc, 408);
-        return;
-    }
-    uint64_t next = 0;
-    if (hc->head_due && hc->head_due > now)
-        next = hc->head_due;
-    if (hc->body_due && hc->body_due > now && (!next || hc->body_due < next))
-        next = hc->body_due;
-    if (next)
-        pier_timer_start(t, next - now, 0);
+ * trickled byte by byte), did not arrive in time: 408. */
+static void answer_late(pier__http_conn_t *hc) {
+    head_clear(hc);
+    body_clear(hc);
+    hc->logline[0] = '\0';
+    pier__http_send_error(hc, 408);
+}
+
+static void head_late(pier__dlnode_t *n) {
+    pier__http_conn_t *hc = pier__container_of(n, pier__http_conn_t, head_dl);
+    if (hc->head_due && (hc->state == ST_HEAD || hc->state == ST_BODY))
+        answer_late(hc);
+}
+
+static void body_late(pier__dlnode_t *n) {
+    pier__http_conn_t *hc = pier__container_of(n, pier__http_conn_t, body_dl);
+    if (hc->body_due && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED))
+        answer_late(hc);
 }
 
 static const pier_conn_cbs_t conn_cbs = {
@@ -447,7 +515,9 @@ static const pier_conn_cbs_t conn_cbs = {
  * to another protocol close now, as before. */
 int pier__http_close_at_drain(pier_conn_t *c) {
     pier__http_conn_t *hc = pier_conn_data(c);
-    if (c->cbs != &conn_cbs || !hc)
+    if (c->cbs == &conn_cbs && !hc) /* no state: fresh (its request may be on its way) or idle */
+        return !pier__conn_is_fresh(c);
+    if (c->cbs != &conn_cbs)
         return 1;
     if (hc->state != ST_HEAD)
         return hc->state == ST_CLOSED || hc->state == ST_UPGRADE;
@@ -457,22 +527,16 @@ int pier__http_close_at_drain(pier_conn_t *c) {
 }
 
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c) {
-    pier_http_server_t *srv = pier_server_data(s);
-    pier__http_loop_t *hl = NULL;
-    for (unsigned i = 0; i < srv->nloops; i++)
-        if (srv->loops[i].loop == pier_conn_loop(c))
-            hl = &srv->loops[i];
-    pier__http_conn_t *hc = hl ? calloc(1, sizeof *hc) : NULL;
-    if (!hc) {
+    (void)s;
+    pier_conn_set_cbs(c, &conn_cbs, NULL);
+}
+
+void pier__http_fresh(pier_conn_t *c) {
+    pier__http_conn_t *hc = pier_conn_data(c);
+    if (!hc && !(hc = conn_new(c))) {
         pier_conn_abort(c);
         return;
     }
-    hc->srv = srv;
-    hc->hl = hl;
-    hc->c = c;
-    hc->state = ST_HEAD;
-    pier__http_parser_init(&hc->parser);
-    pier_timer_init(pier_conn_loop(c), &hc->timer, on_deadline, hc);
-    pier_conn_set_cbs(c, &conn_cbs, hc);
-    start_header_timer(hc);
+    if (hc->state == ST_HEAD || hc->state == ST_BODY)
+        answer_late(hc);
 }

@@ -112,6 +112,8 @@ typedef struct pier__http_loop_s {
     char common[300];      /* "Server: ...\r\nDate: ...\r\n", rebuilt once a second */
     size_t common_len;
     uint64_t requests;
+    uint64_t seq;          /* requests dispatched on this loop: names each one */
+    pier__dlist_t *head_list, *body_list; /* the request deadlines of its connections */
     pier__buf_t out;       /* the head of the response being built */
     char *path;            /* decoded path of the current request */
     pier__http_request_t req;
@@ -151,12 +153,12 @@ struct pier__http_conn_s {
     pier_http_server_t *srv;
     pier__http_loop_t *hl;
     pier_conn_t *c;
-    /* One timer for both request deadlines, re-armed lazily: a request only writes the
-     * due times (0: none), and the timer, armed at the earliest, looks at them when it
-     * fires. A keep-alive request then costs no timer-heap operation at all. */
-    pier_timer_t timer;
-    uint64_t head_due;        /* the head must have arrived by then (header timeout) */
-    uint64_t body_due;        /* the whole request, body included (body timeout) */
+    /* The request's deadlines, each a node in its loop's list for the server's timeout
+     * (a few stores to start or stop, no timer of its own); while the connection is fresh
+     * (its first head not complete) the core runs the header deadline from the accept. */
+    pier__dlnode_t head_dl, body_dl;
+    uint64_t head_due;        /* nonzero while the head must still arrive (header timeout) */
+    uint64_t body_due;        /* nonzero while the whole request must (body timeout) */
     pier__http_parser_t parser;
     int state;
     size_t need;              /* BODY: head plus body bytes */
@@ -164,7 +166,9 @@ struct pier__http_conn_s {
     pier__buf_t head_copy;    /* CHUNKED: the head, parsed again once the body is complete */
     pier__buf_t body;         /* CHUNKED: the decoded body */
     pier__buf_t pending;      /* input that arrived while a response was deferred */
-    uint64_t seq;             /* requests dispatched; names the one a deferred response is for */
+    uint64_t seq;             /* the request dispatched last (unique in its loop), which a
+                               * deferred response names: a later state of the same
+                               * connection never reuses it */
     /* the response under way */
     int keep_alive, minor, is_head, stream, sent_continue, eof;
     int held;                 /* reading paused: the answers so far must drain first */
@@ -178,6 +182,8 @@ struct pier__http_conn_s {
 };
 
 void pier__http_on_accept(pier_server_t *s, pier_conn_t *c);
+/* A connection that sent nothing within the header timeout of its accept: 408. */
+void pier__http_fresh(pier_conn_t *c);
 /* The drain's filter (pier_server_close_if): 1 for a connection to close now. */
 int pier__http_close_at_drain(pier_conn_t *c);
 /* Runs the requests that waited behind a deferred response, once it is done. */

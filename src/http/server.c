@@ -2,6 +2,7 @@
  * counters. A listener per loop of the group (the core's server); each accepted
  * connection gets the state machine of conn.c and its loop's per-loop state. */
 #include "http/http_int.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -103,6 +104,7 @@ int pier_http_server_new(pier_http_server_t **out, pier_group_t *group, const pi
     rc = pier_server_new(&srv->srv, group, &so);
     if (rc < 0)
         goto fail;
+    pier__server_set_fresh(srv->srv, srv->header_timeout_ms, pier__http_fresh);
     *out = srv;
     return 0;
 fail:

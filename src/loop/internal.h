@@ -13,6 +13,8 @@
 
 #define PIER__BATCH 256            /* epoll events fetched per wait */
 #define PIER__CHUNK_CACHE 256      /* chunks kept per loop for reuse */
+#define PIER__OBJ_CLASS 64         /* object sizes are rounded up to this */
+#define PIER__OBJ_CACHE 256        /* objects kept per size for reuse */
 
 enum { PIER__TASK_QUEUED = 1u << 0, PIER__TASK_OWNED = 1u << 1 };
 
@@ -37,10 +39,16 @@ struct pier_loop_s {
     uint64_t timer_seq;
 
     pier__queue_t passes[PIER__PASSES];
+    pier__dlist_t **dlists;        /* deadline lists, one per (timeout, callback) */
+    uint32_t ndlists;
 
     char *rbuf;                    /* PIER__READ_BUF bytes shared by all reads */
     void *chunks[PIER__CHUNK_CACHE];
     unsigned nchunks;
+    struct {
+        void *head;                /* a free list linked through each object's first word */
+        unsigned n;
+    } objs[PIER__OBJ_MAX / PIER__OBJ_CLASS];
 
     pier__io_t sig;                /* signalfd, -1 when no signal is watched */
     sigset_t sigmask;
@@ -49,6 +57,8 @@ struct pier_loop_s {
     /* last, away from the hot fields above: other threads read them at scrapes */
     pier__metrics_t metrics;
 };
+
+void pier__dlists_free(pier_loop_t *loop); /* deadline.c */
 
 /* Timer heap internals (timer.c). */
 uint64_t pier__timers_next(pier_loop_t *loop); /* ms until the next timer, UINT64_MAX if none */

@@ -67,6 +67,57 @@ static inline void pier__pending_cancel(pier__pending_t *p) {
         pier__queue_remove(&p->q);
 }
 
+/* ---- deadline lists ----
+ *
+ * Many objects with the same timeout (every idle connection of a server, say) share one
+ * list per loop and timeout, ordered by when each was last put at its tail, and one loop
+ * timer for the list's head: what an object pays for its deadline is a node, not a timer
+ * in the heap. Putting a node at the tail again (activity) is O(1); a list whose head is
+ * due runs its callback for each due node, which has been unlinked first. Lists live
+ * until the loop is freed, so a list taken once (pier__dlist_get) can be used later
+ * without a failure path. */
+typedef struct pier__dlist_s pier__dlist_t;
+typedef struct pier__dlnode_s pier__dlnode_t;
+typedef void (*pier__dl_cb)(pier__dlnode_t *n);
+struct pier__dlnode_s {
+    pier__queue_t q;
+    /* The list it is in: 1 + its index in the loop (low 24 bits; 0: none), and the
+     * list's time unit as a shift (high 8 bits: a unit is 2^shift ms; PIER__DL_NEVER for
+     * a list without a timer, whose nodes activity need not move). */
+    uint32_t list;
+    uint32_t stamp;      /* loop time in the list's units (modulo 2^32) when put at the tail */
+};
+#define PIER__DL_NEVER 0xffu
+
+/* The loop's list for (ms, cb), created on first use; NULL when out of memory. A list
+ * with ms 0 has no timer: its nodes are never due (an object without a timeout can
+ * still be found through the lists). A list counts time in units of up to ms/64 (a
+ * power of two), so that a busy node moves at most once per unit: a deadline comes at
+ * most one unit late, never early. Timeouts are capped at 2^31 ms (24 days). */
+pier__dlist_t *pier__dlist_get(pier_loop_t *loop, uint64_t ms, pier__dl_cb cb);
+static inline void pier__dlnode_init(pier__dlnode_t *n) {
+    pier__queue_init(&n->q);
+    n->list = 0;
+}
+/* Puts n at the tail of l (taking it out of any list it was in): due in l's timeout. */
+void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
+/* Takes n out of its list; a no-op if it is in none. */
+void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n);
+/* Activity: n's deadline restarts from now. */
+void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n);
+/* 1 if activity now must move n: it is in a list with a timer and its unit has passed. */
+static inline int pier__dl_stale(const pier__dlnode_t *n, uint64_t now) {
+    uint32_t shift = n->list >> 24;
+    return n->list && shift != PIER__DL_NEVER && n->stamp != (uint32_t)now >> shift;
+}
+/* Calls fn for each node of every list whose callback is cb. fn may move the node to
+ * another list, or stop it; a node moved to a list not yet walked is seen again. */
+void pier__dl_each(pier_loop_t *loop, pier__dl_cb cb, void (*fn)(pier__dlnode_t *n, void *arg), void *arg);
+static inline void pier__dl_touch(pier_loop_t *loop, pier__dlnode_t *n) {
+    if (pier__dl_stale(n, pier_loop_now(loop)))
+        pier__dl_touch_slow(loop, n);
+}
+
 /* ---- resources shared by a loop's connections ---- */
 
 /* The loop's PIER__READ_BUF-byte read buffer: valid until the caller returns to the loop. */
@@ -74,6 +125,13 @@ char *pier__loop_rbuf(pier_loop_t *loop);
 /* Output chunks of PIER__CHUNK bytes, cached per loop. get: NULL when out of memory. */
 void *pier__chunk_get(pier_loop_t *loop);
 void pier__chunk_put(pier_loop_t *loop, void *chunk);
+/* Small objects that come and go with a connection's activity (the part it needs only
+ * while data waits, a protocol's per-request state), cached per loop so that taking one
+ * back costs a few stores and no allocator call. Sizes up to PIER__OBJ_MAX; put takes
+ * the size given to get. get: NULL when out of memory. */
+#define PIER__OBJ_MAX 1024
+void *pier__obj_get(pier_loop_t *loop, size_t size);
+void pier__obj_put(pier_loop_t *loop, void *obj, size_t size);
 /* Counts a live handle (an open connection, a listener, a client) against the loop, so
  * pier_loop_free refuses while it lives. */
 void pier__loop_handle_add(pier_loop_t *loop);

@@ -29,6 +29,7 @@ uint64_t pier__clock_ms(void) {
 }
 
 static int tasks_pending(pier_loop_t *loop);
+static void objs_free(pier_loop_t *loop);
 
 static void wake_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     uint64_t v;
@@ -110,6 +111,8 @@ int pier_loop_free(pier_loop_t *loop) {
     }
     for (unsigned i = 0; i < loop->nchunks; i++)
         free(loop->chunks[i]);
+    pier__dlists_free(loop);
+    objs_free(loop);
     if (loop->sig.fd >= 0)
         close(loop->sig.fd);
     close(loop->wake.fd);
@@ -230,6 +233,38 @@ void pier__chunk_put(pier_loop_t *loop, void *chunk) {
         loop->chunks[loop->nchunks++] = chunk;
     else
         free(chunk);
+}
+
+static unsigned obj_class(size_t size) { return (unsigned)((size + PIER__OBJ_CLASS - 1) / PIER__OBJ_CLASS) - 1; }
+
+void *pier__obj_get(pier_loop_t *loop, size_t size) {
+    unsigned k = obj_class(size);
+    void *obj = loop->objs[k].head;
+    if (!obj)
+        return malloc((k + 1) * PIER__OBJ_CLASS);
+    loop->objs[k].head = *(void **)obj;
+    loop->objs[k].n--;
+    return obj;
+}
+
+void pier__obj_put(pier_loop_t *loop, void *obj, size_t size) {
+    unsigned k = obj_class(size);
+    if (loop->objs[k].n >= PIER__OBJ_CACHE) {
+        free(obj);
+        return;
+    }
+    *(void **)obj = loop->objs[k].head;
+    loop->objs[k].head = obj;
+    loop->objs[k].n++;
+}
+
+static void objs_free(pier_loop_t *loop) {
+    for (unsigned k = 0; k < PIER__OBJ_MAX / PIER__OBJ_CLASS; k++)
+        while (loop->objs[k].head) {
+            void *obj = loop->objs[k].head;
+            loop->objs[k].head = *(void **)obj;
+            free(obj);
+        }
 }
 
 /* ---- deferred passes ---- */

@@ -19,6 +19,7 @@
 #include "msg_int.h"
 #include "loop/layer.h"
 #include "metrics/metrics.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -41,14 +42,17 @@ typedef struct {
 
 typedef struct msg_loop_s msg_loop_t;
 
+/* A connection's message state, only while it has some: messages in the workers, reading
+ * paused, waiting for the loop's share, at end of input, an unknown id logged. An idle
+ * connection has none (its data is NULL) and costs the core's struct alone; its
+ * heartbeat is the core's idle deadline, counting only input and held while we are the
+ * ones not reading. */
 typedef struct msg_conn_s {
-    struct msg_conn_s *prev, *next;   /* the loop's connections */
+    struct msg_conn_s *prev, *next;   /* the loop's connections with state */
     struct msg_conn_s *wprev, *wnext; /* the loop's waiters, while waiting */
     msg_loop_t *lp;
     pier_conn_t *c;
     pier_id_t id;
-    pier_timer_t hb;
-    uint64_t last_rx;
     unsigned inflight; /* messages read and not yet back from the workers */
     unsigned allow;    /* messages it may still take while others wait for the loop */
     unsigned worker;
@@ -132,19 +136,19 @@ static void reply_failed(msg_conn_t *mc) {
 }
 
 /* 1 if n more bytes may be queued on mc; otherwise applies the policy and returns 0. */
-static int out_admit(msg_conn_t *mc, size_t n) {
-    pier_msg_server_t *srv = mc->lp->srv;
-    if (pier_conn_queued(mc->c) + n <= srv->o.out_max)
+static int out_admit(msg_loop_t *lp, pier_conn_t *c, size_t n) {
+    pier_msg_server_t *srv = lp->srv;
+    if (pier_conn_queued(c) + n <= srv->o.out_max)
         return 1;
     if (srv->o.out_policy == PIER_MSG_OUT_DROP) {
-        pier__msg_bump(&mc->lp->out_dropped, 1);
+        pier__msg_bump(&lp->out_dropped, 1);
         return 0;
     }
     char peer[64];
     pier_log(PIER_LOG_WARN, "msg: closing %s: output over %zu bytes (peer not reading)",
-             pier_conn_peer(mc->c, peer, sizeof peer), srv->o.out_max);
-    pier__msg_bump(&mc->lp->out_closed, 1);
-    pier_conn_abort(mc->c);
+             pier_conn_peer(c, peer, sizeof peer), srv->o.out_max);
+    pier__msg_bump(&lp->out_closed, 1);
+    pier_conn_abort(c);
     return 0;
 }
 
@@ -155,7 +159,7 @@ static int write_frame(msg_conn_t *mc, uint16_t id, const void *body, size_t len
     ssize_t h = pier_msg_encode_hdr(&mc->lp->srv->codec, id, len, hdr);
     if (h < 0)
         return (int)h;
-    if (!out_admit(mc, (size_t)h + len))
+    if (!out_admit(mc->lp, mc->c, (size_t)h + len))
         return 0;
     struct iovec iov[2] = {{.iov_base = hdr, .iov_len = (size_t)h}, {.iov_base = (void *)body, .iov_len = len}};
     return pier_conn_writev(mc->c, iov, len ? 2 : 1);
@@ -193,6 +197,8 @@ int pier_msg_reply(const pier_msg_t *m, uint16_t id, const void *body, size_t le
     return err;
 }
 
+static msg_loop_t *loop_of(pier_msg_server_t *srv, pier_loop_t *loop);
+
 /* ---- pier_msg_send: any thread, through the id ---- */
 
 typedef struct {
@@ -209,12 +215,13 @@ static void free_ud(void *base, void *ud) {
 static void send_done(pier_conn_t *c, void *arg) {
     send_t *s = arg;
     pier_msg_server_t *srv = s->srv;
-    msg_conn_t *mc = c ? pier_conn_data(c) : NULL;
-    if (!mc || !pier_conn_is_open(c)) {
+    /* an idle connection has no message state: the loop's is enough here */
+    msg_loop_t *lp = c && pier_conn_is_open(c) ? loop_of(srv, pier_conn_loop(c)) : NULL;
+    if (!lp) {
         /* gone, or closing with its on_close still to run: lost either way */
         lost_reply(srv);
         free(s);
-    } else if (!out_admit(mc, s->len)) {
+    } else if (!out_admit(lp, c, s->len)) {
         free(s); /* counted by out_policy */
     } else if (pier_conn_write_ref(c, s->data, s->len, free_ud, s) < 0) {
         /* free_ud has run. -ENOMEM queued nothing and the stream goes on; a frame that
@@ -253,12 +260,62 @@ int pier_msg_send(pier_msg_server_t *srv, pier_id_t conn, uint16_t id, const voi
     return err;
 }
 
+/* ---- a connection's state, while it has some ---- */
+
+static msg_loop_t *loop_of(pier_msg_server_t *srv, pier_loop_t *loop) {
+    for (unsigned i = 0; i < srv->nloops; i++)
+        if (srv->loops[i].loop == loop)
+            return &srv->loops[i];
+    return NULL;
+}
+
+static msg_conn_t *mc_new(msg_loop_t *lp, pier_conn_t *c) {
+    msg_conn_t *mc = calloc(1, sizeof *mc);
+    if (!mc)
+        return NULL;
+    pier_msg_server_t *srv = lp->srv;
+    mc->lp = lp;
+    mc->c = c;
+    mc->id = pier_conn_id(c);
+    mc->worker = srv->pool ? (unsigned)((mc->id ^ (mc->id >> 32)) % pier__msg_pool_size(srv->pool)) : 0;
+    mc->next = lp->conns;
+    if (lp->conns)
+        lp->conns->prev = mc;
+    lp->conns = mc;
+    pier_conn_set_data(c, mc);
+    return mc;
+}
+
+static void wait_unlink(msg_conn_t *mc);
+
+static void mc_free(msg_conn_t *mc) {
+    msg_loop_t *lp = mc->lp;
+    pier_conn_set_data(mc->c, NULL);
+    wait_unlink(mc);
+    *(mc->prev ? &mc->prev->next : &lp->conns) = mc->next;
+    if (mc->next)
+        mc->next->prev = mc->prev;
+    free(mc);
+}
+
+/* Nothing left to remember: the state goes until the next bytes. */
+static void mc_maybe_idle(msg_conn_t *mc) {
+    if (!mc->inflight && !mc->paused && !mc->waiting && !mc->eof && !mc->logged_unknown && !mc->allow &&
+        pier_conn_is_open(mc->c))
+        mc_free(mc);
+}
+
 /* ---- reading and stalls ---- */
+
+/* While its messages are in the workers or its reading is paused by us, the peer's
+ * silence is ours: the heartbeat deadline only starts again. */
+static void hold_update(msg_conn_t *mc) { pier__conn_idle_hold(mc->c, mc->inflight || mc->paused); }
 
 static void read_stop(msg_conn_t *mc) {
     if (!mc->paused) {
         mc->paused = 1;
         pier_conn_pause(mc->c);
+        hold_update(mc);
     }
 }
 
@@ -266,6 +323,7 @@ static void read_start(msg_conn_t *mc) {
     if (mc->paused && !mc->lp->draining && !mc->eof) {
         mc->paused = 0;
         pier_conn_resume(mc->c);
+        hold_update(mc);
     }
 }
 
@@ -369,7 +427,7 @@ static void job_output(msg_conn_t *mc, pier__msg_job_t *job) {
         reply_failed(mc);
         return;
     }
-    if (!job->out.len || !out_admit(mc, job->out.len))
+    if (!job->out.len || !out_admit(mc->lp, mc->c, job->out.len))
         return;
     size_t n;
     char *p = pier__buf_steal(&job->out, &n);
@@ -395,6 +453,7 @@ static void job_finish(msg_loop_t *lp, msg_conn_t *mc, pier__msg_job_t *job) {
     job_free(job);
     if (!pier_conn_is_open(mc->c))
         return;
+    hold_update(mc);
     if (mc->eof && mc->inflight == 0) {
         pier_conn_close(mc->c);
     } else if (mc->paused && !mc->waiting && !mc->eof && mc->inflight <= lp->srv->o.inflight_max / 2) {
@@ -404,6 +463,7 @@ static void job_finish(msg_loop_t *lp, msg_conn_t *mc, pier__msg_job_t *job) {
         else
             read_start(mc);
     }
+    mc_maybe_idle(mc);
 }
 
 /* On the loop: a worker's finished jobs for this loop, in the order it handled them.
@@ -485,7 +545,8 @@ static int dispatch_worker(msg_conn_t *mc, const pier_msg_frame_t *f) {
         job_free(job);
         return stall(mc, 0);
     }
-    mc->inflight++;
+    if (mc->inflight++ == 0)
+        hold_update(mc);
     if (mc->allow)
         mc->allow--;
     lp->inflight++;
@@ -541,14 +602,25 @@ static int on_frame(const pier_msg_frame_t *f, void *ud) {
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
     msg_conn_t *mc = pier_conn_data(c);
-    if (!mc)
-        return len;
+    if (!mc) {
+        msg_loop_t *lp = loop_of(pier_server_data(pier_conn_server(c)), pier_conn_loop(c));
+        if (lp && lp->draining) { /* the drain pauses what it finds with state; this had none */
+            pier_conn_pause(c);
+            return 0;
+        }
+        if (!lp || !(mc = mc_new(lp, c))) {
+            pier_conn_abort(c);
+            return len;
+        }
+    }
     pier_msg_server_t *srv = mc->lp->srv;
-    mc->last_rx = pier_loop_now(mc->lp->loop);
     size_t used = 0;
     ssize_t r = pier_msg_decode_all(&srv->codec, data, len, &used, on_frame, mc);
-    if (r >= 0)
+    if (r >= 0) {
+        if (used == len)
+            mc_maybe_idle(mc);
         return used;
+    }
     char peer[64];
     pier_log(PIER_LOG_WARN, "msg: closing %s: bad frame: %s", pier_conn_peer(c, peer, sizeof peer),
              r == -EMSGSIZE ? "length over the maximum" : "id out of range");
@@ -575,18 +647,20 @@ static void on_eof(pier_conn_t *c) {
 
 static void on_close(pier_conn_t *c, int err) {
     msg_conn_t *mc = pier_conn_data(c);
-    if (!mc)
-        return;
-    pier_conn_set_data(c, NULL);
-    pier_timer_stop(&mc->hb);
-    wait_unlink(mc);
-    msg_loop_t *lp = mc->lp;
-    *(mc->prev ? &mc->prev->next : &lp->conns) = mc->next;
-    if (mc->next)
-        mc->next->prev = mc->prev;
-    if (err && err != -ECONNRESET && err != -EPIPE)
+    if (err == -ETIMEDOUT && pier__conn_idle_gone(c)) {
+        pier_msg_server_t *srv = pier_server_data(pier_conn_server(c));
+        msg_loop_t *lp = loop_of(srv, pier_conn_loop(c));
+        pier_log(PIER_LOG_INFO, "msg: closed connection %llu: silent for %" PRIu64 " ms (heartbeat %" PRIu64 " ms)",
+                 (unsigned long long)pier_conn_id(c), 3 * srv->o.heartbeat_ms, srv->o.heartbeat_ms);
+        if (lp) {
+            pier__msg_bump(&lp->timeouts, 1);
+            pier__mx_inc(pier__loop_metrics(lp->loop), PIER__MX(msg_heartbeat_drops));
+        }
+    } else if (err && err != -ECONNRESET && err != -EPIPE) {
         pier_log(PIER_LOG_DEBUG, "msg: connection closed: %s", pier_strerror(err));
-    free(mc);
+    }
+    if (mc)
+        mc_free(mc);
 }
 
 static const pier_conn_cbs_t conn_cbs = {
@@ -595,58 +669,17 @@ static const pier_conn_cbs_t conn_cbs = {
     .on_close = on_close,
 };
 
-/* ---- heartbeat: lazy, one timer per connection, re-armed only when it fires ---- */
-
-static void hb_cb(pier_timer_t *t) {
-    msg_conn_t *mc = t->data;
-    pier_msg_server_t *srv = mc->lp->srv;
-    uint64_t limit = 3 * srv->o.heartbeat_ms;
-    uint64_t idle = pier_loop_now(t->loop) - mc->last_rx;
-    if (mc->inflight || mc->paused)
-        idle = 0; /* we are the ones not reading */
-    if (idle < limit) {
-        pier_timer_start(t, limit - idle, 0);
-        return;
-    }
-    char peer[64];
-    pier_log(PIER_LOG_INFO, "msg: closing %s: silent for %" PRIu64 " ms (heartbeat %" PRIu64 " ms)",
-             pier_conn_peer(mc->c, peer, sizeof peer), idle, srv->o.heartbeat_ms);
-    pier__msg_bump(&mc->lp->timeouts, 1);
-    pier__mx_inc(pier__loop_metrics(mc->lp->loop), PIER__MX(msg_heartbeat_drops));
-    pier_conn_close(mc->c);
-}
-
 /* ---- accepting ---- */
-
-static msg_loop_t *loop_of(pier_msg_server_t *srv, pier_loop_t *loop) {
-    for (unsigned i = 0; i < srv->nloops; i++)
-        if (srv->loops[i].loop == loop)
-            return &srv->loops[i];
-    return NULL;
-}
 
 static void on_accept(pier_server_t *net, pier_conn_t *c) {
     pier_msg_server_t *srv = pier_server_data(net);
     msg_loop_t *lp = loop_of(srv, pier_conn_loop(c));
     if (!lp || lp->draining)
         return; /* left without callbacks: the core closes it */
-    msg_conn_t *mc = calloc(1, sizeof *mc);
-    if (!mc)
-        return;
-    mc->lp = lp;
-    mc->c = c;
-    mc->id = pier_conn_id(c);
-    mc->worker = srv->pool ? (unsigned)((mc->id ^ (mc->id >> 32)) % pier__msg_pool_size(srv->pool)) : 0;
-    mc->last_rx = pier_loop_now(lp->loop);
-    pier_timer_init(lp->loop, &mc->hb, hb_cb, mc);
     if (srv->o.heartbeat_ms)
-        pier_timer_start(&mc->hb, 3 * srv->o.heartbeat_ms, 0);
-    mc->next = lp->conns;
-    if (lp->conns)
-        lp->conns->prev = mc;
-    lp->conns = mc;
+        pier__conn_idle_rx_only(c); /* silence is the peer's: our replies do not count */
     pier__msg_bump(&lp->n_conns, 1);
-    pier_conn_set_cbs(c, &conn_cbs, mc);
+    pier_conn_set_cbs(c, &conn_cbs, NULL);
 }
 
 /* ---- life cycle ---- */
@@ -737,7 +770,8 @@ int pier_msg_server_new(pier_msg_server_t **out, pier_group_t *group, const pier
         .port = srv->o.port,
         .backlog = srv->o.backlog,
         .max_conns = srv->o.max_conns,
-        .limits = {.read_max = keep_max < (1u << 20) ? 0 : keep_max + 1},
+        .limits = {.read_max = keep_max < (1u << 20) ? 0 : keep_max + 1,
+                   .idle_ms = 3 * srv->o.heartbeat_ms}, /* the heartbeat: see msg_conn_t */
         .on_accept = on_accept,
         .data = srv,
         .tls = srv->o.tls,

@@ -17,6 +17,7 @@
 enum { CL_IDLE, CL_CONNECTING, CL_HANDSHAKE, CL_CONNECTED, CL_WAITING };
 
 struct pier_client_s {
+    pier__owner_t own;          /* its hooks, and its connections' limits */
     pier_client_opts_t opts;
     char host[256];
     char servername[256];       /* for TLS */
@@ -36,13 +37,13 @@ struct pier_client_s {
 };
 
 static void start_connect(pier_client_t *cl);
-static void conn_closed(void *owner, pier_conn_t *c, int err);
+static void conn_closed(pier__owner_t *owner, pier_conn_t *c, int err);
 /* The close hook through which the client's connection says it has closed. */
-static void conn_ready(void *owner, pier_conn_t *c);
+static void conn_ready(pier__owner_t *owner, pier_conn_t *c);
 static const pier__conn_owner_t client_owner = {.closed = conn_closed, .ready = conn_ready};
 
 pier_client_t *pier_conn_client(const pier_conn_t *c) {
-    return c->owner_ops == &client_owner ? c->owner : NULL;
+    return c->owner->ops == &client_owner ? pier__container_of(c->owner, pier_client_t, own) : NULL;
 }
 
 /* The client is a live handle of its loop whenever it is not idle. */
@@ -88,15 +89,14 @@ static void connected(pier_client_t *cl, int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     pier_conn_t *c;
-    int err = pier__conn_new(cl->loop, fd, &cl->opts.limits, &c);
+    int err = pier__conn_new(cl->loop, fd, &cl->own, &c);
     if (err < 0) {
         close(fd);
         connect_failed(cl, err);
         return;
     }
-    pier__conn_set_owner(c, &client_owner, cl);
     if (!cl->opts.tls) {
-        conn_ready(cl, c);
+        conn_ready(&cl->own, c);
         return;
     }
     /* connected only once the transport's handshake is done (conn_ready); a close before
@@ -108,8 +108,8 @@ static void connected(pier_client_t *cl, int fd) {
         pier__conn_fail(c, err);
 }
 
-static void conn_ready(void *owner, pier_conn_t *c) {
-    pier_client_t *cl = owner;
+static void conn_ready(pier__owner_t *owner, pier_conn_t *c) {
+    pier_client_t *cl = pier__container_of(owner, pier_client_t, own);
     cl->handshaking = NULL;
     cl->conn = c;
     cl->failures = 0;
@@ -211,6 +211,9 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
     if (!cl)
         return -ENOMEM;
     cl->opts = *opts;
+    pier__limits_default(&cl->opts.limits);
+    cl->own.ops = &client_owner;
+    cl->own.lim = cl->opts.limits;
     snprintf(cl->host, sizeof cl->host, "%s", opts->host && *opts->host ? opts->host : "127.0.0.1");
     cl->opts.host = cl->host;
     snprintf(cl->servername, sizeof cl->servername, "%s",
@@ -241,8 +244,9 @@ int pier_client_new(pier_client_t **out, pier_loop_t *loop, const pier_client_op
     return 0;
 }
 
-static void conn_closed(void *owner, pier_conn_t *c, int err) {
-    pier_client_t *cl = owner;
+static void conn_closed(pier__owner_t *owner, pier_conn_t *c, int err) {
+    (void)c;
+    pier_client_t *cl = pier__container_of(owner, pier_client_t, own);
     if (cl->state == CL_HANDSHAKE) {
         cl->handshaking = NULL;
         if (cl->stopped)

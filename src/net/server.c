@@ -31,7 +31,6 @@ typedef struct listener_s {
     pier_loop_t *loop;
     int active;                 /* registered in the loop */
     int reserve_fd;             /* spare fd released to accept-and-close under EMFILE */
-    pier__queue_t conns;        /* this server's open connections on this loop */
     pier__proxy_wait_t pw;      /* sockets waiting for their PROXY header */
     pier_task_t tasks[NTASKS];  /* embedded, so that starting, stopping and closing cannot
                                  * fail for want of memory (a lost stop task would keep
@@ -39,6 +38,7 @@ typedef struct listener_s {
 } listener_t;
 
 struct pier_server_s {
+    pier__owner_t own;          /* its hooks, and the limits its connections share */
     pier_server_opts_t opts;
     char host[64];
     pier_group_t *group;
@@ -106,17 +106,19 @@ static int probe_port(struct sockaddr_storage *ss, socklen_t len) {
 }
 
 /* The close hook: the connection has finished closing (its on_close has run). */
-static void conn_closed(void *owner, pier_conn_t *c, int err) {
-    pier_server_t *srv = owner;
-    pier__queue_remove(&c->owner_q);
+static void conn_closed(pier__owner_t *owner, pier_conn_t *c, int err) {
+    (void)c;
+    (void)err;
+    pier_server_t *srv = pier__container_of(owner, pier_server_t, own);
     atomic_fetch_sub(&srv->conns, 1);
 }
 
 /* The ready hook: the connection is the application's from here (for TLS, after the
  * handshake; for plain TCP, at once). */
-static void conn_ready(void *owner, pier_conn_t *c) {
-    pier_server_t *srv = owner;
+static void conn_ready(pier__owner_t *owner, pier_conn_t *c) {
+    pier_server_t *srv = pier__container_of(owner, pier_server_t, own);
     pier_conn_ref(c);
+    pier__conn_fresh_start(c);
     if (srv->opts.on_accept)
         srv->opts.on_accept(srv, c);
     if (!c->cbs)
@@ -127,14 +129,14 @@ static void conn_ready(void *owner, pier_conn_t *c) {
 static const pier__conn_owner_t server_owner = {.closed = conn_closed, .ready = conn_ready};
 
 pier_server_t *pier_conn_server(const pier_conn_t *c) {
-    return c->owner_ops == &server_owner ? c->owner : NULL;
+    return c->owner->ops == &server_owner ? pier__container_of(c->owner, pier_server_t, own) : NULL;
 }
 
 /* client: the address a PROXY header gave (the connection's from here), or NULL. */
 static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
     pier_server_t *srv = l->srv;
     pier_conn_t *c;
-    int err = pier__conn_new(l->loop, fd, &srv->opts.limits, &c);
+    int err = pier__conn_new(l->loop, fd, &srv->own, &c);
     if (err < 0) {
         atomic_fetch_sub(&srv->conns, 1);
         pier_log(PIER_LOG_WARN, "cannot set up accepted connection: %s", pier_strerror(err));
@@ -142,12 +144,14 @@ static void conn_start(listener_t *l, int fd, pier__sockaddr_t *client) {
         close(fd);
         return;
     }
-    c->peer_addr = client;
     pier__mx_inc(pier__loop_metrics(l->loop), PIER__MX(conns_accepted));
-    pier__conn_set_owner(c, &server_owner, srv);
-    pier__queue_insert_tail(&l->conns, &c->owner_q);
+    if (client && pier__conn_set_peer_addr(c, client) < 0) {
+        pier_log(PIER_LOG_WARN, "cannot keep a PROXY client address: %s", pier_strerror(-ENOMEM));
+        pier_conn_abort(c);
+        return;
+    }
     if (!srv->opts.tls) {
-        conn_ready(srv, c);
+        conn_ready(&srv->own, c);
         return;
     }
     /* the transport calls conn_ready once its handshake is done */
@@ -262,6 +266,8 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     if (!srv->opts.max_conns)
         srv->opts.max_conns = 100000;
     pier__limits_default(&srv->opts.limits);
+    srv->own.ops = &server_owner;
+    srv->own.lim = srv->opts.limits;
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->ref(srv->opts.tls);
     srv->group = group;
@@ -273,7 +279,6 @@ int pier_server_new(pier_server_t **out, pier_group_t *group, const pier_server_
     /* first, so that every failure below finds no socket to close (calloc's 0 is fd 0) */
     for (unsigned i = 0; i < srv->n; i++) {
         srv->ls[i].io.fd = srv->ls[i].reserve_fd = -1;
-        pier__queue_init(&srv->ls[i].conns);
         tasks_init(&srv->ls[i]);
         pier__proxy_wait_init(&srv->ls[i].pw, pier_group_loop(group, i), &srv->proxy);
         srv->ls[i].pw.done = proxy_done;
@@ -409,15 +414,9 @@ void pier_server_stop(pier_server_t *srv) {
     }
 }
 
+/* close and abort only mark and queue: no connection leaves the loop's lists under us */
 static void each_conn(listener_t *l, void (*fn)(pier_conn_t *c), int (*only)(pier_conn_t *c)) {
-    /* close and abort only mark and queue: no connection leaves the list under us */
-    pier__queue_t *q = l->conns.next;
-    while (q != &l->conns) {
-        pier_conn_t *c = pier__container_of(q, pier_conn_t, owner_q);
-        q = q->next;
-        if (!only || only(c))
-            fn(c);
-    }
+    pier__conn_each(l->loop, &l->srv->own, fn, only);
 }
 
 /* A filtered drain lets connections still waiting for their PROXY header go on: like
@@ -482,6 +481,7 @@ int pier_server_free(pier_server_t *srv) {
         if (srv->ls[i].reserve_fd >= 0)
             close(srv->ls[i].reserve_fd);
     free(srv->ls);
+    pier__conn_mem_log();
     if (srv->opts.tls)
         pier__tp_ops(srv->opts.tls)->unref(srv->opts.tls);
     pier__proxy_cfg_free(&srv->proxy);
@@ -489,6 +489,11 @@ int pier_server_free(pier_server_t *srv) {
     return 0;
 }
 
+
+void pier__server_set_fresh(pier_server_t *srv, uint64_t ms, void (*cb)(pier_conn_t *c)) {
+    srv->own.fresh_ms = cb ? ms : 0;
+    srv->own.fresh_cb = cb;
+}
 
 uint16_t pier_server_port(const pier_server_t *srv) { return srv->port; }
 

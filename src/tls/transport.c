@@ -85,7 +85,7 @@ static int bio_read(BIO *b, char *out, int len) {
     while (n < 0 && errno == EINTR);
     if (n > 0) {
         t->flags = n < len ? t->flags | T_SHORT : t->flags & ~T_SHORT;
-        t->c->last_io = pier_loop_now(t->c->loop);
+        pier__conn_active(t->c);
         /* A TLS connection starts with a handshake record (22). Text is someone speaking
          * plain HTTP (or another line protocol) to the TLS port. */
         if (!(t->flags & (T_INPUT | T_CLIENT)) && out[0] >= 'A' && out[0] <= 'Z') {
@@ -115,7 +115,7 @@ static int bio_write(BIO *b, const char *in, int len) {
         return -1;
     }
     t->counted += (size_t)len;
-    t->c->queued += (size_t)len;
+    t->c->x->queued += (size_t)len; /* a transport's connection always has its busy part */
     return len;
 }
 
@@ -149,7 +149,7 @@ static void uncount(tls_conn_t *t, size_t n) {
     if (n > t->counted)
         n = t->counted;
     t->counted -= n;
-    c->queued -= n < c->queued ? n : c->queued;
+    c->x->queued -= n < c->x->queued ? n : c->x->queued;
 }
 
 /* Sends what waits in wbuf: 0 when all is out (the buffer is then freed), 1 when the
@@ -165,7 +165,7 @@ static int send_pending(tls_conn_t *t) {
         }
         t->woff += (size_t)n;
         uncount(t, (size_t)n);
-        c->last_io = pier_loop_now(c->loop);
+        pier__conn_sent(c);
     }
     pier__buf_free(&t->wbuf);
     t->woff = 0;
@@ -310,7 +310,7 @@ static int read_end(tls_conn_t *t, int e) {
     int err = t->sock_err ? t->sock_err : (t->flags & T_EOF) ? PIER_ETLS_TRUNCATED : -EPROTO;
     if (err == -EPROTO) {
         char why[256];
-        pier_log(PIER_LOG_DEBUG, "tls: connection %llu: %s", (unsigned long long)t->c->id,
+        pier_log(PIER_LOG_DEBUG, "tls: connection %llu: %s", (unsigned long long)pier_conn_id(t->c),
                  pier__tls_reason(why, sizeof why));
     }
     ERR_clear_error();
@@ -329,7 +329,7 @@ static ssize_t drained(tls_conn_t *t, size_t got, int *more) {
 }
 
 static ssize_t tls_read(pier_conn_t *c, char *buf, size_t len, int *more) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     if (t->end != 1)
         return t->end; /* kept from the last read, which returned data */
     if (t->wbuf.len - t->woff > READ_OUT_MAX)
@@ -384,7 +384,7 @@ static int write_failed(tls_conn_t *t) {
     t->flags |= T_FATAL;
     if (t->sock_err)
         return t->sock_err;
-    pier_log(PIER_LOG_DEBUG, "tls: connection %llu: cannot encrypt: %s", (unsigned long long)t->c->id,
+    pier_log(PIER_LOG_DEBUG, "tls: connection %llu: cannot encrypt: %s", (unsigned long long)pier_conn_id(t->c),
              pier__tls_reason(why, sizeof why));
     return -EPROTO;
 }
@@ -420,8 +420,8 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
 /* Encrypts queued items, in order, until about BATCH bytes of ciphertext wait. */
 static int encrypt_some(tls_conn_t *t) {
     pier_conn_t *c = t->c;
-    while (c->ocount > 0 && t->wbuf.len - t->woff < BATCH) {
-        pier__out_t *o = &c->out[c->ohead];
+    pier__out_t *o;
+    while ((o = pier__conn_out_head(c)) && t->wbuf.len - t->woff < BATCH) {
         if (o->kind == PIER__OUT_FILE) {
             int err = encrypt_file(t, o);
             if (err < 0)
@@ -450,18 +450,18 @@ static void close_notify(tls_conn_t *t) {
 }
 
 static int tls_flush(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     for (;;) {
         /* A closing connection's last bytes and its close_notify leave in one send (and
          * reach the peer together, so it reads both) */
-        if (c->ocount == 0 && (c->flags & (PIER__C_CLOSING | PIER__C_ABORT)) == PIER__C_CLOSING)
+        if (!pier__conn_out_head(c) && (c->flags & (PIER__C_CLOSING | PIER__C_ABORT)) == PIER__C_CLOSING)
             close_notify(t);
         int r = send_pending(t);
         if (r != 0)
             return r < 0 ? r : 0;
         if (!(t->flags & T_READY) || (t->flags & T_FATAL))
             return 0;
-        if (c->ocount == 0) {
+        if (!pier__conn_out_head(c)) {
             /* All out. SSL_MODE_RELEASE_BUFFERS does not free OpenSSL 3.0's 16 KiB write
              * buffer after a write (massif: 16.5 KB per idle connection), so it goes
              * here, where the connection may go idle. */
@@ -474,21 +474,20 @@ static int tls_flush(pier_conn_t *c) {
 }
 
 static int tls_pending(const pier_conn_t *c) {
-    const tls_conn_t *t = c->tp_state;
+    const tls_conn_t *t = pier__conn_tp_state(c);
     return t->woff < t->wbuf.len;
 }
 
-static void tls_shutdown(pier_conn_t *c) { close_notify(c->tp_state); }
+static void tls_shutdown(pier_conn_t *c) { close_notify(pier__conn_tp_state(c)); }
 
 static void tls_free(pier_conn_t *c) {
-    tls_conn_t *t = c->tp_state;
+    tls_conn_t *t = pier__conn_tp_state(c);
     uncount(t, t->counted);
     hs_done(t);
     SSL_free(t->ssl);
     pier__buf_free(&t->wbuf);
     pier__tls_ctx_unref(t->ctx);
     free(t);
-    c->tp_state = NULL;
 }
 
 static const pier__transport_t tls_transport = {
@@ -548,8 +547,13 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
         free(t);
         return err;
     }
-    c->tp = &tls_transport;
-    c->tp_state = t;
+    if ((err = pier__conn_set_transport(c, &tls_transport, t)) < 0) {
+        SSL_free(t->ssl);
+        pier__tls_ctx_unref(ctx);
+        free(t->hs_timer);
+        free(t);
+        return err;
+    }
     pier_timer_init(c->loop, t->hs_timer, hs_timeout, t);
     pier_timer_start(t->hs_timer, ctx->handshake_ms, 0);
     if (t->flags & T_CLIENT) {
@@ -565,9 +569,9 @@ int pier__tls_attach(pier_tls_ctx_t *ctx, pier_conn_t *c, const char *servername
 int pier_conn_tls_info(const pier_conn_t *c, pier_tls_info_t *out) {
     if (c->flags & PIER__C_CLOSED)
         return -ENOTCONN;
-    if (c->tp != &tls_transport)
+    if (pier__conn_tp(c) != &tls_transport)
         return -EINVAL;
-    const tls_conn_t *t = c->tp_state;
+    const tls_conn_t *t = pier__conn_tp_state(c);
     memset(out, 0, sizeof *out);
     out->version = SSL_get_version(t->ssl);
     out->cipher = SSL_get_cipher_name(t->ssl);

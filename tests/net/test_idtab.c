@@ -13,10 +13,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The table never dereferences the connection or loop pointers it stores. */
-#define FAKE_CONN(n) ((pier_conn_t *)(uintptr_t)(0x1000 + (n) * 16))
-
 static pier_loop_t *loop;
+
+/* The table holds the connections themselves: taking an id takes a slot's connection;
+ * ending it makes the id stale and gives the slot back (finalize, then the last unref). */
+static pier_id_t take(pier_conn_t **out) {
+    pier_conn_t *c = pier__id_alloc(loop);
+    if (out)
+        *out = c;
+    return c ? pier__id_of(c) : PIER_ID_NONE;
+}
+
+static void end(pier_id_t id) {
+    pier_conn_t *c = pier__id_conn(id);
+    assert_non_null(c);
+    pier__id_release(c);
+    pier__id_free(c);
+}
 
 static int setup(void **state) {
     return pier_loop_new(&loop);
@@ -31,8 +44,8 @@ static uint32_t slot_of(pier_id_t id) { return (uint32_t)id; }
 static uint32_t gen_of(pier_id_t id) { return (uint32_t)(id >> 32); }
 
 static void test_alloc_release(void **state) {
-    pier_id_t a = pier__id_alloc(loop, FAKE_CONN(1));
-    pier_id_t b = pier__id_alloc(loop, FAKE_CONN(2));
+    pier_id_t a = take(NULL);
+    pier_id_t b = take(NULL);
     assert_true(a != PIER_ID_NONE);
     assert_true(b != PIER_ID_NONE);
     assert_true(a != b);
@@ -40,27 +53,27 @@ static void test_alloc_release(void **state) {
     assert_true(gen_of(b) != 0);
     assert_true(pier_id_alive(a));
     assert_true(pier_id_alive(b));
-    assert_ptr_equal(pier__id_conn(a), FAKE_CONN(1));
-    assert_ptr_equal(pier__id_conn(b), FAKE_CONN(2));
+    assert_int_equal(pier__id_of(pier__id_conn(a)), a);
+    assert_int_equal(pier__id_of(pier__id_conn(b)), b);
     assert_ptr_equal(pier__id_loop(a), loop);
 
-    pier__id_release(a);
+    end(a);
     assert_false(pier_id_alive(a));
     assert_null(pier__id_conn(a));
     assert_null(pier__id_loop(a));
     assert_true(pier_id_alive(b)); /* untouched */
 
     /* the slot is reused, under a new generation: the old id stays stale */
-    pier_id_t c = pier__id_alloc(loop, FAKE_CONN(3));
+    pier_id_t c = take(NULL);
     assert_true(c != a);
     if (slot_of(c) == slot_of(a))
         assert_true(gen_of(c) != gen_of(a));
     assert_false(pier_id_alive(a));
     assert_null(pier__id_conn(a));
-    assert_ptr_equal(pier__id_conn(c), FAKE_CONN(3));
+    assert_int_equal(pier__id_of(pier__id_conn(c)), c);
 
-    pier__id_release(b);
-    pier__id_release(c);
+    end(b);
+    end(c);
     assert_false(pier_id_alive(b));
     assert_false(pier_id_alive(c));
 }
@@ -69,18 +82,18 @@ static void test_stale_after_many_reuses(void **state) {
     /* take and end the same slot many times: every earlier id answers "gone" */
     pier_id_t old[100];
     for (int i = 0; i < 100; i++) {
-        old[i] = pier__id_alloc(loop, FAKE_CONN(i));
+        old[i] = take(NULL);
         assert_true(pier_id_alive(old[i]));
-        pier__id_release(old[i]);
+        end(old[i]);
     }
-    pier_id_t now = pier__id_alloc(loop, FAKE_CONN(999));
+    pier_id_t now = take(NULL);
     for (int i = 0; i < 100; i++) {
         assert_true(old[i] != now);
         assert_false(pier_id_alive(old[i]));
         assert_null(pier__id_loop(old[i]));
     }
     assert_true(pier_id_alive(now));
-    pier__id_release(now);
+    end(now);
 }
 
 static void test_bogus_ids(void **state) {
@@ -91,32 +104,32 @@ static void test_bogus_ids(void **state) {
     assert_false(pier_id_alive((pier_id_t)1 << 32 | 0x7fffffffu));
     assert_false(pier_id_alive(UINT64_MAX));
     assert_null(pier__id_loop(UINT64_MAX));
-    /* releasing an id for a slot that does not exist is harmless */
-    pier__id_release((pier_id_t)1 << 32 | 0xfffffff0u);
+    /* an id with the dead bit, for a slot that does not exist */
+    assert_false(pier_id_alive((pier_id_t)1 << 32 | 0xfffffff0u));
     /* a live slot asked with generation 0 */
-    pier_id_t a = pier__id_alloc(loop, FAKE_CONN(1));
+    pier_id_t a = take(NULL);
     assert_false(pier_id_alive((pier_id_t)slot_of(a)));
     assert_null(pier__id_conn((pier_id_t)slot_of(a)));
-    pier__id_release(a);
+    end(a);
 }
 
 static void test_generation_wrap(void **state) {
     /* find a free slot to work on: take one and give it back, so it is next to be reused */
-    pier_id_t a = pier__id_alloc(loop, FAKE_CONN(1));
+    pier_id_t a = take(NULL);
     uint32_t slot = slot_of(a);
-    pier__id_release(a);
+    end(a);
 
     pier__id_test_set_next_gen(slot, UINT32_MAX);
-    pier_id_t top = pier__id_alloc(loop, FAKE_CONN(2));
+    pier_id_t top = take(NULL);
     assert_int_equal(slot_of(top), slot);
     assert_int_equal(gen_of(top), UINT32_MAX);
     assert_true(pier_id_alive(top));
-    assert_ptr_equal(pier__id_conn(top), FAKE_CONN(2));
-    pier__id_release(top);
+    assert_int_equal(pier__id_of(pier__id_conn(top)), top);
+    end(top);
     assert_false(pier_id_alive(top));
 
     /* the generation after UINT32_MAX is 1, never 0 */
-    pier_id_t wrapped = pier__id_alloc(loop, FAKE_CONN(3));
+    pier_id_t wrapped = take(NULL);
     assert_int_equal(slot_of(wrapped), slot);
     assert_int_equal(gen_of(wrapped), 1);
     assert_true(wrapped != PIER_ID_NONE);
@@ -125,7 +138,7 @@ static void test_generation_wrap(void **state) {
     assert_false(pier_id_alive((pier_id_t)slot)); /* generation 0 of the same slot */
     assert_false(pier_id_alive(PIER_ID_NONE));
     assert_null(pier__id_conn(PIER_ID_NONE));
-    pier__id_release(wrapped);
+    end(wrapped);
 
     /* slot 0 in particular: its generation-0 id is PIER_ID_NONE, which must stay dead.
      * Take ids until slot 0 comes back from the free list. */
@@ -134,7 +147,7 @@ static void test_generation_wrap(void **state) {
     int n = 0;
     pier_id_t z = PIER_ID_NONE;
     while (n < MAXTAKE) {
-        pier_id_t id = pier__id_alloc(loop, FAKE_CONN(n));
+        pier_id_t id = take(NULL);
         assert_true(id != PIER_ID_NONE);
         if (slot_of(id) == 0) {
             z = id;
@@ -143,30 +156,30 @@ static void test_generation_wrap(void **state) {
         ids[n++] = id;
     }
     assert_true(z != PIER_ID_NONE);
-    pier__id_release(z);
+    end(z);
     pier__id_test_set_next_gen(0, UINT32_MAX);
-    z = pier__id_alloc(loop, FAKE_CONN(7));
+    z = take(NULL);
     assert_int_equal(z, (pier_id_t)UINT32_MAX << 32);
-    pier__id_release(z);
+    end(z);
     assert_false(pier_id_alive(PIER_ID_NONE));
-    z = pier__id_alloc(loop, FAKE_CONN(7));
+    z = take(NULL);
     assert_int_equal(z, (pier_id_t)1 << 32);
     assert_true(pier_id_alive(z));
     assert_false(pier_id_alive(PIER_ID_NONE));
     assert_null(pier__id_conn(PIER_ID_NONE));
     assert_null(pier__id_loop(PIER_ID_NONE));
-    pier__id_release(z);
+    end(z);
     for (int i = 0; i < n; i++)
-        pier__id_release(ids[i]);
+        end(ids[i]);
     free(ids);
 }
 
 /* set_next_gen leaves a live slot alone: it cannot revive or kill an id in use */
 static void test_set_gen_ignores_live(void **state) {
-    pier_id_t a = pier__id_alloc(loop, FAKE_CONN(1));
+    pier_id_t a = take(NULL);
     pier__id_test_set_next_gen(slot_of(a), 77);
     assert_true(pier_id_alive(a));
-    pier__id_release(a);
+    end(a);
 }
 
 /* ---- many threads ---- */
@@ -180,31 +193,34 @@ static atomic_int bad;
 static void *worker(void *arg) {
     uintptr_t me = (uintptr_t)arg;
     pier_id_t held[HELD];
+    pier_conn_t *mine[HELD];
     unsigned seed = (unsigned)me * 7919u + 1;
     for (int i = 0; i < HELD; i++)
         held[i] = PIER_ID_NONE;
     for (int r = 0; r < ROUNDS; r++) {
         int k = (int)(rand_r(&seed) % HELD);
-        pier_conn_t *mine = FAKE_CONN(me * HELD + (uintptr_t)k);
         if (held[k] != PIER_ID_NONE) {
             /* still ours: alive and naming our connection, whatever the others do */
-            if (!pier_id_alive(held[k]) || pier__id_conn(held[k]) != mine || pier__id_loop(held[k]) != loop)
+            if (!pier_id_alive(held[k]) || pier__id_conn(held[k]) != mine[k] || pier__id_loop(held[k]) != loop)
                 atomic_fetch_add(&bad, 1);
             pier_id_t gone = held[k];
-            pier__id_release(gone);
+            pier__id_release(mine[k]);
+            pier__id_free(mine[k]);
             held[k] = PIER_ID_NONE;
             if (pier_id_alive(gone))
                 atomic_fetch_add(&bad, 1); /* nobody else can bring back this generation */
         } else {
-            pier_id_t id = pier__id_alloc(loop, mine);
+            pier_id_t id = take(&mine[k]);
             if (id == PIER_ID_NONE || gen_of(id) == 0 || !pier_id_alive(id))
                 atomic_fetch_add(&bad, 1);
             held[k] = id;
         }
     }
     for (int i = 0; i < HELD; i++)
-        if (held[i] != PIER_ID_NONE)
-            pier__id_release(held[i]);
+        if (held[i] != PIER_ID_NONE) {
+            pier__id_release(mine[i]);
+            pier__id_free(mine[i]);
+        }
     return NULL;
 }
 
@@ -225,7 +241,7 @@ static pier_id_t uniq[THREADS][UNIQ_PER];
 static void *taker(void *arg) {
     uintptr_t me = (uintptr_t)arg;
     for (int i = 0; i < UNIQ_PER; i++)
-        uniq[me][i] = pier__id_alloc(loop, FAKE_CONN(i));
+        uniq[me][i] = take(NULL);
     return NULL;
 }
 
@@ -252,8 +268,8 @@ static void test_threads_unique(void **state) {
         assert_true(slots[i] != slots[i - 1]);
     for (int t = 0; t < THREADS; t++)
         for (int i = 0; i < UNIQ_PER; i++) {
-            assert_ptr_equal(pier__id_conn(uniq[t][i]), FAKE_CONN(i));
-            pier__id_release(uniq[t][i]);
+            assert_int_equal(pier__id_of(pier__id_conn(uniq[t][i])), uniq[t][i]);
+            end(uniq[t][i]);
             assert_false(pier_id_alive(uniq[t][i]));
         }
     free(slots);
