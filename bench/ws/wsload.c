@@ -24,13 +24,16 @@
  * connection first sends one message ("Hello", compressed where deflate was agreed) and
  * waits for its echo, so that state made at the first message is counted too.
  *
+ * --messages N (echo): exactly N messages in all, then stop, whatever the time; for
+ * counting instructions per message (callgrind), where the count must not depend on speed.
+ *
  * The timed window starts once every handshake is done, so connection set-up is not in
  * the numbers. --pid PID reads that process's CPU time (utime+stime, all threads) at the
  * start and the end of the window: server_cpu_s; load_cpu_s is wsload's own.
  *
  * Usage: wsload [--host 127.0.0.1] [--port P] [--proto ws|tcp] [--path /ws/echo]
  *               [--conns 100] [--size 64] [--window 16] [--seconds 5] [--pid PID]
- *               [--fanout N [--sources 8]] [--idle N [--deflate] [--warm]]
+ *               [--messages N] [--fanout N [--sources 8]] [--idle N [--deflate] [--warm]]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -69,11 +72,12 @@ static struct {
     int port, ws, conns, window, fanout, sources, idle, warm, pid, deflate;
     size_t size;
     double seconds;
-} cfg = {"127.0.0.1", "/ws/echo", 8080, 1, 100, 16, 0, 8, 0, 0, 0, 0, 64, 5};
+    uint64_t count; /* --messages: echo exactly this many, then stop (0: run for seconds) */
+} cfg = {"127.0.0.1", "/ws/echo", 8080, 1, 100, 16, 0, 8, 0, 0, 0, 0, 64, 5, 0};
 
 static conn_t *conns;
 static int nconns, epfd, opened, running, measuring, deflated, warmed;
-static uint64_t messages, errors, published, delivered, dropped;
+static uint64_t messages, errors, published, delivered, dropped, sent;
 static char pattern[1 << 16];
 static volatile sig_atomic_t stop_now;
 
@@ -166,6 +170,7 @@ static void put_message(conn_t *c) {
     unsigned char *p = (unsigned char *)c->out.p + c->out.len;
     memcpy(p, h, hl);
     uint64_t seq = c->next_out++;
+    sent += measuring;
     memcpy(p + hl, pattern, n);
     memcpy(p + hl, &seq, n < 8 ? n : 8);
     if (cfg.ws)
@@ -241,7 +246,7 @@ static void got_message(conn_t *c, const unsigned char *p, size_t n) {
     if (seq != c->next_in++)
         errors++;
     messages += measuring;
-    if (running)
+    if (running && (!cfg.count || sent < cfg.count))
         put_message(c);
 }
 
@@ -393,7 +398,7 @@ static void on_signal(int sig) {
 
 static void usage(void) {
     fprintf(stderr, "usage: wsload [--host H] [--port P] [--proto ws|tcp] [--path PATH] [--conns C] [--size S]\n"
-                    "              [--window M] [--seconds T] [--pid PID] [--fanout N [--sources K]] [--idle N [--deflate] [--warm]]\n");
+                    "              [--window M] [--seconds T] [--messages N] [--pid PID] [--fanout N [--sources K]] [--idle N [--deflate] [--warm]]\n");
     exit(2);
 }
 
@@ -402,7 +407,7 @@ static void parse_args(int argc, char **argv) {
         {"host", 1, 0, 'h'},    {"port", 1, 0, 'p'},   {"proto", 1, 0, 'P'},   {"path", 1, 0, 'u'},
         {"conns", 1, 0, 'c'},   {"size", 1, 0, 's'},   {"window", 1, 0, 'w'},  {"seconds", 1, 0, 't'},
         {"pid", 1, 0, 'i'},     {"fanout", 1, 0, 'f'}, {"sources", 1, 0, 'k'}, {"idle", 1, 0, 'I'},
-        {"deflate", 0, 0, 'D'}, {"warm", 0, 0, 'W'}, {0, 0, 0, 0},
+        {"deflate", 0, 0, 'D'}, {"warm", 0, 0, 'W'}, {"messages", 1, 0, 'n'}, {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", o, NULL)) != -1) {
@@ -421,6 +426,7 @@ static void parse_args(int argc, char **argv) {
         case 'I': cfg.idle = atoi(optarg); break;
         case 'D': cfg.deflate = 1; break;
         case 'W': cfg.warm = 1; break;
+        case 'n': cfg.count = strtoull(optarg, NULL, 10); break;
         default: usage();
         }
     }
@@ -491,7 +497,7 @@ int main(int argc, char **argv) {
     measuring = 1;
     conn_t *pub = cfg.fanout ? &conns[nconns - 1] : NULL;
     for (int i = 0; !cfg.fanout && i < nconns; i++) {
-        for (int k = 0; k < cfg.window; k++)
+        for (int k = 0; k < cfg.window && (!cfg.count || sent < cfg.count); k++)
             put_message(&conns[i]);
         flush(&conns[i]);
     }
@@ -499,7 +505,7 @@ int main(int argc, char **argv) {
         if (pub)
             publish_more(pub);
         poll_once(10);
-        if (now_s() >= end)
+        if (cfg.count ? messages >= cfg.count : now_s() >= end)
             break;
     }
     double t1 = now_s(), cpu1 = cfg.pid ? proc_cpu_s(cfg.pid) : -1;

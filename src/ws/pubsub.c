@@ -361,7 +361,7 @@ static void deliver(pier_ws_t *ws, msg_t *m) {
     }
     if (ws->deflate && !ws->pmd.tx_reset) { /* its own context: compressed for it alone */
         if (pier__ws_put(ws, m->opcode, m->frame + m->hdr_len, m->frame_len - m->hdr_len) == 0)
-            pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_out));
+            pier__mx_inc(ws->mx, PIER__MX(ws_messages_out));
         return;
     }
     const zframe_t *z = ws->deflate ? shared_zframe(m, ws) : NULL;
@@ -369,7 +369,7 @@ static void deliver(pier_ws_t *ws, msg_t *m) {
     /* on error frame_sent has run, and the core aborted the connection if the stream
      * could be corrupt: nothing is left to undo */
     if (pier_conn_write_ref(ws->c, z ? z->frame : m->frame, z ? z->len : m->frame_len, frame_sent, m) == 0)
-        pier__mx_inc(pier__loop_metrics(pier_conn_loop(ws->c)), PIER__MX(ws_messages_out));
+        pier__mx_inc(ws->mx, PIER__MX(ws_messages_out));
 }
 
 static void publish_run(void *arg) {

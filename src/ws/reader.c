@@ -10,6 +10,9 @@
  * frame (at most 125 bytes) is taken once it is whole; until then its bytes stay with the
  * caller, as unconsumed input.
  *
+ * A short message in one frame (the usual case) skips the general parse: it is unmasked
+ * on the stack and delivered from there.
+ *
  * A compressed message (permessage-deflate, RSV1 on its first frame) is gathered the same
  * way, its declared lengths checked against the limit as they are, and inflated once it
  * is whole, bounded by the same limit; its text can only be checked then.
@@ -113,8 +116,36 @@ static ssize_t control(pier__ws_reader_t *r, const pier__ws_frame_t *f, const ui
     return r->on_control(r->ctx, f->opcode, body, n) < 0 ? -1 : 0;
 }
 
+/* The frame nearly every message is: a client's final, uncompressed text or binary frame
+ * of at most 125 bytes, whole in the input, outside a fragmented message. Its length if p
+ * holds one that the limit allows, else 0 (the general path decides). */
+static size_t small_frame(const pier__ws_reader_t *r, const uint8_t *p, size_t n) {
+    if (n < 6 || !r->masked || r->msg_op || (p[0] & 0xF0) != 0x80 || (p[1] & 0x80) == 0)
+        return 0;
+    size_t len = p[1] & 0x7F;
+    int op = p[0] & 0xF;
+    if ((op != PIER_WS_TEXT && op != PIER_WS_BINARY) || len > PIER__WS_MAX_CONTROL || n - 6 < len ||
+        len > r->max_message)
+        return 0;
+    return 6 + len;
+}
+
+/* It is unmasked on the stack and delivered, without the general parse and checks. */
+static ssize_t small_message(pier__ws_reader_t *r, const uint8_t *p, size_t flen) {
+    uint8_t body[PIER__WS_MAX_CONTROL];
+    size_t n = flen - 6;
+    int op = p[0] & 0xF;
+    pier__ws_unmask(body, p + 6, n, p + 2, 0);
+    if (op == PIER_WS_TEXT && !pier__utf8_valid(body, n))
+        return fail(r, PIER_WS_INVALID_DATA);
+    return deliver(r, op, body, n) < 0 ? -1 : (ssize_t)flen;
+}
+
 /* A frame header at p. Returns bytes consumed (0: wait for more) or -1. */
 static ssize_t frame(pier__ws_reader_t *r, const uint8_t *p, size_t n) {
+    size_t small = small_frame(r, p, n);
+    if (small)
+        return small_message(r, p, small);
     pier__ws_frame_t f;
     int h = pier__ws_parse(p, n, &f);
     if (h == 0)

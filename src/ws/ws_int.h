@@ -19,6 +19,7 @@
 #include <pier/ws.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "base/buf.h"
@@ -63,8 +64,32 @@ int pier__ws_parse(const uint8_t *buf, size_t len, pier__ws_frame_t *f);
 int pier__ws_check(const pier__ws_frame_t *f, int in_message, uint64_t msg_len, uint64_t max_message,
                    int masked, int deflate);
 /* Writes a final frame's header for opcode (with PIER__WS_RSV1 or not) and len into out
- * (PIER__WS_MAX_HEADER bytes); mask NULL for an unmasked frame. Returns its length. */
-size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask);
+ * (PIER__WS_MAX_HEADER bytes); mask NULL for an unmasked frame. Returns its length.
+ * Inline: it is on the path of every frame sent, and mostly two byte stores. */
+static inline size_t pier__ws_header(uint8_t *out, int opcode, uint64_t len, const uint8_t *mask) {
+    size_t n;
+    out[0] = (uint8_t)(0x80 | (opcode & (0xF | PIER__WS_RSV1)));
+    if (len < 126) {
+        out[1] = (uint8_t)len;
+        n = 2;
+    } else if (len <= 0xFFFF) {
+        out[1] = 126;
+        out[2] = (uint8_t)(len >> 8);
+        out[3] = (uint8_t)len;
+        n = 4;
+    } else {
+        out[1] = 127;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+        n = 10;
+    }
+    if (mask) {
+        out[1] |= 0x80;
+        memcpy(out + n, mask, 4);
+        n += 4;
+    }
+    return n;
+}
 /* dst = src XOR mask, for payload bytes starting at offset off of the frame. dst may be
  * src. */
 void pier__ws_unmask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t mask[4], uint64_t off);
@@ -220,6 +245,7 @@ struct pier_ws_s {
     uint32_t magic;
     int state;
     pier_conn_t *c;
+    struct pier__metrics_s *mx; /* the loop's counters, looked up once */
     pier__ws_endpoint_t *ep;
     pier__ws_loop_t *wl;
     const char *protocol;

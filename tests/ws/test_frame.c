@@ -1,7 +1,8 @@
 /* The frame codec: headers of every length form parsed from input placed against a guard
  * page and cut at every byte (incomplete until whole, never a read past the end); every
  * rule of RFC 6455 5 that fails a frame, with its code; headers we write parse back;
- * unmasking from any offset; close codes; and the handshake's SHA-1 and accept key. */
+ * unmasking from any offset; close codes; the handshake's SHA-1 and accept key; and short
+ * one-frame messages through the reader, whole and cut, within and over the limits. */
 #include "support.h"
 
 #include <stdio.h>
@@ -201,6 +202,102 @@ static void sha1_and_accept(void **state) {
     assert_string_equal(b64, "YQ==");
 }
 
+/* ---- the reader, for the short one-frame messages that skip the general parse ---- */
+
+typedef struct {
+    int messages, opcode;
+    uint8_t data[200];
+    size_t len;
+} got_t;
+
+static int got_message(void *ctx, int opcode, const void *data, size_t len) {
+    got_t *g = ctx;
+    g->messages++;
+    g->opcode = opcode;
+    g->len = len;
+    memcpy(g->data, data, len);
+    return 0;
+}
+
+static int got_control(void *ctx, int opcode, const uint8_t *data, size_t len) {
+    (void)ctx, (void)opcode, (void)data, (void)len;
+    return 0;
+}
+
+/* Feeds wire[0, n) as it would arrive in two reads cut at cut (the rest kept, unconsumed,
+ * as the core keeps it). Returns the reader's code (0 if it went through). */
+static int read_cut(const uint8_t *wire, size_t n, size_t cut, uint64_t max, int masked, got_t *g) {
+    pier__buf_t scratch = {0};
+    pier__ws_reader_t r = {.max_message = max, .masked = masked, .scratch = &scratch, .on_message = got_message,
+                           .on_control = got_control, .ctx = g};
+    size_t off = 0, avail = cut;
+    int code = 0;
+    while (off < n) {
+        ssize_t k = pier__ws_read(&r, wire + off, avail - off);
+        if (k < 0) {
+            code = r.code;
+            break;
+        }
+        if (k == 0 && avail == n)
+            fail_msg("the reader waits for bytes that are all there");
+        off += (size_t)k;
+        if (k == 0 || off == avail)
+            avail = n;
+    }
+    pier__ws_reader_free(&r);
+    pier__buf_free(&scratch);
+    return code;
+}
+
+static size_t short_frame(uint8_t *wire, int b0, const uint8_t *plain, size_t len) {
+    size_t h = client_header(wire, b0, len);
+    for (size_t i = 0; i < len; i++)
+        wire[h + i] = plain[i] ^ key[i % 4];
+    return h + len;
+}
+
+static void short_messages_through_the_reader(void **state) {
+    (void)state;
+    uint8_t plain[125], wire[200];
+    for (size_t i = 0; i < sizeof plain; i++)
+        plain[i] = (uint8_t)('a' + i % 26);
+    static const size_t lens[] = {0, 1, 3, 4, 7, 8, 15, 16, 17, 64, 125};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t n = short_frame(wire, 0x82, plain, lens[i]);
+        for (size_t cut = 0; cut <= n; cut++) {
+            got_t g = {0};
+            assert_int_equal(read_cut(wire, n, cut, 1 << 20, 1, &g), 0);
+            assert_int_equal(g.messages, 1);
+            assert_int_equal(g.opcode, PIER_WS_BINARY);
+            assert_int_equal(g.len, lens[i]);
+            assert_memory_equal(g.data, plain, lens[i]);
+        }
+        /* the declared length over the limit: 1009, nothing delivered */
+        got_t g = {0};
+        if (lens[i])
+            assert_int_equal(read_cut(wire, n, n, lens[i] - 1, 1, &g), PIER_WS_TOO_BIG);
+        assert_int_equal(read_cut(wire, n, n, lens[i], 1, &g), 0);
+        assert_int_equal(g.messages, 1);
+    }
+    got_t g = {0};
+    size_t n = short_frame(wire, 0x81, (const uint8_t *)"ok \xc3\x28", 5);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 1, &g), PIER_WS_INVALID_DATA);
+    n = short_frame(wire, 0x81, (const uint8_t *)"\xe2\x82\xac", 3);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 1, &g), 0);
+    assert_int_equal(g.opcode, PIER_WS_TEXT);
+    /* a masked frame to a client, RSV bits, a reserved opcode: the general rules */
+    n = short_frame(wire, 0x82, plain, 10);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 0, &g), PIER_WS_PROTOCOL_ERROR);
+    n = short_frame(wire, 0x82 | 0x40, plain, 10);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 1, &g), PIER_WS_PROTOCOL_ERROR);
+    n = short_frame(wire, 0x83, plain, 10);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 1, &g), PIER_WS_PROTOCOL_ERROR);
+    /* a new message while a fragmented one is under way */
+    n = short_frame(wire, 0x02, plain, 10);
+    n += short_frame(wire + n, 0x82, plain, 10);
+    assert_int_equal(read_cut(wire, n, n, 1 << 20, 1, &g), PIER_WS_PROTOCOL_ERROR);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parse_every_length_form_at_every_cut),
@@ -211,6 +308,7 @@ int main(void) {
         cmocka_unit_test(unmask_from_any_offset),
         cmocka_unit_test(close_codes),
         cmocka_unit_test(sha1_and_accept),
+        cmocka_unit_test(short_messages_through_the_reader),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
