@@ -4,6 +4,7 @@ first run in the folder it names in its log (here --tls-dir, under a temporary H
 the key readable by its owner only; a second run uses the same certificate. curl -k and
 curl --cacert with that certificate both get /plaintext.
 """
+# pier-test: fixed ports (pier serve's 8080, 8443 and admin 9901)
 import os
 import shutil
 import stat
