@@ -331,10 +331,12 @@ static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop)
 static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
     pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
-    if (hl && !hl->head_list) {
+    /* each list is taken until it exists: one allocation failing must not leave the
+     * other set and the loop refusing every later connection */
+    if (hl && !hl->head_list)
         hl->head_list = pier__dlist_get(hl->loop, srv->header_timeout_ms, head_late);
+    if (hl && !hl->body_list)
         hl->body_list = pier__dlist_get(hl->loop, srv->body_timeout_ms, body_late);
-    }
     pier__http_conn_t *hc = hl && hl->head_list && hl->body_list ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
     if (!hc)
         return NULL;

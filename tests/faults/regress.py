@@ -384,6 +384,33 @@ def tls_read_kept(binary):
             srv.kill()
 
 
+
+def http_deadline_lists_out_of_memory(binary):
+    """The first request on a loop makes its HTTP deadline lists (header, body). When the
+    header list was made and the body list's allocation failed, the loop never tried
+    again: every later connection on it was aborted, long after the memory came back
+    (found by the http scenario, seed 8: after the faults stopped, new connections got a
+    reset or an EOF and no response). Each calloc from the k-th on fails; after the stop
+    the server must answer."""
+    req = b"GET /plaintext HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n"
+    for k in range(8):
+        srv = Pier(binary, ["http", "--port", "0", "--threads", "1"],
+                   "regress: http deadline lists out of memory (skip %d)" % k,
+                   faults={"rate": 1, "calls": "calloc", "skip": k})
+        try:
+            srv.start_faults()
+            time.sleep(0.05)  # the fault layer looks for the start file every 10 ms at most
+            exchange(srv.port, req)
+            srv.stop_faults()
+            time.sleep(0.05)
+            got = exchange(srv.port, req)
+            if not got.startswith(b"HTTP/1.1 200 OK") or not got.endswith(b"Hello, World!"):
+                raise Failure("regress: callocs failing from the %dth on, then none: want a 200 after the "
+                              "stop, got %r" % (k, got[:200]))
+            srv.terminate()
+        finally:
+            srv.kill()
+
 STARTUP_CALLS = ("malloc", "calloc", "realloc", "strdup", "open", "socket", "eventfd", "epoll_create1", "epoll_ctl",
                  "signalfd", "pthread_create")
 
@@ -422,7 +449,7 @@ CHECKS = [half_close_behind_big_deferred, static_fstat_fails, static_openat_enom
           responses_out_of_memory, msg_replies_out_of_memory, stop_out_of_memory,
           unwatched_listener, http_start_fails_late, loop_thread_fails,
           signal_watch_fails, server_signals_fail, deferred_abort_out_of_memory, msg_drain_out_of_memory,
-          tls_read_kept, startup_each_call_fails]
+          tls_read_kept, http_deadline_lists_out_of_memory, startup_each_call_fails]
 
 
 def run(binary, seed, rate, stats):
