@@ -1157,6 +1157,10 @@ int pier_with_conn(pier_id_t id, void (*fn)(pier_conn_t *c, void *arg), void *ar
 /* ---- where the memory goes ---- */
 
 void pier__conn_mem_log(void) {
+    /* the figures are the process's (one id table for every server): said once */
+    static atomic_flag said = ATOMIC_FLAG_INIT;
+    if (atomic_flag_test_and_set(&said))
+        return;
     size_t bytes, slots, live;
     pier__id_mem(&bytes, &slots, &live);
     pier_log(PIER_LOG_INFO,
