@@ -30,6 +30,31 @@ def get(port, path, timeout=20):
     return r.status, {k: v[0] for k, v in r.headers.items()}, r.body
 
 
+def metric(text, name):
+    """The value of the sample `name` (with its labels) in a /metrics text (str or
+    bytes), or None if it is not there."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_metric(port, name, want, timeout=10.0):
+    """Scrapes until the sample `name` equals want (or, for a callable want, until
+    want(value) holds) or timeout seconds pass; returns the last value seen."""
+    ok = want if callable(want) else (lambda v: v == want)
+    got = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = metric(get(port, "/metrics")[2], name)
+        if ok(got):
+            break
+        time.sleep(0.02)
+    return got
+
+
 def output_dir():
     """The tests' output folder under the build directory (screenshots and the like)."""
     build = os.environ.get("PIER_BUILD") or os.path.join(pierlib.REPO, "build")

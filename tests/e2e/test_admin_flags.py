@@ -3,28 +3,9 @@ frames by id), a bad value is one line and exit 2, an admin port in use is one l
 exit 1, and the help of each command (serve: on 9901 by default) names the flag."""
 import socket
 import struct
-import time
 
 import pierlib
-from admin_util import admin_port, get
-
-
-def metric(text, name):
-    for line in text.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None
-
-
-def wait_metric(aport, name, want):
-    got = None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        got = metric(get(aport, "/metrics")[2], name)
-        if got == want:
-            break
-        time.sleep(0.02)
-    return got
+from admin_util import admin_port, get, metric, wait_metric
 
 
 def echo_counts():

@@ -12,14 +12,7 @@ import urllib.parse
 import urllib.request
 
 import pierlib
-from admin_util import admin_port, get
-
-
-def metric(text, line_prefix):
-    for line in text.splitlines():
-        if line.startswith(line_prefix + " "):
-            return float(line.split()[-1])
-    return None
+from admin_util import admin_port, get, metric
 
 
 def traffic(srv):

@@ -4,32 +4,13 @@ plain-text request to the HTTPS port, which is a failed handshake."""
 import os
 import socket
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tls"))
 import pierlib  # noqa: E402
 import tlslib  # noqa: E402
-from admin_util import admin_port, get  # noqa: E402
-
-
-def metric(aport, name):
-    for line in get(aport, "/metrics")[2].decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None
-
-
-def wait_metric(aport, name, want):
-    got = None
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        got = metric(aport, name)
-        if got == want:
-            break
-        time.sleep(0.02)
-    return got
+from admin_util import admin_port, wait_metric  # noqa: E402
 
 
 def main():
