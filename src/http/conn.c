@@ -77,6 +77,7 @@ static void dispatch(pier__http_conn_t *hc, pier__http_request_t *req, const cha
     body_clear(hc); /* the request is complete */
     hc->seq = ++hl->seq;
     hc->keep_alive = req->keep_alive;
+    hc->asked_close = !req->keep_alive;
     hc->minor = req->minor;
     hc->is_head = req->method == PIER_HTTP_HEAD;
     hc->sent_continue = 0;

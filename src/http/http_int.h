@@ -172,6 +172,9 @@ struct pier__http_conn_s {
     /* the response under way */
     int keep_alive, minor, is_head, stream, sent_continue, eof;
     int held;                 /* reading paused: the answers so far must drain first */
+    /* The request dispatched last asked to close (Connection: close, or HTTP/1.0 without
+     * keep-alive): the client meant to send nothing after it. */
+    int asked_close;
     uint64_t sent_bytes;
     uint32_t mx_t0;           /* loop ms when the head arrived, for the duration histogram */
     uint8_t mx_method;        /* PIER_METRICS_* index + 1 of that head; 0: none parsed */

@@ -13,6 +13,7 @@
  * its end, so pipelined responses still share one system call.
  */
 #include "http/http_int.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -191,7 +192,13 @@ static void response_done(pier__http_conn_t *hc, int status) {
     /* after a half-close, requests that waited behind this one still get answered */
     if (!hc->keep_alive || (hc->eof && !hc->pending.len)) {
         hc->state = ST_CLOSED;
-        pier_conn_close(hc->c);
+        /* A client that asked to close after a whole request, and sent nothing after
+         * it, has said its last word: no wait for its FIN (the core still lingers if a
+         * byte came after all). A close of the server's own (an error, a drain) lingers. */
+        if (hc->asked_close && !hc->pending.len)
+            pier__conn_close_peer_done(hc->c);
+        else
+            pier_conn_close(hc->c);
     } else {
         hc->state = ST_HEAD;
     }

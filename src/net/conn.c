@@ -42,6 +42,7 @@ static void deadline_cb(pier__dlnode_t *n);
 static void pass_cb(pier__pending_t *p);
 static void flush_pass_cb(pier__pending_t *p);
 static void close_step(pier_conn_t *c);
+static void gone(pier_conn_t *c, int err);
 
 void pier__limits_default(pier_conn_limits_t *lim) {
     if (!lim->out_high)
@@ -741,8 +742,15 @@ static void deliver(pier_conn_t *c, const char *data, size_t len, int own) {
     size_t used = c->cbs && c->cbs->on_read ? c->cbs->on_read(c, data, len) : len;
     if (used > len)
         used = len;
-    if (c->flags & PIER__C_CLOSING)
+    if (c->flags & PIER__C_CLOSING) {
+        /* Input the protocol left at its close is never read: a close told that the
+         * peer was done lingers after all. Taken whole, nothing is kept any more. */
+        if (used < len)
+            c->flags &= ~PIER__C_EOF;
+        else
+            keep_unconsumed(c, NULL, 0, own); /* cannot fail with nothing to keep */
         return;
+    }
     int err = keep_unconsumed(c, data + used, len - used, own);
     if (err < 0) {
         pier_log(PIER_LOG_WARN, "connection %llu: %zu unconsumed bytes reach the read limit, closing",
@@ -838,7 +846,10 @@ static void conn_io_cb(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
         int soerr = 0;
         socklen_t len = sizeof soerr;
         getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
-        fail(c, soerr ? -soerr : -EIO);
+        if (soerr)
+            gone(c, -soerr);
+        else
+            fail(c, -EIO);
     } else {
         if ((events & EPOLLOUT) && has_output(c))
             flush_now(c);
@@ -949,6 +960,28 @@ void pier_conn_close(pier_conn_t *c) {
     schedule_close(c);
 }
 
+void pier__conn_close_peer_done(pier_conn_t *c) {
+    if (c->flags & PIER__C_CLOSING)
+        return; /* a close under way stays what it was */
+    c->flags |= PIER__C_EOF;
+    pier_conn_close(c);
+}
+
+/* The kernel reported the connection broken (a reset, a retransmission timeout) and has
+ * closed it: nothing can be sent or read any more. The close then has no output to
+ * flush, no goodbye to send, no FIN to wait for and no reset to make (SO_LINGER would
+ * change nothing); err still reaches on_close. */
+static void gone(pier_conn_t *c, int err) {
+    if (!c->err)
+        c->err = err;
+    out_drop_all(c);
+    c->flags |= PIER__C_SHUT | PIER__C_EOF;
+    if (c->flags & PIER__C_CLOSING)
+        schedule_close(c);
+    else
+        pier_conn_close(c);
+}
+
 void pier_conn_abort(pier_conn_t *c) {
     if (c->flags & (PIER__C_CLOSED | PIER__C_ABORT))
         return;
@@ -1038,12 +1071,19 @@ static int close_flush(pier_conn_t *c) {
     return has_output(c) ? -1 : 0;
 }
 
-/* One step of a close: flush, send our FIN, linger for the peer's, then finalize.
- * Returns without finalizing while it has to wait for the socket. */
+/* Input the peer sent that nobody has read: close() over it would reset the connection. */
+static int unread(const pier_conn_t *c) {
+    return (c->flags & PIER__C_READABLE) || kept(c) > 0;
+}
+
+/* One step of a close: flush, then either close at once, when the peer is done and
+ * nothing of its is unread (close() sends our FIN after the output, and nothing is to
+ * come that a wait could take), or send our FIN and linger for the peer's; then
+ * finalize. Returns without finalizing while it has to wait for the socket or the peer. */
 static void close_step(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSED)
         return;
-    if (!(c->flags & PIER__C_ABORT)) {
+    if (!(c->flags & (PIER__C_ABORT | PIER__C_SHUT))) {
         if (has_output(c) && close_flush(c) < 0)
             return;
         if (pier__conn_tp(c) && !(c->flags & PIER__C_TP_SHUT)) {
@@ -1053,21 +1093,20 @@ static void close_step(pier_conn_t *c) {
             if (has_output(c) && close_flush(c) < 0)
                 return;
         }
-        if (!(c->flags & PIER__C_SHUT)) {
-            /* Half-close and wait for the peer's FIN before close(): closing with unread
-             * input would reset the connection and could destroy our last response
-             * before the peer has read it. */
-            shutdown(c->io.fd, SHUT_WR);
-            c->flags |= PIER__C_SHUT;
-            if (!(c->flags & PIER__C_EOF)) {
-                arm_deadline(c, linger_ms(pier__conn_lim(c)));
-                linger_read(c);
-            }
-        }
-        if (!(c->flags & PIER__C_EOF))
+        if ((c->flags & PIER__C_EOF) && !unread(c)) {
+            finalize(c);
             return;
+        }
+        /* Half-close and wait for the peer's FIN before close(): closing with unread
+         * input would reset the connection and could destroy our last response
+         * before the peer has read it. A FIN already read shows again at once. */
+        shutdown(c->io.fd, SHUT_WR);
+        c->flags = (c->flags & ~PIER__C_EOF) | PIER__C_SHUT;
+        arm_deadline(c, linger_ms(pier__conn_lim(c)));
+        linger_read(c);
     }
-    finalize(c);
+    if (c->flags & (PIER__C_ABORT | PIER__C_EOF))
+        finalize(c);
 }
 
 static void flush_pass_cb(pier__pending_t *p) {

@@ -12,7 +12,10 @@ enum {
     PIER__C_READABLE = 1 << 3,  /* edge seen, socket not yet drained */
     PIER__C_USER_PAUSE = 1 << 4,
     PIER__C_WATER_PAUSE = 1 << 5,
-    PIER__C_EOF = 1 << 6,       /* peer half-closed */
+    /* The peer sends nothing more that matters: its FIN was read, the kernel reported
+     * the connection broken, or its protocol said so (pier__conn_close_peer_done). A
+     * close then waits for no FIN of the peer's. */
+    PIER__C_EOF = 1 << 6,
     PIER__C_SHUT = 1 << 7,      /* our FIN is out; lingering until the peer's */
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
     PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
@@ -204,6 +207,16 @@ int pier__conn_set_transport(pier_conn_t *c, const pier__transport_t *tp, void *
 /* Gives c the client address a PROXY header carried (it takes addr, a malloc'd
  * pier__sockaddr_t, also on failure). 0 or -ENOMEM. */
 int pier__conn_set_peer_addr(pier_conn_t *c, void *addr);
+
+/* A graceful close after the peer's last word: its protocol knows the peer sends nothing
+ * more that matters (HTTP: its last request was read whole and asked to close, and no
+ * byte followed it). The close then closes the socket at once after the output, without
+ * a half-close and a wait for the peer's FIN (a shutdown, a wake-up and a read fewer),
+ * provided no input is unread by then: the socket drained at its last read, none kept,
+ * and the protocol took all it was given. With input unread it lingers like any close,
+ * since closing over unread input resets the connection and can destroy the response
+ * before the peer has read it. Loop thread; idempotent, as pier_conn_close(). */
+void pier__conn_close_peer_done(pier_conn_t *c);
 
 /* Fills zero fields of lim with pier's defaults. */
 void pier__limits_default(pier_conn_limits_t *lim);
