@@ -948,7 +948,16 @@ uint64_t pier__conn_fresh_end(pier_conn_t *c) {
     return since ? since : 1;
 }
 
-/* ---- closing ---- */
+/* ---- closing ----
+ *
+ * A graceful close flushes the queue (and the transport's goodbye), then ends in one of
+ * two ways. If the peer sends nothing more that matters (PIER__C_EOF: its FIN was read,
+ * or its protocol said so) and none of its input is unread, close() alone is enough: it
+ * sends our FIN after the output, and there is nothing to wait for. Otherwise it
+ * half-closes and lingers, reading and dropping input until the peer's FIN (or a
+ * deadline), since close() over unread input resets the connection, and the reset can
+ * destroy our last response before the peer has read it. Either way finalize() runs only
+ * from the close pass. */
 
 void pier_conn_close(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSING)

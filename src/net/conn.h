@@ -16,7 +16,7 @@ enum {
      * the connection broken, or its protocol said so (pier__conn_close_peer_done). A
      * close then waits for no FIN of the peer's. */
     PIER__C_EOF = 1 << 6,
-    PIER__C_SHUT = 1 << 7,      /* our FIN is out; lingering until the peer's */
+    PIER__C_SHUT = 1 << 7,      /* our FIN is out (or the connection is gone): lingering until the peer's */
     PIER__C_REDELIVER = 1 << 8, /* resumed with kept input: deliver it before reading */
     PIER__C_RDHUP = 1 << 9,     /* epoll reported the peer's FIN: read until it shows */
     PIER__C_TP_SHUT = 1 << 10,  /* the transport's shutdown has run */
