@@ -35,13 +35,19 @@ static uint16_t port_of(int fd) {
     return ntohs(sa.sin_port);
 }
 
+/* A server for 127.0.0.1:port (0: any port), not started, on a new group of loops. */
+static pier_server_t *server_on(pier_group_t **g, unsigned loops, uint16_t port) {
+    assert_int_equal(pier_group_new(g, loops), 0);
+    pier_server_t *srv;
+    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
+    assert_int_equal(pier_server_new(&srv, *g, &o), 0);
+    return srv;
+}
+
 /* A started server on 127.0.0.1, on a port of the kernel's choosing, on a one-loop
  * group. */
 static pier_server_t *serve(pier_group_t **g) {
-    assert_int_equal(pier_group_new(g, 1), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, *g, &o), 0);
+    pier_server_t *srv = server_on(g, 1, 0);
     assert_int_equal(pier_server_start(srv), 0);
     accepted = closes = 0;
     return srv;
@@ -55,10 +61,7 @@ static void test_server_takes_inherited_socket(void **state) {
     int early = pier_test_connect(port);
     assert_int_equal(pier_net_inherit(lfd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 1, port);
     assert_int_equal(pier_server_port(srv), port);
     int fds[4];
     assert_int_equal(pier_server_listen_fds(srv, fds, 4), 1);
@@ -80,10 +83,7 @@ static void test_loops_share_one_socket(void **state) {
     int lfd = echo_server_listener(0, &port);
     assert_int_equal(pier_net_inherit(lfd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 2), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = 0, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 2, 0);
     assert_int_equal(pier_server_port(srv), port);
     int fds[4];
     assert_int_equal(pier_server_listen_fds(srv, fds, 4), 2);
@@ -101,10 +101,7 @@ static void test_unused_socket_closed(void **state) {
     close(tmp); /* a free port, most likely */
     assert_int_equal(pier_net_inherit(ofd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 1, port);
     int fds[1];
     assert_int_equal(pier_server_listen_fds(srv, fds, 1), 1);
     assert_int_not_equal(fds[0], ofd);
