@@ -9,27 +9,18 @@ a continuation or a ping failing the connection (1002), and a compression bomb (
 zeros in about 1 MiB) getting 1009 without the server's memory growing past the message
 limit. `--no-deflate` turns it off; `pier ws-client` offers it, and reports a refused
 handshake with its status."""
+import asyncio
 import os
-import subprocess
 import sys
-
-if __name__ == "__main__" and sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-    sys.exit(subprocess.call(["/usr/bin/python3"] + sys.argv))
-
-import zlib  # noqa: E402
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
 import wslib  # noqa: E402
 
-try:
-    import asyncio
-    import websockets
-    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-except ImportError:
-    print("test_ws_deflate: needs python3-websockets (scripts/deps.sh installs it)")
-    sys.exit(1)
+websockets = wslib.websockets_module("test_ws_deflate", __name__)
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory  # noqa: E402
 
 ZERO = wslib.ZERO_MASK
 TAIL = b"\x00\x00\xff\xff"
