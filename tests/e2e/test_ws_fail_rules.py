@@ -120,15 +120,25 @@ def server_conn(srv):
     return c.s, c.frames
 
 
-def server_rule(srv, section, rule, frames, code):
-    s, fr = server_conn(srv)
-    send_frames(s, frames, masked=True)
+def rule_holds(side, s, fr, section, rule, frames, code):
+    """Sends frames to pier's side ("server" or "client") on s, masked as its peer must,
+    and checks that pier closes with code, its close frame masked as that side's must
+    be, then ends TCP; returns what names the case."""
+    pier_masks = side == "client"
+    send_frames(s, frames, masked=not pier_masks)
     got, masked = close_code(fr)
-    what = "server, RFC 6455 %s, %s" % (section, rule)
+    what = "%s, RFC 6455 %s, %s" % (side, section, rule)
     check(got == code, "%s: closes with %d (got %r)" % (what, code, got))
-    check(masked is False or got is None, "%s: its close frame is not masked" % what)
+    check(masked is pier_masks or got is None,
+          "%s: its close frame is %s" % (what, "masked" if pier_masks else "not masked"))
     check(fr.ends(), "%s: then ends the TCP connection" % what)
     s.close()
+    return what
+
+
+def server_rule(srv, *rule):
+    s, fr = server_conn(srv)
+    rule_holds("server", s, fr, *rule)
 
 
 def server_valid_code(srv, code):
@@ -176,13 +186,7 @@ def finish_client(p):
 
 def client_rule(rs, section, rule, frames, code):
     p, s, fr = rs.client()
-    send_frames(s, frames, masked=False)
-    got, masked = close_code(fr)
-    what = "client, RFC 6455 %s, %s" % (section, rule)
-    check(got == code, "%s: closes with %d (got %r)" % (what, code, got))
-    check(masked is True or got is None, "%s: its close frame is masked" % what)
-    check(fr.ends(), "%s: then ends the TCP connection" % what)
-    s.close()
+    what = rule_holds("client", s, fr, section, rule, frames, code)
     rc, err = finish_client(p)
     check(rc == 1 and "(%d" % code in err, "%s: pier ws-client exits 1 naming %d (got %s, %r)" % (what, code, rc, err))
 
