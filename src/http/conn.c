@@ -286,7 +286,7 @@ static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
     size_t off = 0;
     int more = 1;
     while (more && off < len && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
-        if (hc->state == ST_HEAD && pier_conn_queued(hc->c) > PIER__HTTP_OUT_HIGH) {
+        if (hc->state == ST_HEAD && pier__conn_queued(hc->c) > PIER__HTTP_OUT_HIGH) {
             /* the rest waits, unconsumed, for on_drain (the core is above its high mark
              * too, so on_drain comes once the peer has read enough) */
             if (!hc->held) {
@@ -325,8 +325,9 @@ static void conn_free(pier__http_conn_t *hc) {
     pier_loop_t *loop = hc->hl->loop;
     pier__dl_stop(loop, &hc->head_dl);
     pier__dl_stop(loop, &hc->body_dl);
-    pier__http_later_detach(hc);
-    pier_conn_set_data(hc->c, NULL);
+    if (hc->later)
+        pier__http_later_detach(hc);
+    pier__conn_set_data(hc->c, NULL);
     buf_drop(&hc->head_copy);
     buf_drop(&hc->body);
     buf_drop(&hc->pending);
@@ -346,7 +347,7 @@ static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop)
  * deadline from the accept (pier__http_fresh answers it). */
 static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
-    pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
+    pier__http_loop_t *hl = loop_state(srv, pier__conn_loop(c));
     /* each list is taken until it exists: one allocation failing must not leave the
      * other set and the loop refusing every later connection */
     if (hl && !hl->head_list)
@@ -373,7 +374,7 @@ static pier__http_conn_t *conn_new(pier_conn_t *c) {
     hc->c = c;
     hc->state = ST_HEAD;
     pier__http_parser_init(&hc->parser);
-    pier_conn_set_data(c, hc);
+    pier__conn_set_data(c, hc);
     return hc;
 }
 
@@ -446,7 +447,7 @@ static void reset(pier__http_conn_t *hc) {
 }
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
-    pier__http_conn_t *hc = pier_conn_data(c);
+    pier__http_conn_t *hc = pier__conn_data(c);
     if (!hc && !(hc = conn_new(c))) {
         pier_conn_abort(c);
         return len;
@@ -468,7 +469,7 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
             reset(hc);
         used = len;
     }
-    if (used == len && pier_conn_is_open(c))
+    if (used == len && pier__conn_is_open(c))
         maybe_idle(hc);
     return used;
 }

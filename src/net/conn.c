@@ -249,9 +249,9 @@ static int x_in_use(const pier_conn_t *c) {
 
 /* A part not in use holds no input, no transport, no address: only a queue array that
  * grew may need freeing before it goes back. */
-static void x_release(pier_conn_t *c) {
+static void x_release_slow(pier_conn_t *c) {
     pier__conn_x_t *x = c->x;
-    if (!x || x_in_use(c))
+    if (x_in_use(c))
         return;
     assert(!x->rbuf && !x->rcap && !x->ohead && !x->queued && !x->tp_state);
     if (x->out != x->inl) {
@@ -261,6 +261,12 @@ static void x_release(pier_conn_t *c) {
     }
     c->x = NULL;
     pier__obj_put(c->loop, PIER__OBJ_CONN, x);
+}
+
+/* Inline, the common answers first: no part, or output still queued. */
+static inline void x_release(pier_conn_t *c) {
+    if (c->x && !c->x->ocount)
+        x_release_slow(c);
 }
 
 int pier__conn_set_peer_addr(pier_conn_t *c, void *addr) {
