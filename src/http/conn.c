@@ -11,6 +11,7 @@
 #include "http/http_int.h"
 #include "net/conn.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -118,23 +119,27 @@ static int send_continue(pier__http_conn_t *hc, const pier__http_request_t *req)
     return pier__http_write_unit(hc, &iov, 1) < 0 ? -1 : 0;
 }
 
-/* Both run from a request's first byte (or the accept): the head must arrive within the
- * header timeout, and the whole request, body included, within the body timeout. The
- * idle timeout alone cannot bound a body, since every byte that trickles in resets it. */
-/* The request's deadlines run from its first byte. A fresh connection's header deadline
- * is the core's, from the accept (pier__http_fresh); its body deadline runs from its
- * first byte, so the first request may take up to the wait for that byte longer. */
+/* Both run from a request's first byte: the head must arrive within the header timeout,
+ * and the whole request, body included, within the body timeout. The idle timeout alone
+ * cannot bound a body, since every byte that trickles in resets it. A fresh connection's
+ * header deadline is the core's, from the accept (pier__http_fresh), so the first
+ * request's body may take up to the wait for its first byte longer. A request that
+ * comes whole in the read that brings its first byte needs neither: they are started
+ * only when one read leaves it incomplete (its first byte came with that read). */
+static void start_body_timer(pier__http_conn_t *hc) {
+    if (!hc->body_due) {
+        hc->body_due = pier_loop_now(hc->hl->loop) + hc->srv->body_timeout_ms;
+        pier__dl_start(hc->hl->body_list, &hc->body_dl);
+    }
+}
+
 static void start_header_timer(pier__http_conn_t *hc) {
-    uint64_t now = pier_loop_now(pier_conn_loop(hc->c));
     if (!hc->head_due) {
-        hc->head_due = now + hc->srv->header_timeout_ms;
+        hc->head_due = pier_loop_now(hc->hl->loop) + hc->srv->header_timeout_ms;
         if (!pier__conn_is_fresh(hc->c))
             pier__dl_start(hc->hl->head_list, &hc->head_dl);
     }
-    if (!hc->body_due) {
-        hc->body_due = now + hc->srv->body_timeout_ms;
-        pier__dl_start(hc->hl->body_list, &hc->body_dl);
-    }
+    start_body_timer(hc);
 }
 
 static void head_clear(pier__http_conn_t *hc) {
@@ -159,6 +164,7 @@ static size_t start_chunked(pier__http_conn_t *hc, const pier__http_request_t *r
     pier__buf_reset(&hc->body);
     pier__chunked_init(&hc->chunked, hc->srv->max_body);
     hc->state = ST_CHUNKED;
+    start_body_timer(hc);
     if (n == len && send_continue(hc, req) < 0)
         return len;
     return n;
@@ -187,6 +193,7 @@ static size_t head_done(pier__http_conn_t *hc, const char *buf, size_t len, int 
             return len;
         hc->state = ST_BODY;
         hc->need = (size_t)n + cl;
+        start_body_timer(hc);
         return 0;
     }
     dispatch(hc, req, cl ? buf + n : NULL, cl);
@@ -239,10 +246,11 @@ static size_t step(pier__http_conn_t *hc, const char *buf, size_t len, int *more
     *more = 0;
     switch (hc->state) {
     case ST_HEAD: {
-        start_header_timer(hc);
         int n = pier__http_parse_request(&hc->parser, &hc->srv->lim, buf, len, req);
-        if (n == -2)
+        if (n == -2) {
+            start_header_timer(hc);
             return 0;
+        }
         if (n < 0) {
             hc->logline[0] = '\0';
             pier__http_send_error(hc, req->status);
@@ -278,7 +286,7 @@ static size_t process(pier__http_conn_t *hc, const char *buf, size_t len) {
     size_t off = 0;
     int more = 1;
     while (more && off < len && (hc->state == ST_HEAD || hc->state == ST_BODY || hc->state == ST_CHUNKED)) {
-        if (hc->state == ST_HEAD && pier_conn_queued(hc->c) > PIER__HTTP_OUT_HIGH) {
+        if (hc->state == ST_HEAD && pier__conn_queued(hc->c) > PIER__HTTP_OUT_HIGH) {
             /* the rest waits, unconsumed, for on_drain (the core is above its high mark
              * too, so on_drain comes once the peer has read enough) */
             if (!hc->held) {
@@ -304,17 +312,26 @@ static int pending_add(pier__http_conn_t *hc, const char *data, size_t n) {
     return pier__buf_append(&hc->pending, data, n);
 }
 
+/* An empty buffer with no memory and no error, as a zeroed one (most are already). */
+static void buf_drop(pier__buf_t *b) {
+    if (b->cap || b->err)
+        pier__buf_free(b);
+}
+
 /* The HTTP state of the connection goes (at its close, when it is handed over, or while
- * it waits idle between requests). */
+ * it waits idle between requests), back to the loop's cache with its deadlines stopped,
+ * its buffers freed and no deferred response, as conn_new expects it. */
 static void conn_free(pier__http_conn_t *hc) {
-    pier__dl_stop(hc->hl->loop, &hc->head_dl);
-    pier__dl_stop(hc->hl->loop, &hc->body_dl);
-    pier__http_later_detach(hc);
-    pier_conn_set_data(hc->c, NULL);
-    pier__buf_free(&hc->head_copy);
-    pier__buf_free(&hc->body);
-    pier__buf_free(&hc->pending);
-    pier__obj_put(pier_conn_loop(hc->c), hc, sizeof *hc);
+    pier_loop_t *loop = hc->hl->loop;
+    pier__dl_stop(loop, &hc->head_dl);
+    pier__dl_stop(loop, &hc->body_dl);
+    if (hc->later)
+        pier__http_later_detach(hc);
+    pier__conn_set_data(hc->c, NULL);
+    buf_drop(&hc->head_copy);
+    buf_drop(&hc->body);
+    buf_drop(&hc->pending);
+    pier__obj_put(loop, PIER__OBJ_HTTP, hc);
 }
 
 static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop) {
@@ -330,26 +347,34 @@ static pier__http_loop_t *loop_state(pier_http_server_t *srv, pier_loop_t *loop)
  * deadline from the accept (pier__http_fresh answers it). */
 static pier__http_conn_t *conn_new(pier_conn_t *c) {
     pier_http_server_t *srv = pier_server_data(pier_conn_server(c));
-    pier__http_loop_t *hl = loop_state(srv, pier_conn_loop(c));
+    pier__http_loop_t *hl = loop_state(srv, pier__conn_loop(c));
     /* each list is taken until it exists: one allocation failing must not leave the
      * other set and the loop refusing every later connection */
     if (hl && !hl->head_list)
         hl->head_list = pier__dlist_get(hl->loop, srv->header_timeout_ms, head_late);
     if (hl && !hl->body_list)
         hl->body_list = pier__dlist_get(hl->loop, srv->body_timeout_ms, body_late);
-    pier__http_conn_t *hc = hl && hl->head_list && hl->body_list ? pier__obj_get(pier_conn_loop(c), sizeof *hc) : NULL;
+    int fresh;
+    pier__http_conn_t *hc = hl && hl->head_list && hl->body_list
+                                ? pier__obj_get(hl->loop, PIER__OBJ_HTTP, sizeof *hc, &fresh)
+                                : NULL;
     if (!hc)
         return NULL;
-    memset(hc, 0, offsetof(pier__http_conn_t, logline));
+    if (fresh) {
+        memset(hc, 0, offsetof(pier__http_conn_t, head_due));
+        pier__dlnode_init(&hc->head_dl);
+        pier__dlnode_init(&hc->body_dl);
+    }
+    assert(!hc->head_dl.list && !hc->body_dl.list && !hc->head_copy.cap && !hc->head_copy.err && !hc->body.cap &&
+           !hc->body.err && !hc->pending.cap && !hc->pending.err && !hc->later);
+    memset(&hc->head_due, 0, offsetof(pier__http_conn_t, logline) - offsetof(pier__http_conn_t, head_due));
     hc->logline[0] = '\0';
     hc->srv = srv;
     hc->hl = hl;
     hc->c = c;
     hc->state = ST_HEAD;
     pier__http_parser_init(&hc->parser);
-    pier__dlnode_init(&hc->head_dl);
-    pier__dlnode_init(&hc->body_dl);
-    pier_conn_set_data(c, hc);
+    pier__conn_set_data(c, hc);
     return hc;
 }
 
@@ -422,7 +447,7 @@ static void reset(pier__http_conn_t *hc) {
 }
 
 static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
-    pier__http_conn_t *hc = pier_conn_data(c);
+    pier__http_conn_t *hc = pier__conn_data(c);
     if (!hc && !(hc = conn_new(c))) {
         pier_conn_abort(c);
         return len;
@@ -444,7 +469,7 @@ static size_t on_read(pier_conn_t *c, const char *data, size_t len) {
             reset(hc);
         used = len;
     }
-    if (used == len && pier_conn_is_open(c))
+    if (used == len && pier__conn_is_open(c))
         maybe_idle(hc);
     return used;
 }

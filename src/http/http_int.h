@@ -150,22 +150,26 @@ struct pier_http_server_s {
 enum { ST_HEAD, ST_BODY, ST_CHUNKED, ST_WAIT, ST_CLOSED, ST_UPGRADE };
 
 struct pier__http_conn_s {
-    pier_http_server_t *srv;
+    /* Kept from one connection to the next in the loop's cache (conn_new, conn_free): */
+    pier_http_server_t *srv;  /* first: the cache links through it */
     pier__http_loop_t *hl;
     pier_conn_t *c;
     /* The request's deadlines, each a node in its loop's list for the server's timeout
      * (a few stores to start or stop, no timer of its own); while the connection is fresh
-     * (its first head not complete) the core runs the header deadline from the accept. */
+     * (its first head not complete) the core runs the header deadline from the accept.
+     * Out of their lists whenever the state is given back. */
     pier__dlnode_t head_dl, body_dl;
+    pier__buf_t head_copy;    /* CHUNKED: the head, parsed again once the body is complete */
+    pier__buf_t body;         /* CHUNKED: the decoded body */
+    pier__buf_t pending;      /* input that arrived while a response was deferred */
+    pier_http_later_t *later; /* the deferred response under way (one reference) */
+    size_t need;              /* BODY: head plus body bytes (set on entering BODY) */
+    pier__chunked_t chunked;  /* CHUNKED: set on entering it */
+    /* Cleared for every new state, from here to logline: */
     uint64_t head_due;        /* nonzero while the head must still arrive (header timeout) */
     uint64_t body_due;        /* nonzero while the whole request must (body timeout) */
     pier__http_parser_t parser;
     int state;
-    size_t need;              /* BODY: head plus body bytes */
-    pier__chunked_t chunked;
-    pier__buf_t head_copy;    /* CHUNKED: the head, parsed again once the body is complete */
-    pier__buf_t body;         /* CHUNKED: the decoded body */
-    pier__buf_t pending;      /* input that arrived while a response was deferred */
     uint64_t seq;             /* the request dispatched last (unique in its loop), which a
                                * deferred response names: a later state of the same
                                * connection never reuses it */
@@ -175,7 +179,6 @@ struct pier__http_conn_s {
     uint64_t sent_bytes;
     uint32_t mx_t0;           /* loop ms when the head arrived, for the duration histogram */
     uint8_t mx_method;        /* PIER_METRICS_* index + 1 of that head; 0: none parsed */
-    pier_http_later_t *later; /* the deferred response under way (one reference) */
     pier_http_upgrade_cb upgrade_cb; /* UPGRADE: the new owner */
     void *upgrade_arg;
     char logline[300];

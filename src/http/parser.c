@@ -554,12 +554,6 @@ static int prescan(pier__http_parser_t *p, const pier__http_limits_t *lim, const
     return 0;
 }
 
-void pier__http_parser_init(pier__http_parser_t *p) {
-    p->scanned = 0;
-    p->first_line_end = 0;
-    p->empty_lines = 0;
-}
-
 static const pier__http_limits_t default_limits = {DEFAULT_MAX_HEAD, DEFAULT_MAX_TARGET, DEFAULT_MAX_FIELDS};
 
 /* The full pass never looks past max_head, so that where a head is judged does not depend

@@ -90,7 +90,11 @@ typedef struct pier__http_parser_s {
 } pier__http_parser_t;
 
 /* Prepares a parser for a new request. */
-void pier__http_parser_init(pier__http_parser_t *p);
+static inline void pier__http_parser_init(pier__http_parser_t *p) {
+    p->scanned = 0;
+    p->first_line_end = 0;
+    p->empty_lines = 0;
+}
 
 /* See the top of this file. lim may be NULL for the defaults. */
 int pier__http_parse_request(pier__http_parser_t *p, const pier__http_limits_t *lim,

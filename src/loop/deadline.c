@@ -108,10 +108,7 @@ void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n) {
     link_tail(l, n);
 }
 
-void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n) {
-    if (n->list)
-        unlink_node(list_of(loop, n), n);
-}
+void pier__dl_unlink(pier_loop_t *loop, pier__dlnode_t *n) { unlink_node(list_of(loop, n), n); }
 
 void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n) {
     pier__dlist_t *l = list_of(loop, n);

@@ -13,13 +13,11 @@
 
 #define PIER__BATCH 256            /* epoll events fetched per wait */
 #define PIER__CHUNK_CACHE 256      /* chunks kept per loop for reuse */
-#define PIER__OBJ_CLASS 64         /* object sizes are rounded up to this */
-#define PIER__OBJ_CACHE 256        /* objects kept per size for reuse */
 
 enum { PIER__TASK_QUEUED = 1u << 0, PIER__TASK_OWNED = 1u << 1 };
 
 struct pier_loop_s {
-    pier__metrics_t *mx;           /* &metrics; first, as layer.h reads it inline */
+    pier__loop_head_t head;        /* first, as layer.h reads it inline: counters, caches */
     int epfd;
     pier__io_t wake;               /* eventfd */
     uint64_t now;
@@ -45,10 +43,6 @@ struct pier_loop_s {
     char *rbuf;                    /* PIER__READ_BUF bytes shared by all reads */
     void *chunks[PIER__CHUNK_CACHE];
     unsigned nchunks;
-    struct {
-        void *head;                /* a free list linked through each object's first word */
-        unsigned n;
-    } objs[PIER__OBJ_MAX / PIER__OBJ_CLASS];
 
     pier__io_t sig;                /* signalfd, -1 when no signal is watched */
     sigset_t sigmask;

@@ -101,8 +101,12 @@ static inline void pier__dlnode_init(pier__dlnode_t *n) {
 }
 /* Puts n at the tail of l (taking it out of any list it was in): due in l's timeout. */
 void pier__dl_start(pier__dlist_t *l, pier__dlnode_t *n);
-/* Takes n out of its list; a no-op if it is in none. */
-void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n);
+/* Takes n out of its list; a no-op if it is in none (inline: the common case). */
+void pier__dl_unlink(pier_loop_t *loop, pier__dlnode_t *n);
+static inline void pier__dl_stop(pier_loop_t *loop, pier__dlnode_t *n) {
+    if (n->list)
+        pier__dl_unlink(loop, n);
+}
 /* Activity: n's deadline restarts from now. */
 void pier__dl_touch_slow(pier_loop_t *loop, pier__dlnode_t *n);
 /* 1 if activity now must move n: it is in a list with a timer and its unit has passed. */
@@ -126,12 +130,49 @@ char *pier__loop_rbuf(pier_loop_t *loop);
 void *pier__chunk_get(pier_loop_t *loop);
 void pier__chunk_put(pier_loop_t *loop, void *chunk);
 /* Small objects that come and go with a connection's activity (the part it needs only
- * while data waits, a protocol's per-request state), cached per loop so that taking one
- * back costs a few stores and no allocator call. Sizes up to PIER__OBJ_MAX; put takes
- * the size given to get. get: NULL when out of memory. */
+ * while data waits, a protocol's per-request state), cached per loop and per kind so
+ * that taking one back costs a few stores and no allocator call. A kind's objects go
+ * only to that kind, so a kind may give its objects back in a known state and skip
+ * clearing them: get sets *fresh to 1 for new memory (uninitialised) and to 0 for an
+ * object of the kind given back, whose contents are as put, except the first
+ * pointer-sized word (the cache links through it). A kind always asks for one size, up
+ * to PIER__OBJ_MAX. get: NULL when out of memory. Inline, as they run for most reads
+ * and writes: the caches sit at the start of the loop struct (pier__loop_head_t). */
 #define PIER__OBJ_MAX 1024
-void *pier__obj_get(pier_loop_t *loop, size_t size);
-void pier__obj_put(pier_loop_t *loop, void *obj, size_t size);
+#define PIER__OBJ_CACHE 256 /* objects kept per kind for reuse */
+enum { PIER__OBJ_CONN, PIER__OBJ_HTTP, PIER__OBJ_KINDS };
+typedef struct pier__objcache_s {
+    void *head;             /* a free list linked through each object's first word */
+    unsigned n;
+} pier__objcache_t;
+/* What every loop struct starts with, for the inline functions of this header. */
+typedef struct pier__loop_head_s {
+    struct pier__metrics_s *mx; /* the loop's counters (pier__loop_metrics) */
+    pier__objcache_t objs[PIER__OBJ_KINDS];
+} pier__loop_head_t;
+
+void *pier__obj_new(size_t size);
+static inline void *pier__obj_get(pier_loop_t *loop, unsigned kind, size_t size, int *fresh) {
+    pier__objcache_t *oc = &((pier__loop_head_t *)(void *)loop)->objs[kind];
+    void *obj = oc->head;
+    *fresh = !obj;
+    if (!obj)
+        return pier__obj_new(size);
+    oc->head = *(void **)obj;
+    oc->n--;
+    return obj;
+}
+void pier__obj_free(void *obj);
+static inline void pier__obj_put(pier_loop_t *loop, unsigned kind, void *obj) {
+    pier__objcache_t *oc = &((pier__loop_head_t *)(void *)loop)->objs[kind];
+    if (oc->n >= PIER__OBJ_CACHE) {
+        pier__obj_free(obj);
+        return;
+    }
+    *(void **)obj = oc->head;
+    oc->head = obj;
+    oc->n++;
+}
 /* Counts a live handle (an open connection, a listener, a client) against the loop, so
  * pier_loop_free refuses while it lives. */
 void pier__loop_handle_add(pier_loop_t *loop);
@@ -141,7 +182,7 @@ void pier__loop_handle_del(pier_loop_t *loop);
  * any (pier_metrics_snapshot). The loop struct starts with a pointer to them, so that an
  * increment on every read and write costs no call. */
 static inline struct pier__metrics_s *pier__loop_metrics(pier_loop_t *loop) {
-    return *(struct pier__metrics_s **)(void *)loop;
+    return ((pier__loop_head_t *)(void *)loop)->mx;
 }
 
 /* Rate-limited logging: logs at most once per second per key. */

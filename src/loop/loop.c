@@ -46,7 +46,7 @@ int pier_loop_new(pier_loop_t **out) {
     pier_loop_t *loop = calloc(1, sizeof *loop);
     if (!loop)
         return -ENOMEM;
-    loop->mx = &loop->metrics;
+    loop->head.mx = &loop->metrics;
     int err = -ENOMEM;
     loop->epfd = loop->wake.fd = loop->sig.fd = -1;
     loop->rbuf = malloc(PIER__READ_BUF);
@@ -235,34 +235,14 @@ void pier__chunk_put(pier_loop_t *loop, void *chunk) {
         free(chunk);
 }
 
-static unsigned obj_class(size_t size) { return (unsigned)((size + PIER__OBJ_CLASS - 1) / PIER__OBJ_CLASS) - 1; }
-
-void *pier__obj_get(pier_loop_t *loop, size_t size) {
-    unsigned k = obj_class(size);
-    void *obj = loop->objs[k].head;
-    if (!obj)
-        return malloc((k + 1) * PIER__OBJ_CLASS);
-    loop->objs[k].head = *(void **)obj;
-    loop->objs[k].n--;
-    return obj;
-}
-
-void pier__obj_put(pier_loop_t *loop, void *obj, size_t size) {
-    unsigned k = obj_class(size);
-    if (loop->objs[k].n >= PIER__OBJ_CACHE) {
-        free(obj);
-        return;
-    }
-    *(void **)obj = loop->objs[k].head;
-    loop->objs[k].head = obj;
-    loop->objs[k].n++;
-}
+void *pier__obj_new(size_t size) { return size <= PIER__OBJ_MAX ? malloc(size) : NULL; }
+void pier__obj_free(void *obj) { free(obj); }
 
 static void objs_free(pier_loop_t *loop) {
-    for (unsigned k = 0; k < PIER__OBJ_MAX / PIER__OBJ_CLASS; k++)
-        while (loop->objs[k].head) {
-            void *obj = loop->objs[k].head;
-            loop->objs[k].head = *(void **)obj;
+    for (unsigned k = 0; k < PIER__OBJ_KINDS; k++)
+        while (loop->head.objs[k].head) {
+            void *obj = loop->head.objs[k].head;
+            loop->head.objs[k].head = *(void **)obj;
             free(obj);
         }
 }
@@ -374,4 +354,4 @@ void pier_loop_update_time(pier_loop_t *loop) { loop->now = pier__clock_ms(); }
 unsigned pier_loop_handles(const pier_loop_t *loop) { return loop->handles; }
 void pier_loop_set_data(pier_loop_t *loop, void *data) { loop->data = data; }
 void *pier_loop_data(const pier_loop_t *loop) { return loop->data; }
-_Static_assert(offsetof(struct pier_loop_s, mx) == 0, "layer.h reads the counters' pointer first");
+_Static_assert(offsetof(struct pier_loop_s, head) == 0, "layer.h reads the loop's head first");

@@ -21,6 +21,7 @@
 #include "metrics/metrics.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -176,35 +177,62 @@ void pier_conn_unref(pier_conn_t *c) {
 
 _Static_assert(sizeof(pier__conn_x_t) <= PIER__OBJ_MAX, "from the loop's object cache");
 
+#define INL_ITEMS (sizeof ((pier__conn_x_t *)0)->inl / sizeof(pier__out_t))
+
+/* The state a part is given back in (x_drop), so that taking it again needs only its
+ * owner set: nothing kept, nothing queued, no transport, no address. */
+static void x_init(pier__conn_x_t *x) {
+    memset(x, 0, offsetof(pier__conn_x_t, lim));
+    x->peer_addr = NULL;
+    x->out = x->inl;
+    x->ocap = INL_ITEMS;
+    pier__pending_init(&x->flush_p, flush_pass_cb);
+}
+
 /* The connection's cold part, taken when first needed. NULL when out of memory. */
 static pier__conn_x_t *x_need(pier_conn_t *c) {
     if (c->x)
         return c->x;
-    pier__conn_x_t *x = pier__obj_get(c->loop, sizeof *x);
+    int fresh;
+    pier__conn_x_t *x = pier__obj_get(c->loop, PIER__OBJ_CONN, sizeof *x, &fresh);
     if (!x)
         return NULL;
-    memset(x, 0, offsetof(pier__conn_x_t, lim));
-    x->peer_addr = NULL;
+    if (fresh)
+        x_init(x);
+    assert(!x->rbuf && !x->rlen && !x->ocount && !x->ohead && x->out == x->inl && !x->queued && !x->tp &&
+           !x->tp_state && !x->peer_addr && !pier__pending_queued(&x->flush_p));
     x->c = c;
-    x->out = x->inl;
-    x->ocap = sizeof x->inl / sizeof x->inl[0];
-    pier__pending_init(&x->flush_p, flush_pass_cb);
     c->x = x;
     return x;
 }
 
-/* Frees the cold part, whatever it holds (finalize: the queue is dropped by then). */
+/* Gives the cold part back, whatever it holds (finalize: the queue is dropped by then),
+ * in the state x_init makes: most of it is already, when a busy connection goes idle. */
 static void x_drop(pier_conn_t *c) {
     pier__conn_x_t *x = c->x;
     if (!x)
         return;
     c->flags &= ~PIER__C_OWN_LIM; /* the owner's again (nothing reads them after a close) */
-    if (x->out != x->inl)
+    if (x->out != x->inl) {
         free(x->out);
-    free(x->rbuf);
-    free(x->peer_addr);
+        x->out = x->inl;
+        x->ocap = INL_ITEMS;
+    }
+    if (x->rbuf) {
+        free(x->rbuf);
+        x->rbuf = NULL;
+    }
+    if (x->peer_addr) {
+        free(x->peer_addr);
+        x->peer_addr = NULL;
+    }
+    x->rlen = x->rcap = 0;
+    x->ohead = x->ocount = 0;
+    x->queued = 0;
+    x->tp = NULL;
+    x->tp_state = NULL;
     c->x = NULL;
-    pier__obj_put(c->loop, x, sizeof *x);
+    pier__obj_put(c->loop, PIER__OBJ_CONN, x);
 }
 
 /* Input kept from before (not consumed by the protocol). */
@@ -219,9 +247,26 @@ static int x_in_use(const pier_conn_t *c) {
            (c->flags & (PIER__C_OWN_LIM | PIER__C_CLOSING));
 }
 
-static void x_release(pier_conn_t *c) {
-    if (c->x && !x_in_use(c))
-        x_drop(c);
+/* A part not in use holds no input, no transport, no address: only a queue array that
+ * grew may need freeing before it goes back. */
+static void x_release_slow(pier_conn_t *c) {
+    pier__conn_x_t *x = c->x;
+    if (x_in_use(c))
+        return;
+    assert(!x->rbuf && !x->rcap && !x->ohead && !x->queued && !x->tp_state);
+    if (x->out != x->inl) {
+        free(x->out);
+        x->out = x->inl;
+        x->ocap = INL_ITEMS;
+    }
+    c->x = NULL;
+    pier__obj_put(c->loop, PIER__OBJ_CONN, x);
+}
+
+/* Inline, the common answers first: no part, or output still queued. */
+static inline void x_release(pier_conn_t *c) {
+    if (c->x && !c->x->ocount)
+        x_release_slow(c);
 }
 
 int pier__conn_set_peer_addr(pier_conn_t *c, void *addr) {
@@ -585,49 +630,53 @@ void pier__conn_consume(pier_conn_t *c, size_t n) {
     }
 }
 
-/* Writes as much of the queue as the socket takes: one sendmsg for the memory items at
- * the head (up to IOV_BATCH), sendfile for file items. 0 when the queue is empty or the
- * socket is full; a negative errno when the connection failed. */
+/* Sends what the socket takes of the memory items at the head, up to IOV_BATCH: the
+ * bytes sent, or -1 with errno. */
+static __attribute__((noinline)) ssize_t send_items(int fd, const pier__out_t *o, uint32_t count, size_t *total) {
+    struct iovec iov[IOV_BATCH];
+    int cnt = 0;
+    *total = 0;
+    for (uint32_t i = 0; i < count && cnt < IOV_BATCH && o[i].kind != PIER__OUT_FILE; i++) {
+        iov[cnt].iov_base = o[i].base + o[i].off;
+        iov[cnt].iov_len = o[i].len - o[i].off;
+        *total += iov[cnt++].iov_len;
+    }
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+    return sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/* Writes as much of the queue as the socket takes: memory items at the head in one
+ * send (send for one item, the common case: the kernel then copies no iovec), sendfile
+ * for file items. 0 when the queue is empty or the socket is full; a negative errno
+ * when the connection failed. */
 static int flush(pier_conn_t *c) {
-    if (!c->x)
+    pier__conn_x_t *x = c->x; /* kept while its queue is not empty */
+    if (!x)
         return 0;
-    if (c->x->tp)
-        return c->x->tp->flush(c);
-    while (c->x->ocount > 0) {
-        pier__out_t *o = &c->x->out[c->x->ohead];
-        if (o->kind == PIER__OUT_FILE) {
-            ssize_t n = sendfile(c->io.fd, o->fd, &o->foff, o->len - o->off);
-            if (n < 0) {
-                if (errno == EINTR)
-                    continue;
-                return errno == EAGAIN ? 0 : -errno;
-            }
-            if (n == 0)
-                return -EIO; /* the file shrank under us */
-            pier__conn_sent(c);
-            pier__conn_consume(c, (size_t)n);
-            continue;
-        }
-        struct iovec iov[IOV_BATCH];
-        int cnt = 0;
-        size_t total = 0;
-        for (uint32_t i = c->x->ohead; i < c->x->ohead + c->x->ocount && cnt < IOV_BATCH; i++) {
-            if (c->x->out[i].kind == PIER__OUT_FILE)
-                break;
-            iov[cnt].iov_base = c->x->out[i].base + c->x->out[i].off;
-            iov[cnt].iov_len = c->x->out[i].len - c->x->out[i].off;
-            total += iov[cnt++].iov_len;
-        }
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-        ssize_t n = sendmsg(c->io.fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (x->tp)
+        return x->tp->flush(c);
+    while (x->ocount > 0) {
+        pier__out_t *o = &x->out[x->ohead];
+        size_t want = o->len - o->off;
+        int file = o->kind == PIER__OUT_FILE;
+        ssize_t n;
+        if (file)
+            n = sendfile(c->io.fd, o->fd, &o->foff, want);
+        else if (x->ocount == 1)
+            n = send(c->io.fd, o->base + o->off, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+        else
+            n = send_items(c->io.fd, o, x->ocount, &want);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
+        if (n == 0 && file)
+            return -EIO; /* the file shrank under us */
         pier__conn_sent(c);
         pier__conn_consume(c, (size_t)n);
-        if ((size_t)n < total)
+        /* a short sendfile is tried again: the next one says if the socket is full */
+        if ((size_t)n < want && !file)
             return 0; /* the socket is full; EPOLLOUT will bring us back */
     }
     return 0;
@@ -1170,7 +1219,7 @@ void pier__conn_mem_log(void) {
              "queue of %zu items inline, transport) from its loop's cache, %d-byte output chunks (cached, up "
              "to %d per loop) and a buffer for input its protocol left unconsumed; all go back when it is idle",
              sizeof(pier_conn_t), slots, bytes / 1024, live, sizeof(pier__conn_x_t),
-             sizeof ((pier__conn_x_t *)0)->inl / sizeof(pier__out_t), PIER__CHUNK, 256);
+             INL_ITEMS, PIER__CHUNK, 256);
 }
 
 /* ---- addresses ---- */

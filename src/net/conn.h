@@ -124,6 +124,13 @@ struct pier_conn_s {
     pier__pending_t pass_p;
 };
 
+/* The public accessors, inline for the layers above (they run on every request). */
+static inline void *pier__conn_data(const pier_conn_t *c) { return c->data; }
+static inline void pier__conn_set_data(pier_conn_t *c, void *data) { c->data = data; }
+static inline pier_loop_t *pier__conn_loop(const pier_conn_t *c) { return c->loop; }
+static inline size_t pier__conn_queued(const pier_conn_t *c) { return c->x ? c->x->queued : 0; }
+static inline int pier__conn_is_open(const pier_conn_t *c) { return !(c->flags & PIER__C_CLOSING); }
+
 /* The transport's state (src/tls), and the first queued item (NULL if none). */
 static inline void *pier__conn_tp_state(const pier_conn_t *c) { return c->x ? c->x->tp_state : NULL; }
 static inline const pier__transport_t *pier__conn_tp(const pier_conn_t *c) { return c->x ? c->x->tp : NULL; }

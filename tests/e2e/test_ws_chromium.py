@@ -5,31 +5,24 @@ protocol over its own WebSocket, with Debian's python3-websockets (so the test r
 itself under /usr/bin/python3). The page must load nothing from outside, throw no
 exception and log no error. A screenshot of each tab is kept in
 $PIER_BUILD/test-output/test_ws_chromium/. Skipped only when chromium is not installed."""
+import asyncio
+import base64
+import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
-
-if __name__ == "__main__" and sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-    sys.exit(subprocess.call(["/usr/bin/python3"] + sys.argv))
-
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
+import wslib  # noqa: E402
 
-try:
-    import websockets
-except ImportError:
-    print("test_ws_chromium: needs python3-websockets (scripts/deps.sh installs it)")
-    sys.exit(1)
+websockets = wslib.websockets_module("test_ws_chromium", __name__)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUT = os.path.join(os.environ.get("PIER_BUILD") or os.path.join(pierlib.REPO, "build"), "test-output",

@@ -4,23 +4,16 @@ length form, a fragmented message, ping and pong, close codes in both directions
 room across two loops (every member gets every message, the sender included), and the
 /chat page. The test runs itself again under /usr/bin/python3 when ctest's python3 is
 another interpreter; without the module it fails, naming the package."""
+import asyncio
 import os
-import subprocess
 import sys
-
-if __name__ == "__main__" and sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-    sys.exit(subprocess.call(["/usr/bin/python3"] + sys.argv))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
+import wslib  # noqa: E402
 
-try:
-    import asyncio
-    import websockets
-except ImportError:
-    print("test_ws_clients: needs python3-websockets (scripts/deps.sh installs it)")
-    sys.exit(1)
+websockets = wslib.websockets_module("test_ws_clients", __name__)
 
 
 async def echo(url):

@@ -9,31 +9,20 @@ a continuation or a ping failing the connection (1002), and a compression bomb (
 zeros in about 1 MiB) getting 1009 without the server's memory growing past the message
 limit. `--no-deflate` turns it off; `pier ws-client` offers it, and reports a refused
 handshake with its status."""
+import asyncio
 import os
-import subprocess
 import sys
-
-if __name__ == "__main__" and sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-    sys.exit(subprocess.call(["/usr/bin/python3"] + sys.argv))
-
-import socket  # noqa: E402
-import struct  # noqa: E402
-import zlib  # noqa: E402
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
+import wslib  # noqa: E402
 
-try:
-    import asyncio
-    import websockets
-    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-except ImportError:
-    print("test_ws_deflate: needs python3-websockets (scripts/deps.sh installs it)")
-    sys.exit(1)
+websockets = wslib.websockets_module("test_ws_deflate", __name__)
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory  # noqa: E402
 
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-ZERO = b"\0\0\0\0"
+ZERO = wslib.ZERO_MASK
 TAIL = b"\x00\x00\xff\xff"
 
 
@@ -113,71 +102,24 @@ async def chat(base):
 
 # ---- a raw client, to see the wire ----
 
-class Raw:
+class Raw(wslib.Client):
+    """A raw client of /ws/echo offering the extensions ext (None: none); ext is what the
+    server agreed to."""
+
     def __init__(self, srv, ext=None):
-        self.s = srv.connect(timeout=30)
-        req = ("GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % KEY)
-        if ext is not None:
-            req += "Sec-WebSocket-Extensions: %s\r\n" % ext
-        self.s.sendall((req + "\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = self.s.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
-        head, _, self.buf = buf.partition(b"\r\n\r\n")
-        self.head = head.decode("latin-1")
-        self.ext = None
-        for line in self.head.split("\r\n"):
-            if line.lower().startswith("sec-websocket-extensions:"):
-                self.ext = line.split(":", 1)[1].strip()
+        super().__init__(srv, wslib.request(extensions=ext), timeout=30)
+        self.ext = wslib.header(self.head, "Sec-WebSocket-Extensions")
 
     def send(self, b0, payload, mask=b"\x0a\x0b\x0c\x0d"):
-        n = len(payload)
-        if n < 126:
-            hdr = struct.pack("!BB", b0, 0x80 | n)
-        elif n < 65536:
-            hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
-        else:
-            hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
-        body = payload if mask == ZERO else bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-        self.s.sendall(hdr + mask + body)
-
-    def _need(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
+        self.s.sendall(wslib.frame(b0, payload, mask))
 
     def recv(self):
         """(b0, payload) of the next frame."""
-        self._need(2)
-        b0, n, off = self.buf[0], self.buf[1] & 0x7F, 2
-        if n == 126:
-            self._need(4)
-            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            self._need(10)
-            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
-        self._need(off + n)
-        payload, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        b0, payload, _ = self.frames.next()
         return b0, payload
 
     def expect_close(self, code, what):
-        try:
-            while True:
-                b0, payload = self.recv()
-                if b0 & 0x0F == 8:
-                    break
-        except (EOFError, ConnectionResetError, socket.timeout) as e:
-            check(False, "%s: a close frame with %d (got %r)" % (what, code, e))
-            return
-        got = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-        check(got == code, "%s: close code %d (got %r)" % (what, code, got))
-        self.s.close()
+        wslib.expect_close(self.frames, code, what)
 
 
 def deflate(data, bits=15):

@@ -13,7 +13,6 @@ then end the TCP connection without waiting for anything more; the client also e
 and names the code. Close codes that RFC 6455 7.4 allows are answered in kind, so the
 close-code cases can tell a refused code from an accepted one."""
 import base64
-import hashlib
 import os
 import socket
 import struct
@@ -23,25 +22,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
+import wslib  # noqa: E402
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MASK = b"\x37\xfa\x21\x3d"
 
 
 def frame(op, payload=b"", fin=True, rsv=0, masked=None, length=None):
     """One frame's bytes; masked None means as the sender's side must (set per run)."""
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | (rsv << 4) | op
-    m = 0x80 if masked else 0
-    if n < 126:
-        head = struct.pack("!BB", b0, m | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, m | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, m | 127, n)
-    if not masked:
-        return head + payload
-    return head + MASK + bytes(c ^ MASK[i % 4] for i, c in enumerate(payload))
+    return wslib.frame(wslib.first_byte(op, fin, rsv), payload, MASK if masked else None, length)
 
 
 def close_body(code, reason=b""):
@@ -108,60 +96,13 @@ VALID_CODES = (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013,
 
 # ---- reading frames ----
 
-class Frames:
-    def __init__(self, sock):
-        self.s = sock
-        self.buf = b""
-
-    def _need(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError("closed with %d of %d bytes" % (len(self.buf), n))
-            self.buf += chunk
-
-    def next(self):
-        """(opcode, payload, was_masked) of the next frame."""
-        self._need(2)
-        b1 = self.buf[1]
-        n, off = b1 & 0x7F, 2
-        if n == 126:
-            self._need(4)
-            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            self._need(10)
-            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
-        masked = bool(b1 & 0x80)
-        key = b""
-        if masked:
-            self._need(off + 4)
-            key, off = self.buf[off:off + 4], off + 4
-        self._need(off + n)
-        payload = self.buf[off:off + n]
-        if masked:
-            payload = bytes(c ^ key[i % 4] for i, c in enumerate(payload))
-        op = self.buf[0] & 0x0F
-        self.buf = self.buf[off + n:]
-        return op, payload, masked
-
-    def close_code(self):
-        """The code of the first close frame (None: none came), and whether it was masked."""
-        try:
-            while True:
-                op, payload, masked = self.next()
-                if op == 8:
-                    return (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None), masked
-        except (EOFError, ConnectionResetError, socket.timeout):
-            return None, None
-
-    def ends(self):
-        """True if the peer ends TCP with nothing more sent."""
-        try:
-            return self.s.recv(100) == b"" and not self.buf
-        except ConnectionResetError:
-            return True
-        except socket.timeout:
-            return False
+def close_code(fr):
+    """The code of the first close frame of fr (None: none came), and whether it was masked."""
+    try:
+        payload, masked = fr.close_frame()
+    except (EOFError, ConnectionResetError, socket.timeout):
+        return None, None
+    return wslib.close_code(payload), masked
 
 
 def send_frames(sock, frames, masked):
@@ -174,38 +115,36 @@ def send_frames(sock, frames, masked):
 # ---- the server side ----
 
 def server_conn(srv):
-    s = srv.connect(timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(("GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    head, _, rest = head.partition(b"\r\n\r\n")
-    check(head.startswith(b"HTTP/1.1 101"), "server: handshake (got %r)" % head[:40])
-    fr = Frames(s)
-    fr.buf = rest
-    return s, fr
+    c = wslib.Client(srv, wslib.request(key=base64.b64encode(os.urandom(16)).decode()))
+    check(c.head.startswith("HTTP/1.1 101"), "server: handshake (got %r)" % c.head[:40])
+    return c.s, c.frames
 
 
-def server_rule(srv, section, rule, frames, code):
-    s, fr = server_conn(srv)
-    send_frames(s, frames, masked=True)
-    got, masked = fr.close_code()
-    what = "server, RFC 6455 %s, %s" % (section, rule)
+def rule_holds(side, s, fr, section, rule, frames, code):
+    """Sends frames to pier's side ("server" or "client") on s, masked as its peer must,
+    and checks that pier closes with code, its close frame masked as that side's must
+    be, then ends TCP; returns what names the case."""
+    pier_masks = side == "client"
+    send_frames(s, frames, masked=not pier_masks)
+    got, masked = close_code(fr)
+    what = "%s, RFC 6455 %s, %s" % (side, section, rule)
     check(got == code, "%s: closes with %d (got %r)" % (what, code, got))
-    check(masked is False or got is None, "%s: its close frame is not masked" % what)
+    check(masked is pier_masks or got is None,
+          "%s: its close frame is %s" % (what, "masked" if pier_masks else "not masked"))
     check(fr.ends(), "%s: then ends the TCP connection" % what)
     s.close()
+    return what
+
+
+def server_rule(srv, *rule):
+    s, fr = server_conn(srv)
+    rule_holds("server", s, fr, *rule)
 
 
 def server_valid_code(srv, code):
     s, fr = server_conn(srv)
     send_frames(s, [dict(op=8, payload=close_body(code, b"why"))], masked=True)
-    got, _ = fr.close_code()
+    got, _ = close_code(fr)
     check(got == code, "server: close code %d is allowed and answered with it (got %r)" % (code, got))
     s.close()
 
@@ -229,17 +168,11 @@ class RawServer:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         s, _ = self.ls.accept()
         s.settimeout(20)
-        req = b""
-        while b"\r\n\r\n" not in req:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            req += chunk
-        key = [ln.split(b":", 1)[1].strip() for ln in req.split(b"\r\n") if ln.lower().startswith(b"sec-websocket-key:")]
-        acc = base64.b64encode(hashlib.sha1(key[0] + GUID.encode()).digest()) if key else b""
-        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
-        return p, s, Frames(s)
+        key = wslib.header(wslib.read_head(s)[0], "Sec-WebSocket-Key")
+        acc = wslib.accept(key) if key else ""
+        s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Accept: %s\r\n\r\n" % acc).encode())
+        return p, s, wslib.Frames(s)
 
 
 def finish_client(p):
@@ -253,13 +186,7 @@ def finish_client(p):
 
 def client_rule(rs, section, rule, frames, code):
     p, s, fr = rs.client()
-    send_frames(s, frames, masked=False)
-    got, masked = fr.close_code()
-    what = "client, RFC 6455 %s, %s" % (section, rule)
-    check(got == code, "%s: closes with %d (got %r)" % (what, code, got))
-    check(masked is True or got is None, "%s: its close frame is masked" % what)
-    check(fr.ends(), "%s: then ends the TCP connection" % what)
-    s.close()
+    what = rule_holds("client", s, fr, section, rule, frames, code)
     rc, err = finish_client(p)
     check(rc == 1 and "(%d" % code in err, "%s: pier ws-client exits 1 naming %d (got %s, %r)" % (what, code, rc, err))
 

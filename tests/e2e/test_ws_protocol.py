@@ -5,112 +5,35 @@ whose breach must fail the connection, each on a connection of its own with the 
 it must get (1002 protocol error, 1007 invalid data, 1009 too big), followed by the end of
 the TCP connection. Invalid UTF-8 must fail the connection before the rest of its message
 (or frame) has been sent."""
-import base64
-import hashlib
 import os
-import socket
 import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
-
-KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-ZERO_MASK = b"\0\0\0\0"  # masks nothing: big payloads need no masking work in Python
-
-
-def request(key=KEY, version="13", upgrade="websocket", connection="Upgrade", method="GET", proto="HTTP/1.1",
-            path="/ws/echo"):
-    lines = ["%s %s %s" % (method, path, proto), "Host: localhost"]
-    if upgrade is not None:
-        lines.append("Upgrade: " + upgrade)
-    if connection is not None:
-        lines.append("Connection: " + connection)
-    if key is not None:
-        lines.append("Sec-WebSocket-Key: " + key)
-    if version is not None:
-        lines.append("Sec-WebSocket-Version: " + version)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+import wslib  # noqa: E402
+from wslib import KEY, ZERO_MASK, read_head, request  # noqa: E402
 
 
-def read_head(s):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), rest
-
-
-class Conn:
-    """A raw WebSocket client connection on srv, past the handshake."""
+class Conn(wslib.Client):
+    """A raw WebSocket client connection on srv, past the handshake; every frame read is
+    checked to come unmasked."""
 
     def __init__(self, srv, extra=b""):
-        self.s = srv.connect(timeout=10)
-        self.s.sendall(request() + extra)
-        head, self.buf = read_head(self.s)
-        self.status = int(head.split()[1]) if head else 0
-        self.head = head
+        super().__init__(srv, extra=extra, from_server=True)
 
-    def send(self, op, payload=b"", fin=True, rsv=0, mask=b"\x11\x22\x33\x44", length=None, masked=True):
-        n = len(payload) if length is None else length
-        b0 = (0x80 if fin else 0) | (rsv << 4) | op
-        if n < 126:
-            hdr = struct.pack("!BB", b0, (0x80 if masked else 0) | n)
-        elif n < 65536:
-            hdr = struct.pack("!BBH", b0, (0x80 if masked else 0) | 126, n)
-        else:
-            hdr = struct.pack("!BBQ", b0, (0x80 if masked else 0) | 127, n)
-        if masked:
-            body = payload if mask == ZERO_MASK else bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-            self.s.sendall(hdr + mask + body)
-        else:
-            self.s.sendall(hdr + payload)
-
-    def _need(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise EOFError("closed with %d of %d bytes" % (len(self.buf), n))
-            self.buf += chunk
+    def send(self, op, payload=b"", fin=True, rsv=0, mask=wslib.MASK, length=None, masked=True):
+        self.s.sendall(wslib.frame(wslib.first_byte(op, fin, rsv), payload, mask if masked else None, length))
 
     def recv(self):
-        """(fin, opcode, payload) of the next frame; it must be unmasked."""
-        self._need(2)
-        b0, b1 = self.buf[0], self.buf[1]
-        check(not b1 & 0x80, "server frames are not masked")
-        n, off = b1 & 0x7F, 2
-        if n == 126:
-            self._need(4)
-            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            self._need(10)
-            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
-        self._need(off + n)
-        payload, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        """(fin, opcode, payload) of the next frame."""
+        b0, payload, _ = self.frames.next()
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     def expect_close(self, code, what):
         """The next frames end with a close frame carrying code, and then the TCP end."""
-        try:
-            while True:
-                fin, op, payload = self.recv()
-                if op == 8:
-                    break
-        except (EOFError, ConnectionResetError, socket.timeout) as e:
-            check(False, "%s: a close frame with %d (got %r)" % (what, code, e))
-            return
-        got = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-        check(got == code, "%s: close code %d (got %r)" % (what, code, got))
-        try:
-            rest = self.s.recv(100)
-        except ConnectionResetError:
-            rest = b""
-        check(rest == b"", "%s: the TCP connection ends after the close frame (got %r)" % (what, rest))
-        self.s.close()
+        wslib.expect_close(self.frames, code, what, then_eof=True)
 
 
 def refused(srv, what, req, status, header=None):
@@ -127,8 +50,7 @@ def refused(srv, what, req, status, header=None):
 def test_handshake(srv):
     c = Conn(srv)
     check(c.status == 101, "upgrade answered 101 (got %r)" % c.head[:60])
-    acc = base64.b64encode(hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-    check("Sec-WebSocket-Accept: " + acc in c.head, "accept key of RFC 6455 1.3")
+    check("Sec-WebSocket-Accept: " + wslib.accept(KEY) in c.head, "accept key of RFC 6455 1.3")
     check("Upgrade: websocket" in c.head and "Connection: Upgrade" in c.head, "Upgrade and Connection fields")
     check("Content-Length" not in c.head, "a 101 has no body framing")
     c.send(1, b"hi")
@@ -154,9 +76,7 @@ def test_handshake(srv):
 
 
 def test_bytes_behind_the_handshake(srv):
-    mask = b"\x01\x02\x03\x04"
-    frame = bytes([0x81, 0x80 | 5]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(b"early"))
-    c = Conn(srv, extra=frame)
+    c = Conn(srv, extra=wslib.frame(0x81, b"early", b"\x01\x02\x03\x04"))
     check(c.status == 101, "101 with a frame behind the request")
     check(c.recv() == (True, 1, b"early"), "the frame sent with the handshake is echoed")
     c.s.close()
@@ -184,9 +104,8 @@ def test_messages(srv):
     c.send(2, big, mask=ZERO_MASK)
     check(c.recv() == (True, 2, big), "a 300 kB message")
     # one frame dribbled in pieces
-    mask = b"\x05\x06\x07\x08"
     payload = b"x" * 1000
-    data = struct.pack("!BBH", 0x82, 0x80 | 126, 1000) + mask + bytes(v ^ mask[i % 4] for i, v in enumerate(payload))
+    data = wslib.frame(0x82, payload, b"\x05\x06\x07\x08")
     for i in range(0, len(data), 97):
         c.s.sendall(data[i:i + 97])
     check(c.recv() == (True, 2, payload), "a frame that arrives in pieces")
@@ -253,13 +172,12 @@ def test_fail_fast(srv):
     c.expect_close(1007, "invalid UTF-8 in a first fragment, the message unfinished")
     # inside one frame: 100 bytes declared, 10 sent, the invalid byte among them
     c = Conn(srv)
-    mask = b"\0\0\0\0"
-    c.s.sendall(bytes([0x81, 0x80 | 100]) + mask + b"abcd\xffefgh")
+    c.s.sendall(wslib.frame(0x81, b"abcd\xffefgh", ZERO_MASK, length=100))
     c.expect_close(1007, "invalid UTF-8 early in a frame whose rest never comes")
     # a fragmented message that grows past the limit: 1009 on the declared length
     c = Conn(srv)
     c.send(2, b"\0" * (8 << 20), fin=False, mask=ZERO_MASK)
-    c.s.sendall(struct.pack("!BBQ", 0x00, 0x80 | 127, (8 << 20) + 1) + mask)
+    c.s.sendall(wslib.frame(0x00, b"", ZERO_MASK, length=(8 << 20) + 1))
     c.expect_close(1009, "fragments over 16 MiB in all")
 
 

@@ -2,23 +2,16 @@
 (Debian's python3-websockets, run with /usr/bin/python3): two members publish at once to
 sixteen members spread by the kernel over both loops, and every member gets every
 message exactly once, each sender's messages in the order sent, its own included."""
+import asyncio
 import os
-import subprocess
 import sys
-
-if __name__ == "__main__" and sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
-    sys.exit(subprocess.call(["/usr/bin/python3"] + sys.argv))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pierlib  # noqa: E402
 from pierlib import check  # noqa: E402
+import wslib  # noqa: E402
 
-try:
-    import asyncio
-    import websockets
-except ImportError:
-    print("test_ws_pubsub: needs python3-websockets (scripts/deps.sh installs it)")
-    sys.exit(1)
+websockets = wslib.websockets_module("test_ws_pubsub", __name__)
 
 MEMBERS = 16
 PER_SENDER = 200

@@ -4,6 +4,7 @@
  * socket that has a second reference (a child between fork and exec) when the
  * connection closes. */
 #include "support.h"
+#include "echo_server.h"
 
 #include <pier/net.h>
 
@@ -17,33 +18,14 @@
 static int accepted, closes;
 static pier_conn_t *last;
 
-static size_t echo_read(pier_conn_t *c, const char *data, size_t len) {
-    pier_conn_write(c, data, len);
-    return len;
-}
-
 static void count_close(pier_conn_t *c, int err) { closes++; }
 
-static const pier_conn_cbs_t echo_cbs = {.on_read = echo_read, .on_close = count_close};
+static const pier_conn_cbs_t echo_cbs = {.on_read = echo_server_read, .on_close = count_close};
 
 static void on_accept(pier_server_t *srv, pier_conn_t *c) {
     accepted++;
     last = c;
     pier_conn_set_cbs(c, &echo_cbs, NULL);
-}
-
-static int listening(uint16_t port, uint16_t *bound) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    socklen_t len = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    *bound = ntohs(sa.sin_port);
-    return fd;
 }
 
 static uint16_t port_of(int fd) {
@@ -53,44 +35,33 @@ static uint16_t port_of(int fd) {
     return ntohs(sa.sin_port);
 }
 
-static void echo_check(pier_loop_t *loop, int fd) {
-    assert_int_equal(send(fd, "ping", 4, 0), 4);
-    char buf[4];
-    size_t got = 0;
-    uint64_t end = pier_test_now_ms() + 5000;
-    while (got < 4 && pier_test_now_ms() < end) {
-        pier_loop_run_once(loop, 2);
-        ssize_t n = recv(fd, buf + got, 4 - got, MSG_DONTWAIT);
-        if (n > 0)
-            got += (size_t)n;
-    }
-    assert_int_equal(got, 4);
-    assert_memory_equal(buf, "ping", 4);
+/* A server for 127.0.0.1:port (0: any port), not started, on a new group of loops. */
+static pier_server_t *server_on(pier_group_t **g, unsigned loops, uint16_t port) {
+    assert_int_equal(pier_group_new(g, loops), 0);
+    pier_server_t *srv;
+    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
+    assert_int_equal(pier_server_new(&srv, *g, &o), 0);
+    return srv;
 }
 
-static void free_all(pier_group_t *g, pier_server_t *srv) {
-    pier_server_stop(srv);
-    uint64_t end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(srv)) == -EBUSY && pier_test_now_ms() < end)
-        for (unsigned i = 0; i < pier_group_size(g); i++)
-            pier_loop_run_once(pier_group_loop(g, i), 2);
-    assert_int_equal(rc, 0);
-    assert_int_equal(pier_group_free(g), 0);
+/* A started server on 127.0.0.1, on a port of the kernel's choosing, on a one-loop
+ * group. */
+static pier_server_t *serve(pier_group_t **g) {
+    pier_server_t *srv = server_on(g, 1, 0);
+    assert_int_equal(pier_server_start(srv), 0);
+    accepted = closes = 0;
+    return srv;
 }
 
 /* A connection queued on the socket before the server existed is served: the server
  * uses that socket, it does not bind a new one. */
 static void test_server_takes_inherited_socket(void **state) {
     uint16_t port;
-    int lfd = listening(0, &port);
+    int lfd = echo_server_listener(0, &port);
     int early = pier_test_connect(port);
     assert_int_equal(pier_net_inherit(lfd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 1, port);
     assert_int_equal(pier_server_port(srv), port);
     int fds[4];
     assert_int_equal(pier_server_listen_fds(srv, fds, 4), 1);
@@ -98,51 +69,45 @@ static void test_server_takes_inherited_socket(void **state) {
     assert_int_equal(pier_net_inherit_close_unused(), 0);
     assert_int_equal(pier_server_start(srv), 0);
     accepted = closes = 0;
-    echo_check(pier_group_loop(g, 0), early);
+    echo_server_check(pier_group_loop(g, 0), early);
     assert_int_equal(accepted, 1);
     close(early);
     pier_test_run_until(pier_group_loop(g, 0), &closes, 5000);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 /* Two loops, one inherited socket: each loop watches it (a dup), and a port 0 server
  * takes the socket of its host whatever its port. */
 static void test_loops_share_one_socket(void **state) {
     uint16_t port;
-    int lfd = listening(0, &port);
+    int lfd = echo_server_listener(0, &port);
     assert_int_equal(pier_net_inherit(lfd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 2), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = 0, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 2, 0);
     assert_int_equal(pier_server_port(srv), port);
     int fds[4];
     assert_int_equal(pier_server_listen_fds(srv, fds, 4), 2);
     assert_int_not_equal(fds[0], fds[1]);
     assert_int_equal(port_of(fds[1]), port);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 /* A socket for another port is not taken: the server binds its own, and the unused one
  * is closed (connecting to it then fails). */
 static void test_unused_socket_closed(void **state) {
     uint16_t other, port;
-    int ofd = listening(0, &other);
-    int tmp = listening(0, &port);
+    int ofd = echo_server_listener(0, &other);
+    int tmp = echo_server_listener(0, &port);
     close(tmp); /* a free port, most likely */
     assert_int_equal(pier_net_inherit(ofd), 0);
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .port = port, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
+    pier_server_t *srv = server_on(&g, 1, port);
     int fds[1];
     assert_int_equal(pier_server_listen_fds(srv, fds, 1), 1);
     assert_int_not_equal(fds[0], ofd);
     assert_int_equal(pier_net_inherit_close_unused(), 1);
     assert_int_equal(pier_test_connect(other), -ECONNREFUSED);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 /* ListenStream=8080 in a socket unit is a dual-stack [::]:8080, while the command line
@@ -175,10 +140,10 @@ static void test_wildcards_match(void **state) {
     assert_int_equal(pier_server_start(srv), 0);
     accepted = closes = 0;
     int c = pier_test_connect(port); /* IPv4 loopback, into the dual-stack socket */
-    echo_check(pier_group_loop(g, 0), c);
+    echo_server_check(pier_group_loop(g, 0), c);
     close(c);
     pier_test_run_until(pier_group_loop(g, 0), &closes, 5000);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 /* pier_server_close_if closes only the connections its filter names; the others stay
@@ -188,29 +153,24 @@ static int close_unless_kept(pier_conn_t *c) { return c != keep; }
 
 static void test_close_if(void **state) {
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
+    pier_server_t *srv = serve(&g);
     pier_loop_t *loop = pier_group_loop(g, 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
-    assert_int_equal(pier_server_start(srv), 0);
-    accepted = closes = 0;
     int a = pier_test_connect(pier_server_port(srv));
-    echo_check(loop, a);
+    echo_server_check(loop, a);
     keep = last;
     int b = pier_test_connect(pier_server_port(srv));
-    echo_check(loop, b);
+    echo_server_check(loop, b);
     pier_server_close_if(srv, close_unless_kept);
     pier_test_run_until(loop, &closes, 5000);
     assert_int_equal(closes, 1);
     char byte;
     assert_int_equal(recv(b, &byte, 1, 0), 0); /* closed gracefully: EOF */
-    echo_check(loop, a);                         /* still served */
+    echo_server_check(loop, a);                         /* still served */
     assert_int_equal(pier_server_conns(srv), 1);
     close(a);
     close(b);
     pier_test_run_until(loop, &closes, 5000);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 static void test_refuses_what_is_not_a_listener(void **state) {
@@ -231,15 +191,10 @@ static void test_refuses_what_is_not_a_listener(void **state) {
  * wake the loop for a connection that has been freed (ASan: use after free). */
 static void test_close_with_a_second_reference(void **state) {
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
+    pier_server_t *srv = serve(&g);
     pier_loop_t *loop = pier_group_loop(g, 0);
-    pier_server_t *srv;
-    pier_server_opts_t o = {.host = "127.0.0.1", .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&srv, g, &o), 0);
-    assert_int_equal(pier_server_start(srv), 0);
-    accepted = closes = 0;
     int fd = pier_test_connect(pier_server_port(srv));
-    echo_check(loop, fd);
+    echo_server_check(loop, fd);
     int second = dup(pier_conn_fd(last));
     pier_server_abort_all(srv);
     pier_test_run_until(loop, &closes, 5000);
@@ -252,7 +207,7 @@ static void test_close_with_a_second_reference(void **state) {
     }
     close(second);
     close(fd);
-    free_all(g, srv);
+    echo_server_free(srv, g);
 }
 
 int main(void) {

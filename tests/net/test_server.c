@@ -2,6 +2,7 @@
  * close_all and abort_all, counting across the loops of a group, and freeing only once
  * everything has closed. */
 #include "support.h"
+#include "echo_server.h"
 
 #include <pier/net.h>
 
@@ -19,18 +20,13 @@
 
 static int accepted, closes, close_errs[64];
 
-static size_t echo_read(pier_conn_t *c, const char *data, size_t len) {
-    pier_conn_write(c, data, len);
-    return len;
-}
-
 static void count_close(pier_conn_t *c, int err) {
     if (closes < 64)
         close_errs[closes] = err;
     closes++;
 }
 
-static const pier_conn_cbs_t echo_cbs = {.on_read = echo_read, .on_close = count_close};
+static const pier_conn_cbs_t echo_cbs = {.on_read = echo_server_read, .on_close = count_close};
 
 static void on_accept(pier_server_t *srv, pier_conn_t *c) {
     accepted++;
@@ -63,20 +59,22 @@ static fx_t up(const char *host, void (*acc)(pier_server_t *, pier_conn_t *), un
 }
 
 static void down(fx_t *f) {
-    pier_server_stop(f->srv);
-    pier_server_stop(f->srv); /* idempotent */
-    uint64_t end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(f->srv)) == -EBUSY && pier_test_now_ms() < end)
-        pier_loop_run_once(f->loop, 5);
-    assert_int_equal(rc, 0);
-    assert_int_equal(pier_group_free(f->g), 0);
+    pier_server_stop(f->srv); /* and again in echo_server_free: idempotent */
+    echo_server_free(f->srv, f->g);
 }
 
 static void run_until_val(pier_loop_t *loop, const int *v, int n, int ms) {
     uint64_t end = pier_test_now_ms() + (uint64_t)ms;
     while (*v < n && pier_test_now_ms() < end)
         pier_loop_run_once(loop, 5);
+}
+
+/* run_until_val with every loop of g, a turn each. */
+static void run_all_until_val(pier_group_t *g, const int *v, int n, int ms) {
+    uint64_t end = pier_test_now_ms() + (uint64_t)ms;
+    while (*v < n && pier_test_now_ms() < end)
+        for (unsigned i = 0; i < pier_group_size(g); i++)
+            pier_loop_run_once(pier_group_loop(g, i), 1);
 }
 
 /* Reads from fd while driving the loop until EOF/error; 1 for EOF, -errno, 0 on timeout. */
@@ -94,21 +92,6 @@ static int wait_end(pier_loop_t *loop, int fd, int ms) {
             return -errno;
     }
     return 0;
-}
-
-static void echo_check(pier_loop_t *loop, int fd) {
-    assert_int_equal(send(fd, "ping", 4, 0), 4);
-    char buf[4];
-    size_t got = 0;
-    uint64_t end = pier_test_now_ms() + 5000;
-    while (got < 4 && pier_test_now_ms() < end) {
-        pier_loop_run_once(loop, 2);
-        ssize_t n = recv(fd, buf + got, 4 - got, MSG_DONTWAIT);
-        if (n > 0)
-            got += (size_t)n;
-    }
-    assert_int_equal(got, 4);
-    assert_memory_equal(buf, "ping", 4);
 }
 
 static void test_ipv6(void **state) {
@@ -132,7 +115,7 @@ static void test_ipv6(void **state) {
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     run_until_val(loop, &accepted, 1, 5000);
     assert_int_equal(accepted, 1);
-    echo_check(loop, fd);
+    echo_server_check(loop, fd);
     close(fd);
     run_until_val(loop, &closes, 1, 5000);
     pier_server_stop(srv);
@@ -188,15 +171,15 @@ static void test_max_conns(void **state) {
     assert_int_equal(wait_end(f.loop, c, 5000), 1);
     assert_int_equal(accepted, 2);
     close(c);
-    echo_check(f.loop, a);
-    echo_check(f.loop, b);
+    echo_server_check(f.loop, a);
+    echo_server_check(f.loop, b);
     /* below the limit again: accepted */
     close(a);
     run_until_val(f.loop, &closes, 1, 5000);
     int d = pier_test_connect(f.port);
     run_until_val(f.loop, &accepted, 3, 5000);
     assert_int_equal(accepted, 3);
-    echo_check(f.loop, d);
+    echo_server_check(f.loop, d);
     close(b);
     close(d);
     run_until_val(f.loop, &closes, 3, 5000);
@@ -229,7 +212,7 @@ static void test_stop_then_close_all(void **state) {
     pier_server_stop(f.srv);
     pier_loop_run_once(f.loop, 0);
     assert_int_equal(pier_server_free(f.srv), -EBUSY);
-    echo_check(f.loop, fds[0]);
+    echo_server_check(f.loop, fds[0]);
     int late = pier_test_connect(f.port);
     assert_true(late < 0); /* nobody listens any more */
 
@@ -280,27 +263,15 @@ static void test_two_loops(void **state) {
     int fds[16];
     for (int i = 0; i < 16; i++)
         fds[i] = pier_test_connect(pier_server_port(srv));
-    uint64_t end = pier_test_now_ms() + 5000;
-    while (accepted < 16 && pier_test_now_ms() < end) {
-        pier_loop_run_once(l0, 1);
-        pier_loop_run_once(l1, 1);
-    }
+    run_all_until_val(g, &accepted, 16, 5000);
     assert_int_equal(accepted, 16);
     assert_int_equal(pier_server_conns(srv), 16);
     assert_true(pier_loop_handles(l0) > 1);
     assert_true(pier_loop_handles(l1) > 1);
     for (int i = 0; i < 16; i++)
         close(fds[i]);
-    pier_server_stop(srv);
-    end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(srv)) == -EBUSY && pier_test_now_ms() < end) {
-        pier_loop_run_once(l0, 1);
-        pier_loop_run_once(l1, 1);
-    }
-    assert_int_equal(rc, 0);
+    echo_server_free(srv, g);
     assert_int_equal(closes, 16);
-    assert_int_equal(pier_group_free(g), 0);
 }
 
 /* Single-acceptor mode: loop 0 accepts and deals connections to the loops in turn. */
@@ -329,22 +300,13 @@ static void test_single_acceptor(void **state) {
     int fds[10];
     for (int i = 0; i < 10; i++)
         fds[i] = pier_test_connect(pier_server_port(srv));
-    uint64_t end = pier_test_now_ms() + 5000;
-    while (accepted < 10 && pier_test_now_ms() < end) {
-        pier_loop_run_once(l0, 1);
-        pier_loop_run_once(l1, 1);
-    }
+    run_all_until_val(sa_group, &accepted, 10, 5000);
     assert_int_equal(accepted, 10);
     assert_int_equal(accepted_on[0], 5); /* dealt out evenly */
     assert_int_equal(accepted_on[1], 5);
-    for (int i = 0; i < 10; i++) {
+    for (int i = 0; i < 10; i++)
         close(fds[i]);
-    }
-    end = pier_test_now_ms() + 5000;
-    while (closes < 10 && pier_test_now_ms() < end) {
-        pier_loop_run_once(l0, 1);
-        pier_loop_run_once(l1, 1);
-    }
+    run_all_until_val(sa_group, &closes, 10, 5000);
     assert_int_equal(closes, 10);
 
     /* A connection dealt to loop 1 and not yet picked up there when the caller stops and
@@ -352,7 +314,7 @@ static void test_single_acceptor(void **state) {
      * server any more). */
     int a = pier_test_connect(pier_server_port(srv)); /* dealt to loop 0 */
     int b = pier_test_connect(pier_server_port(srv)); /* dealt to loop 1 */
-    end = pier_test_now_ms() + 5000;
+    uint64_t end = pier_test_now_ms() + 5000;
     while (accepted < 11 && pier_test_now_ms() < end)
         pier_loop_run_once(l0, 1);
     for (int i = 0; i < 5; i++)
@@ -422,7 +384,7 @@ static void test_emfile(void **state) {
     int ok = pier_test_connect(f.port);
     run_until_val(f.loop, &accepted, 1, 5000);
     assert_int_equal(accepted, 1);
-    echo_check(f.loop, ok);
+    echo_server_check(f.loop, ok);
     close(ok);
     run_until_val(f.loop, &closes, 1, 5000);
     down(&f);

@@ -67,4 +67,17 @@ static inline void raw_ws_request(int fd, const char *path, const char *protocol
     raw_ws_request_ext(fd, path, protocols, NULL);
 }
 
+/* Reads the answer to the handshake a byte at a time, so that the frames behind it stay
+ * unread, and fails the test unless it is a 101. */
+static inline void raw_ws_read_101(int fd) {
+    char head[512];
+    size_t got = 0;
+    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
+        assert_true(got < sizeof head);
+        assert_int_equal(pier_test_read_full(fd, head + got, 1), 1);
+        got++;
+    }
+    assert_memory_equal(head, "HTTP/1.1 101 ", 13);
+}
+
 #endif

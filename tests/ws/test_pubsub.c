@@ -9,6 +9,7 @@
  * pier-test: threads */
 #include "support.h"
 #include "raw_ws.h"
+#include "threaded_server.h"
 #include "ws/ws_int.h"
 
 #include <errno.h>
@@ -71,20 +72,12 @@ static void on_close(pier_ws_t *ws, int code, const char *reason) {
 
 static const pier_ws_cbs_t cbs = {.on_open = on_open, .on_message = on_message, .on_close = on_close};
 
-static void *run_group(void *arg) {
-    (void)arg;
-    pier_group_run(group);
-    return NULL;
-}
-
 static int setup(void **state) {
     (void)state;
     opened = closed = closed_1008 = 0;
     dropped = 0;
     memset(on_loop, 0, sizeof on_loop);
-    assert_int_equal(pier_group_new(&group, LOOPS), 0);
-    pier_http_opts_t o = {.port = 0};
-    assert_int_equal(pier_http_server_new(&srv, group, &o), 0);
+    threaded_server_new(&srv, &group, LOOPS);
     assert_int_equal(pier_ws_publish(srv, "news", PIER_WS_TEXT, "x", 1), -ENOENT);
     assert_int_equal(pier_http_ws(srv, "/ws", &cbs, NULL), 0);
     pier_ws_opts_t strict = {.out_high = 65536, .slow_policy = PIER_WS_SLOW_CLOSE};
@@ -94,41 +87,17 @@ static int setup(void **state) {
     pier_ws_opts_t z = {.deflate = 1}, zkeep = {.deflate = 1, .deflate_takeover = 1};
     assert_int_equal(pier_http_ws_opts(srv, "/ws-z", &cbs, NULL, &z), 0);
     assert_int_equal(pier_http_ws_opts(srv, "/ws-zkeep", &cbs, NULL, &zkeep), 0);
-    assert_int_equal(pier_http_server_start(srv), 0);
-    assert_int_equal(pthread_create(&runner, NULL, run_group, NULL), 0);
-    for (int i = 0; i < 1000 && !(port = pier_http_server_port(srv)); i++)
-        usleep(1000);
-    assert_true(port > 0);
+    port = threaded_server_start(srv, group, &runner);
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    pier_http_server_stop(srv);
-    for (int i = 0; i < 5000 && pier_http_server_conns(srv) > 0; i++)
-        usleep(1000);
-    pier_group_stop(group);
-    pthread_join(runner, NULL);
-    int rc = -EBUSY;
-    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
-        for (unsigned l = 0; l < LOOPS; l++)
-            pier_loop_run_once(pier_group_loop(group, l), 1);
-        rc = pier_http_server_free(srv);
-    }
-    assert_int_equal(rc, 0);
-    for (int i = 0; i < 100 && pier_group_free(group) == -EBUSY; i++)
-        for (unsigned l = 0; l < LOOPS; l++)
-            pier_loop_run_once(pier_group_loop(group, l), 1);
+    threaded_server_free(srv, group, runner);
     return 0;
 }
 
 /* ---- clients ---- */
-
-static void wait_for(int *counter, int n) {
-    for (int i = 0; i < 10000 && load(counter) < n; i++)
-        usleep(1000);
-    assert_int_equal(load(counter), n);
-}
 
 /* A subscriber on path offering extensions (or NULL), once the server has run its
  * on_open. */
@@ -140,15 +109,8 @@ static int subscriber_ext(const char *path, int rcvbuf, const char *extensions) 
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     raw_ws_request_ext(fd, path, NULL, extensions);
-    char head[512];
-    size_t got = 0;
-    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
-        assert_true(got < sizeof head);
-        assert_int_equal(pier_test_read_full(fd, head + got, 1), 1); /* frames stay unread */
-        got++;
-    }
-    assert_memory_equal(head, "HTTP/1.1 101 ", 13);
-    wait_for(&opened, before + 1);
+    raw_ws_read_101(fd);
+    threaded_wait_for(&opened, before + 1);
     return fd;
 }
 
@@ -214,7 +176,7 @@ static void publish_reaches_every_subscriber_once_in_order(void **state) {
         expect_text(fds[i], "end"); /* nothing twice, nothing of another topic */
         close(fds[i]);
     }
-    wait_for(&closed, n);
+    threaded_wait_for(&closed, n);
 }
 
 static void unsubscribe_stops_delivery(void **state) {
@@ -232,7 +194,7 @@ static void unsubscribe_stops_delivery(void **state) {
     expect_text(b, "n1"); /* topics span the endpoints */
     close(a);
     close(b);
-    wait_for(&closed, 2);
+    threaded_wait_for(&closed, 2);
 }
 
 static void a_thousand_topics(void **state) {
@@ -259,7 +221,7 @@ static void a_thousand_topics(void **state) {
     assert_int_equal(pier_ws_publish(srv, "t501", PIER_WS_TEXT, "kept", 4), 0);
     expect_text(fd, "kept");
     close(fd);
-    wait_for(&closed, 1);
+    threaded_wait_for(&closed, 1);
 }
 
 /* ---- permessage-deflate ---- */
@@ -331,7 +293,7 @@ static void deflate_subscribers_get_their_form(void **state) {
     assert_memory_equal(wire[2], wire[3], wire_len[2]);
     for (int i = 0; i < N; i++)
         close(fds[i]);
-    wait_for(&closed, N);
+    threaded_wait_for(&closed, N);
 }
 
 static void a_published_message_is_compressed_once(void **state) {
@@ -364,7 +326,7 @@ static void a_published_message_is_compressed_once(void **state) {
     assert_true(done >= MESSAGES_Z && done <= MESSAGES_Z * LOOPS);
     pier__ws_pmd_free(&rx);
     pier__ws_zloop_free(zl);
-    wait_for(&closed, SUBS);
+    threaded_wait_for(&closed, SUBS);
 }
 
 /* ---- slow subscribers ---- */
@@ -393,7 +355,7 @@ static void slow_subscriber_is_closed_with_1008(void **state) {
     assert_int_equal(op, PIER_WS_CLOSE);
     assert_true(n == 2 && ((unsigned char)buf[0] << 8 | (unsigned char)buf[1]) == 1008);
     close(fd);
-    wait_for(&closed_1008, 1);
+    threaded_wait_for(&closed_1008, 1);
 }
 
 static void slow_subscriber_misses_messages(void **state) {
@@ -401,7 +363,7 @@ static void slow_subscriber_misses_messages(void **state) {
     int fd = subscriber("/ws-lax", 4096);
     flood_news();
     close(fd);
-    wait_for(&closed, 1);
+    threaded_wait_for(&closed, 1);
     assert_true(__atomic_load_n(&dropped, __ATOMIC_SEQ_CST) > 0);
     assert_int_equal(closed_1008, 0);
 }
@@ -427,7 +389,7 @@ static void subscribers_closing_during_publishes(void **state) {
     }
     pthread_join(th, NULL);
     assert_int_equal(p.errors, 0);
-    wait_for(&closed, SUBS);
+    threaded_wait_for(&closed, SUBS);
 }
 
 int main(void) {

@@ -10,6 +10,7 @@
  * pier-test: threads */
 #include "support.h"
 #include "raw_ws.h"
+#include "threaded_server.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -67,55 +68,23 @@ static void on_close(pier_ws_t *ws, int code, const char *reason) {
 
 static const pier_ws_cbs_t cbs = {.on_open = on_open, .on_message = on_message, .on_close = on_close};
 
-static void *run_group(void *arg) {
-    (void)arg;
-    pier_group_run(group);
-    return NULL;
-}
-
 static int setup(void **state) {
     (void)state;
     opened = closed = double_close = 0;
     memset(ids, 0, sizeof ids);
     memset(closed_by_id, 0, sizeof closed_by_id);
-    assert_int_equal(pier_group_new(&group, LOOPS), 0);
-    pier_http_opts_t o = {.port = 0};
-    assert_int_equal(pier_http_server_new(&srv, group, &o), 0);
+    threaded_server_new(&srv, &group, LOOPS);
     /* small water marks, so that unread output meets the bound while the races run */
     pier_ws_opts_t wo = {.out_high = 16384, .out_low = 4096, .close_ms = 200};
     assert_int_equal(pier_http_ws_opts(srv, "/ws", &cbs, NULL, &wo), 0);
-    assert_int_equal(pier_http_server_start(srv), 0);
-    assert_int_equal(pthread_create(&runner, NULL, run_group, NULL), 0);
-    for (int i = 0; i < 1000 && !(port = pier_http_server_port(srv)); i++)
-        usleep(1000);
-    assert_true(port > 0);
+    port = threaded_server_start(srv, group, &runner);
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    pier_http_server_stop(srv);
-    for (int i = 0; i < 5000 && pier_http_server_conns(srv) > 0; i++)
-        usleep(1000);
-    pier_group_stop(group);
-    pthread_join(runner, NULL);
-    int rc = -EBUSY;
-    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
-        for (unsigned l = 0; l < LOOPS; l++)
-            pier_loop_run_once(pier_group_loop(group, l), 1);
-        rc = pier_http_server_free(srv);
-    }
-    assert_int_equal(rc, 0);
-    for (int i = 0; i < 100 && pier_group_free(group) == -EBUSY; i++)
-        for (unsigned l = 0; l < LOOPS; l++)
-            pier_loop_run_once(pier_group_loop(group, l), 1);
+    threaded_server_free(srv, group, runner);
     return 0;
-}
-
-static void wait_for(int *counter, int n) {
-    for (int i = 0; i < 10000 && load(counter) < n; i++)
-        usleep(1000);
-    assert_int_equal(load(counter), n);
 }
 
 /* A client past the handshake, once the server has run its on_open. */
@@ -124,15 +93,8 @@ static int client(void) {
     int fd = pier_test_connect(port);
     assert_true(fd >= 0);
     raw_ws_request(fd, "/ws", NULL);
-    char head[512];
-    size_t got = 0;
-    while (got < 4 || memcmp(head + got - 4, "\r\n\r\n", 4) != 0) {
-        assert_true(got < sizeof head);
-        assert_int_equal(pier_test_read_full(fd, head + got, 1), 1); /* frames stay unread */
-        got++;
-    }
-    assert_memory_equal(head, "HTTP/1.1 101 ", 13);
-    wait_for(&opened, before + 1);
+    raw_ws_read_101(fd);
+    threaded_wait_for(&opened, before + 1);
     return fd;
 }
 
@@ -202,7 +164,7 @@ static void sends_by_id_race_closes(void **state) {
         assert_int_equal(closed_by_id[i], 1); /* each was open when its close was asked */
         close(fds[i]);
     }
-    wait_for(&closed, CONNS);
+    threaded_wait_for(&closed, CONNS);
     assert_int_equal(load(&double_close), 0);
     for (int i = 0; i < CONNS; i++) {
         assert_int_equal(pier_ws_send_id(ids[i], PIER_WS_TEXT, "x", 1), -ENOTCONN);
@@ -216,7 +178,7 @@ static void sends_by_id_race_closes(void **state) {
     assert_int_equal(raw_ws_recv(fd, &op, buf, sizeof buf, pier_test_read_full), 10);
     assert_memory_equal(buf, "still here", 10);
     close(fd);
-    wait_for(&closed, CONNS + 1);
+    threaded_wait_for(&closed, CONNS + 1);
 }
 
 /* ---- closes during publishes ---- */
@@ -283,7 +245,7 @@ static void closes_during_publishes(void **state) {
         drain_whole(fds[i]);
         close(fds[i]);
     }
-    wait_for(&closed, CONNS / 2);
+    threaded_wait_for(&closed, CONNS / 2);
     /* the rest are still subscribed and get whole messages; then every connection is
      * reset at once, with publishes still queued for them */
     for (int i = CONNS / 2; i < CONNS; i++) {
@@ -300,7 +262,7 @@ static void closes_during_publishes(void **state) {
         drain_whole(fds[i]);
         close(fds[i]);
     }
-    wait_for(&closed, CONNS);
+    threaded_wait_for(&closed, CONNS);
     __atomic_store_n(&p.stop, 1, __ATOMIC_SEQ_CST);
     pthread_join(th, NULL);
     assert_int_equal(p.errors, 0);

@@ -1,0 +1,67 @@
+/* An echo server in the net unit tests: the echo itself, a check that a client is echoed,
+ * a listening socket made outside pier, and freeing a server with its group. */
+#ifndef PIER_TEST_NET_ECHO_SERVER_H
+#define PIER_TEST_NET_ECHO_SERVER_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <pier/net.h>
+
+#include "support.h"
+
+/* An on_read that writes back all it is given. */
+static inline size_t echo_server_read(pier_conn_t *c, const char *data, size_t len) {
+    pier_conn_write(c, data, len);
+    return len;
+}
+
+/* Sends "ping" on fd and fails the test unless it comes back within 5 s, running loop
+ * (the one that serves fd) while it waits. */
+static inline void echo_server_check(pier_loop_t *loop, int fd) {
+    assert_int_equal(send(fd, "ping", 4, 0), 4);
+    char buf[4];
+    size_t got = 0;
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (got < 4 && pier_test_now_ms() < end) {
+        pier_loop_run_once(loop, 2);
+        ssize_t n = recv(fd, buf + got, 4 - got, MSG_DONTWAIT);
+        if (n > 0)
+            got += (size_t)n;
+    }
+    assert_int_equal(got, 4);
+    assert_memory_equal(buf, "ping", 4);
+}
+
+/* A socket listening on 127.0.0.1:port (0: the kernel's choice), as a service manager
+ * or a parent process would pass it; *bound is its port. */
+static inline int echo_server_listener(uint16_t port, uint16_t *bound) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(fd, 16), 0);
+    socklen_t len = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    *bound = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* Stops srv, runs every loop of g until srv can be freed (5 s at most), and frees both;
+ * fails the test if either refuses. */
+static inline void echo_server_free(pier_server_t *srv, pier_group_t *g) {
+    pier_server_stop(srv);
+    uint64_t end = pier_test_now_ms() + 5000;
+    int rc;
+    while ((rc = pier_server_free(srv)) == -EBUSY && pier_test_now_ms() < end)
+        for (unsigned i = 0; i < pier_group_size(g); i++)
+            pier_loop_run_once(pier_group_loop(g, i), 2);
+    assert_int_equal(rc, 0);
+    assert_int_equal(pier_group_free(g), 0);
+}
+
+#endif
