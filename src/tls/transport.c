@@ -10,11 +10,12 @@
  *    takes a whole item or fails), and the flush sends it with one send() per batch, as
  *    plain connections send their queue with one sendmsg. The socket BIO would make one
  *    send() per record. Ciphertext the socket did not take waits there; the buffer is
- *    freed as soon as it empties, so an idle connection holds none.
+ *    kept for the next batch while more output is queued and freed once it is all out,
+ *    so an idle connection holds none.
  *
  * The plaintext queue (out[]) stays the connection's: it counts against the water marks
  * as on plain TCP, and items are encrypted in order only when the socket can take them,
- * until about BATCH bytes of ciphertext wait, files through a 16 KiB chunk. The
+ * until about BATCH bytes of ciphertext wait, files through the loop's 16 KiB chunks. The
  * ciphertext waiting in wbuf counts against the water marks as well (in c->queued, until
  * the socket takes it): encrypting moves bytes from one queue to the other, and neither
  * pier_conn_queued() nor on_drain may forget them in between. */
@@ -454,7 +455,7 @@ static int encrypt(tls_conn_t *t, const void *p, size_t n) {
     return SSL_write_ex(t->ssl, p, n, &w) == 1 ? 0 : write_failed(t);
 }
 
-#define FILE_CHUNKS (BATCH / PIER__CHUNK) /* one pread fills a batch */
+#define FILE_CHUNKS (BATCH / PIER__CHUNK) /* one preadv fills a batch */
 
 /* A file item: up to a batch read with one preadv into the loop's cached chunks, then
  * encrypted chunk by chunk. */
@@ -486,8 +487,7 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
         done += len;
     }
     while (k > 0)
-        if (iov[--k].iov_base)
-            pier__chunk_put(c->loop, iov[k].iov_base);
+        pier__chunk_put(c->loop, iov[--k].iov_base);
     if (err < 0)
         return err;
     o->foff += n;
