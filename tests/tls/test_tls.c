@@ -11,7 +11,8 @@
  * serving on afterwards; ALPN; the context's counters; a socket full during the
  * handshake (a certificate chain larger than the socket takes) and when close_notify is
  * made (write and send say EAGAIN on that socket, as a full kernel buffer does), and the
- * output held meanwhile counted against the water marks.
+ * output held meanwhile counted against the water marks, and a key update answered
+ * through a full socket.
  *
  * pier-test: threads */
 #include "support.h"
@@ -762,10 +763,11 @@ static void test_handshake_socket_full(void **state) {
     SSL_set_fd(ssl, fd);
     assert_int_equal(SSL_get_error(ssl, SSL_connect(ssl)), SSL_ERROR_WANT_READ); /* ClientHello out */
     server_alone();
-    /* the server is stuck in its flight (each copy of the CA is over 300 bytes) */
+    /* the server has begun its flight and is stuck in it (each copy of the CA is over
+     * 300 bytes) */
     int unread = 0;
     assert_int_equal(ioctl(fd, FIONREAD, &unread), 0);
-    assert_true(unread < FAT_COPIES * 300);
+    assert_true(unread > 0 && unread < FAT_COPIES * 300);
     assert_int_equal(fx.s.accepts, 0);
     uint64_t end = pier_test_now_ms() + 5000;
     int r;
@@ -894,6 +896,38 @@ static void test_water_marks_held_record(void **state) {
     run_until_int(&fx.s.drains, 1, 5000);
     assert_int_equal(fx.s.drains, 1);
     assert_int_equal(pier_conn_queued(fx.s.c), 0);
+    raw_free(ssl, ctx, fd);
+    stop_server();
+}
+
+/* A key update the client asks the server to answer, while the server's socket is full:
+ * the data after it reaches on_read at once, and OpenSSL makes the answer with the
+ * server's next write (it does not write from SSL_read), so the answer and the reply
+ * wait together for room and reach the client once the socket drains. */
+static void test_key_update_socket_full(void **state) {
+    start_server(NULL);
+    fx.s.no_echo = 1;
+    SSL_CTX *ctx;
+    int fd;
+    SSL *ssl = raw_tls(&ctx, &fd);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    int sfd = pier_conn_fd(fx.s.c);
+    full_fd = sfd;
+    assert_int_equal(SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+    raw_write(ssl, "after"); /* the key update goes first */
+    run_until_size(&fx.s.got, 5, 5000);
+    assert_int_equal(fx.s.got, 5);
+    assert_int_equal(pier_conn_write(fx.s.c, "reply", 5), 0);
+    server_alone();
+    char buf[8];
+    assert_int_equal(SSL_get_error(ssl, SSL_read(ssl, buf, sizeof buf)), SSL_ERROR_WANT_READ); /* nothing yet */
+    socket_drains(sfd);
+    uint64_t end = pier_test_now_ms() + 5000;
+    int r;
+    while ((r = SSL_read(ssl, buf, sizeof buf)) <= 0 && pier_test_now_ms() < end)
+        pier_loop_run_once(fx.loop, 2);
+    assert_int_equal(r, 5);
+    assert_memory_equal(buf, "reply", 5);
     raw_free(ssl, ctx, fd);
     stop_server();
 }
@@ -1071,6 +1105,7 @@ int main(void) {
         cmocka_unit_test(test_ctx_errors),      cmocka_unit_test(test_info_plain),
         cmocka_unit_test(test_ktls_file),       cmocka_unit_test(test_handshake_socket_full),
         cmocka_unit_test(test_close_notify_socket_full), cmocka_unit_test(test_water_marks_held_record),
+        cmocka_unit_test(test_key_update_socket_full),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     certs_cleanup(&certs);
