@@ -10,11 +10,12 @@
  *    takes a whole item or fails), and the flush sends it with one send() per batch, as
  *    plain connections send their queue with one sendmsg. The socket BIO would make one
  *    send() per record. Ciphertext the socket did not take waits there; the buffer is
- *    freed as soon as it empties, so an idle connection holds none.
+ *    kept for the next batch while more output is queued and freed once it is all out,
+ *    so an idle connection holds none.
  *
  * The plaintext queue (out[]) stays the connection's: it counts against the water marks
  * as on plain TCP, and items are encrypted in order only when the socket can take them,
- * until about BATCH bytes of ciphertext wait, files through a 16 KiB chunk. The
+ * until about BATCH bytes of ciphertext wait, files through the loop's 16 KiB chunks. The
  * ciphertext waiting in wbuf counts against the water marks as well (in c->queued, until
  * the socket takes it): encrypting moves bytes from one queue to the other, and neither
  * pier_conn_queued() nor on_drain may forget them in between. */
@@ -30,9 +31,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define BATCH (64 * 1024) /* ciphertext made per round of a flush */
+/* What a batch can hold beyond BATCH: the headers and tags of its records (at most 29
+ * bytes each in TLS 1.2, 22 in 1.3), a record being at most 16 KiB of plaintext. */
+#define BATCH_SLACK 1024
 /* Reading can make output of its own (alerts, TLS 1.3 key updates). The flush adds at
  * most BATCH, and only once the socket took the last batch; more than this unsent is a
  * peer provoking replies it does not read, and its connection is closed. */
@@ -183,7 +188,12 @@ static int send_pending(tls_conn_t *t) {
         uncount(t, (size_t)n);
         pier__conn_sent(c);
     }
-    pier__buf_free(&t->wbuf);
+    /* A ready connection with more queued encrypts the next batch into the same memory
+     * at once (tls_flush); anything else may go idle now and keeps none. */
+    if ((t->flags & T_READY) && pier__conn_out_head(c))
+        pier__buf_reset(&t->wbuf);
+    else
+        pier__buf_free(&t->wbuf);
     t->woff = 0;
     return 0;
 }
@@ -445,21 +455,39 @@ static int encrypt(tls_conn_t *t, const void *p, size_t n) {
     return SSL_write_ex(t->ssl, p, n, &w) == 1 ? 0 : write_failed(t);
 }
 
-/* A file item: read and encrypted 16 KiB at a time, through the loop's cached chunk. */
+#define FILE_CHUNKS (BATCH / PIER__CHUNK) /* one preadv fills a batch */
+
+/* A file item: up to a batch read with one preadv into the loop's cached chunks, then
+ * encrypted chunk by chunk. */
 static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
     pier_conn_t *c = t->c;
-    char *chunk = pier__chunk_get(c->loop);
-    if (!chunk)
-        return -ENOMEM;
-    size_t want = o->len - o->off < PIER__CHUNK ? o->len - o->off : PIER__CHUNK;
-    if (want > BATCH - (t->wbuf.len - t->woff))
-        want = BATCH - (t->wbuf.len - t->woff);
-    ssize_t n;
-    do
-        n = pread(o->fd, chunk, want, o->foff);
-    while (n < 0 && errno == EINTR);
-    int err = n < 0 ? -errno : n == 0 ? -EIO /* the file shrank under us */ : encrypt(t, chunk, (size_t)n);
-    pier__chunk_put(c->loop, chunk);
+    size_t want = o->len - o->off, room = BATCH - (t->wbuf.len - t->woff);
+    struct iovec iov[FILE_CHUNKS];
+    int k = 0, err = 0;
+    if (want > room)
+        want = room;
+    for (size_t left = want; left > 0 && k < FILE_CHUNKS; k++) {
+        iov[k].iov_len = left < PIER__CHUNK ? left : PIER__CHUNK;
+        left -= iov[k].iov_len;
+        if (!(iov[k].iov_base = pier__chunk_get(c->loop))) {
+            err = -ENOMEM;
+            break;
+        }
+    }
+    ssize_t n = 0;
+    if (err == 0) {
+        do
+            n = preadv(o->fd, iov, k, o->foff);
+        while (n < 0 && errno == EINTR);
+        err = n < 0 ? -errno : n == 0 ? -EIO /* the file shrank under us */ : 0;
+    }
+    for (size_t done = 0, i = 0; err == 0 && done < (size_t)n; i++) {
+        size_t len = (size_t)n - done < iov[i].iov_len ? (size_t)n - done : iov[i].iov_len;
+        err = encrypt(t, iov[i].iov_base, len);
+        done += len;
+    }
+    while (k > 0)
+        pier__chunk_put(c->loop, iov[--k].iov_base);
     if (err < 0)
         return err;
     o->foff += n;
@@ -471,6 +499,10 @@ static int encrypt_file(tls_conn_t *t, pier__out_t *o) {
 static int encrypt_some(tls_conn_t *t) {
     pier_conn_t *c = t->c;
     pier__out_t *o;
+    /* More than a record to make: the whole batch's room at once, since growing by
+     * doubling would copy what it holds (a small response grows to its size only). */
+    if (c->x->queued - t->counted > PIER__CHUNK && pier__buf_reserve(&t->wbuf, BATCH + BATCH_SLACK) < 0)
+        return -ENOMEM;
     while ((o = pier__conn_out_head(c)) && t->wbuf.len - t->woff < BATCH) {
         if (o->kind == PIER__OUT_FILE) {
             int err = encrypt_file(t, o);

@@ -8,7 +8,11 @@
  * refused by the client; a clean end (close_notify) against a truncated one; the
  * server's close_notify on a graceful close; a stalled handshake dropped after its
  * timeout; garbage and plain text on the TLS port (with the plain reply), the server
- * serving on afterwards; ALPN; the context's counters.
+ * serving on afterwards; ALPN; the context's counters; a socket full during the
+ * handshake (a certificate chain larger than the socket takes) and when close_notify is
+ * made (write and send say EAGAIN on that socket, as a full kernel buffer does), and the
+ * output held meanwhile counted against the water marks, and a key update answered
+ * through a full socket.
  *
  * pier-test: threads */
 #include "support.h"
@@ -17,6 +21,7 @@
 #include <pier/net.h>
 #include <pier/tls.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/err.h>
@@ -26,8 +31,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sockios.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static test_certs_t certs;
@@ -688,6 +695,242 @@ static void test_close_notify(void **state) {
     stop_server();
 }
 
+/* ---- a full socket during the handshake and during close_notify ----
+ *
+ * The client's receive buffer is made as small as the kernel allows before it connects,
+ * and it reads nothing for a while: what the server sends beyond that waits in the
+ * server's send queue until that is full, and the server must come back to the rest
+ * (buffered mode: ciphertext waiting in the transport; socket mode: the record OpenSSL
+ * holds, and the call that made it made again) once the client reads. */
+
+static int window_connect(int rcvbuf) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(fx.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    return fd;
+}
+
+/* The server's sockets get a send buffer as small as the kernel allows, from the
+ * listener (accepted sockets inherit it): the handshake is already subject to it. */
+static void small_send_buffers(void) {
+    int lfd, small = 1;
+    assert_int_equal(pier_server_listen_fds(fx.srv, &lfd, 1), 1);
+    assert_int_equal(setsockopt(lfd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+}
+
+/* Runs the server's loop a while without the client reading: the socket stays full. */
+static void server_alone(void) {
+    for (int i = 0; i < 50; i++)
+        pier_loop_run_once(fx.loop, 2);
+}
+
+/* A certificate file whose chain makes the server's first flight far larger than the
+ * client's window and the server's send buffer together: the leaf, then the CA again
+ * and again (extra chain certificates the client may ignore). */
+#define FAT_COPIES 150
+static void fat_chain(char *path, size_t size) {
+    snprintf(path, size, "%s/fat.pem", certs.dir);
+    FILE *out = fopen(path, "w");
+    assert_non_null(out);
+    char buf[8192];
+    FILE *in = fopen(certs.cert, "r");
+    size_t n = fread(buf, 1, sizeof buf, in);
+    fwrite(buf, 1, n, out);
+    fclose(in);
+    in = fopen(certs.ca, "r");
+    n = fread(buf, 1, sizeof buf, in);
+    fclose(in);
+    for (int i = 0; i < FAT_COPIES; i++)
+        fwrite(buf, 1, n, out);
+    fclose(out);
+}
+
+static void test_handshake_socket_full(void **state) {
+    char fat[160];
+    fat_chain(fat, sizeof fat);
+    pier_tls_opts_t o = {.cert_file = fat, .key_file = certs.key};
+    start_server(&o);
+    small_send_buffers();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd = window_connect(1);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_get_error(ssl, SSL_connect(ssl)), SSL_ERROR_WANT_READ); /* ClientHello out */
+    server_alone();
+    /* the server has begun its flight and is stuck in it (each copy of the CA is over
+     * 300 bytes) */
+    int unread = 0;
+    assert_int_equal(ioctl(fd, FIONREAD, &unread), 0);
+    assert_true(unread > 0 && unread < FAT_COPIES * 300);
+    assert_int_equal(fx.s.accepts, 0);
+    uint64_t end = pier_test_now_ms() + 5000;
+    int r;
+    while ((r = SSL_connect(ssl)) != 1 && pier_test_now_ms() < end) {
+        int e = SSL_get_error(ssl, r);
+        assert_true(e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
+        pier_loop_run_once(fx.loop, 2);
+    }
+    assert_int_equal(r, 1);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    assert_int_equal(fx.s.accepts, 1);
+    raw_write(ssl, "echo?");
+    char buf[8];
+    while ((r = SSL_read(ssl, buf, sizeof buf)) <= 0 && pier_test_now_ms() < end)
+        pier_loop_run_once(fx.loop, 2);
+    assert_int_equal(r, 5);
+    assert_memory_equal(buf, "echo?", 5);
+    raw_free(ssl, ctx, fd);
+    unlink(fat);
+    stop_server();
+}
+
+/* A socket that says it is full when the test wants it to: write (OpenSSL's socket BIO,
+ * the socket write mode) and send (pier's BIO, the buffered mode) on full_fd answer
+ * EAGAIN, as the kernel does when the send buffer is full. Defined here, they take the
+ * place of libc's for the whole test program; the others go straight to the kernel. */
+static _Atomic int full_fd = -1;
+
+__attribute__((visibility("default"))) ssize_t write(int fd, const void *buf, size_t n) {
+    if (fd == full_fd) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return syscall(SYS_write, fd, buf, n);
+}
+
+__attribute__((visibility("default"))) ssize_t send(int fd, const void *buf, size_t n, int flags) {
+    if (fd == full_fd) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return syscall(SYS_sendto, fd, buf, n, flags, NULL, 0);
+}
+
+/* The socket drains: writes go through again, and the kernel's EPOLLOUT edge comes (a
+ * send buffer that grows wakes the writers, as room made by the peer's reading does). */
+static void socket_drains(int fd) {
+    full_fd = -1;
+    int room = 256 * 1024;
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &room, sizeof room), 0);
+}
+
+/* A graceful close whose close_notify finds the socket full: the server waits for room
+ * (not closing without it, not failing), and the client gets the data, then the
+ * close_notify once the socket drains; on_close reports a clean end. */
+static void test_close_notify_socket_full(void **state) {
+    start_server(NULL);
+    fx.s.no_echo = 1;
+    SSL_CTX *ctx;
+    int fd;
+    SSL *ssl = raw_tls(&ctx, &fd);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    assert_int_equal(pier_conn_write(fx.s.c, "bye", 3), 0);
+    char buf[8];
+    uint64_t end = pier_test_now_ms() + 5000;
+    int r;
+    while ((r = SSL_read(ssl, buf, sizeof buf)) <= 0 && pier_test_now_ms() < end)
+        pier_loop_run_once(fx.loop, 2);
+    assert_int_equal(r, 3);
+    int sfd = pier_conn_fd(fx.s.c);
+    full_fd = sfd;
+    pier_conn_close(fx.s.c);
+    server_alone();
+    assert_int_equal(fx.s.closes, 0); /* waiting to send its close_notify */
+    assert_int_equal(SSL_get_error(ssl, SSL_read(ssl, buf, sizeof buf)), SSL_ERROR_WANT_READ); /* none yet */
+    socket_drains(sfd);
+    size_t n;
+    assert_int_equal(raw_read_to_end(ssl, &n), 1); /* close_notify came */
+    assert_int_equal(n, 0);
+    run_until_int(&fx.s.closes, 1, 5000);
+    assert_int_equal(fx.s.closes, 1);
+    assert_int_equal(fx.s.close_err, 0);
+    raw_free(ssl, ctx, fd);
+    stop_server();
+}
+
+/* Output held while the socket is full counts against the water marks in both modes:
+ * buffered, as ciphertext waiting in the transport; socket mode, as the plaintext of
+ * the record OpenSSL made and holds (the queue item stays until SSL_write takes it), so
+ * pier_conn_queued() never drops below what the peer has yet to get, and on_drain
+ * comes only once it is out. */
+static void test_water_marks_held_record(void **state) {
+    start_server(NULL);
+    fx.s.no_echo = 1;
+    SSL_CTX *ctx;
+    int fd;
+    SSL *ssl = raw_tls(&ctx, &fd);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    pier_conn_limits_t lim = {.out_high = 32 * 1024, .out_low = 8 * 1024};
+    pier_conn_set_limits(fx.s.c, &lim);
+    int sfd = pier_conn_fd(fx.s.c);
+    full_fd = sfd;
+    enum { UNITS = 3, UNIT = 16 * 1024 };
+    char unit[UNIT];
+    fill(unit, sizeof unit, 4);
+    for (int i = 0; i < UNITS; i++)
+        assert_int_equal(pier_conn_write(fx.s.c, unit, sizeof unit), 0);
+    server_alone();
+    int unsent = 0;
+    assert_int_equal(ioctl(sfd, SIOCOUTQ, &unsent), 0);
+    assert_int_equal(unsent, 0); /* nothing reached the kernel */
+    assert_true(pier_conn_queued(fx.s.c) >= UNITS * UNIT);
+    assert_int_equal(fx.s.drains, 0);
+    socket_drains(sfd);
+    size_t got = 0;
+    char buf[4096];
+    uint64_t end = pier_test_now_ms() + 5000;
+    while (got < UNITS * UNIT && pier_test_now_ms() < end) {
+        int r = SSL_read(ssl, buf, sizeof buf);
+        if (r > 0)
+            got += (size_t)r;
+        else
+            pier_loop_run_once(fx.loop, 2);
+    }
+    assert_int_equal(got, UNITS * UNIT);
+    run_until_int(&fx.s.drains, 1, 5000);
+    assert_int_equal(fx.s.drains, 1);
+    assert_int_equal(pier_conn_queued(fx.s.c), 0);
+    raw_free(ssl, ctx, fd);
+    stop_server();
+}
+
+/* A key update the client asks the server to answer, while the server's socket is full:
+ * the data after it reaches on_read at once, and OpenSSL makes the answer with the
+ * server's next write (it does not write from SSL_read), so the answer and the reply
+ * wait together for room and reach the client once the socket drains. */
+static void test_key_update_socket_full(void **state) {
+    start_server(NULL);
+    fx.s.no_echo = 1;
+    SSL_CTX *ctx;
+    int fd;
+    SSL *ssl = raw_tls(&ctx, &fd);
+    run_until_int(&fx.s.accepts, 1, 5000);
+    int sfd = pier_conn_fd(fx.s.c);
+    full_fd = sfd;
+    assert_int_equal(SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+    raw_write(ssl, "after"); /* the key update goes first */
+    run_until_size(&fx.s.got, 5, 5000);
+    assert_int_equal(fx.s.got, 5);
+    assert_int_equal(pier_conn_write(fx.s.c, "reply", 5), 0);
+    server_alone();
+    char buf[8];
+    assert_int_equal(SSL_get_error(ssl, SSL_read(ssl, buf, sizeof buf)), SSL_ERROR_WANT_READ); /* nothing yet */
+    socket_drains(sfd);
+    uint64_t end = pier_test_now_ms() + 5000;
+    int r;
+    while ((r = SSL_read(ssl, buf, sizeof buf)) <= 0 && pier_test_now_ms() < end)
+        pier_loop_run_once(fx.loop, 2);
+    assert_int_equal(r, 5);
+    assert_memory_equal(buf, "reply", 5);
+    raw_free(ssl, ctx, fd);
+    stop_server();
+}
+
 /* Reads raw bytes until EOF or reset, driving the loop. Returns the count. */
 static size_t raw_drain(int fd, char *buf, size_t cap) {
     size_t got = 0;
@@ -859,7 +1102,9 @@ int main(void) {
         cmocka_unit_test(test_handshake_timeout), cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_plain_reply),     cmocka_unit_test(test_probe_not_counted),
         cmocka_unit_test(test_ctx_errors),      cmocka_unit_test(test_info_plain),
-        cmocka_unit_test(test_ktls_file),
+        cmocka_unit_test(test_ktls_file),       cmocka_unit_test(test_handshake_socket_full),
+        cmocka_unit_test(test_close_notify_socket_full), cmocka_unit_test(test_water_marks_held_record),
+        cmocka_unit_test(test_key_update_socket_full),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     certs_cleanup(&certs);
