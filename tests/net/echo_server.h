@@ -35,10 +35,11 @@ static inline void echo_server_check(pier_loop_t *loop, int fd) {
     assert_memory_equal(buf, "ping", 4);
 }
 
-/* A socket listening on 127.0.0.1:port (0: the kernel's choice), as a service manager
- * or a parent process would pass it; *bound is its port. */
-static inline int echo_server_listener(uint16_t port, uint16_t *bound) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+/* A socket listening on 127.0.0.1:port (0: the kernel's choice), of socket type flags
+ * (SOCK_NONBLOCK, SOCK_CLOEXEC) besides SOCK_STREAM; *bound is its port. */
+static inline int echo_server_listener_flags(uint16_t port, int flags, uint16_t *bound) {
+    int fd = socket(AF_INET, SOCK_STREAM | flags, 0);
+    assert_true(fd >= 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -49,6 +50,11 @@ static inline int echo_server_listener(uint16_t port, uint16_t *bound) {
     getsockname(fd, (struct sockaddr *)&sa, &len);
     *bound = ntohs(sa.sin_port);
     return fd;
+}
+
+/* A blocking listening socket, as a service manager or a parent process would pass it. */
+static inline int echo_server_listener(uint16_t port, uint16_t *bound) {
+    return echo_server_listener_flags(port, 0, bound);
 }
 
 /* Stops srv, runs every loop of g until srv can be freed (5 s at most), and frees both;
