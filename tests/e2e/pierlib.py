@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -224,6 +225,22 @@ def recv_exact(sock, n):
             raise EOFError("peer closed after %d of %d bytes" % (len(buf), n))
         buf += chunk
     return bytes(buf)
+
+
+def send_in_thread(sock, data):
+    """Starts sock.sendall(data) on a daemon thread, so that the caller can read meanwhile.
+    Returns the thread and a list that gets the OSError the send raised, if any."""
+    err = []
+
+    def sender():
+        try:
+            sock.sendall(data)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    return t, err
 
 
 def recv_until_eof(sock, limit=1 << 30):
