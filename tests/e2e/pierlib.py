@@ -216,6 +216,14 @@ def rss(pid):
     return out
 
 
+def curl(*args, max_time=60):
+    """Runs curl -sS with args, giving it max_time seconds; returns its exit code, stdout
+    (bytes) and stderr (text)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", str(max_time)] + list(args), capture_output=True,
+                       timeout=max_time + 30)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
 def recv_exact(sock, n):
     """Reads exactly n bytes; raises EOFError if the peer closes first (socket timeouts apply)."""
     buf = bytearray()
