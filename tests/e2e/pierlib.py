@@ -216,6 +216,17 @@ def rss(pid):
     return out
 
 
+def end_process(proc, timeout):
+    """Ends a program a test started beside pier (a Popen): SIGTERM, then SIGKILL if it has
+    not exited within timeout seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def curl(*args, max_time=60):
     """Runs curl -sS with args, giving it max_time seconds; returns its exit code, stdout
     (bytes) and stderr (text)."""
