@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -215,6 +216,25 @@ def rss(pid):
     return out
 
 
+def end_process(proc, timeout):
+    """Ends a program a test started beside pier (a Popen): SIGTERM, then SIGKILL if it has
+    not exited within timeout seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def curl(*args, max_time=60):
+    """Runs curl -sS with args, giving it max_time seconds; returns its exit code, stdout
+    (bytes) and stderr (text)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", str(max_time)] + list(args), capture_output=True,
+                       timeout=max_time + 30)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
 def recv_exact(sock, n):
     """Reads exactly n bytes; raises EOFError if the peer closes first (socket timeouts apply)."""
     buf = bytearray()
@@ -224,6 +244,22 @@ def recv_exact(sock, n):
             raise EOFError("peer closed after %d of %d bytes" % (len(buf), n))
         buf += chunk
     return bytes(buf)
+
+
+def send_in_thread(sock, data):
+    """Starts sock.sendall(data) on a daemon thread, so that the caller can read meanwhile.
+    Returns the thread and a list that gets the OSError the send raised, if any."""
+    err = []
+
+    def sender():
+        try:
+            sock.sendall(data)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    return t, err
 
 
 def recv_until_eof(sock, limit=1 << 30):

@@ -100,12 +100,7 @@ def prometheus(aport):
         pierlib.check(got.get("accepted") == 8, "prometheus has the accepted count (got %r)" % got)
         pierlib.check(got.get("count") == 8, "prometheus has the histogram (got %r)" % got)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        pierlib.end_process(proc, 30)
         log.seek(0)
         if pierlib.failures:
             print("prometheus log:\n" + log.read()[-3000:])

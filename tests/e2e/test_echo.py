@@ -22,16 +22,7 @@ TIMEOUT = 60.0  # per socket operation: generous, so a slow (or sanitized) machi
 def exchange(sock, data, timeout=120.0):
     """Sends data from a thread while reading the same number of bytes back on this one, so
     neither side waits on the other however large data is. Returns what came back."""
-    err = []
-
-    def sender():
-        try:
-            sock.sendall(data)
-        except OSError as e:
-            err.append(e)
-
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
+    t, err = pierlib.send_in_thread(sock, data)
     try:
         back = pierlib.recv_exact(sock, len(data))
     finally:

@@ -48,16 +48,7 @@ class GracefulStop(unittest.TestCase):
             size = 4 * 1024 * 1024
             data = os.urandom(size)
             s = srv.connect(30)
-            err = []
-
-            def sender():
-                try:
-                    s.sendall(data)
-                except OSError as e:
-                    err.append(e)
-
-            t = threading.Thread(target=sender, daemon=True)
-            t.start()
+            t, err = pierlib.send_in_thread(s, data)
             time.sleep(0.5)  # data in flight: queued in pier and in both kernels, nothing read
             srv.signal(signal.SIGTERM)
             self.assertTrue(srv.wait_stderr("no longer accepting", 20), "no drain logged after SIGTERM:\n"

@@ -23,26 +23,32 @@ def healthy(what):
     check(resp is not None and resp.status == 200 and resp.body == b"Hello, World!", "still serving after %s" % what)
 
 
+def drip(s, t0, data):
+    """Sends data a byte every 0.3 s until the server cuts it off or 6 s have passed since
+    t0; returns whether it was cut, a reader of s, and the response (None: none came)."""
+    cut = False
+    for b in data:
+        try:
+            s.send(bytes([b]))
+        except (BrokenPipeError, ConnectionResetError):
+            cut = True
+            break
+        time.sleep(0.3)
+        if time.time() - t0 > 6:
+            break
+    r = Reader(s)
+    resp = None
+    try:
+        resp = r.response()
+    except (ConnectionResetError, AssertionError):
+        pass
+    return cut, r, resp
+
+
 # ---- slowloris: one byte every 0.3 s never completes a head within 2 s ----
 s = srv.connect()
 t0 = time.time()
-head = b"GET /plaintext HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 100
-cut = False
-for b in head:
-    try:
-        s.send(bytes([b]))
-    except (BrokenPipeError, ConnectionResetError):
-        cut = True
-        break
-    time.sleep(0.3)
-    if time.time() - t0 > 6:
-        break
-r = Reader(s)
-resp = None
-try:
-    resp = r.response()
-except (ConnectionResetError, AssertionError):
-    pass
+cut, r, resp = drip(s, t0, b"GET /plaintext HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 100)
 elapsed = time.time() - t0
 check(resp is not None and resp.status == 408, "slow head answered 408 (%r, cut=%s)" % (resp, cut))
 check(1.5 < elapsed < 5, "cut off after about the 2 s header timeout (%.1f s)" % elapsed)
@@ -124,22 +130,7 @@ for head in [b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n",
     s = bsrv.connect()
     t0 = time.time()
     s.sendall(head)
-    cut = False
-    for _ in range(100):
-        try:
-            s.send(b"x")
-        except (BrokenPipeError, ConnectionResetError):
-            cut = True
-            break
-        time.sleep(0.3)
-        if time.time() - t0 > 6:
-            break
-    r = Reader(s)
-    resp = None
-    try:
-        resp = r.response()
-    except (ConnectionResetError, AssertionError):
-        pass
+    cut, r, resp = drip(s, t0, b"x" * 100)
     elapsed = time.time() - t0
     what = "chunked" if b"chunked" in head else "Content-Length"
     check(resp is not None and resp.status == 408, "slow %s body answered 408 (%r, cut=%s)" % (what, resp, cut))

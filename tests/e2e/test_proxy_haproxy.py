@@ -81,12 +81,7 @@ def main():
             check(ok1 == REQUESTS, "send-proxy: %d of %d requests answered 200" % (ok1, REQUESTS))
             check(ok2 == REQUESTS, "send-proxy-v2: %d of %d requests answered 200" % (ok2, REQUESTS))
         finally:
-            hap.terminate()
-            try:
-                hap.wait(10)
-            except subprocess.TimeoutExpired:
-                hap.kill()
-                hap.wait()
+            pierlib.end_process(hap, 10)
             herr.close()
         srv.stop()
         with open(log) as f:

@@ -8,7 +8,6 @@ curl --cacert with that certificate both get /plaintext.
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -21,8 +20,7 @@ import tlslib  # noqa: E402
 
 
 def curl(*args):
-    p = subprocess.run(["curl", "-sS", "--max-time", "30"] + list(args), capture_output=True, timeout=60)
-    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+    return pierlib.curl(*args, max_time=30)
 
 
 @unittest.skipUnless(tlslib.have_openssl() and shutil.which("curl"), "openssl or curl is not installed")

@@ -24,11 +24,6 @@ import pierlib  # noqa: E402
 import tlslib  # noqa: E402
 
 
-def curl(*args):
-    p = subprocess.run(["curl", "-sS", "--max-time", "60"] + list(args), capture_output=True, timeout=90)
-    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
-
-
 @unittest.skipUnless(tlslib.have_openssl() and shutil.which("curl"), "openssl or curl is not installed")
 class TlsHttp(unittest.TestCase):
     @classmethod
@@ -49,20 +44,20 @@ class TlsHttp(unittest.TestCase):
         assert code == 0, "exit %s; stderr:\n%s" % (code, cls.srv.stderr())
 
     def test_curl(self):
-        code, out, err = curl("--cacert", self.certs.ca, self.url + "/plaintext", self.url + "/json")
+        code, out, err = pierlib.curl("--cacert", self.certs.ca, self.url + "/plaintext", self.url + "/json")
         self.assertEqual(code, 0, err)
         self.assertEqual(out, b'Hello, World!{"message":"Hello, World!"}')
 
     def test_curl_refuses_without_the_ca(self):
-        code, out, err = curl(self.url + "/plaintext")
+        code, out, err = pierlib.curl(self.url + "/plaintext")
         self.assertNotEqual(code, 0)
 
     def test_static_file_over_tls(self):
-        code, out, err = curl("--cacert", self.certs.ca, self.url + "/static/big.bin")
+        code, out, err = pierlib.curl("--cacert", self.certs.ca, self.url + "/static/big.bin")
         self.assertEqual(code, 0, err)
         self.assertEqual(len(out), len(self.big))
         self.assertTrue(out == self.big, "the file came back different")
-        code, out, err = curl("--cacert", self.certs.ca, "-r", "1000-1999", self.url + "/static/big.bin")
+        code, out, err = pierlib.curl("--cacert", self.certs.ca, "-r", "1000-1999", self.url + "/static/big.bin")
         self.assertEqual(out, self.big[1000:2000])
 
     def test_plain_http_on_the_https_port(self):
@@ -71,7 +66,7 @@ class TlsHttp(unittest.TestCase):
             reply = pierlib.recv_until_eof(s, limit=4096)
         self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply)
         self.assertIn(b"HTTPS only", reply)
-        code, out, err = curl("--cacert", self.certs.ca, self.url + "/plaintext")  # still serving
+        code, out, err = pierlib.curl("--cacert", self.certs.ca, self.url + "/plaintext")  # still serving
         self.assertEqual(out, b"Hello, World!")
 
     def test_alpn(self):
@@ -263,7 +258,7 @@ class TlsKtls(unittest.TestCase):
                 f.write(big)
             with pierlib.Pier("http", "--root", root, *certs.server_flags()) as srv:
                 before = tls_tx_count()
-                code, out, cerr = curl("--cacert", certs.ca, "https://localhost:%d/static/big.bin" % srv.port)
+                code, out, cerr = pierlib.curl("--cacert", certs.ca, "https://localhost:%d/static/big.bin" % srv.port)
                 self.assertEqual(code, 0, cerr)
                 self.assertTrue(out == big, "the file came back different")
                 self.assertGreater(tls_tx_count(), before, "the kernel did not encrypt for pier")

@@ -99,6 +99,22 @@ class Pier:
         raise Failure("%s: not listening (exit %s):\n%s" % (self.name, self.proc.poll(),
                                                             self.stderr()[-3000:].decode(errors="replace")))
 
+    def start_or_give_up(self):
+        """True once the server listens; False if it gave up starting, which must be clean:
+        exit 1 with a reason on stderr. Anything else (no port and no exit, another exit
+        code, a silent exit, a sanitizer report) is a Failure."""
+        try:
+            self.wait_listening(timeout=20)
+            return True
+        except Failure:
+            if self.proc.poll() is None:
+                raise
+        code = self.wait(10)
+        if code != 1 or not self.stderr().strip():
+            raise Failure("%s: start-up failed with exit %s, want 1 with a reason:\n%s" % (
+                self.name, code, self.stderr()[-800:].decode(errors="replace")))
+        return False
+
     def start_faults(self):
         open(self.start_file, "w").close()
 

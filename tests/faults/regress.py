@@ -429,15 +429,7 @@ def startup_each_call_fails(binary):
                 srv = Pier(binary, cmd + ["--port", "0"], name, faults={"rate": 1, "calls": call, "skip": k},
                            start_now=True, listen=False)
                 try:
-                    try:
-                        srv.wait_listening(timeout=20)
-                    except Failure:
-                        if srv.proc.poll() is None:
-                            raise
-                        code = srv.wait(10)
-                        if code != 1 or not srv.stderr().strip():
-                            raise Failure("%s: exit %s, want 1 with a reason:\n%s" % (
-                                name, code, srv.stderr()[-800:].decode(errors="replace")))
+                    if not srv.start_or_give_up():
                         continue
                     srv.terminate(codes=(0, 1))
                     break  # past its start-up calls of this kind

@@ -9,7 +9,7 @@ import threading
 import time
 
 import msg_faults
-from lib import Conn, Failure, Pier, run_conns, seeded, split
+from lib import Conn, Pier, run_conns, seeded, split
 
 COMMANDS = [
     ["http", "--port", "0", "--threads", "2"],
@@ -44,14 +44,7 @@ def run(binary, seed, rate, stats):
     name = "startup %s seed %d" % (args[0], seed)
     srv = Pier(binary, args, name, faults={"seed": seed, "rate": rate}, start_now=True, listen=False)
     try:
-        try:
-            srv.wait_listening(timeout=20)
-        except Failure:
-            if srv.proc.poll() is None:
-                raise
-            code = srv.wait(10)  # it gave up starting: cleanly, with a reason?
-            if code != 1 or not srv.stderr().strip():
-                raise Failure("%s: start-up failed with exit %s and %r" % (name, code, srv.stderr()[-500:]))
+        if not srv.start_or_give_up():
             stats["failed to start"] += 1
             return srv.faults, srv.fault_detail
         stats["started"] += 1

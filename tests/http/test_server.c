@@ -10,10 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <pier/http.h>
@@ -224,30 +221,14 @@ static void *client_main(void *arg) {
     return NULL;
 }
 
-/* Drives the loop until another thread sets *flag (read atomically: the flag crosses
- * threads) or ms pass. */
-static int run_until(volatile int *flag, int ms) {
-    for (int i = 0; i < ms / 5 && !__atomic_load_n(flag, __ATOMIC_SEQ_CST); i++)
-        pier_loop_run_once(loop, 5);
-    return __atomic_load_n(flag, __ATOMIC_SEQ_CST);
-}
-
-static void talk(client_t *cl) {
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, client_main, cl), 0);
-    assert_true(run_until(&cl->done, 10000));
-    pthread_join(t, NULL);
-}
+static void talk(client_t *cl) { http_test_talk(loop, client_main, cl, &cl->done, 10000); }
 
 /* ---- setup ---- */
 
 static pthread_t worker_thread;
 
 static int setup(void **state) {
-    assert_int_equal(pier_group_new(&group, 1), 0);
-    loop = pier_group_loop(group, 0);
-    pier_http_opts_t o = {.port = 0};
-    assert_int_equal(pier_http_server_new(&srv, group, &o), 0);
+    http_test_new(&group, &loop, &srv);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/later", h_later, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/stream-later", h_stream_later, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/gone", h_gone, NULL), 0);
@@ -299,7 +280,7 @@ static void test_deferred_client_gone(void **state) {
     gone_deferred = 0;
     client_t cl = {.send = "GET /gone HTTP/1.1\r\nHost: a\r\n\r\n", .close_early = 1};
     talk(&cl);
-    assert_true(run_until(&gone_done, 10000));
+    assert_true(pier_test_run_until(loop, &gone_done, 10000));
     assert_int_equal(__atomic_load_n(&gone_result, __ATOMIC_SEQ_CST), -ENOTCONN);
     /* the server goes on serving */
     client_t again = {.send = "GET /now HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"};
@@ -344,11 +325,8 @@ typedef struct {
 
 static void *big_client_main(void *arg) {
     big_client_t *bc = arg;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int small = 4096;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+    int fd = pier_test_connect_rcvbuf(port, 4096); /* reads time out after 10 s */
+    if (fd >= 0) {
         static const char one[] = "GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
         static const char last[] = "GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
         char req[200 * sizeof last];
@@ -362,8 +340,6 @@ static void *big_client_main(void *arg) {
         if (write(fd, req, n) == (ssize_t)n) {
             usleep(300 * 1000);
             bc->calls_while_not_reading = __atomic_load_n(&big_calls, __ATOMIC_SEQ_CST);
-            struct timeval tv = {10, 0};
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
             size_t total = 0;
             char buf[65536];
             ssize_t r;
@@ -371,8 +347,8 @@ static void *big_client_main(void *arg) {
                 total += (size_t)r;
             bc->answers = total;
         }
+        close(fd);
     }
-    close(fd);
     __atomic_store_n(&bc->done, 1, __ATOMIC_SEQ_CST);
     return NULL;
 }
@@ -380,10 +356,7 @@ static void *big_client_main(void *arg) {
 static void test_pipelined_answers_wait_for_a_slow_reader(void **state) {
     big_calls = 0;
     big_client_t bc = {0};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, big_client_main, &bc), 0);
-    assert_true(run_until(&bc.done, 20000));
-    pthread_join(t, NULL);
+    http_test_talk(loop, big_client_main, &bc, &bc.done, 20000);
     if (bc.calls_while_not_reading >= 100)
         fail_msg("%d of 200 answers built for a client that read nothing", bc.calls_while_not_reading);
     assert_int_equal(__atomic_load_n(&big_calls, __ATOMIC_SEQ_CST), 200);
@@ -400,23 +373,19 @@ typedef struct {
 
 static void *flood_client_main(void *arg) {
     flood_client_t *fc = arg;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int small = 4096;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(0x7f000001)};
+    int fd = pier_test_connect_rcvbuf(port, 4096); /* reads time out after 10 s */
     static const char req[] = "GET /flood HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, req, sizeof req - 1) == sizeof req - 1) {
+    if (fd >= 0 && write(fd, req, sizeof req - 1) == sizeof req - 1) {
         for (int i = 0; i < 2000 && !__atomic_load_n(&flood_full, __ATOMIC_SEQ_CST); i++)
             usleep(10000);
         __atomic_store_n(&flood_reading, 1, __ATOMIC_SEQ_CST);
-        struct timeval tv = {10, 0};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         char buf[65536];
         ssize_t r;
         while ((r = read(fd, buf, sizeof buf)) > 0)
             fc->got += (size_t)r;
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     __atomic_store_n(&fc->done, 1, __ATOMIC_SEQ_CST);
     return NULL;
 }
@@ -426,10 +395,7 @@ static void test_later_write_bounded_for_a_client_that_does_not_read(void **stat
     flood_total = 0;
     flood_full = flood_reading = 0;
     flood_client_t fc = {0};
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, flood_client_main, &fc), 0);
-    assert_true(run_until(&fc.done, 40000));
-    pthread_join(t, NULL);
+    http_test_talk(loop, flood_client_main, &fc, &fc.done, 40000);
     size_t total = __atomic_load_n(&flood_total, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&flood_rc, __ATOMIC_SEQ_CST) != -ENOBUFS)
         fail_msg("later_write took %zu bytes for a client that read nothing (rc %d)", total,

@@ -123,12 +123,7 @@ static void *client_main(void *arg) {
     return NULL;
 }
 
-static void talk(client_t *cl) {
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, client_main, cl), 0);
-    assert_true(pier_test_run_until(loop, &cl->done, 20000));
-    pthread_join(t, NULL);
-}
+static void talk(client_t *cl) { http_test_talk(loop, client_main, cl, &cl->done, 20000); }
 
 /* ---- checking what arrived ---- */
 
@@ -263,10 +258,7 @@ static int setup(void **state) {
     real_writev_file = pier__http_writev_file;
     pier__http_writev = failing_writev;
     pier__http_writev_file = failing_writev_file;
-    assert_int_equal(pier_group_new(&group, 1), 0);
-    loop = pier_group_loop(group, 0);
-    pier_http_opts_t o = {.port = 0};
-    assert_int_equal(pier_http_server_new(&srv, group, &o), 0);
+    http_test_new(&group, &loop, &srv);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/n/:n", h_n, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/fail", h_fail, NULL), 0);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/bigfail", h_bigfail, NULL), 0);

@@ -2,6 +2,7 @@
  * write (pier-test: threads, so TSan sees it), the Prometheus text, and what a real
  * HTTP exchange counts. */
 #include "support.h"
+#include "../http/server_util.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -226,10 +227,9 @@ static void ok(pier_http_req_t *req, pier_http_res_t *res, void *ud) {
 
 static void test_http_exchange_counted(void **state) {
     pier_group_t *g;
-    assert_int_equal(pier_group_new(&g, 1), 0);
+    pier_loop_t *loop;
     pier_http_server_t *srv;
-    pier_http_opts_t o = {.port = 0};
-    assert_int_equal(pier_http_server_new(&srv, g, &o), 0);
+    http_test_new(&g, &loop, &srv);
     assert_int_equal(pier_http_route(srv, PIER_HTTP_GET, "/ok", ok, NULL), 0);
     assert_int_equal(pier_http_server_start(srv), 0);
     pthread_t th;
@@ -270,17 +270,7 @@ static void test_http_exchange_counted(void **state) {
     assert_int_equal(s.bytes_out, got);
     pier_group_stop(g);
     pthread_join(th, NULL);
-    pier_http_server_stop(srv);
-    pier_loop_t *loop = pier_group_loop(g, 0);
-    int rc = -EBUSY;
-    for (int i = 0; i < 500 && rc == -EBUSY; i++) {
-        pier_loop_run_once(loop, 2);
-        rc = pier_http_server_free(srv);
-    }
-    assert_int_equal(rc, 0);
-    for (int i = 0; i < 50 && pier_loop_handles(loop) > 0; i++)
-        pier_loop_run_once(loop, 2);
-    assert_int_equal(pier_group_free(g), 0);
+    http_test_free(srv, g);
 }
 
 int main(void) {

@@ -9,7 +9,7 @@
  * calling thread's flag is set. Sanitizer builds bring their own allocator, so there the
  * tests are skipped.
  * pier-test: threads */
-#include "support.h"
+#include "msg_env.h"
 
 #include <pier/msg.h>
 
@@ -97,32 +97,12 @@ static void on_who(const pier_msg_t *m, void *ud) {
     pier_msg_reply(m, ID_WHO, NULL, 0);
 }
 
-typedef struct {
-    pier_group_t *g;
-    pier_msg_server_t *srv;
-    pthread_t th;
-} env_t;
-
-static void *run_group(void *arg) {
-    pier_group_run(arg);
-    return NULL;
-}
-
 static void env_start(env_t *e) {
     pier_msg_server_opts_t o = {0};
-    assert_int_equal(pier_group_new(&e->g, 1), 0);
-    assert_int_equal(pier_msg_server_new(&e->srv, e->g, &o), 0);
+    env_new(e, 1, &o);
     assert_int_equal(pier_msg_on(e->srv, ID_ECHO, on_echo, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_WHO, on_who, NULL), 0);
-    assert_int_equal(pier_msg_server_start(e->srv), 0);
-    assert_int_equal(pthread_create(&e->th, NULL, run_group, e->g), 0);
-}
-
-static void env_stop(env_t *e) {
-    pier_msg_server_shutdown(e->srv);
-    pthread_join(e->th, NULL);
-    assert_int_equal(pier_msg_server_free(e->srv), 0);
-    assert_int_equal(pier_group_free(e->g), 0);
+    env_run(e);
 }
 
 /* ---- the client ---- */
@@ -192,13 +172,7 @@ static void test_client_send_out_of_memory_keeps_the_connection(void **state) {
     assert_int_equal(s.downs, 0);
     assert_int_equal(pier_msg_client_connects(mc), 1);
 
-    pier_msg_client_stop(mc);
-    int freed = 0;
-    for (int i = 0; i < 200 && !freed; i++) {
-        pier_loop_run_once(loop, 10);
-        freed = pier_msg_client_free(mc) == 0;
-    }
-    assert_true(freed);
+    env_client_free(loop, mc);
     pier_test_free_loop(loop);
     env_stop(&e);
 }

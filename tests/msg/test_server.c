@@ -1,7 +1,7 @@
 /* The message server and client through the public API, with the group running on its
  * own thread and blocking sockets as peers.
  * pier-test: threads */
-#include "support.h"
+#include "msg_env.h"
 
 #include <pier/msg.h>
 
@@ -25,17 +25,6 @@
 #define ID_NAP 105
 #define ID_GATE 106
 #define ID_HUGE 107
-
-typedef struct {
-    pier_group_t *g;
-    pier_msg_server_t *srv;
-    pthread_t th;
-} env_t;
-
-static void *run_group(void *arg) {
-    pier_group_run(arg);
-    return NULL;
-}
 
 /* Replies with the same body, on ID_ECHO. */
 static void on_echo(const pier_msg_t *m, void *ud) {
@@ -100,8 +89,7 @@ static void on_huge(const pier_msg_t *m, void *ud) {
 }
 
 static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o) {
-    assert_int_equal(pier_group_new(&e->g, loops), 0);
-    assert_int_equal(pier_msg_server_new(&e->srv, e->g, o), 0);
+    env_new(e, loops, o);
     assert_int_equal(pier_msg_on(e->srv, ID_ECHO, on_echo, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_SLOW, on_slow, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_BIG, on_big, NULL), 0);
@@ -110,16 +98,7 @@ static void env_start(env_t *e, unsigned loops, const pier_msg_server_opts_t *o)
     assert_int_equal(pier_msg_on(e->srv, ID_NAP, on_nap, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_GATE, on_gate, NULL), 0);
     assert_int_equal(pier_msg_on(e->srv, ID_HUGE, on_huge, NULL), 0);
-    assert_int_equal(pier_msg_server_start(e->srv), 0);
-    assert_int_equal(pthread_create(&e->th, NULL, run_group, e->g), 0);
-}
-
-/* Drains through the public call and checks that everything can be freed. */
-static void env_stop(env_t *e) {
-    pier_msg_server_shutdown(e->srv);
-    pthread_join(e->th, NULL);
-    assert_int_equal(pier_msg_server_free(e->srv), 0);
-    assert_int_equal(pier_group_free(e->g), 0);
+    env_run(e);
 }
 
 static void send_frame(int fd, uint16_t id, const void *body, size_t len) {
@@ -198,6 +177,23 @@ static void *order_client(void *arg) {
     return NULL;
 }
 
+/* Starts n order clients (8 at most) on port, each pipelining count messages (0: 2000) of
+ * id (0: ID_ECHO). */
+static void start_clients(pthread_t *th, order_arg_t *args, int n, uint16_t port, uint16_t id, int count) {
+    for (int i = 0; i < n; i++) {
+        args[i] = (order_arg_t){.port = port, .idx = i, .id = id, .count = count};
+        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
+    }
+}
+
+/* Waits for the n clients; each must have had every reply, in order. */
+static void join_clients(pthread_t *th, order_arg_t *args, int n) {
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].bad, 0);
+    }
+}
+
 static void test_workers_keep_per_connection_order(void **state) {
     env_t e;
     pier_msg_server_opts_t o = {.workers = 3};
@@ -205,14 +201,8 @@ static void test_workers_keep_per_connection_order(void **state) {
     uint16_t port = pier_msg_server_port(e.srv);
     pthread_t th[4];
     order_arg_t args[4];
-    for (int i = 0; i < 4; i++) {
-        args[i] = (order_arg_t){.port = port, .idx = i};
-        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].bad, 0);
-    }
+    start_clients(th, args, 4, port, 0, 0);
+    join_clients(th, args, 4);
     pier_msg_stats_t st;
     pier_msg_server_stats(e.srv, &st);
     assert_int_equal(st.handled, 8000);
@@ -230,14 +220,8 @@ static void test_full_queues_keep_order_and_lose_nothing(void **state) {
     uint16_t port = pier_msg_server_port(e.srv);
     pthread_t th[8];
     order_arg_t args[8];
-    for (int i = 0; i < 8; i++) {
-        args[i] = (order_arg_t){.port = port, .idx = i, .id = ID_TICK, .count = 300};
-        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
-    }
-    for (int i = 0; i < 8; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].bad, 0);
-    }
+    start_clients(th, args, 8, port, ID_TICK, 300);
+    join_clients(th, args, 8);
     pier_msg_stats_t st;
     pier_msg_server_stats(e.srv, &st);
     assert_int_equal(st.handled, 2400);
@@ -256,10 +240,7 @@ static void bounded(const pier_msg_server_opts_t *o, unsigned bound, int nconns)
     uint16_t port = pier_msg_server_port(e.srv);
     pthread_t th[8];
     order_arg_t args[8];
-    for (int i = 0; i < nconns; i++) {
-        args[i] = (order_arg_t){.port = port, .idx = i, .id = ID_NAP, .count = 100};
-        assert_int_equal(pthread_create(&th[i], NULL, order_client, &args[i]), 0);
-    }
+    start_clients(th, args, nconns, port, ID_NAP, 100);
     pier_msg_stats_t st = {0};
     int64_t most = 0;
     while (st.handled < 100 * (uint64_t)nconns) {
@@ -271,10 +252,7 @@ static void bounded(const pier_msg_server_opts_t *o, unsigned bound, int nconns)
         usleep(500);
     }
     assert_true(most > 0); /* the samples did see messages in flight */
-    for (int i = 0; i < nconns; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].bad, 0);
-    }
+    join_clients(th, args, nconns);
     env_stop(&e);
 }
 
@@ -530,13 +508,7 @@ static void test_client_sends_and_heartbeats(void **state) {
     pier_msg_server_stats(e.srv, &st);
     assert_int_equal(st.timeouts, 0);
     assert_true(st.msgs > 100); /* pings were counted */
-    pier_msg_client_stop(s.mc);
-    int freed = 0;
-    for (int i = 0; i < 200 && !freed; i++) {
-        pier_loop_run_once(loop, 10);
-        freed = pier_msg_client_free(s.mc) == 0;
-    }
-    assert_true(freed);
+    env_client_free(loop, s.mc);
     assert_int_equal(s.downs, 1);
     pier_test_free_loop(loop);
     env_stop(&e);
@@ -584,13 +556,7 @@ static void test_client_large_frames_arrive_whole(void **state) {
     assert_true(pier_test_run_until(loop, &s.done, 5000));
     assert_int_equal(s.bad, 0);
     assert_int_equal(pier_msg_client_connects(mc), 1);
-    pier_msg_client_stop(mc);
-    int freed = 0;
-    for (int i = 0; i < 200 && !freed; i++) {
-        pier_loop_run_once(loop, 10);
-        freed = pier_msg_client_free(mc) == 0;
-    }
-    assert_true(freed);
+    env_client_free(loop, mc);
     pier_test_free_loop(loop);
     env_stop(&e);
 }

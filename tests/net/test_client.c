@@ -1,7 +1,7 @@
 /* Reconnecting TCP clients against plain loopback listeners: connect, a refused port with
  * a retry budget, a server that comes up late, a server that hangs up (the client comes
  * back), and stop/free in each state. */
-#include "support.h"
+#include "echo_server.h"
 
 #include <pier/net.h>
 
@@ -15,20 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
-/* A listening socket on 127.0.0.1:port (0: any); returns the fd and sets *port. */
+/* A non-blocking listening socket on 127.0.0.1:*port (0: any); returns the fd and sets
+ * *port. */
 static int listener(uint16_t *port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    assert_true(fd >= 0);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(*port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    socklen_t len = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    *port = ntohs(sa.sin_port);
-    return fd;
+    return echo_server_listener_flags(*port, SOCK_CLOEXEC | SOCK_NONBLOCK, port);
 }
 
 /* A port nothing listens on (bound, read, released). */
@@ -164,10 +154,23 @@ static void stop_and_free(pier_loop_t *loop, pier_client_t *cl) {
     assert_int_equal(rc, 0);
 }
 
-static void test_connect(void **state) {
+/* Each test starts with nothing seen and a loop of its own, which must end with no
+ * handle left. */
+static int setup(void **state) {
     memset(&seen, 0, sizeof seen);
     pier_loop_t *loop;
     assert_int_equal(pier_loop_new(&loop), 0);
+    *state = loop;
+    return 0;
+}
+
+static int teardown(void **state) {
+    pier_test_free_loop(*state);
+    return 0;
+}
+
+static void test_connect(void **state) {
+    pier_loop_t *loop = *state;
     uint16_t port = 0;
     int lfd = listener(&port);
     pier_client_t *cl;
@@ -199,13 +202,10 @@ static void test_connect(void **state) {
     assert_int_equal(seen.closes, 1);
     assert_int_equal(seen.connects, 1);
     close(lfd);
-    pier_test_free_loop(loop);
 }
 
 static void test_refused_with_retries(void **state) {
-    memset(&seen, 0, sizeof seen);
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     pier_client_t *cl;
     pier_client_opts_t o = opts(closed_port());
     o.reconnect = 1;
@@ -237,13 +237,10 @@ static void test_refused_with_retries(void **state) {
      * by the failure too (it once stayed armed for connect_timeout_ms) */
     assert_int_equal(pier_loop_handles(loop), 0);
     stop_and_free(loop, cl);
-    pier_test_free_loop(loop);
 }
 
 static void test_refused_no_reconnect(void **state) {
-    memset(&seen, 0, sizeof seen);
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     pier_client_t *cl;
     pier_client_opts_t o = opts(closed_port());
     assert_int_equal(pier_client_new(&cl, loop, &o), 0);
@@ -253,7 +250,6 @@ static void test_refused_no_reconnect(void **state) {
     assert_int_equal(seen.retry[0], 0);
     assert_int_equal(pier_loop_handles(loop), 0);
     assert_int_equal(pier_client_free(cl), 0);
-    pier_test_free_loop(loop);
 }
 
 /* A server whose accept queue is full drops new SYNs, so the connect neither succeeds nor
@@ -272,6 +268,8 @@ static void test_connect_timeout(void **state) {
         connect(fill[i], (struct sockaddr *)&sa, sizeof sa);
     }
     usleep(100 * 1000);
+    /* the loop is made after the wait, not in setup: until it first runs, a loop's time
+     * is the time it was made, and the timeout would start 100 ms early */
     pier_loop_t *loop;
     assert_int_equal(pier_loop_new(&loop), 0);
     pier_client_t *cl;
@@ -295,9 +293,7 @@ static void test_connect_timeout(void **state) {
 }
 
 static void test_server_starts_later(void **state) {
-    memset(&seen, 0, sizeof seen);
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     uint16_t port = closed_port();
     pier_client_t *cl;
     pier_client_opts_t o = opts(port);
@@ -327,13 +323,10 @@ static void test_server_starts_later(void **state) {
     assert_int_equal(seen.connects, 1);
     assert_int_equal(seen.nerr, errs);
     close(lfd);
-    pier_test_free_loop(loop);
 }
 
 static void test_reconnect_after_close(void **state) {
-    memset(&seen, 0, sizeof seen);
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     uint16_t port = 0;
     int lfd = listener(&port);
     pier_client_t *cl;
@@ -376,14 +369,11 @@ static void test_reconnect_after_close(void **state) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
     assert_int_equal(fd, -1); /* nobody came back */
     close(lfd);
-    pier_test_free_loop(loop);
 }
 
 /* Stopped while waiting for the next attempt: it stops at once and frees. */
 static void test_stop_while_waiting(void **state) {
-    memset(&seen, 0, sizeof seen);
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     pier_client_t *cl;
     pier_client_opts_t o = opts(closed_port());
     o.reconnect = 1;
@@ -396,12 +386,10 @@ static void test_stop_while_waiting(void **state) {
     assert_int_equal(pier_client_free(cl), 0);
     run_ms(loop, 300);
     assert_int_equal(seen.nerr, 1);
-    pier_test_free_loop(loop);
 }
 
 static void test_bad_args(void **state) {
-    pier_loop_t *loop;
-    assert_int_equal(pier_loop_new(&loop), 0);
+    pier_loop_t *loop = *state;
     pier_client_t *cl;
     pier_client_opts_t o = opts(0);
     assert_int_equal(pier_client_new(&cl, loop, &o), -EINVAL); /* no port */
@@ -409,19 +397,18 @@ static void test_bad_args(void **state) {
     assert_int_equal(pier_client_new(&cl, NULL, &o), -EINVAL);
     assert_int_equal(pier_client_new(&cl, loop, NULL), -EINVAL);
     assert_int_equal(pier_client_free(NULL), 0);
-    pier_test_free_loop(loop);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_connect),
-        cmocka_unit_test(test_refused_with_retries),
-        cmocka_unit_test(test_refused_no_reconnect),
+        cmocka_unit_test_setup_teardown(test_connect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_with_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_no_reconnect, setup, teardown),
         cmocka_unit_test(test_connect_timeout),
-        cmocka_unit_test(test_server_starts_later),
-        cmocka_unit_test(test_reconnect_after_close),
-        cmocka_unit_test(test_stop_while_waiting),
-        cmocka_unit_test(test_bad_args),
+        cmocka_unit_test_setup_teardown(test_server_starts_later, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconnect_after_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_while_waiting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,7 @@
  * protocol on, seen from a client: the peer it reports, the bytes after the header left
  * for the protocol, and bad, slow and refused headers closed and counted without an
  * on_accept. */
-#include "support.h"
+#include "echo_server.h"
 
 #include <pier/net.h>
 #include "net/conn.h"
@@ -425,14 +425,9 @@ static void test_cidr_bad(void **state) {
 static int accepted, closed;
 static char peer_seen[64];
 
-static size_t echo_read(pier_conn_t *c, const char *data, size_t len) {
-    pier_conn_write(c, data, len);
-    return len;
-}
-
 static void on_close(pier_conn_t *c, int err) { closed++; }
 
-static const pier_conn_cbs_t echo_cbs = {.on_read = echo_read, .on_close = on_close};
+static const pier_conn_cbs_t echo_cbs = {.on_read = echo_server_read, .on_close = on_close};
 
 static void on_accept(pier_server_t *srv, pier_conn_t *c) {
     accepted++;
@@ -440,36 +435,21 @@ static void on_accept(pier_server_t *srv, pier_conn_t *c) {
     pier_conn_set_cbs(c, &echo_cbs, NULL);
 }
 
-typedef struct {
-    pier_group_t *g;
-    pier_loop_t *loop;
-    pier_server_t *srv;
-    uint16_t port;
-} fx_t;
+typedef echo_server_fx_t fx_t;
 
+/* A started server with the PROXY protocol on, from the sources in from (NULL: any). */
 static fx_t up(const char *from, uint64_t timeout_ms) {
-    fx_t f;
     accepted = closed = 0;
     peer_seen[0] = '\0';
-    assert_int_equal(pier_group_new(&f.g, 1), 0);
-    f.loop = pier_group_loop(f.g, 0);
     pier_server_opts_t o = {.on_accept = on_accept, .proxy = {.on = 1, .from = from, .timeout_ms = timeout_ms}};
-    assert_int_equal(pier_server_new(&f.srv, f.g, &o), 0);
-    f.port = pier_server_port(f.srv);
-    assert_int_equal(pier_server_start(f.srv), 0);
-    pier_loop_run_once(f.loop, 0);
-    return f;
+    return echo_server_up(&o);
 }
 
+/* Closes what is still open and frees the server and its group. */
 static void down(fx_t *f) {
-    pier_server_stop(f->srv);
+    pier_server_stop(f->srv); /* and again in echo_server_free: idempotent */
     pier_server_close_all(f->srv);
-    uint64_t end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(f->srv)) == -EBUSY && pier_test_now_ms() < end)
-        pier_loop_run_once(f->loop, 5);
-    assert_int_equal(rc, 0);
-    assert_int_equal(pier_group_free(f->g), 0);
+    echo_server_free(f->srv, f->g);
 }
 
 static pier_proxy_stats_t stats(fx_t *f) {

@@ -37,24 +37,14 @@ static void on_accept(pier_server_t *srv, pier_conn_t *c) {
 
 static void on_accept_no_cbs(pier_server_t *srv, pier_conn_t *c) { accepted++; }
 
-typedef struct {
-    pier_group_t *g;
-    pier_loop_t *loop;
-    pier_server_t *srv;
-    uint16_t port;
-} fx_t;
+typedef echo_server_fx_t fx_t;
 
+/* A started server on host whose data is &accepted; a second start is refused. */
 static fx_t up(const char *host, void (*acc)(pier_server_t *, pier_conn_t *), unsigned max_conns) {
-    fx_t f;
     accepted = closes = 0;
-    assert_int_equal(pier_group_new(&f.g, 1), 0);
-    f.loop = pier_group_loop(f.g, 0);
     pier_server_opts_t o = {.host = host, .on_accept = acc, .max_conns = max_conns, .data = &accepted};
-    assert_int_equal(pier_server_new(&f.srv, f.g, &o), 0);
-    f.port = pier_server_port(f.srv);
-    assert_int_equal(pier_server_start(f.srv), 0);
+    fx_t f = echo_server_up(&o);
     assert_int_equal(pier_server_start(f.srv), -EBUSY);
-    pier_loop_run_once(f.loop, 0);
     return f;
 }
 
