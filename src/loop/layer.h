@@ -22,6 +22,7 @@ typedef struct pier__io_s pier__io_t;
 typedef void (*pier__io_cb)(pier_loop_t *loop, pier__io_t *io, uint32_t events);
 struct pier__io_s {
     int fd;
+    uint32_t events;  /* as last given to pier__io_add or pier__io_mod */
     pier__io_cb cb;
 };
 

@@ -125,12 +125,18 @@ int pier_loop_free(pier_loop_t *loop) {
 
 int pier__io_add(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     struct epoll_event ev = {.events = events, .data.ptr = io};
-    return epoll_ctl(loop->epfd, EPOLL_CTL_ADD, io->fd, &ev) < 0 ? -errno : 0;
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, io->fd, &ev) < 0)
+        return -errno;
+    io->events = events;
+    return 0;
 }
 
 int pier__io_mod(pier_loop_t *loop, pier__io_t *io, uint32_t events) {
     struct epoll_event ev = {.events = events, .data.ptr = io};
-    return epoll_ctl(loop->epfd, EPOLL_CTL_MOD, io->fd, &ev) < 0 ? -errno : 0;
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, io->fd, &ev) < 0)
+        return -errno;
+    io->events = events;
+    return 0;
 }
 
 void pier__io_del(pier_loop_t *loop, pier__io_t *io) {

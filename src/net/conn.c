@@ -114,7 +114,9 @@ int pier__conn_new(pier_loop_t *loop, int fd, pier__owner_t *owner, pier_conn_t 
     c->owner = owner;
     pier__pending_init(&c->pass_p, pass_cb);
     pier__dlnode_init(&c->dl);
-    int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+    /* EPOLLOUT only once the socket has been full (out_wait): on a new socket it would
+     * be an edge of its own, one wake-up per connection for nothing */
+    int err = pier__io_add(loop, &c->io, EPOLLIN | EPOLLRDHUP | EPOLLET);
     if (err < 0) {
         pier__id_free(c);
         return err;
@@ -726,10 +728,22 @@ static void after_flush(pier_conn_t *c) {
         schedule_close(c);
 }
 
+/* Output waits for room in the socket: the next EPOLLOUT edge must reach us. A socket is
+ * watched for it from its first time full on (edge-triggered, it costs nothing after).
+ * 0, or a negative errno if epoll refused (the connection cannot go on). Adding it finds
+ * a socket that has room by now ready at once, so no edge is lost in between. */
+static int out_wait(pier_conn_t *c) {
+    if (c->io.events & EPOLLOUT)
+        return 0;
+    return pier__io_mod(c->loop, &c->io, c->io.events | EPOLLOUT);
+}
+
 static void flush_now(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSED)
         return;
     int err = flush(c);
+    if (err == 0 && has_output(c))
+        err = out_wait(c);
     if (err < 0)
         fail(c, err);
     else
@@ -1121,6 +1135,8 @@ static void finalize(pier_conn_t *c) {
  * socket: after_flush() brings it back) or is over (a failure finalized it). */
 static int close_flush(pier_conn_t *c) {
     int err = flush(c);
+    if (err == 0 && has_output(c))
+        err = out_wait(c);
     if (err < 0) {
         fail(c, err);
         finalize(c);
