@@ -50,7 +50,7 @@ enum {
     T_INPUT = 1 << 3,    /* the peer has sent at least one byte */
     T_NOT_TLS = 1 << 4,  /* the first bytes were text, not a TLS record */
     T_CLIENT = 1 << 5,
-    T_SHORT = 1 << 6,    /* the last socket read took less than asked: drained */
+    T_SHORT = 1 << 6,    /* a socket read of this read step took less than asked: drained */
     T_SHUT = 1 << 7,     /* close_notify made */
     T_SOCKW = 1 << 8,    /* OpenSSL writes to the socket itself (socket write mode) */
     T_WBLOCK = 1 << 9,   /* socket write mode: OpenSSL holds a record the socket did not
@@ -400,6 +400,10 @@ static ssize_t tls_read_step(tls_conn_t *t, char *buf, size_t len, int *more) {
         *more = 1;
         return -EAGAIN;
     }
+    /* T_SHORT says a socket read of this step found the socket drained; one from an
+     * earlier step says nothing of bytes that came since, whose edge may be the one that
+     * brought us here, while OpenSSL answers from what it buffered before */
+    t->flags &= ~T_SHORT;
     size_t got = 0;
     while (got < len) {
         size_t n = 0;
