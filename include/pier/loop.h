@@ -115,7 +115,9 @@ struct pier_timer_s {
 };
 
 PIER_EXTERN void pier_timer_init(pier_loop_t *loop, pier_timer_t *t, pier_timer_cb cb, void *data);
-/* (Re)starts: fires after timeout_ms, then every repeat_ms if repeat_ms > 0. Never fails. */
+/* (Re)starts: fires after timeout_ms, then every repeat_ms if repeat_ms > 0. Never fails.
+ * Inside the loop's callbacks it counts from the iteration's time (pier_loop_now);
+ * between iterations (before the loop first runs, say) from the clock at the call. */
 PIER_EXTERN void pier_timer_start(pier_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms);
 /* Stops; a no-op on an inactive timer. */
 PIER_EXTERN void pier_timer_stop(pier_timer_t *t);

@@ -123,6 +123,11 @@ void pier_timer_init(pier_loop_t *loop, pier_timer_t *t, pier_timer_cb cb, void 
 
 void pier_timer_start(pier_timer_t *t, uint64_t timeout_ms, uint64_t repeat_ms) {
     pier_loop_t *loop = t->loop;
+    /* Inside an iteration the cached time is this iteration's (cheap, and what its
+     * callbacks count from); between iterations it may be old by any amount, and a
+     * timeout counted from it would fire early. */
+    if (!loop->dispatching)
+        loop->now = pier__clock_ms();
     t->due = loop->now + timeout_ms;
     t->repeat = repeat_ms;
     t->seq = loop->timer_seq++;

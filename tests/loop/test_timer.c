@@ -62,6 +62,25 @@ static void test_one_shot(void **state) {
     pier_test_free_loop(loop);
 }
 
+/* A timer started between iterations (before the loop first runs, say) counts from when
+ * it was started: the loop's cached time is from its last look at the clock, here its
+ * creation, and a timeout counted from that would fire early (a client's connect
+ * timeout, armed by pier_client_new well after pier_loop_new, did). */
+static void test_start_outside_loop_counts_from_now(void **state) {
+    (void)state;
+    pier_loop_t *loop = new_loop();
+    memset(&lg, 0, sizeof lg);
+    pier_timer_t t;
+    pier_timer_init(loop, &t, log_cb, (void *)1);
+    usleep(150 * 1000);
+    uint64_t t0 = pier_test_now_ms();
+    pier_timer_start(&t, 200, 0);
+    run_idle(loop, 5000);
+    assert_int_equal(lg.n, 1);
+    assert_true(pier_test_now_ms() - t0 >= 199);
+    pier_test_free_loop(loop);
+}
+
 static void test_zero_timeout(void **state) {
     pier_loop_t *loop = new_loop();
     memset(&lg, 0, sizeof lg);
@@ -363,8 +382,9 @@ static void test_many_random(void **state) {
         pier_timer_init(loop, &rts[i].t, rt_cb, &rts[i]);
         uint64_t ms = (uint64_t)(rand_r(&seed) % 300);
         pier_timer_start(&rts[i].t, ms, 0);
-        rts[i].due = base + ms;
-        assert_int_equal(rts[i].t.due, rts[i].due);
+        /* started outside the loop: counted from the clock at the start, never before */
+        assert_true(rts[i].t.due >= base + ms && rts[i].t.due <= pier_test_now_ms() + ms);
+        rts[i].due = rts[i].t.due;
     }
     assert_int_equal(pier_loop_handles(loop), NT);
     /* stop a random third: removal from the middle of the heap must keep it ordered */
@@ -406,7 +426,8 @@ static void test_restart_churn(void **state) {
         uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
         pier_timer_init(loop, &rts[i].t, rt_cb, &rts[i]);
         pier_timer_start(&rts[i].t, ms, 0);
-        rts[i].due = base + ms;
+        assert_true(rts[i].t.due >= base + ms);
+        rts[i].due = rts[i].t.due;
         rts[i].idx = order++;
     }
     for (int i = 0; i < N; i++)
@@ -418,7 +439,8 @@ static void test_restart_churn(void **state) {
             int i = rand_r(&seed) % N;
             uint64_t ms = (uint64_t)(rand_r(&seed) % 200);
             pier_timer_start(&rts[i].t, ms, 0);
-            rts[i].due = base + ms;
+            assert_true(rts[i].t.due >= base + ms);
+            rts[i].due = rts[i].t.due;
             rts[i].idx = order++;
             rts[i].stopped = 0;
         }
@@ -508,6 +530,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_shot),
         cmocka_unit_test(test_zero_timeout),
+        cmocka_unit_test(test_start_outside_loop_counts_from_now),
         cmocka_unit_test(test_repeat),
         cmocka_unit_test(test_repeat_stays_active),
         cmocka_unit_test(test_order),
