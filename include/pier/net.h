@@ -125,7 +125,13 @@ PIER_EXTERN void pier_conn_set_limits(pier_conn_t *c, const pier_conn_limits_t *
 /* Restarts the idle clock (I/O restarts it too). */
 PIER_EXTERN void pier_conn_touch(pier_conn_t *c);
 
-/* Graceful close: stop reading, flush the queue, then shut down and close. Idempotent. */
+/* Graceful close: stop reading, flush the queue, then send our FIN and wait (up to 2 s,
+ * at most limits.close_ms) for the peer's, reading and dropping what it still sends:
+ * closing over unread input would reset the connection and could destroy the last
+ * response before the peer has read it. When the peer's FIN has already been read, or
+ * its protocol says it has sent its last word (HTTP: a whole request that asked to
+ * close) and none of its input is unread, the socket is closed at once after the output
+ * instead. Idempotent. */
 PIER_EXTERN void pier_conn_close(pier_conn_t *c);
 /* Abort: drop the queue and reset the connection (RST). Idempotent; also upgrades a
  * graceful close in progress. */
