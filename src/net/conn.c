@@ -209,6 +209,19 @@ static pier__conn_x_t *x_need(pier_conn_t *c) {
     return x;
 }
 
+/* Gives back a part that holds nothing else any more: a queue array that grew goes, and
+ * the part goes to the loop's cache. */
+static void x_put(pier_conn_t *c) {
+    pier__conn_x_t *x = c->x;
+    if (x->out != x->inl) {
+        free(x->out);
+        x->out = x->inl;
+        x->ocap = INL_ITEMS;
+    }
+    c->x = NULL;
+    pier__obj_put(c->loop, PIER__OBJ_CONN, x);
+}
+
 /* Gives the cold part back, whatever it holds (finalize: the queue is dropped by then),
  * in the state x_init makes: most of it is already, when a busy connection goes idle. */
 static void x_drop(pier_conn_t *c) {
@@ -216,11 +229,6 @@ static void x_drop(pier_conn_t *c) {
     if (!x)
         return;
     c->flags &= ~PIER__C_OWN_LIM; /* the owner's again (nothing reads them after a close) */
-    if (x->out != x->inl) {
-        free(x->out);
-        x->out = x->inl;
-        x->ocap = INL_ITEMS;
-    }
     if (x->rbuf) {
         free(x->rbuf);
         x->rbuf = NULL;
@@ -234,8 +242,7 @@ static void x_drop(pier_conn_t *c) {
     x->queued = 0;
     x->tp = NULL;
     x->tp_state = NULL;
-    c->x = NULL;
-    pier__obj_put(c->loop, PIER__OBJ_CONN, x);
+    x_put(c);
 }
 
 /* Input kept from before (not consumed by the protocol). */
@@ -253,17 +260,10 @@ static int x_in_use(const pier_conn_t *c) {
 /* A part not in use holds no input, no transport, no address: only a queue array that
  * grew may need freeing before it goes back. */
 static void x_release_slow(pier_conn_t *c) {
-    pier__conn_x_t *x = c->x;
     if (x_in_use(c))
         return;
-    assert(!x->rbuf && !x->rcap && !x->ohead && !x->queued && !x->tp_state);
-    if (x->out != x->inl) {
-        free(x->out);
-        x->out = x->inl;
-        x->ocap = INL_ITEMS;
-    }
-    c->x = NULL;
-    pier__obj_put(c->loop, PIER__OBJ_CONN, x);
+    assert(!c->x->rbuf && !c->x->rcap && !c->x->ohead && !c->x->queued && !c->x->tp_state);
+    x_put(c);
 }
 
 /* Inline, the common answers first: no part, or output still queued. */
@@ -738,12 +738,16 @@ static int out_wait(pier_conn_t *c) {
     return pier__io_mod(c->loop, &c->io, c->io.events | EPOLLOUT);
 }
 
+/* flush(), and if output is left for the socket, the EPOLLOUT that brings it back. */
+static int flush_or_wait(pier_conn_t *c) {
+    int err = flush(c);
+    return err == 0 && has_output(c) ? out_wait(c) : err;
+}
+
 static void flush_now(pier_conn_t *c) {
     if (c->flags & PIER__C_CLOSED)
         return;
-    int err = flush(c);
-    if (err == 0 && has_output(c))
-        err = out_wait(c);
+    int err = flush_or_wait(c);
     if (err < 0)
         fail(c, err);
     else
@@ -1134,9 +1138,7 @@ static void finalize(pier_conn_t *c) {
 /* Flushes during a close: 0 when all is out, -1 when the close must wait (for the
  * socket: after_flush() brings it back) or is over (a failure finalized it). */
 static int close_flush(pier_conn_t *c) {
-    int err = flush(c);
-    if (err == 0 && has_output(c))
-        err = out_wait(c);
+    int err = flush_or_wait(c);
     if (err < 0) {
         fail(c, err);
         finalize(c);
