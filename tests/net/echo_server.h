@@ -1,6 +1,6 @@
 /* An echo server in the net unit tests: the echo itself, a check that a client is echoed,
- * a listening socket made outside pier, a started server on a one-loop group, and freeing
- * a server with its group. */
+ * a listening socket made outside pier, a started server on a one-loop group, and
+ * stopping and freeing a server with its group. */
 #ifndef PIER_TEST_NET_ECHO_SERVER_H
 #define PIER_TEST_NET_ECHO_SERVER_H
 
@@ -90,6 +90,14 @@ static inline echo_server_fx_t echo_server_up(const pier_server_opts_t *o) {
     assert_int_equal(pier_server_start(f.srv), 0);
     pier_loop_run_once(f.loop, 0);
     return f;
+}
+
+/* Stops f's server, closes its connections, runs the loop until every one has finished
+ * closing and the server can be freed, and frees server and group (echo_server_free). */
+static inline void echo_server_down(echo_server_fx_t *f) {
+    pier_server_stop(f->srv);
+    pier_server_close_all(f->srv);
+    echo_server_free(f->srv, f->g);
 }
 
 #endif

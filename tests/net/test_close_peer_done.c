@@ -8,6 +8,7 @@
  * server has finished the connection when the client sees its FIN" is an order of
  * events, not a timing. */
 #include "support.h"
+#include "echo_server.h"
 
 #include "net/conn.h"
 
@@ -28,10 +29,7 @@ typedef struct {
 } sc_t;
 
 static struct {
-    pier_group_t *g;
-    pier_loop_t *loop;
-    pier_server_t *srv;
-    uint16_t port;
+    echo_server_fx_t s; /* the group, its loop, the server and its port */
     size_t answer;  /* bytes each answer has */
     sc_t sc;
 } fx;
@@ -70,34 +68,20 @@ static void fx_up(size_t answer) {
     fx.answer = answer;
     for (size_t i = 0; i < answer; i++)
         answer_buf[i] = (char)('a' + i % 26);
-    assert_int_equal(pier_group_new(&fx.g, 1), 0);
-    fx.loop = pier_group_loop(fx.g, 0);
     pier_server_opts_t o = {.host = "127.0.0.1", .port = 0, .on_accept = on_accept};
-    assert_int_equal(pier_server_new(&fx.srv, fx.g, &o), 0);
-    fx.port = pier_server_port(fx.srv);
-    assert_int_equal(pier_server_start(fx.srv), 0);
-    pier_loop_run_once(fx.loop, 0);
+    fx.s = echo_server_up(&o);
 }
 
-static void fx_down(void) {
-    pier_server_stop(fx.srv);
-    pier_server_close_all(fx.srv);
-    uint64_t end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(fx.srv)) == -EBUSY && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 10);
-    assert_int_equal(rc, 0);
-    assert_int_equal(pier_group_free(fx.g), 0);
-}
+static void fx_down(void) { echo_server_down(&fx.s); }
 
 /* A client with a small receive buffer (so a large answer takes several flushes),
  * accepted by the server. */
 static int accept_client(void) {
-    int fd = pier_test_connect_rcvbuf(fx.port, 16384);
+    int fd = pier_test_connect_rcvbuf(fx.s.port, 16384);
     assert_true(fd >= 0);
     uint64_t end = pier_test_now_ms() + 5000;
     while (!fx.sc.c && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_non_null(fx.sc.c);
     return fd;
 }
@@ -109,7 +93,7 @@ static int read_to_end(int fd, size_t *got) {
     uint64_t deadline = pier_test_now_ms() + 10000;
     *got = 0;
     while (pier_test_now_ms() < deadline) {
-        pier_loop_run_once(fx.loop, 2);
+        pier_loop_run_once(fx.s.loop, 2);
         for (;;) {
             ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
             if (n > 0) {
@@ -137,7 +121,7 @@ static void send_all(int fd, const void *p, size_t n) {
 static void finish_lingering(int fd) {
     assert_int_equal(fx.sc.closes, 0);
     close(fd);
-    pier_test_run_until(fx.loop, &fx.sc.closes, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.closes, 5000);
     assert_int_equal(fx.sc.closes, 1);
     assert_int_equal(fx.sc.close_err, 0);
 }
@@ -153,7 +137,7 @@ static void run_at_once(size_t answer) {
      * while the client still holds its socket and has sent no FIN */
     assert_int_equal(fx.sc.closes, 1);
     assert_int_equal(fx.sc.close_err, 0);
-    assert_int_equal(pier_server_conns(fx.srv), 0);
+    assert_int_equal(pier_server_conns(fx.s.srv), 0);
     close(fd);
     fx_down();
 }
@@ -193,12 +177,12 @@ static void test_unread_input_lingers(void **state) {
     int fd = accept_client();
     fx.sc.pause = 1;
     send_all(fd, "bye", 3);
-    pier_test_run_until(fx.loop, &fx.sc.reads, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.reads, 5000);
     assert_int_equal(fx.sc.reads, 1);
     send_all(fd, "more", 4);
     /* until epoll has reported the new bytes */
     for (int i = 0; i < 50; i++)
-        pier_loop_run_once(fx.loop, 2);
+        pier_loop_run_once(fx.s.loop, 2);
     assert_int_equal(fx.sc.reads, 1);
     assert_int_equal(pier_conn_write(fx.sc.c, answer_buf, fx.answer), 0);
     pier__conn_close_peer_done(fx.sc.c);
@@ -227,7 +211,7 @@ static void test_kept_input_taken_whole(void **state) {
     int fd = accept_client();
     pier_conn_set_cbs(fx.sc.c, &kept_cbs, &fx.sc);
     send_all(fd, "by", 2);
-    pier_test_run_until(fx.loop, &fx.sc.reads, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.reads, 5000);
     send_all(fd, "e now", 5);
     size_t got;
     assert_int_equal(read_to_end(fd, &got), 1);
@@ -276,7 +260,7 @@ static void test_reset_while_lingering(void **state) {
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
     close(fd); /* RST */
-    pier_test_run_until(fx.loop, &fx.sc.closes, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.closes, 5000);
     assert_int_equal(fx.sc.closes, 1);
     assert_int_equal(fx.sc.close_err, -ECONNRESET);
     fx_down();
@@ -289,15 +273,15 @@ static void test_reset_while_open(void **state) {
     int fd = accept_client();
     fx.sc.pause = 1;
     send_all(fd, "x", 1);
-    pier_test_run_until(fx.loop, &fx.sc.reads, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.reads, 5000);
     static char big[BIG];
     assert_int_equal(pier_conn_write(fx.sc.c, big, sizeof big), 0); /* the client never reads it */
     for (int i = 0; i < 20; i++)
-        pier_loop_run_once(fx.loop, 2);
+        pier_loop_run_once(fx.s.loop, 2);
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
     assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
     close(fd);
-    pier_test_run_until(fx.loop, &fx.sc.closes, 5000);
+    pier_test_run_until(fx.s.loop, &fx.sc.closes, 5000);
     assert_int_equal(fx.sc.closes, 1);
     assert_int_equal(fx.sc.close_err, -ECONNRESET);
     fx_down();

@@ -10,6 +10,7 @@
  *
  * pier-test: threads */
 #include "support.h"
+#include "echo_server.h"
 
 #include <pier/net.h>
 
@@ -51,10 +52,7 @@ typedef struct {
 } sc_t;
 
 static struct {
-    pier_group_t *g;
-    pier_loop_t *loop;
-    pier_server_t *srv;
-    uint16_t port;
+    echo_server_fx_t s; /* the group, its loop, the server and its port */
     const pier_conn_cbs_t *cbs; /* given to the next accepted connection */
     int take_ref;
     int nsc;
@@ -83,41 +81,27 @@ static void on_accept(pier_server_t *srv, pier_conn_t *c) {
 static void fx_up(const pier_conn_cbs_t *cbs, const pier_conn_limits_t *lim) {
     memset(&fx, 0, sizeof fx);
     fx.cbs = cbs;
-    assert_int_equal(pier_group_new(&fx.g, 1), 0);
-    fx.loop = pier_group_loop(fx.g, 0);
     pier_server_opts_t o = {.host = "127.0.0.1", .port = 0, .on_accept = on_accept};
     if (lim)
         o.limits = *lim;
-    assert_int_equal(pier_server_new(&fx.srv, fx.g, &o), 0);
-    fx.port = pier_server_port(fx.srv);
-    assert_true(fx.port != 0);
-    assert_int_equal(pier_server_start(fx.srv), 0);
-    pier_loop_run_once(fx.loop, 0);
+    fx.s = echo_server_up(&o);
+    assert_true(fx.s.port != 0);
 }
 
 /* Stops the server, lets every connection finish closing, frees server and group. */
-static void fx_down(void) {
-    pier_server_stop(fx.srv);
-    pier_server_close_all(fx.srv);
-    uint64_t end = pier_test_now_ms() + 5000;
-    int rc;
-    while ((rc = pier_server_free(fx.srv)) == -EBUSY && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 10);
-    assert_int_equal(rc, 0);
-    assert_int_equal(pier_group_free(fx.g), 0);
-}
+static void fx_down(void) { echo_server_down(&fx.s); }
 
 static void run_ms(int ms) {
     uint64_t end = pier_test_now_ms() + (uint64_t)ms;
     while (pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
 }
 
-static int run_until(const int *flag, int ms) { return pier_test_run_until(fx.loop, flag, ms); }
+static int run_until(const int *flag, int ms) { return pier_test_run_until(fx.s.loop, flag, ms); }
 
 /* A blocking client, optionally with a small receive buffer so a server fills it fast. */
 static int client(int rcvbuf) {
-    int fd = pier_test_connect_rcvbuf(fx.port, rcvbuf);
+    int fd = pier_test_connect_rcvbuf(fx.s.port, rcvbuf);
     assert_true(fd >= 0);
     return fd;
 }
@@ -128,7 +112,7 @@ static int accept_client(int rcvbuf) {
     int fd = client(rcvbuf);
     uint64_t end = pier_test_now_ms() + 5000;
     while (fx.nsc == before && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(fx.nsc, before + 1);
     return fd;
 }
@@ -150,7 +134,7 @@ static size_t pump(int fd, const void *out, size_t outlen, void *in, size_t want
             if (n > 0)
                 sent += (size_t)n;
         }
-        pier_loop_run_once(fx.loop, sent < outlen ? 0 : 2);
+        pier_loop_run_once(fx.s.loop, sent < outlen ? 0 : 2);
         for (;;) {
             if (got == want && want)
                 break;
@@ -183,7 +167,7 @@ static int drain_to_end(int fd, size_t *bytes, int ms) {
     size_t total = 0;
     uint64_t deadline = pier_test_now_ms() + (uint64_t)ms;
     while (pier_test_now_ms() < deadline) {
-        pier_loop_run_once(fx.loop, 2);
+        pier_loop_run_once(fx.s.loop, 2);
         for (;;) {
             ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
             if (n > 0) {
@@ -256,13 +240,13 @@ static void test_echo(void **state) {
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
     assert_true(pier_id_alive(s->id));
-    assert_ptr_equal(pier_conn_loop(s->c), fx.loop);
-    assert_ptr_equal(pier_conn_server(s->c), fx.srv);
+    assert_ptr_equal(pier_conn_loop(s->c), fx.s.loop);
+    assert_ptr_equal(pier_conn_server(s->c), fx.s.srv);
     assert_null(pier_conn_client(s->c));
     assert_true(pier_conn_is_open(s->c));
     char peer[64];
     assert_int_equal(strncmp(pier_conn_peer(s->c, peer, sizeof peer), "127.0.0.1:", 10), 0);
-    assert_int_equal(pier_server_conns(fx.srv), 1);
+    assert_int_equal(pier_server_conns(fx.s.srv), 1);
 
     char buf[16] = {0};
     int end;
@@ -284,7 +268,7 @@ static void test_echo(void **state) {
     assert_int_equal(s->closes, 1);
     assert_int_equal(s->close_err, 0);
     assert_false(pier_id_alive(s->id));
-    assert_int_equal(pier_server_conns(fx.srv), 0);
+    assert_int_equal(pier_server_conns(fx.s.srv), 0);
     fx_down();
 }
 
@@ -307,7 +291,7 @@ static const pier_conn_cbs_t line_cbs = {.on_read = line_read, .on_close = on_cl
 static void wait_reads(sc_t *s, int n) {
     uint64_t end = pier_test_now_ms() + 5000;
     while (s->reads < n && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(s->reads, n);
 }
 
@@ -353,7 +337,7 @@ static void test_partial_consume(void **state) {
     send_all(fd, "\n", 1);
     uint64_t end = pier_test_now_ms() + 5000;
     while (s->nall < 12 + sizeof big + 1 && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(s->nall, 12 + sizeof big + 1);
     assert_memory_equal(s->all + 10, "h\n", 2);
     assert_memory_equal(s->all + 12, big, sizeof big);
@@ -654,18 +638,18 @@ static void test_conn_from_id(void **state) {
     fx_up(&echo_cbs, NULL);
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
-    assert_ptr_equal(pier_conn_from_id(fx.loop, s->id), s->c);
+    assert_ptr_equal(pier_conn_from_id(fx.s.loop, s->id), s->c);
     pier_loop_t *other;
     assert_int_equal(pier_loop_new(&other), 0);
     assert_null(pier_conn_from_id(other, s->id));
     assert_int_equal(pier_loop_free(other), 0);
-    assert_null(pier_conn_from_id(fx.loop, PIER_ID_NONE));
-    assert_null(pier_conn_from_id(fx.loop, s->id + (1ull << 32))); /* a later generation */
+    assert_null(pier_conn_from_id(fx.s.loop, PIER_ID_NONE));
+    assert_null(pier_conn_from_id(fx.s.loop, s->id + (1ull << 32))); /* a later generation */
     pier_conn_close(s->c);
-    assert_null(pier_conn_from_id(fx.loop, s->id)); /* closing: already gone for lookups */
+    assert_null(pier_conn_from_id(fx.s.loop, s->id)); /* closing: already gone for lookups */
     close(fd);
     run_until(&s->closes, 5000);
-    assert_null(pier_conn_from_id(fx.loop, s->id));
+    assert_null(pier_conn_from_id(fx.s.loop, s->id));
     fx_down();
 }
 
@@ -727,7 +711,7 @@ static void test_water_marks(void **state) {
             fail_msg("byte %zu is %d", i, buf[i]);
     uint64_t until = pier_test_now_ms() + 5000;
     while (s->reads < 2 && pier_test_now_ms() < until)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(s->drains, 1);
     assert_int_equal(s->reads_while_paused, 0);
     assert_int_equal(s->nall, 6);
@@ -1033,7 +1017,7 @@ static void test_ref_after_close(void **state) {
     assert_int_equal(pier_send(id, "x", 1), -ENOTCONN);
     run_ms(20);
     assert_int_equal(s->closes, 1);
-    assert_int_equal(pier_loop_handles(fx.loop), 1); /* the listener only */
+    assert_int_equal(pier_loop_handles(fx.s.loop), 1); /* the listener only */
     pier_conn_unref(c); /* the memory goes here (LeakSanitizer checks it does) */
     fx_down();
 }
@@ -1182,7 +1166,7 @@ static void test_stale_id_fd_reuse(void **state) {
     int before = fx.nsc;
     uint64_t end = pier_test_now_ms() + 5000;
     while (fx.nsc == before && pier_test_now_ms() < end)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(fx.nsc, 2);
     sc_t *b = &fx.sc[1];
     assert_int_equal(b->fd, oldfd); /* same fd number, new connection */
@@ -1222,7 +1206,7 @@ static void wc_fn(pier_conn_t *c, void *arg) {
     w->calls++;
     w->got = c;
     w->got_id = c ? pier_conn_id(c) : 0;
-    w->on_loop = pier_loop_is_current(fx.loop);
+    w->on_loop = pier_loop_is_current(fx.s.loop);
     if (c)
         pier_conn_write(c, "with", 4);
 }
@@ -1273,7 +1257,7 @@ static void test_with_conn(void **state) {
     send_all(fd2, "x", 1);
     uint64_t until = pier_test_now_ms() + 5000;
     while (wc_gone.calls == 0 && pier_test_now_ms() < until)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(wc_gone.calls, 1);
     assert_null(wc_gone.got);
     assert_true(wc_gone.on_loop);
@@ -1336,7 +1320,7 @@ static void test_peer_half_close(void **state) {
             if (sent == n)
                 shutdown(fd, SHUT_WR);
         }
-        pier_loop_run_once(fx.loop, 1);
+        pier_loop_run_once(fx.s.loop, 1);
         ssize_t k;
         while (got < n && (k = recv(fd, in + got, n - got, MSG_DONTWAIT)) > 0)
             got += (size_t)k;
@@ -1384,7 +1368,7 @@ static void test_pause_resume_redelivers(void **state) {
     pier_conn_resume(s->c);
     uint64_t until = pier_test_now_ms() + 5000;
     while (s->nall < 6 && pier_test_now_ms() < until)
-        pier_loop_run_once(fx.loop, 5);
+        pier_loop_run_once(fx.s.loop, 5);
     assert_int_equal(s->nall, 6);
     assert_memory_equal(s->all, "abcdef", 6);
     /* and with nothing new on the socket, the kept bytes alone come back on resume */
@@ -1421,7 +1405,7 @@ static void test_close_cannot_flush(void **state) {
     assert_int_equal(pier_conn_write(s->c, big, sizeof big), 0);
     /* the deadline counts from the loop's cached clock (as every timer does), which may
      * be older than the wall clock after the large copy above */
-    uint64_t t0 = pier_loop_now(fx.loop);
+    uint64_t t0 = pier_loop_now(fx.s.loop);
     pier_conn_close(s->c);
     /* the peer never reads: the close gives up after close_ms and resets */
     run_until(&s->closes, 5000);
@@ -1441,7 +1425,7 @@ static void test_close_peer_never_answers(void **state) {
     fx_up(&echo_cbs, &lim);
     int fd = accept_client(0);
     sc_t *s = &fx.sc[0];
-    uint64_t t0 = pier_loop_now(fx.loop); /* timers count from the loop's clock */
+    uint64_t t0 = pier_loop_now(fx.s.loop); /* timers count from the loop's clock */
     pier_conn_close(s->c);
     char b;
     int end;
@@ -1504,17 +1488,17 @@ static void test_with_conn_at_teardown(void **state) {
     sc_t *a = &fx.sc[0], *b = &fx.sc[1];
     notify_id = b->id;
     notify_conn = b->c;
-    pier_server_stop(fx.srv);
-    pier_loop_run_once(fx.loop, 0);
+    pier_server_stop(fx.s.srv);
+    pier_loop_run_once(fx.s.loop, 0);
     pier_conn_abort(a->c);
-    pier_loop_run_once(fx.loop, 0);
+    pier_loop_run_once(fx.s.loop, 0);
     assert_int_equal(a->closes, 1);
     assert_int_equal(b->closes, 1);
-    assert_int_equal(pier_loop_handles(fx.loop), 0);
-    assert_int_equal(pier_server_free(fx.srv), 0);
+    assert_int_equal(pier_loop_handles(fx.s.loop), 0);
+    assert_int_equal(pier_server_free(fx.s.srv), 0);
     /* freeing runs the task still queued: fn(NULL, arg) is called, nothing leaks */
     assert_int_equal(wc_last.calls, 0);
-    assert_int_equal(pier_group_free(fx.g), 0);
+    assert_int_equal(pier_group_free(fx.s.g), 0);
     assert_int_equal(wc_last.calls, 1);
     assert_null(wc_last.got);
     close(fa);
